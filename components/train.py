@@ -1,0 +1,226 @@
+"""The training loop: in-memory tensor batches, masked per-task losses, a weighting
+strategy, AdamW, early stopping on the primary task, a checkpoint every epoch.
+
+Reads top to bottom: tensors -> model -> for each epoch: shuffle, step, validate,
+checkpoint -> best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from components.config import ProjectConfig, TaskSpec, config_to_yaml
+from components.features import FeatureSpec, TargetSpec
+from components.metrics import is_better, task_metrics
+from components.model import MultiTaskModel
+from components.strategies import make_strategy
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.pt"
+SPEC = "feature_spec.json"
+CONFIG = "config.yaml"
+SUMMARY = "train_summary.json"
+
+
+@dataclass
+class TensorData:
+    numeric: torch.Tensor
+    categorical: torch.Tensor
+    targets: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.numeric.shape[0]
+
+    def to(self, device: torch.device) -> TensorData:
+        pin = device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+        return TensorData(move(self.numeric), move(self.categorical), {k: move(v) for k, v in self.targets.items()})
+
+
+def to_tensors(df: pd.DataFrame, spec: FeatureSpec) -> TensorData:
+    cat, _ = spec.transform_categorical(df)
+    return TensorData(
+        torch.from_numpy(spec.transform_numeric(df)),
+        torch.from_numpy(cat),
+        {k: torch.from_numpy(v) for k, v in spec.transform_targets(df).items()},
+    )
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def masked_loss(task: TaskSpec, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the rows that have a label for this task."""
+    mask = ~torch.isnan(y)
+    y0 = torch.where(mask, y, torch.zeros_like(y))
+    pred = pred.float()
+    if task.loss == "bce":
+        loss = F.binary_cross_entropy_with_logits(pred, y0, reduction="none")
+    elif task.loss == "cross_entropy":
+        loss = F.cross_entropy(pred, y0.long(), reduction="none")
+    elif task.loss == "huber":
+        loss = F.huber_loss(pred, y0, reduction="none", delta=1.0)
+    elif task.loss == "l1":
+        loss = F.l1_loss(pred, y0, reduction="none")
+    else:
+        loss = F.mse_loss(pred, y0, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def predict_raw(model: MultiTaskModel, data: TensorData, batch_size: int = 16384) -> dict[str, np.ndarray]:
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in model.task_names}
+    for i in range(0, len(data), batch_size):
+        out = model(data.numeric[i:i + batch_size], data.categorical[i:i + batch_size])
+        for name, v in out.items():
+            chunks[name].append(v.float().cpu())
+    return {name: torch.cat(v).numpy() if v else np.zeros(0) for name, v in chunks.items()}
+
+
+def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
+    raw = predict_raw(model, data)
+    return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    epochs_run: int
+    validation: dict[str, dict[str, float]]
+    history: list[dict]
+    samples_per_s: float
+    wall_s: float
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tc = cfg.training
+    device = pick_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+
+    ckpt_path = out_dir / CHECKPOINT
+    ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    spec = FeatureSpec.from_json(ckpt["feature_spec"]) if ckpt else FeatureSpec.fit(train_df, cfg)
+    spec.save(out_dir / SPEC)
+    (out_dir / CONFIG).write_text(config_to_yaml(cfg))
+
+    train_t = to_tensors(train_df, spec).to(device)
+    val_t = to_tensors(val_df, spec).to(device)
+    model = MultiTaskModel(spec, cfg.model).to(device)
+    task_names = model.task_names
+    task_specs = {t.name: t for t in cfg.tasks}
+    strategy = make_strategy(task_names, tc.strategy)
+    optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
+                                  weight_decay=tc.weight_decay)
+    primary = cfg.primary_task
+    start_epoch, best_epoch, bad_epochs = 0, -1, 0
+    best_metric, best_state, history = float("nan"), None, []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        strategy.load_state_dict(ckpt["strategy"])
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, best_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["bad_epochs"]
+        best_metric, best_state, history = ckpt["best_metric"], ckpt["best_state"], ckpt["history"]
+
+    n = len(train_t)
+    steps = (n + tc.batch_size - 1) // tc.batch_size
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    t0, seen = time.perf_counter(), 0
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        for epoch in range(start_epoch, tc.epochs):
+            if bad_epochs >= tc.early_stopping_patience:
+                break
+            model.train()
+            # seeded per epoch, so a resumed run draws the same batches
+            gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=gen).to(device)
+            loss_sums = {name: torch.zeros((), device=device) for name in task_names}
+            job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
+            for s in range(steps):
+                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
+                with autocast:
+                    out = model(train_t.numeric[idx], train_t.categorical[idx])
+                    losses = {name: masked_loss(task_specs[name], out[name], train_t.targets[name][idx])
+                              for name in task_names}
+                optimizer.zero_grad(set_to_none=True)
+                strategy.backward(losses)
+                optimizer.step()
+                for name in task_names:
+                    loss_sums[name] += losses[name].detach()
+                bar.advance(job)
+            seen += n
+            train_loss = {name: float(v) / steps for name, v in loss_sums.items()}
+            val = evaluate_tensors(model, val_t, spec.targets)
+            metric = val[primary.name][primary.metric]
+            improved = best_epoch < 0 or is_better(primary.metric, metric, best_metric)
+            if improved:
+                best_metric, best_epoch, bad_epochs = metric, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "validation": val})
+            bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
+            _atomic_save({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "strategy": strategy.state_dict(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "best_metric": best_metric, "best_state": best_state,
+                "history": history, "feature_spec": spec.to_json(),
+            }, ckpt_path)
+
+    wall = time.perf_counter() - t0
+    assert best_state is not None, "no epoch was trained"
+    model.load_state_dict(best_state)
+    torch.save(best_state, out_dir / WEIGHTS)
+    result = TrainResult(out_dir, best_epoch + 1, len(history), history[best_epoch]["validation"], history,
+                         samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall)
+    (out_dir / SUMMARY).write_text(json.dumps({
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
+        "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
+        "history": history,
+    }, indent=1))
+    return result
+
+
+def load_trained(model_dir: Path) -> tuple[MultiTaskModel, FeatureSpec, ProjectConfig]:
+    from components.config import load_config
+
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir / CONFIG)
+    spec = FeatureSpec.load(model_dir / SPEC)
+    model = MultiTaskModel(spec, cfg.model)
+    model.load_state_dict(torch.load(model_dir / WEIGHTS, weights_only=True))
+    model.eval()
+    return model, spec, cfg

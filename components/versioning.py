@@ -1,0 +1,79 @@
+"""Data versioning with DVC (its CLI, so it behaves exactly as a user's `dvc`),
+and the lineage every model carries: data md5s and the git revision."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _dvc(args: list[str], cwd: Path) -> str:
+    exe = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {cwd}:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def is_git_repo(path: Path) -> bool:
+    return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True).returncode == 0
+
+
+def ensure_dvc_repo(root: Path, remote: str) -> None:
+    """`dvc init` (once) and a default local remote folder."""
+    if not (root / ".dvc").is_dir():
+        _dvc(["init", "-q"] if is_git_repo(root) else ["init", "-q", "--no-scm"], root)
+        if is_git_repo(root):
+            _dvc(["config", "core.autostage", "true"], root)
+    remote_path = Path(os.path.expanduser(remote))
+    if not remote_path.is_absolute():
+        remote_path = (root / remote_path).resolve()
+    remote_path.mkdir(parents=True, exist_ok=True)
+    _dvc(["remote", "add", "-f", "-d", "local", str(remote_path)], root)
+
+
+def track(root: Path, paths: list[Path], push: bool = True) -> dict[str, str]:
+    """`dvc add` each path (one .dvc pointer per partition), then `dvc push`."""
+    rel = [str(p.resolve().relative_to(root.resolve())) for p in paths]
+    _dvc(["add", "-q", *rel], root)
+    if push:
+        _dvc(["push", "-q", *[r + ".dvc" for r in rel]], root)
+    return {r: dvc_md5(Path(root / r)) for r in rel}
+
+
+def pull(root: Path, paths: list[Path]) -> None:
+    rel = [str(p.resolve().relative_to(root.resolve())) + ".dvc" for p in paths]
+    _dvc(["pull", "-q", *rel], root)
+
+
+def dvc_md5(path: Path) -> str:
+    """The md5 DVC recorded for a tracked file (from its .dvc pointer)."""
+    pointer = Path(str(path) + ".dvc")
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{path} is not tracked by DVC (no {pointer.name})")
+    return yaml.safe_load(pointer.read_text())["outs"][0]["md5"]
+
+
+def data_version(md5s: dict[str, str]) -> str:
+    """One id for a set of partitions: md5 over their sorted (path, md5) pairs."""
+    h = hashlib.md5()
+    for name, md5 in sorted(md5s.items()):
+        h.update(f"{name}:{md5}\n".encode())
+    return h.hexdigest()
+
+
+def git_revision(path: Path) -> str:
+    """HEAD's sha, with `-dirty` when tracked files differ; 'unknown' outside git."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
