@@ -39,7 +39,7 @@ def ensure_dvc_repo(root: Path, remote: str) -> None:
     _dvc(["remote", "add", "-f", "-d", "local", str(remote_path)], root)
 
 
-def track(root: Path, paths: list[Path], push: bool = True) -> dict[str, str]:
+def track_files(root: Path, paths: list[Path], push: bool = True) -> dict[str, str]:
     """`dvc add` each path (one .dvc pointer per partition), then `dvc push`."""
     rel = [str(p.resolve().relative_to(root.resolve())) for p in paths]
     _dvc(["add", "-q", *rel], root)

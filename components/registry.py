@@ -1,0 +1,128 @@
+"""The model registry: BentoML's model store, with a `stage` label per version.
+
+`champion` is what serving loads; a new version is registered as `challenger`
+and promoted by `promote_if_better`, which scores the champion and the
+challenger on the same test rows. Promotion and rollback are relabels; every
+decision is stored in the challenger's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pandas as pd
+
+from components.config import ProjectConfig
+from components.export import OnnxModel
+from components.metrics import relative_change, task_metrics
+
+STAGE = "stage"
+CHAMPION, CHALLENGER, REJECTED, RETIRED = "champion", "challenger", "rejected", "retired"
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+    challenger: dict[str, float] = field(default_factory=dict)  # task -> gated metric
+    champion: dict[str, float] = field(default_factory=dict)
+    champion_tag: str | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    """BentoML metadata takes plain values (no None): round-trip through JSON."""
+    return json.loads(json.dumps(obj, default=str), object_hook=lambda d: {k: v for k, v in d.items() if v is not None})
+
+
+def register(model_dir: Path, cfg: ProjectConfig, metrics: dict, lineage: dict) -> str:
+    """Copy the exported folder into the model store as a challenger; return its tag."""
+    with bentoml.models.create(
+        cfg.registry.model_name,
+        labels={STAGE: CHALLENGER, "primary_task": cfg.primary_task.name},
+        metadata=_jsonable({"metrics": metrics, "lineage": lineage, "tasks": [t.name for t in cfg.tasks]}),
+    ) as bento_model:
+        shutil.copytree(model_dir, bento_model.path, dirs_exist_ok=True)
+    return str(bento_model.tag)
+
+
+def versions(name: str) -> list[bentoml.Model]:
+    """All versions of a model, oldest first."""
+    return sorted((m for m in bentoml.models.list() if m.tag.name == name), key=lambda m: m.info.creation_time)
+
+
+def champion(name: str) -> bentoml.Model | None:
+    found = [m for m in versions(name) if m.info.labels.get(STAGE) == CHAMPION]
+    return found[-1] if found else None
+
+
+def _relabel(model: bentoml.Model, stage: str, **metadata: Any) -> None:
+    model.info.labels[STAGE] = stage
+    model.info.metadata.update(_jsonable(metadata))
+    model.flush()
+
+
+def gate(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path, test_df: pd.DataFrame) -> GateDecision:
+    """Promote when the primary metric is not worse and no other task drops by more
+    than its tolerance (relative), both models scored on the same rows."""
+    scores = {}
+    for who, folder in (("challenger", challenger_dir), ("champion", champion_dir)):
+        onnx_model = OnnxModel(folder)
+        raw = onnx_model.predict_frame(test_df)
+        targets = onnx_model.spec.transform_targets(test_df)
+        scores[who] = {t.name: task_metrics(t, raw[t.name], targets[t.name], standardised=False).get(
+            cfg.task(t.name).metric, math.nan) for t in onnx_model.spec.targets}
+    new, old = scores["challenger"], scores["champion"]
+    promote, reasons = True, []
+    for task in cfg.tasks:
+        m = task.metric
+        if task.name not in old:
+            reasons.append(f"{task.name}: new task, no champion score")
+            continue
+        change = relative_change(m, new[task.name], old[task.name])
+        line = f"{task.name} {m}: {old[task.name]:.4f} -> {new[task.name]:.4f} ({change:+.2%})"
+        if task.primary:
+            ok = change >= 0 or math.isclose(new[task.name], old[task.name], rel_tol=1e-9)
+            reasons.append(f"primary {line} {'not worse' if ok else 'WORSE'}")
+        else:
+            tol = task.tolerance if task.tolerance is not None else cfg.registry.default_tolerance
+            ok = change >= -tol
+            reasons.append(f"{line} {'within' if ok else 'BEYOND'} tolerance {tol:.1%}")
+        promote = promote and ok
+    return GateDecision(promote, reasons, new, old)
+
+
+def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame) -> GateDecision:
+    """Gate a registered challenger against the champion and relabel accordingly."""
+    new = bentoml.models.get(tag)
+    current = champion(cfg.registry.model_name)
+    if current is None:
+        decision = GateDecision(True, ["no champion yet: the first model becomes champion"])
+    else:
+        decision = gate(cfg, Path(new.path), Path(current.path), test_df)
+        decision.champion_tag = str(current.tag)
+    if decision.promote:
+        if current is not None:
+            _relabel(current, RETIRED, retired_by=tag)
+        _relabel(new, CHAMPION, gate=asdict(decision))
+    else:
+        _relabel(new, REJECTED, gate=asdict(decision))
+    return decision
+
+
+def rollback(name: str) -> str:
+    """Make the most recent retired version champion again; return its tag."""
+    current = champion(name)
+    retired = [m for m in versions(name) if m.info.labels.get(STAGE) == RETIRED]
+    if not retired:
+        raise RuntimeError(f"no retired version of '{name}' to roll back to")
+    target = retired[-1]
+    if current is not None:
+        _relabel(current, RETIRED, rolled_back_to=str(target.tag))
+    _relabel(target, CHAMPION)
+    return str(target.tag)

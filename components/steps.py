@@ -1,0 +1,126 @@
+"""The pipeline steps as plain functions over paths.
+
+Each takes the config as YAML text (what a kfp parameter carries) and reads and
+writes files; the kfp wrappers in `pipelines/` only map artifacts to these paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import ProjectConfig, config_from_yaml
+from components.data import (
+    load_source,
+    partition_dir,
+    partitions_for,
+    read_window,
+    sample_rows,
+    with_labels,
+    write_partitions,
+)
+from components.evaluate import evaluate, save_metrics
+from components.export import check_parity, export_onnx
+from components.registry import promote_if_better, register
+from components.train import train
+from components.validate import report_to_dicts, validate_or_raise
+from components.versioning import data_version, dvc_md5, ensure_dvc_repo, pull, track_files
+
+
+def _cfg(config_yaml: str) -> ProjectConfig:
+    return config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
+
+
+def ingest(config_yaml: str, data_root: str, out_path: str, git_revision: str = "unknown") -> dict:
+    """Read the DVC-tracked partitions covering all windows, derive labels, write one
+    parquet. Returns lineage: the DVC md5 of every partition read and the git revision."""
+    cfg = _cfg(config_yaml)
+    root = Path(data_root)
+    w = cfg.data.windows
+    start, end = pd.Timestamp(w.train.start), pd.Timestamp(w.test.end)
+    part_dir = partition_dir(cfg, root)
+    paths = partitions_for(cfg, part_dir, start, end)
+    absent = [p for p in paths if not p.exists() and Path(str(p) + ".dvc").exists()]
+    if absent:
+        pull(root, absent)
+    df = read_window(cfg, part_dir, start, end)
+    md5s = {str(p.relative_to(root)): dvc_md5(p) for p in paths}
+    df = with_labels(sample_rows(df, cfg.data.sample_fraction, cfg.training.seed), cfg)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out_path, index=False)
+    return {"data_version": data_version(md5s), "partitions": md5s, "rows": len(df), "git_revision": git_revision}
+
+
+def validate(config_yaml: str, dataset_path: str, report_path: str) -> dict:
+    """Raises `DataValidationError` (with the readable report) on any violation."""
+    report = validate_or_raise(pd.read_parquet(dataset_path), _cfg(config_yaml))
+    Path(report_path).write_text(json.dumps(report_to_dicts(report), indent=1))
+    return {"checks": len(report)}
+
+
+def split(config_yaml: str, dataset_path: str, train_path: str, validation_path: str, test_path: str) -> dict:
+    """Time-ordered windows, never shuffled across time."""
+    cfg = _cfg(config_yaml)
+    df = pd.read_parquet(dataset_path)
+    t = df[cfg.data.time_column]
+    counts = {}
+    for name, window, path in (("train", cfg.data.windows.train, train_path),
+                               ("validation", cfg.data.windows.validation, validation_path),
+                               ("test", cfg.data.windows.test, test_path)):
+        part = df[(t >= pd.Timestamp(window.start)) & (t < pd.Timestamp(window.end))]
+        if part.empty:
+            raise ValueError(f"the {name} window [{window.start}, {window.end}) has no rows")
+        part.sort_values(cfg.data.time_column, kind="stable").to_parquet(path, index=False)
+        counts[name] = len(part)
+    return counts
+
+
+def train_model(config_yaml: str, train_path: str, validation_path: str, model_dir: str,
+                resume: bool = False) -> dict:
+    r = train(_cfg(config_yaml), pd.read_parquet(train_path), pd.read_parquet(validation_path), Path(model_dir),
+              resume=resume, progress=True)
+    return {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "samples_per_s": r.samples_per_s,
+            "wall_s": r.wall_s, "validation": r.validation}
+
+
+def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path: str) -> dict:
+    result = evaluate(Path(model_dir), pd.read_parquet(train_path), pd.read_parquet(test_path))
+    save_metrics(result, Path(metrics_path))
+    return result
+
+
+def export_model(config_yaml: str, model_dir: str, test_path: str, onnx_dir: str) -> dict:
+    """ONNX export + parity check; a parity failure raises and fails the pipeline."""
+    cfg = _cfg(config_yaml)
+    test = pd.read_parquet(test_path)
+    export_onnx(Path(model_dir), Path(onnx_dir), test)
+    report = check_parity(Path(model_dir), Path(onnx_dir), test, cfg.registry.parity_rows, cfg.registry.parity_atol)
+    return {"rows": report.rows, "max_abs_diff": max(report.max_abs_diff.values())}
+
+
+def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path: str, lineage: dict,
+                   decision_path: str) -> dict:
+    """Register as challenger, gate against the champion, write and return the decision."""
+    cfg = _cfg(config_yaml)
+    metrics = json.loads(Path(metrics_path).read_text())
+    parity = json.loads((Path(onnx_dir) / "parity.json").read_text())
+    tag = register(Path(onnx_dir), cfg, {**metrics, "parity": parity}, lineage)
+    decision = promote_if_better(cfg, tag, pd.read_parquet(test_path))
+    out = {"tag": tag, "promoted": decision.promote, "reasons": decision.reasons,
+           "champion_before": decision.champion_tag}
+    Path(decision_path).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def build_dataset(cfg: ProjectConfig, root: Path, track: bool = True) -> dict[str, str]:
+    """Materialise the source into monthly partitions and version them with DVC
+    (init once, one .dvc pointer per partition, push to the default remote).
+    Returns {partition path: md5}."""
+    df = load_source(cfg.data, root)
+    paths = write_partitions(df, cfg, partition_dir(cfg, root))
+    if not track:
+        return {str(p.relative_to(root)): "" for p in paths}
+    ensure_dvc_repo(root, cfg.data.dvc_remote)
+    return track_files(root, paths)

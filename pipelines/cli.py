@@ -1,0 +1,194 @@
+"""`mtlops`: the command line of the product."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.config import ConfigError, ProjectConfig, config_to_yaml, load_config
+from components.validate import DataValidationError
+
+app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Project YAML.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Repository root holding data/ and .dvc/.")]
+DEFAULT_CONFIG = Path("configs/flights.yaml")
+
+
+def _load(path: Path) -> ProjectConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def metrics_table(cfg: ProjectConfig, metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("task", "type", "metric", "model", "baseline", "rows"):
+        table.add_column(col, justify="left" if col in ("task", "type", "metric") else "right")
+    for t in cfg.tasks:
+        test, base = metrics["test"].get(t.name, {}), metrics["baseline"].get(t.name, {})
+        names = [t.metric] + [m for m in test if m not in ("n", t.metric)]
+        for i, m in enumerate(names):
+            table.add_row(f"{t.name}{' (primary)' if t.primary and i == 0 else ''}" if i == 0 else "",
+                          t.type if i == 0 else "", m + (" *" if m == t.metric else ""),
+                          _fmt(test.get(m)), _fmt(base.get(m)), f"{int(test.get('n', 0)):,}" if i == 0 else "")
+    table.caption = "* gated metric; baseline = train prevalence / class frequencies / median"
+    return table
+
+
+@data_app.command("build")
+def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
+               track: Annotated[bool, typer.Option(help="Version with DVC and push to the remote.")] = True) -> None:
+    """Materialise the config's source into monthly parquet partitions, tracked by DVC."""
+    from components.steps import build_dataset
+
+    cfg = _load(config)
+    t0 = time.perf_counter()
+    with console.status(f"building {cfg.data.name} partitions"):
+        md5s = build_dataset(cfg, root, track=track)
+    table = Table(title=f"{cfg.data.name}: {len(md5s)} partitions ({time.perf_counter() - t0:.1f}s)")
+    table.add_column("partition")
+    table.add_column("dvc md5")
+    for path, md5 in md5s.items():
+        table.add_row(path, md5 or "(not tracked)")
+    console.print(table)
+    if track:
+        console.print(f"DVC remote: {cfg.data.dvc_remote}. Commit the .dvc pointers: "
+                      f"git commit -m 'data: {cfg.data.name}' {cfg.data.dir}/")
+
+
+@app.command()
+def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
+        pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes artifacts.")] = Path("runs/kfp"),
+        ) -> None:
+    """Run the whole training pipeline locally (kfp.local, no cluster)."""
+    from pipelines.local import run_local
+
+    cfg = _load(config)
+    t0 = time.perf_counter()
+    try:
+        result = run_local(cfg, root, pipeline_root)
+    except Exception as err:  # kfp.local raises its own error type; the step's log is above
+        console.print(f"[red]pipeline failed: {err}[/red]")
+        raise typer.Exit(1) from None
+    console.print(metrics_table(cfg, result.metrics, f"test window {cfg.data.windows.test.start:%Y-%m-%d} .. "
+                                                     f"{cfg.data.windows.test.end:%Y-%m-%d}"))
+    d = result.decision
+    verdict = "[green]promoted to champion[/green]" if d["promoted"] else "[yellow]rejected (champion kept)[/yellow]"
+    console.print(f"registered [bold]{result.tag}[/bold]: {verdict}")
+    for reason in d["reasons"]:
+        console.print(f"  - {reason}")
+    table = Table(title=f"artifacts ({time.perf_counter() - t0:.0f}s)", caption=f"run folder: {result.run_dir}")
+    table.add_column("step/output")
+    table.add_column("path")
+    for name in result.artifacts:
+        table.add_row(name, f"<run folder>/{name}")
+    table.add_row("registered model", _model_store_path(result.tag))
+    console.print(table)
+
+
+def _model_store_path(tag: str) -> str:
+    import bentoml
+
+    return str(bentoml.models.get(tag).path)
+
+
+@app.command("compile")
+def compile_(out: Annotated[Path, typer.Option(help="IR YAML to write.")] = Path("build/training_pipeline.yaml"),
+             ) -> None:
+    """Compile the training pipeline to IR YAML for a Kubeflow cluster (images from MTLOPS_IMAGE / MTLOPS_GPU_IMAGE)."""
+    from pipelines.local import compile_pipeline
+
+    console.print(f"wrote {compile_pipeline(out)}")
+
+
+@app.command()
+def train(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
+          out: Annotated[Path, typer.Option(help="Model folder (checkpoint, weights, FeatureSpec).")] = Path(
+              "runs/train"),
+          resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt.")] = False) -> None:
+    """Ingest, validate, split and train in this process: the training step alone, for iteration."""
+    from components import steps
+
+    cfg = _load(config)
+    text = config_to_yaml(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = {k: str(Path(tmp) / f"{k}.parquet") for k in ("all", "train", "validation", "test")}
+        try:
+            steps.ingest(text, str(root), p["all"])
+            steps.validate(text, p["all"], str(Path(tmp) / "report.json"))
+        except DataValidationError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
+        steps.split(text, p["all"], p["train"], p["validation"], p["test"])
+        summary = steps.train_model(text, p["train"], p["validation"], str(out), resume=resume)
+    table = Table(title=f"validation metrics at best epoch {summary['best_epoch']} of {summary['epochs_run']} "
+                        f"({summary['samples_per_s']:,.0f} samples/s)")
+    table.add_column("task")
+    table.add_column("metrics")
+    for task, values in summary["validation"].items():
+        table.add_row(task, "  ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k != "n"))
+    console.print(table)
+    console.print(f"model folder: {out}")
+
+
+@app.command()
+def models(config: ConfigOpt = DEFAULT_CONFIG,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Registered versions with their stage, metrics and lineage."""
+    from components.registry import versions
+
+    cfg = _load(config)
+    rows = []
+    for m in versions(cfg.registry.model_name):
+        md = m.info.metadata
+        test = md.get("metrics", {}).get("test", {})
+        lineage = md.get("lineage", {})
+        rows.append({
+            "tag": str(m.tag), "stage": m.info.labels.get("stage", ""),
+            "created": m.info.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
+            "metrics": {t.name: test.get(t.name, {}).get(t.metric) for t in cfg.tasks},
+            "data_version": lineage.get("data_version", ""), "git_revision": lineage.get("git_revision", ""),
+            "gate": md.get("gate", {}).get("reasons", []),
+        })
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        return
+    table = Table(title=f"{cfg.registry.model_name}: {len(rows)} versions")
+    for col in ("tag", "stage", "created", *[f"{t.name} {t.metric}" for t in cfg.tasks], "data", "git"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tag"], r["stage"], r["created"], *[_fmt(v) for v in r["metrics"].values()],
+                      r["data_version"][:10], r["git_revision"][:12])
+    console.print(table)
+
+
+@app.command()
+def rollback(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Make the previous champion the champion again (a relabel)."""
+    from components.registry import rollback as do_rollback
+
+    console.print(f"champion is now {do_rollback(_load(config).registry.model_name)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,54 @@
+"""Run the training pipeline on this machine through `kfp.local`, or compile it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kfp import compiler
+
+from components.config import ProjectConfig, config_to_yaml
+from components.versioning import git_revision
+from pipelines.training import build_pipeline
+
+
+@dataclass
+class LocalRun:
+    tag: str
+    run_dir: Path
+    artifacts: dict[str, Path]  # "<task>/<output>" -> path
+    decision: dict
+    metrics: dict
+
+
+def _newest_run(pipeline_root: Path, before: set[Path]) -> Path:
+    runs = [p for p in pipeline_root.iterdir() if p.is_dir() and p not in before]
+    if not runs:
+        raise RuntimeError(f"kfp.local wrote no run folder under {pipeline_root}")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path) -> LocalRun:
+    """Execute every step as a subprocess of this Python (SubprocessRunner, no docker)."""
+    from kfp import local
+
+    pipeline_root = pipeline_root.resolve()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=True)
+    pipeline = build_pipeline()
+    task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
+                    git_revision=git_revision(data_root))
+    run_dir = _newest_run(pipeline_root, before)
+    artifacts = {str(p.relative_to(run_dir)): p for p in sorted(run_dir.glob("*/*")) if p.name != "executor_output.json"}
+    decision = json.loads(next(run_dir.glob("register*/decision")).read_text())
+    metrics = json.loads(next(run_dir.glob("evaluate*/metrics_json")).read_text())
+    return LocalRun(tag=str(task.output), run_dir=run_dir, artifacts=artifacts, decision=decision, metrics=metrics)
+
+
+def compile_pipeline(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(), package_path=str(path))
+    return path
