@@ -126,8 +126,8 @@ class DataSpec(Strict):
     source: SourceSpec
     time_column: str
     id_column: str | None = None  # a stable record id; row order within the time column if absent
-    partition: Literal["month"] = "month"
-    dir: str = "data"  # partitions live in <dir>/<name>/YYYY-MM.parquet
+    partition: Literal["month", "year"] = "month"  # files <dir>/<name>/YYYY-MM.parquet or YYYY.parquet
+    dir: str = "data"
     windows: Windows
     sample_fraction: float = Field(1.0, gt=0, le=1)  # a deterministic row sample, for quick runs
     dvc_remote: str = "~/.cache/mtlops/dvc-remote"

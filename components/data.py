@@ -11,6 +11,7 @@ import pandas as pd
 from components.config import DataSpec, DeriveSpec, LabelSpec, ProjectConfig, RdatasetsTable, TaskSpec
 
 LABEL_PREFIX = "label__"
+_FREQ = {"month": "M", "year": "Y"}
 
 
 def label_column(task: str) -> str:
@@ -64,9 +65,9 @@ def partition_dir(cfg: ProjectConfig, root: Path) -> Path:
 
 
 def write_partitions(df: pd.DataFrame, cfg: ProjectConfig, out_dir: Path) -> list[Path]:
-    """One parquet file per calendar month of the time column: YYYY-MM.parquet."""
+    """One parquet file per calendar month (YYYY-MM.parquet) or year (YYYY.parquet)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    months = df[cfg.data.time_column].dt.to_period("M")
+    months = df[cfg.data.time_column].dt.to_period(_FREQ[cfg.data.partition])
     paths = []
     for period, part in df.groupby(months, sort=True):
         path = out_dir / f"{period}.parquet"
@@ -76,8 +77,8 @@ def write_partitions(df: pd.DataFrame, cfg: ProjectConfig, out_dir: Path) -> lis
 
 
 def partitions_for(cfg: ProjectConfig, part_dir: Path, start: pd.Timestamp, end: pd.Timestamp) -> list[Path]:
-    """The monthly partition files (existing or DVC-tracked) that overlap [start, end)."""
-    months = pd.period_range(start, end - pd.Timedelta(microseconds=1), freq="M")
+    """The partition files (existing or DVC-tracked) that overlap [start, end)."""
+    months = pd.period_range(start, end - pd.Timedelta(microseconds=1), freq=_FREQ[cfg.data.partition])
     return [part_dir / f"{m}.parquet" for m in months]
 
 

@@ -66,7 +66,8 @@ class FeatureSpec:
         numeric = []
         for f in cfg.features.numeric:
             x = pd.to_numeric(train[f.name], errors="coerce").astype("float64")
-            mean, std = float(np.nanmean(x)) if x.notna().any() else 0.0, float(np.nanstd(x)) if x.notna().any() else 1.0
+            seen = x.notna().any()
+            mean, std = (float(np.nanmean(x)), float(np.nanstd(x))) if seen else (0.0, 1.0)
             numeric.append(NumericStats(f.name, mean, std if std > 1e-12 else 1.0, f.allow_null))
         categorical = []
         for f in cfg.features.categorical:

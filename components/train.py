@@ -152,10 +152,13 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["bad_epochs"]
         best_metric, best_state, history = ckpt["best_metric"], ckpt["best_state"], ckpt["history"]
+        if progress:
+            print(f"resuming from {ckpt_path} after epoch {start_epoch} of {tc.epochs}", flush=True)
 
     n = len(train_t)
     steps = (n + tc.batch_size - 1) // tc.batch_size
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    # bf16 autocast on GPU; plain fp32 on CPU
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     t0, seen = time.perf_counter(), 0
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]

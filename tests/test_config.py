@@ -1,0 +1,67 @@
+"""A bad config fails before any work, with a message naming the field path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from components.config import ConfigError, config_from_yaml, load_config, parse_config
+from tests.conftest import FLIGHTS, TXHOUSING, raw_config
+
+
+def test_reference_configs_load() -> None:
+    flights = load_config(FLIGHTS)
+    assert flights.primary_task.name == "arr_delayed"
+    assert {t.type for t in load_config(TXHOUSING).tasks} == {"multiclass", "regression", "binary"}
+
+
+def _broken(mutate) -> str:  # type: ignore[no-untyped-def]
+    raw = copy.deepcopy(raw_config())
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "flights.yaml")
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (lambda r: r["training"].update(epochz=3), "training.epochz", "unknown field"),
+        (lambda r: r["training"].update(epochs="many"), "training.epochs", "integer"),
+        (lambda r: r["tasks"][1].update(type="ordinal"), "tasks[1].type", "binary"),
+        (lambda r: r["tasks"][0].update(metric="mae"), "tasks[0]", "does not fit a binary task"),
+        (lambda r: r["tasks"][0].update(primary=False), "<root>", "primary"),
+        (lambda r: r["data"]["windows"]["test"].update(start="2013-05-15"), "data.windows", "time-ordered"),
+        (lambda r: r["data"]["windows"]["train"].update(end="2012-01-01"), "data.windows.train", "after start"),
+        (lambda r: r["features"]["numeric"].append({"name": "arr_delay"}), "<root>", "label leakage"),
+        (lambda r: r["features"]["categorical"][0].update(min_frequency=0), "features.categorical[0].min_frequency",
+         "greater than or equal to 1"),
+        (lambda r: r["training"].update(strategy={"name": "magic"}), "training.strategy.name", "unknown strategy"),
+        (lambda r: r["training"].update(strategy={"name": "static", "weights": {"arr_delayed": 0}}),
+         "training.strategy", "positive sum"),
+        (lambda r: r["training"].update(strategy={"name": "static", "weights": {"arr_delayed": -1}}),
+         "training.strategy.weights.arr_delayed", "greater than or equal to 0"),
+        (lambda r: r["tasks"][0]["label"].update(op="gt", value=None), "tasks[0].label", "needs 'value'"),
+        (lambda r: r["data"].pop("time_column"), "data.time_column", "Field required"),
+        (lambda r: r["model"].update(dropout=1.5), "model.dropout", "less than 1"),
+    ],
+)
+def test_bad_config_names_the_field(mutate, field: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    message = _broken(mutate)
+    assert f"  {field}" in message, message
+    assert words in message, message
+
+
+def test_not_yaml_and_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_from_yaml("data: [unclosed", "x.yaml")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config_from_yaml("- a\n- b\n", "x.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("does/not/exist.yaml")
+
+
+def test_static_weights_for_unknown_task() -> None:
+    message = _broken(lambda r: r["training"].update(strategy={"name": "static", "weights": {"nope": 1}}))
+    assert "unknown tasks: ['nope']" in message

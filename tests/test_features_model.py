@@ -1,0 +1,62 @@
+"""FeatureSpec (fit on train only, JSON round trip, OOV and nulls) and the multi-head model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.config import ProjectConfig
+from components.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from components.model import MultiTaskModel
+from tests.conftest import TXHOUSING, config_with, window
+
+
+def test_feature_spec_is_fitted_on_train_only_and_round_trips(flights_frame: pd.DataFrame,
+                                                             flights_cfg: ProjectConfig) -> None:
+    train = window(flights_frame, flights_cfg, "train")
+    spec = FeatureSpec.fit(train, flights_cfg)
+    temp = next(n for n in spec.numeric if n.name == "temp")
+    assert np.isclose(temp.mean, train["temp"].mean())  # not the mean over all months
+    assert not np.isclose(temp.mean, flights_frame["temp"].mean(), atol=0.5)
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec
+    np.testing.assert_array_equal(again.transform_numeric(train.head(50)), spec.transform_numeric(train.head(50)))
+
+
+def test_nulls_rare_and_unseen_values(flights_frame: pd.DataFrame, flights_cfg: ProjectConfig) -> None:
+    train = window(flights_frame, flights_cfg, "train")
+    spec = FeatureSpec.fit(train, flights_cfg)
+    tail = next(v for v in spec.categorical if v.name == "tailnum")
+    counts = train["tailnum"].value_counts()
+    assert set(tail.values) == set(counts[counts >= 30].index)  # min_frequency from the config
+    rows = train.head(3).copy()
+    rows["tailnum"] = [tail.values[0], "N-NEVER-SEEN", None]
+    rows["temp"] = [np.nan, 50.0, np.inf]
+    cat, oov = spec.transform_categorical(rows)
+    col = [v.name for v in spec.categorical].index("tailnum")
+    assert cat[:, col].tolist() == [FIRST_VALUE_INDEX, OOV_INDEX, NULL_INDEX]
+    assert oov["tailnum"] == 1
+    num = spec.transform_numeric(rows)
+    t = [n.name for n in spec.numeric].index("temp")
+    null_col = len(spec.numeric) + t
+    assert num[:, null_col].tolist() == [1.0, 0.0, 1.0]
+    assert num[0, t] == 0.0 and np.isfinite(num).all()
+
+
+def test_every_task_type_gets_its_head() -> None:
+    cfg = config_with(TXHOUSING)
+    df = pd.DataFrame({"month": [1, 2, 3, 4], "listings": [10.0, None, 30.0, 40.0], "inventory": [1.0, 2, 3, 4],
+                       "city": ["a", "b", "a", "c"], "label__price_band": ["low", "mid", "high", None],
+                       "label__sales": [1.0, 2.0, np.nan, 4.0], "label__busy_month": [0.0, 1.0, 0.0, 1.0]})
+    spec = FeatureSpec.fit(df, cfg)
+    assert next(t for t in spec.targets if t.name == "price_band").classes == ["low", "mid", "high"]
+    model = MultiTaskModel(spec, cfg.model)
+    cat, _ = spec.transform_categorical(df)
+    out = model(torch.from_numpy(spec.transform_numeric(df)), torch.from_numpy(cat))
+    assert out["price_band"].shape == (4, 3) and out["sales"].shape == (4,) and out["busy_month"].shape == (4,)
+    only = model(torch.from_numpy(spec.transform_numeric(df)), torch.from_numpy(cat), tasks=["sales"])
+    assert list(only) == ["sales"]
+    y = spec.transform_targets(df)
+    assert y["price_band"].tolist()[:3] == [0.0, 1.0, 2.0] and np.isnan(y["price_band"][3])
+    assert np.isclose(np.nanmean(y["sales"]), 0.0, atol=1e-6)  # regression heads learn standardised targets

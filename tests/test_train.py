@@ -1,0 +1,88 @@
+"""Training: losses fall, the best epoch is kept, and a killed run resumes to the same result."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from components.config import ProjectConfig, config_to_yaml
+from components.train import CHECKPOINT, SUMMARY, WEIGHTS, train
+from tests.conftest import FLIGHTS, config_with, window
+
+
+def test_losses_fall_and_validation_beats_chance(flights_frame: pd.DataFrame, flights_cfg: ProjectConfig,
+                                                 tmp_path: Path) -> None:
+    result = train(flights_cfg, window(flights_frame, flights_cfg, "train"),
+                   window(flights_frame, flights_cfg, "validation"), tmp_path, progress=False)
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    assert all(last[t] < first[t] for t in first), (first, last)
+    assert result.validation["arr_delayed"]["roc_auc"] > 0.6
+    assert result.validation["air_time"]["mae"] < 30  # minutes; predicting the mean is ~75
+    for name in (WEIGHTS, CHECKPOINT, SUMMARY, "feature_spec.json", "config.yaml"):
+        assert (tmp_path / name).is_file()
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+import pandas as pd
+from components.config import config_from_yaml
+from components.train import train
+cfg = config_from_yaml(Path(sys.argv[1]).read_text())
+train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.argv[4]),
+      resume=sys.argv[5] == "1", progress=True)
+"""
+
+
+def _train_child(d: Path, out: Path, resume: bool) -> subprocess.Popen:
+    args = [sys.executable, "-c", _CHILD, str(d / "cfg.yaml"), str(d / "train.parquet"), str(d / "val.parquet"),
+            str(out), "1" if resume else "0"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _epoch_in_checkpoint(path: Path) -> int:
+    if not path.exists():
+        return -1
+    return int(torch.load(path, weights_only=False)["epoch"])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    epochs = 6
+    cfg = config_with(FLIGHTS, training={"epochs": epochs, "threads": 1, "batch_size": 256, "seed": 7,
+                                         "early_stopping_patience": epochs})
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    window(flights_frame, cfg, "train").to_parquet(tmp_path / "train.parquet")
+    window(flights_frame, cfg, "validation").to_parquet(tmp_path / "val.parquet")
+
+    straight = _train_child(tmp_path, tmp_path / "straight", resume=False)
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()  # type: ignore[union-attr]
+
+    crashed = _train_child(tmp_path, tmp_path / "crashed", resume=False)
+    ckpt = tmp_path / "crashed" / CHECKPOINT
+    deadline = time.monotonic() + 600
+    while _epoch_in_checkpoint(ckpt) < 1 and crashed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    crashed.send_signal(signal.SIGKILL)
+    assert crashed.wait(timeout=60) == -signal.SIGKILL
+    killed_after = _epoch_in_checkpoint(ckpt)
+    assert 1 <= killed_after < epochs - 1, "the run must die part-way through"
+    assert not (tmp_path / "crashed" / SUMMARY).exists()
+
+    resumed = _train_child(tmp_path, tmp_path / "crashed", resume=True)
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming from {ckpt} after epoch {killed_after + 1} of {epochs}" in log
+
+    a = torch.load(tmp_path / "straight" / WEIGHTS, weights_only=True)
+    b = torch.load(tmp_path / "crashed" / WEIGHTS, weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
