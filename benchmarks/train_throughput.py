@@ -155,8 +155,10 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
                         ("numeric / categorical inputs", f"{data.numeric.shape[1]} / {data.categorical.shape[1]}"),
                         ("tasks", ", ".join(t.name for t in cfg.tasks)),
                         ("train rows", f"{len(train_df):,}"), ("validation rows", f"{len(val_df):,}"),
-                        ("load + labels + FeatureSpec + tensors", f"{prep_s:.1f} s")):
+                        ("load + labels + FeatureSpec + tensors", f"{prep_s:.1f} s"),
+                        ("load average 1 / 5 / 15 min", " / ".join(f"{v:.2f}" for v in os.getloadavg()))):
         setup.add_row(item, value)
+    setup.caption = "a load average near the core count before the run means other work competes for the cores"
     console.print(setup)
 
     sizes = [cfg.training.batch_size] if quick else sorted({cfg.training.batch_size, *EXTRA_BATCH_SIZES})
@@ -278,7 +280,7 @@ def main() -> None:
                         help="run `mtlops data build` + `mtlops run` in a temporary git repo (minutes)")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     throughput(console, load_config(args.config), args.quick)
     if args.pipeline_log:
         steps = parse_pipeline_log(args.pipeline_log.read_text(errors="replace"))

@@ -1,0 +1,129 @@
+"""The whole lifecycle through the real CLI and kfp.local: DVC data -> pipeline -> registry."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import load_config
+from components.versioning import data_version, dvc_md5
+from pipelines.local import run_local
+from tests.conftest import FLIGHTS, TXHOUSING, config_with, raw_config
+
+MTLOPS = [sys.executable, "-m", "pipelines.cli"]
+pytestmark = pytest.mark.slow
+
+
+def mtlops(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*MTLOPS, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check:
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def flights_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A git repo with a small-slice flights config, its data built, DVC-tracked and committed."""
+    root = tmp_path_factory.mktemp("repo")
+    raw = copy.deepcopy(raw_config(FLIGHTS))
+    raw["data"].update(sample_fraction=0.15, dvc_remote=str(root.parent / "remote"))
+    raw["training"].update(epochs=2, threads=2)
+    raw["registry"]["model_name"] = "e2e-flights"
+    cfg_path = root / "configs" / "quick.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    out = mtlops("data", "build", "--config", str(cfg_path), "--root", str(root), cwd=root)
+    assert "12 partitions" in out.stdout
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "data"], cwd=root, check=True)
+    return root, cfg_path
+
+
+def test_pipeline_trains_exports_and_registers_with_lineage(flights_repo: tuple[Path, Path]) -> None:
+    root, cfg_path = flights_repo
+    out = mtlops("run", "--config", str(cfg_path), "--root", str(root), "--pipeline-root", str(root / "runs"),
+                 cwd=root).stdout
+    assert "promoted to champion" in out and "arr_delayed (primary)" in out
+
+    run_dir = next((root / "runs").iterdir())
+    onnx_dir = next(run_dir.glob("export-op/onnx_model"))
+    for name in ("model.onnx", "feature_spec.json", "config.yaml", "parity.json"):
+        assert (onnx_dir / name).is_file(), name
+    parity = json.loads((onnx_dir / "parity.json").read_text())
+    assert parity["ok"] and parity["rows"] == 1000 and max(parity["max_abs_diff"].values()) <= 1e-4
+    metrics = json.loads(next(run_dir.glob("evaluate-op/metrics_json")).read_text())
+    for task, values in metrics["test"].items():
+        assert all(math.isfinite(v) for v in values.values()), (task, values)
+    assert metrics["test"]["arr_delayed"]["roc_auc"] > 0.55
+    assert metrics["test"]["air_time"]["mae"] < metrics["baseline"]["air_time"]["mae"]
+    assert json.loads(next(run_dir.glob("validate-op/report")).read_text())  # the validation report is kept
+
+    models = json.loads(mtlops("models", "--config", str(cfg_path), "--json", cwd=root).stdout)
+    assert [m["stage"] for m in models] == ["champion"]
+    parts = {f"data/flights/2013-0{m}.parquet": dvc_md5(root / f"data/flights/2013-0{m}.parquet")
+             for m in range(1, 7)}
+    assert models[0]["data_version"] == data_version(parts)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert models[0]["git_revision"] == head
+
+    # a second run is a challenger: gated against the champion on the same test rows
+    out = mtlops("run", "--config", str(cfg_path), "--root", str(root), "--pipeline-root", str(root / "runs"),
+                 cwd=root).stdout
+    assert "primary arr_delayed roc_auc" in out
+    models = json.loads(mtlops("models", "--config", str(cfg_path), "--json", cwd=root).stdout)
+    assert len(models) == 2 and models[1]["gate"][0].startswith("primary arr_delayed roc_auc")
+    assert sorted(m["stage"] for m in models) in (["champion", "retired"], ["champion", "rejected"])
+
+
+def test_a_data_violation_stops_the_pipeline_with_a_report(flights_repo: tuple[Path, Path]) -> None:
+    root, cfg_path = flights_repo
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["features"]["numeric"][3]["max"] = 100  # distance up to 100 miles: the data disagrees
+    bad = root / "configs" / "strict.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    proc = mtlops("run", "--config", str(bad), "--root", str(root), "--pipeline-root", str(root / "runs-bad"),
+                  cwd=root, check=False)
+    assert proc.returncode == 1
+    log = proc.stdout + proc.stderr
+    assert "[FAIL] range       distance" in log and "values outside [0.0, 100.0]" in log
+    assert not list((root / "runs-bad").glob("*/train-op"))  # stopped before training
+
+
+def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
+    raw = raw_config(FLIGHTS)
+    raw["tasks"][2]["type"] = "probability"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    proc = mtlops("run", "--config", str(bad), "--root", str(tmp_path), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "tasks[2].type" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_another_table_and_tasks_by_yaml_only(tmp_path: Path) -> None:
+    """txhousing (multiclass + regression + binary) through the same pipeline, no code change."""
+    from components.steps import build_dataset
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    cfg = config_with(TXHOUSING, data={"dvc_remote": str(tmp_path / "remote")},
+                      registry={"model_name": "e2e-txhousing"}, training={"threads": 2})
+    build_dataset(cfg, tmp_path)
+    result = run_local(cfg, tmp_path, tmp_path / "runs")
+    assert result.decision["promoted"]
+    test, base = result.metrics["test"], result.metrics["baseline"]
+    assert test["price_band"]["macro_f1"] > base["price_band"]["macro_f1"]
+    assert test["sales"]["mae"] < base["sales"]["mae"]
+    assert test["busy_month"]["roc_auc"] > 0.9
+    assert load_config(FLIGHTS).registry.model_name != "e2e-txhousing"
