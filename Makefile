@@ -6,9 +6,13 @@ CONFIG ?= configs/flights.yaml
 
 .PHONY: run test lint compile bench clean
 
+# GPU users: `make run TORCH_INDEX=<PyTorch CUDA wheel index>` installs a CUDA build of the pinned torch first.
+TORCH_INDEX ?=
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
