@@ -125,7 +125,7 @@ class DataSpec(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     source: SourceSpec
     time_column: str
-    id_column: str | None = None  # a stable record id; row order within the time column if absent
+    id_column: str | None = None  # a stable record id, numbered in time order if the source has none
     partition: Literal["month", "year"] = "month"  # files <dir>/<name>/YYYY-MM.parquet or YYYY.parquet
     dir: str = "data"
     windows: Windows

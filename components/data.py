@@ -55,9 +55,10 @@ def load_source(spec: DataSpec, base_dir: Path = Path(".")) -> pd.DataFrame:
         df[d.name] = _derive(df, d)
     df = df.drop(columns=[c for c in src.drop if c in df.columns])
     df[spec.time_column] = pd.to_datetime(df[spec.time_column])
+    df = df.sort_values([spec.time_column], kind="stable").reset_index(drop=True)
     if spec.id_column and spec.id_column not in df.columns:
         df[spec.id_column] = np.arange(len(df))
-    return df.sort_values([spec.time_column], kind="stable").reset_index(drop=True)
+    return df
 
 
 def partition_dir(cfg: ProjectConfig, root: Path) -> Path:
