@@ -2,6 +2,8 @@
 
 Each takes the config as YAML text (what a kfp parameter carries) and reads and
 writes files; the kfp wrappers in `pipelines/` only map artifacts to these paths.
+Each step runs in a fresh process, so torch, ONNX and BentoML are imported only by
+the steps that use them (importing all of them costs ~5 s per step).
 """
 
 from __future__ import annotations
@@ -21,10 +23,6 @@ from components.data import (
     with_labels,
     write_partitions,
 )
-from components.evaluate import evaluate, save_metrics
-from components.export import check_parity, export_onnx
-from components.registry import promote_if_better, register
-from components.train import train
 from components.validate import report_to_dicts, validate_or_raise
 from components.versioning import data_version, dvc_md5, ensure_dvc_repo, pull, track_files
 
@@ -79,6 +77,8 @@ def split(config_yaml: str, dataset_path: str, train_path: str, validation_path:
 
 def train_model(config_yaml: str, train_path: str, validation_path: str, model_dir: str,
                 resume: bool = False) -> dict:
+    from components.train import train
+
     r = train(_cfg(config_yaml), pd.read_parquet(train_path), pd.read_parquet(validation_path), Path(model_dir),
               resume=resume, progress=True)
     return {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "samples_per_s": r.samples_per_s,
@@ -86,6 +86,8 @@ def train_model(config_yaml: str, train_path: str, validation_path: str, model_d
 
 
 def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path: str) -> dict:
+    from components.evaluate import evaluate, save_metrics
+
     result = evaluate(Path(model_dir), pd.read_parquet(train_path), pd.read_parquet(test_path))
     save_metrics(result, Path(metrics_path))
     return result
@@ -93,6 +95,8 @@ def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path
 
 def export_model(config_yaml: str, model_dir: str, test_path: str, onnx_dir: str) -> dict:
     """ONNX export + parity check; a parity failure raises and fails the pipeline."""
+    from components.export import check_parity, export_onnx
+
     cfg = _cfg(config_yaml)
     test = pd.read_parquet(test_path)
     export_onnx(Path(model_dir), Path(onnx_dir), test)
@@ -103,6 +107,8 @@ def export_model(config_yaml: str, model_dir: str, test_path: str, onnx_dir: str
 def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path: str, lineage: dict,
                    decision_path: str) -> dict:
     """Register as challenger, gate against the champion, write and return the decision."""
+    from components.registry import promote_if_better, register
+
     cfg = _cfg(config_yaml)
     metrics = json.loads(Path(metrics_path).read_text())
     parity = json.loads((Path(onnx_dir) / "parity.json").read_text())

@@ -31,7 +31,12 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path:
 
 def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path) -> LocalRun:
     """Execute every step as a subprocess of this Python (SubprocessRunner, no docker)."""
+    import warnings
+
     from kfp import local
+
+    # locally every step runs in this Python, which has the project installed, as the image does
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
 
     pipeline_root = pipeline_root.resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from components.config import load_config
@@ -85,6 +86,20 @@ def test_pipeline_trains_exports_and_registers_with_lineage(flights_repo: tuple[
     models = json.loads(mtlops("models", "--config", str(cfg_path), "--json", cwd=root).stdout)
     assert len(models) == 2 and models[1]["gate"][0].startswith("primary arr_delayed roc_auc")
     assert sorted(m["stage"] for m in models) in (["champion", "retired"], ["champion", "rejected"])
+
+
+def test_train_command_alone_and_its_resume(flights_repo: tuple[Path, Path]) -> None:
+    root, cfg_path = flights_repo
+    out = root / "runs" / "iterate"
+    log = mtlops("train", "--config", str(cfg_path), "--root", str(root), "--out", str(out), cwd=root).stdout
+    assert "validation metrics at best epoch" in log and "arr_delayed" in log
+    weights = torch.load(out / "model.pt", weights_only=True)
+    # resuming a finished run continues from its last checkpoint and ends with the same weights
+    log = mtlops("train", "--config", str(cfg_path), "--root", str(root), "--out", str(out), "--resume",
+                 cwd=root).stdout
+    assert "resuming from" in log and "after epoch 2 of 2" in log
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
 
 
 def test_a_data_violation_stops_the_pipeline_with_a_report(flights_repo: tuple[Path, Path]) -> None:
