@@ -2,12 +2,13 @@
 
 What it measures:
 
-1. Hot-loop throughput (training samples/s) of the config's model on CPU with torch using all cores: the inner
-   loop of `components.train.train` replicated exactly (randperm indexing of in-memory tensors, forward, masked
-   per-task losses, the strategy's backward, AdamW step), at the config's batch size and at 512 and 8192. A few
-   warm-up steps are discarded, then each batch size is timed for a fixed wall time. Also the end-to-end
-   `components.train.train` samples/s over 2 epochs (per-epoch validation and checkpointing included), and the
-   peak RSS of this process. The target is 50,000 samples/s for the default MLP.
+1. Hot-loop throughput (training samples/s) of the config's model on CPU with torch using all cores: the
+   trainer's own `components.train.train_step` over batches drawn as `train` draws them (randperm indexing of
+   in-memory tensors, forward, masked per-task losses, the strategy's backward, AdamW step), at the config's
+   batch size and at 512 and 8192. A few warm-up steps are discarded, then each batch size is timed for a
+   fixed wall time. Also the end-to-end `components.train.train` samples/s over 2 epochs (per-epoch
+   validation and checkpointing included), and the peak RSS of this process. The target is 50,000
+   samples/s for the default MLP.
 2. Seconds per kfp.local step of `mtlops run`: parsed from a saved log (`--pipeline-log PATH`), or from a fresh
    end-to-end `mtlops data build` + `mtlops run` in a temporary git repository (`--run-pipeline`), which also
    reports each command's wall time and the peak RSS of the child process tree.
@@ -39,7 +40,7 @@ from components.data import load_source, with_labels
 from components.features import FeatureSpec
 from components.model import MultiTaskModel
 from components.strategies import make_strategy
-from components.train import TensorData, masked_loss, to_tensors, train
+from components.train import TensorData, make_autocast, to_tensors, train, train_step
 
 TARGET_SAMPLES_PER_S = 50_000
 EXTRA_BATCH_SIZES = (512, 8192)
@@ -117,12 +118,10 @@ def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size
     loss_sums = {name: torch.zeros(()) for name in task_names}
     model.train()
 
+    autocast = make_autocast(torch.device("cpu"))
+
     def step(idx: torch.Tensor) -> int:
-        out = model(data.numeric[idx], data.categorical[idx])
-        losses = {name: masked_loss(task_specs[name], out[name], data.targets[name][idx]) for name in task_names}
-        optimizer.zero_grad(set_to_none=True)
-        strategy.backward(losses)
-        optimizer.step()
+        losses = train_step(model, strategy, optimizer, data, idx, task_specs, autocast)
         for name in task_names:
             loss_sums[name] += losses[name].detach()
         return len(idx)

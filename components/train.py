@@ -24,7 +24,7 @@ from components.config import ProjectConfig, TaskSpec, config_to_yaml
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.model import MultiTaskModel
-from components.strategies import make_strategy
+from components.strategies import Weighting, make_strategy
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
@@ -100,6 +100,24 @@ def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[Targ
     return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
+def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
+               idx: torch.Tensor, tasks: dict[str, TaskSpec],
+               autocast: torch.autocast) -> dict[str, torch.Tensor]:
+    """One optimisation step on the rows `idx`; returns the per-task losses (no host sync)."""
+    with autocast:
+        out = model(data.numeric[idx], data.categorical[idx])
+        losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
+    optimizer.zero_grad(set_to_none=True)
+    strategy.backward(losses)
+    optimizer.step()
+    return losses
+
+
+def make_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on GPU; plain fp32 on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -157,8 +175,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
     n = len(train_t)
     steps = (n + tc.batch_size - 1) // tc.batch_size
-    # bf16 autocast on GPU; plain fp32 on CPU
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = make_autocast(device)
     t0, seen = time.perf_counter(), 0
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
@@ -174,13 +191,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
             for s in range(steps):
                 idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
-                with autocast:
-                    out = model(train_t.numeric[idx], train_t.categorical[idx])
-                    losses = {name: masked_loss(task_specs[name], out[name], train_t.targets[name][idx])
-                              for name in task_names}
-                optimizer.zero_grad(set_to_none=True)
-                strategy.backward(losses)
-                optimizer.step()
+                losses = train_step(model, strategy, optimizer, train_t, idx, task_specs, autocast)
                 for name in task_names:
                     loss_sums[name] += losses[name].detach()
                 bar.advance(job)
