@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from components.config import ProjectConfig, TaskSpec, config_to_yaml
+from components.config import ProjectConfig, TaskSpec, config_to_yaml, load_config
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.model import MultiTaskModel
@@ -148,6 +148,9 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
     ckpt_path = out_dir / CHECKPOINT
     ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    if ckpt and ckpt["config"] != config_to_yaml(cfg):
+        raise ValueError(f"{ckpt_path} was written by a run with a different config: "
+                         "resume with the same config, or train without --resume")
     spec = FeatureSpec.from_json(ckpt["feature_spec"]) if ckpt else FeatureSpec.fit(train_df, cfg)
     spec.save(out_dir / SPEC)
     (out_dir / CONFIG).write_text(config_to_yaml(cfg))
@@ -211,7 +214,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "strategy": strategy.state_dict(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "best_metric": best_metric, "best_state": best_state,
-                "history": history, "feature_spec": spec.to_json(),
+                "history": history, "feature_spec": spec.to_json(), "config": config_to_yaml(cfg),
             }, ckpt_path)
 
     wall = time.perf_counter() - t0
@@ -229,8 +232,6 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
 
 def load_trained(model_dir: Path) -> tuple[MultiTaskModel, FeatureSpec, ProjectConfig]:
-    from components.config import load_config
-
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / CONFIG)
     spec = FeatureSpec.load(model_dir / SPEC)

@@ -13,7 +13,7 @@ import yaml
 
 # BentoML reads its home once, at import: isolate the model store for the whole session
 # (kfp.local steps inherit it as subprocesses).
-os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="mtlops-bento-"))
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mtlops-bento-")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from components.config import ProjectConfig, parse_config

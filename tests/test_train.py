@@ -81,6 +81,12 @@ def test_killed_run_resumes_to_the_same_weights(flights_frame: pd.DataFrame, tmp
     assert resumed.returncode == 0, log
     assert f"resuming from {ckpt} after epoch {killed_after + 1} of {epochs}" in log
 
+    other = config_with(FLIGHTS, training={"epochs": epochs, "threads": 1, "batch_size": 512, "seed": 7,
+                                           "early_stopping_patience": epochs})
+    with pytest.raises(ValueError, match="different config"):
+        train(other, pd.read_parquet(tmp_path / "train.parquet"), pd.read_parquet(tmp_path / "val.parquet"),
+              tmp_path / "crashed", resume=True, progress=False)
+
     a = torch.load(tmp_path / "straight" / WEIGHTS, weights_only=True)
     b = torch.load(tmp_path / "crashed" / WEIGHTS, weights_only=True)
     assert a.keys() == b.keys()
