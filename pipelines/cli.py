@@ -20,7 +20,7 @@ from components.validate import DataValidationError
 app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Project YAML.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Repository root holding data/ and .dvc/.")]
@@ -174,11 +174,13 @@ def models(config: ConfigOpt = DEFAULT_CONFIG,
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
         return
     table = Table(title=f"{cfg.registry.model_name}: {len(rows)} versions")
-    for col in ("tag", "stage", "created", *[f"{t.name} {t.metric}" for t in cfg.tasks], "data", "git"):
+    table.add_column("tag", no_wrap=True)
+    for col in ("stage", "created", *[f"{t.name} {t.metric}" for t in cfg.tasks], "data", "git"):
         table.add_column(col)
     for r in rows:
+        git = r["git_revision"][:12] + ("-dirty" if r["git_revision"].endswith("-dirty") else "")
         table.add_row(r["tag"], r["stage"], r["created"], *[_fmt(v) for v in r["metrics"].values()],
-                      r["data_version"][:10], r["git_revision"][:12])
+                      r["data_version"][:10], git)
     console.print(table)
 
 
