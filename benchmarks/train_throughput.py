@@ -30,13 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from components.config import ProjectConfig, Window, config_to_yaml, load_config
-from components.data import load_source, with_labels
+from components.config import ProjectConfig, config_to_yaml, load_config
+from components.data import load_source, select_window, with_labels
 from components.features import FeatureSpec
 from components.model import MultiTaskModel
 from components.strategies import make_strategy
@@ -87,11 +86,6 @@ def mib(maxrss_kib: int) -> str:
 
 def verdict(samples_per_s: float) -> str:
     return "[green]PASS[/green]" if samples_per_s >= TARGET_SAMPLES_PER_S else "[red]MISS[/red]"
-
-
-def window(df: pd.DataFrame, cfg: ProjectConfig, w: Window) -> pd.DataFrame:
-    t = df[cfg.data.time_column]
-    return df[(t >= pd.Timestamp(w.start)) & (t < pd.Timestamp(w.end))].reset_index(drop=True)
 
 
 def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -145,7 +139,9 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     df = with_labels(load_source(cfg.data), cfg)
-    train_df, val_df = window(df, cfg, cfg.data.windows.train), window(df, cfg, cfg.data.windows.validation)
+    w, tcol = cfg.data.windows, cfg.data.time_column
+    train_df = select_window(df, tcol, w.train.start, w.train.end)
+    val_df = select_window(df, tcol, w.validation.start, w.validation.end)
     spec = FeatureSpec.fit(train_df, cfg)
     data = to_tensors(train_df, spec)
     prep_s = time.perf_counter() - t0

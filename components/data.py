@@ -83,14 +83,19 @@ def partitions_for(cfg: ProjectConfig, part_dir: Path, start: pd.Timestamp, end:
     return [part_dir / f"{m}.parquet" for m in months]
 
 
+def select_window(df: pd.DataFrame, time_column: str, start: object, end: object) -> pd.DataFrame:
+    """Rows with start <= time < end, in their original order."""
+    t = df[time_column]
+    return df[(t >= pd.Timestamp(start)) & (t < pd.Timestamp(end))].reset_index(drop=True)
+
+
 def read_window(cfg: ProjectConfig, part_dir: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     paths = partitions_for(cfg, part_dir, start, end)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"data partitions missing (run `mtlops data build` or `dvc pull`): {missing}")
     df = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    t = df[cfg.data.time_column]
-    return df[(t >= start) & (t < end)].reset_index(drop=True)
+    return select_window(df, cfg.data.time_column, start, end)
 
 
 def derive_label(df: pd.DataFrame, task: TaskSpec) -> pd.Series:

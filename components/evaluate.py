@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from components.metrics import baseline_raw, task_metrics
 from components.train import load_trained, predict_raw, to_tensors
-
-METRICS_FILE = "metrics.json"
 
 
 def evaluate(model_dir: Path, train_df: pd.DataFrame, test_df: pd.DataFrame) -> dict[str, dict]:
@@ -32,10 +29,4 @@ def evaluate(model_dir: Path, train_df: pd.DataFrame, test_df: pd.DataFrame) -> 
 
 
 def save_metrics(result: dict, path: Path) -> None:
-    Path(path).write_text(json.dumps(result, indent=1, default=_json_default))
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o))
+    Path(path).write_text(json.dumps(result, indent=1))

@@ -20,6 +20,7 @@ from components.data import (
     partitions_for,
     read_window,
     sample_rows,
+    select_window,
     with_labels,
     write_partitions,
 )
@@ -62,12 +63,11 @@ def split(config_yaml: str, dataset_path: str, train_path: str, validation_path:
     """Time-ordered windows, never shuffled across time."""
     cfg = _cfg(config_yaml)
     df = pd.read_parquet(dataset_path)
-    t = df[cfg.data.time_column]
     counts = {}
     for name, window, path in (("train", cfg.data.windows.train, train_path),
                                ("validation", cfg.data.windows.validation, validation_path),
                                ("test", cfg.data.windows.test, test_path)):
-        part = df[(t >= pd.Timestamp(window.start)) & (t < pd.Timestamp(window.end))]
+        part = select_window(df, cfg.data.time_column, window.start, window.end)
         if part.empty:
             raise ValueError(f"the {name} window [{window.start}, {window.end}) has no rows")
         part.sort_values(cfg.data.time_column, kind="stable").to_parquet(path, index=False)
@@ -107,11 +107,12 @@ def export_model(config_yaml: str, model_dir: str, test_path: str, onnx_dir: str
 def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path: str, lineage: dict,
                    decision_path: str) -> dict:
     """Register as challenger, gate against the champion, write and return the decision."""
+    from components.export import PARITY_FILE
     from components.registry import promote_if_better, register
 
     cfg = _cfg(config_yaml)
     metrics = json.loads(Path(metrics_path).read_text())
-    parity = json.loads((Path(onnx_dir) / "parity.json").read_text())
+    parity = json.loads((Path(onnx_dir) / PARITY_FILE).read_text())
     tag = register(Path(onnx_dir), cfg, {**metrics, "parity": parity}, lineage)
     decision = promote_if_better(cfg, tag, pd.read_parquet(test_path))
     out = {"tag": tag, "promoted": decision.promote, "reasons": decision.reasons,

@@ -17,7 +17,7 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mtlops-bento-")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from components.config import ProjectConfig, parse_config
-from components.data import load_source, sample_rows, with_labels
+from components.data import load_source, sample_rows, select_window, with_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FLIGHTS = ROOT / "configs" / "flights.yaml"
@@ -51,5 +51,4 @@ def flights_frame(flights_cfg: ProjectConfig) -> pd.DataFrame:
 
 def window(df: pd.DataFrame, cfg: ProjectConfig, name: str) -> pd.DataFrame:
     w = getattr(cfg.data.windows, name)
-    t = df[cfg.data.time_column]
-    return df[(t >= pd.Timestamp(w.start)) & (t < pd.Timestamp(w.end))].reset_index(drop=True)
+    return select_window(df, cfg.data.time_column, w.start, w.end)
