@@ -7,15 +7,7 @@ from sklearn import metrics as skm
 
 from components.config import METRICS
 from components.features import TargetSpec
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+from components.predictions import sigmoid, softmax
 
 
 def task_metrics(target: TargetSpec, raw: np.ndarray, y: np.ndarray, standardised: bool = True) -> dict[str, float]:
@@ -28,13 +20,13 @@ def task_metrics(target: TargetSpec, raw: np.ndarray, y: np.ndarray, standardise
     if len(y) == 0:
         return out
     if target.type == "binary":
-        p = _sigmoid(raw.astype(np.float64))
+        p = sigmoid(raw.astype(np.float64))
         both = len(np.unique(y)) == 2
         out["roc_auc"] = float(skm.roc_auc_score(y, p)) if both else float("nan")
         out["log_loss"] = float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
         out["accuracy"] = float(np.mean((p >= target.threshold) == (y == 1)))
     elif target.type == "multiclass":
-        p = _softmax(raw.astype(np.float64))
+        p = softmax(raw.astype(np.float64))
         yi = y.astype(int)
         pred = p.argmax(axis=1)
         labels = list(range(len(target.classes)))

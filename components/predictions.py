@@ -1,0 +1,123 @@
+"""What the model's outputs mean to a user, and the prediction log.
+
+`prediction_frame` turns raw ONNX outputs into the user's terms, one column
+group per task:
+
+- binary:     `<task>__proba` (float), `<task>__label` (0/1 at the task's threshold)
+- multiclass: `<task>__label` (class name), `<task>__proba__<class>` (float per class)
+- regression: `<task>__value` (original units)
+
+`monitored_column` names the one column per task whose drift monitoring
+tracks. The prediction log is the contract between serving (writer) and
+monitoring (reader): parquet parts under `<log_dir>/date=YYYY-MM-DD/`, one row
+per scored record with `request_id`, `record_index`, `timestamp` (UTC),
+`model_version`, the features as received, and the prediction columns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from components.features import FeatureSpec, TargetSpec
+
+if TYPE_CHECKING:
+    from components.export import OnnxModel
+
+LOG_COLUMNS = ["request_id", "record_index", "timestamp", "model_version"]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x.astype(np.float64), -50, 50)))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def monitored_column(target: TargetSpec) -> str:
+    return f"{target.name}__" + {"binary": "proba", "multiclass": "label", "regression": "value"}[target.type]
+
+
+def task_columns(
+    spec: FeatureSpec, raw: dict[str, np.ndarray], tasks: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Column name -> values for the requested tasks (default: every task in `raw`)."""
+    wanted = set(tasks or raw)
+    cols: dict[str, np.ndarray] = {}
+    for t in spec.targets:
+        if t.name not in wanted:
+            continue
+        out = raw[t.name]
+        if t.type == "binary":
+            p = sigmoid(out)
+            cols[f"{t.name}__proba"] = p
+            cols[f"{t.name}__label"] = (p >= t.threshold).astype(np.int64)
+        elif t.type == "multiclass":
+            p = softmax(out)
+            cols[f"{t.name}__label"] = np.asarray(t.classes, dtype=object)[p.argmax(axis=1)]
+            for i, c in enumerate(t.classes):
+                cols[f"{t.name}__proba__{c}"] = p[:, i]
+        else:
+            cols[f"{t.name}__value"] = out.astype(np.float64)
+    return cols
+
+
+def prediction_frame(spec: FeatureSpec, raw: dict[str, np.ndarray], tasks: list[str] | None = None) -> pd.DataFrame:
+    return pd.DataFrame(task_columns(spec, raw, tasks))
+
+
+def write_log_part(frame: pd.DataFrame, log_dir: Path) -> Path | None:
+    """Append one parquet part under the partition of its first record's UTC date.
+    Parts are written to a temporary name and renamed, so readers never see half a file."""
+    if frame.empty:
+        return None
+    when = pd.Timestamp(frame["timestamp"].iloc[0])
+    folder = Path(log_dir) / f"date={when:%Y-%m-%d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{datetime.now(UTC):%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.rename(path)
+    return path
+
+
+def _utc(when: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(when)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def read_prediction_log(log_dir: Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+    """All logged records with since <= timestamp < until (UTC), oldest first."""
+    parts = sorted(Path(log_dir).glob("date=*/*.parquet"))
+    if not parts:
+        return pd.DataFrame(columns=LOG_COLUMNS)
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    keep = np.ones(len(df), dtype=bool)
+    if since is not None:
+        keep &= (ts >= _utc(since)).to_numpy()
+    if until is not None:
+        keep &= (ts < _utc(until)).to_numpy()
+    return df[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def score_frame(model: OnnxModel, df: pd.DataFrame, model_version: str, tasks: list[str] | None = None) -> pd.DataFrame:
+    """Offline scoring in the prediction log's format: the features, then every task's columns."""
+    spec = model.spec
+    raw = model.predict_frame(df)
+    now = pd.Timestamp.now(tz="UTC")
+    head = pd.DataFrame({
+        "request_id": "offline",
+        "record_index": np.arange(len(df), dtype=np.int64),
+        "timestamp": now,
+        "model_version": model_version,
+    }, index=range(len(df)))
+    features = df[spec.feature_names].reset_index(drop=True)
+    return pd.concat([head, features, prediction_frame(spec, raw, tasks)], axis=1)
