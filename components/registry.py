@@ -107,12 +107,18 @@ def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame) -> Ga
         decision = gate(cfg, Path(new.path), Path(current.path), test_df)
         decision.champion_tag = str(current.tag)
     if decision.promote:
-        if current is not None:
-            _relabel(current, RETIRED, retired_by=tag)
-        _relabel(new, CHAMPION, gate=asdict(decision))
+        promote(cfg.registry.model_name, tag, gate=asdict(decision))
     else:
         _relabel(new, REJECTED, gate=asdict(decision))
     return decision
+
+
+def promote(name: str, tag: str, **metadata: Any) -> None:
+    """Make `tag` the champion and retire the current one (no gate: the caller decided)."""
+    current = champion(name)
+    if current is not None and str(current.tag) != tag:
+        _relabel(current, RETIRED, retired_by=tag)
+    _relabel(bentoml.models.get(tag), CHAMPION, **metadata)
 
 
 def rollback(name: str) -> str:

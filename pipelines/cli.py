@@ -192,5 +192,39 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     console.print(f"champion is now {do_rollback(_load(config).registry.model_name)}")
 
 
+@app.command()
+def serve(config: ConfigOpt = DEFAULT_CONFIG,
+          host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+          prediction_log: Annotated[Path, typer.Option(
+              help="Prediction log folder (parquet parts by date), read by monitoring.")] = Path("predictions"),
+          max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024) -> None:
+    """Serve the champion over HTTP (BentoML): /predict, /model, /livez, /readyz, /metrics, /admin/reload.
+    POST /admin/reload needs `Authorization: Bearer $MTLOPS_ADMIN_TOKEN`."""
+    import os
+
+    cfg = _load(config)
+    env = {**os.environ, "MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_MAX_ROWS": str(max_rows),
+           "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve())}
+    project = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MultiTaskModelService",
+           "--host", host, "--port", str(port), "--working-dir", str(project)]
+    os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM flushes the prediction log)
+
+
+@app.command()
+def reload(url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:3000") -> None:
+    """Make a running service serve the current champion (after a promotion or `mtlops rollback`).
+    Reads the admin token from MTLOPS_ADMIN_TOKEN."""
+    import os
+
+    import httpx
+
+    token = os.environ.get("MTLOPS_ADMIN_TOKEN", "")
+    r = httpx.post(f"{url.rstrip('/')}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    console.print(f"{r.status_code} {r.text}")
+    raise typer.Exit(0 if r.status_code == 200 else 1)
+
+
 if __name__ == "__main__":
     app()

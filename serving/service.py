@@ -196,7 +196,11 @@ class MultiTaskModelService:
                 raise ModelLoadError(f"{new.tag} has other features or tasks than {self.model.tag}; "
                                      "the request schema is fixed at start-up: restart the service to serve it")
             generation = self.generation + 1
-            await self.runner.to_async.load(generation=generation, tag=new.tag)
+            try:
+                await self.runner.to_async.load(generation=generation, tag=new.tag)
+            except Exception as exc:  # the runner's reason is in its log; its HTTP error hides it
+                raise ModelLoadError(f"{new.tag}: the runner could not load it or it failed warm-up "
+                                     f"({type(exc).__name__}: {exc})") from exc
             self.model, self.generation, self.runner_generation = new, generation, generation
             self.metrics.serving(new.tag)
             return {"status": "reloaded", "model_version": new.tag}

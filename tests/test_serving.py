@@ -1,0 +1,320 @@
+"""The BentoML service, started for real by `mtlops serve` on a loopback port.
+
+One txhousing model (multiclass + regression + binary heads) is the champion; the
+tests talk HTTP to the live server, promote new versions in the model store and
+reload, and finally stop the server and read its prediction log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from components import registry
+from components.config import ProjectConfig, config_to_yaml
+from components.data import load_source, with_labels
+from components.export import ONNX_FILE, OnnxModel, export_onnx
+from components.predictions import prediction_frame, read_prediction_log
+from components.train import SPEC, train
+from tests.conftest import ROOT, TXHOUSING, config_with, window
+
+MAX_ROWS = 64
+MAX_BODY = 256 * 1024
+TOKEN = "test-admin-token"
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log_dir: Path
+    output: Path
+    served: int = 0  # records answered with 200, to check the prediction log against
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def post(self, body: object | str, path: str = "/predict", token: str | None = None) -> httpx.Response:
+        content = body if isinstance(body, str | bytes) else json.dumps(body)
+        headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {token}"} if token else {})
+        r = httpx.post(self.url + path, content=content, headers=headers, timeout=60)
+        if path == "/predict" and r.status_code == 200:
+            with self.lock:
+                self.served += len(r.json()["predictions"])
+        return r
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        return self.proc.returncode
+
+
+@dataclass
+class Champion:
+    cfg: ProjectConfig
+    tag: str
+    export_dir: Path
+    test: pd.DataFrame
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(df: pd.DataFrame, cfg: ProjectConfig) -> list[dict]:
+    names = [f.name for f in cfg.features.numeric] + [f.name for f in cfg.features.categorical]
+    out = []
+    for row in df[names].to_dict(orient="records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    cfg = config_with(TXHOUSING, training={"epochs": 3, "threads": 2}, registry={"model_name": "serving-test"})
+    df = with_labels(load_source(cfg.data), cfg)
+    root = tmp_path_factory.mktemp("serving")
+    train(cfg, window(df, cfg, "train"), window(df, cfg, "validation"), root / "model", progress=False)
+    test = window(df, cfg, "test")
+    export_onnx(root / "model", root / "onnx", test)
+    tag = registry.register(root / "onnx", cfg, {"test": {"price_band": {"macro_f1": 0.5}}}, {"data_version": "t"})
+    registry.promote(cfg.registry.model_name, tag)
+    return Champion(cfg, tag, root / "onnx", test)
+
+
+@pytest.fixture(scope="module")
+def server(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    root = tmp_path_factory.mktemp("server")
+    (root / "config.yaml").write_text(config_to_yaml(champion.cfg))
+    port = _free_port()
+    env = {**os.environ, "MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_LOG_FLUSH_SECONDS": "0.2",
+           "MTLOPS_MAX_BODY_BYTES": str(MAX_BODY), "MTLOPS_ORT_THREADS": "1"}
+    output = root / "server.out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(root / "config.yaml"),
+         "--port", str(port), "--prediction-log", str(root / "predictions"), "--max-rows", str(MAX_ROWS)],
+        cwd=ROOT, env=env, stdout=output.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, root / "predictions", output)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{output.read_text()[-3000:]}")
+        try:
+            if httpx.get(srv.url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"server not ready in 180 s:\n{output.read_text()[-3000:]}")
+    yield srv
+    if srv.stop() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_every_task_type_round_trip_matches_offline_scoring(server: Server, champion: Champion) -> None:
+    rows = champion.test.head(20)
+    r = server.post({"records": _records(rows, champion.cfg)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == champion.tag
+    expected = prediction_frame(OnnxModel(champion.export_dir).spec, OnnxModel(champion.export_dir).predict_frame(rows))
+    for i, got in enumerate(body["predictions"]):
+        assert set(got) == {"price_band", "sales", "busy_month"}
+        band = got["price_band"]
+        assert band["label"] == expected["price_band__label"][i]
+        assert set(band["probabilities"]) == {"low", "mid", "high"}
+        assert sum(band["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert got["sales"]["value"] == pytest.approx(expected["sales__value"][i], rel=1e-4)
+        busy = got["busy_month"]
+        assert busy["probability"] == pytest.approx(expected["busy_month__proba"][i], abs=1e-5)
+        assert busy["label"] == int(busy["probability"] >= 0.5)
+
+
+def test_tasks_subset_and_batch_sizes(server: Server, champion: Champion) -> None:
+    records = _records(champion.test.head(MAX_ROWS), champion.cfg)
+    r = server.post({"records": records[:1], "tasks": ["sales"]})
+    assert r.status_code == 200 and list(r.json()["predictions"][0]) == ["sales"]
+    r = server.post({"records": records})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == MAX_ROWS
+
+
+def _bad_cases(champion: Champion) -> list[tuple[str, object, int, list[str]]]:
+    good = _records(champion.test.head(3), champion.cfg)
+
+    def with_field(i: int, **changes: object) -> list[dict]:
+        recs = [dict(r) for r in good]
+        recs[i].update(changes)
+        return recs
+
+    missing = [dict(r) for r in good]
+    del missing[2]["city"]
+    return [
+        ("missing feature", {"records": missing}, 400, ["records", "2", "city", "missing"]),
+        ("unknown feature", {"records": with_field(1, colour="red")}, 400, ["records", "1", "colour"]),
+        ("string for a number", {"records": with_field(0, listings="100")}, 400, ["records", "0", "listings"]),
+        ("wrong type", {"records": with_field(2, city=[1, 2])}, 400, ["records", "2", "city"]),
+        ("null where not allowed", {"records": with_field(1, month=None)}, 400, ["records", "1", "month"]),
+        ("NaN", json.dumps({"records": with_field(0, month=math.nan)}), 400, ["records", "0", "month", "finite"]),
+        ("Infinity", {"records": with_field(0, inventory=float("inf"))}, 400, ["records", "0", "inventory"]),
+        ("empty list", {"records": []}, 400, ["records", "at least 1"]),
+        ("too many rows", {"records": good * (MAX_ROWS // 3 + 1)}, 400, ["records", str(MAX_ROWS)]),
+        ("unknown task", {"records": good, "tasks": ["price"]}, 400, ["tasks", "0", "price_band"]),
+        ("malformed JSON", '{"records": [', 400, ["Invalid JSON"]),
+        ("not an object", "[1, 2]", 400, ["object"]),
+        ("body too large", {"records": good, "pad": "x" * MAX_BODY}, 413, [str(MAX_BODY)]),
+    ]
+
+
+def test_bad_input_gets_4xx_naming_record_and_field(server: Server, champion: Champion) -> None:
+    for name, body, status, words in _bad_cases(champion):
+        r = server.post(body)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        for w in words:
+            assert w in r.text, (name, w, r.text)
+
+
+def test_unknown_category_is_answered_and_counted(server: Server, champion: Champion) -> None:
+    record = _records(champion.test.head(1), champion.cfg)[0] | {"city": "Atlantis"}
+    before = _metric(server, "mtlops_out_of_vocabulary_values_total", feature="city")
+    tasks_before = _metric(server, "mtlops_predictions_total", task="busy_month")
+    r = server.post({"records": [record, record]})
+    assert r.status_code == 200
+    assert _metric(server, "mtlops_out_of_vocabulary_values_total", feature="city") == before + 2
+    assert _metric(server, "mtlops_predictions_total", task="busy_month") == tasks_before + 2
+
+
+def _metric(server: Server, name: str, **labels: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_model_health_and_openapi(server: Server, champion: Champion) -> None:
+    info = httpx.get(server.url + "/model", timeout=10).json()
+    assert info["model_version"] == champion.tag
+    assert [t["name"] for t in info["tasks"]] == ["price_band", "sales", "busy_month"]
+    assert info["tasks"][0]["classes"] == ["low", "mid", "high"]
+    assert info["lineage"] == {"data_version": "t"}
+    assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    schema = httpx.get(server.url + "/docs.json", timeout=10).json()["components"]["schemas"]["Record"]
+    assert set(schema["required"]) == {"month", "listings", "inventory", "city"}
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["month"]["type"] == "number"
+    assert _metric(server, "mtlops_model_info", model_version=champion.tag) == 1
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats() | st.text(max_size=6)
+JSON_ANY = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
+                                                                                          max_size=3), max_leaves=8)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_input_crashes_the_server(server: Server, champion: Champion, data: st.DataObject) -> None:
+    """Property: any JSON body (valid-looking records with random values, missing and extra
+    keys, or anything at all) gets 200 or a 4xx, never a 5xx."""
+    names = ["month", "listings", "inventory", "city"]
+    record = st.dictionaries(st.sampled_from([*names, "extra"]), JSON_ANY, max_size=6) | st.fixed_dictionaries(
+        {n: JSON_SCALARS for n in names})
+    body = data.draw(st.fixed_dictionaries({"records": st.lists(record, max_size=4)},
+                                           optional={"tasks": st.lists(st.sampled_from(["sales", "x"]))}) | JSON_ANY)
+    r = server.post(json.dumps(body))
+    assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        assert len(r.json()["predictions"]) == len(body["records"])
+
+
+def test_admin_reload_needs_the_token(server: Server) -> None:
+    assert server.post({}, path="/admin/reload").status_code == 401
+    assert server.post({}, path="/admin/reload", token="nope").status_code == 401
+
+
+def _register_copy(champion: Champion, tmp: Path, edit: str | None = None) -> str:
+    folder = tmp / f"copy-{edit}"
+    shutil.copytree(champion.export_dir, folder)
+    if edit == "corrupt":
+        (folder / ONNX_FILE).write_bytes(b"not an onnx graph" * 100)
+    elif edit == "renamed-feature":
+        spec = json.loads((folder / SPEC).read_text())
+        spec["numeric"][0]["name"] = "month_of_year"
+        (folder / SPEC).write_text(json.dumps(spec))
+    return registry.register(folder, champion.cfg, {}, {"data_version": edit or "v2"})
+
+
+def test_reload_under_load_switches_once_without_a_failed_request(server: Server, champion: Champion,
+                                                                 tmp_path: Path) -> None:
+    records = _records(champion.test.head(4), champion.cfg)
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            r = server.post({"records": records})
+            seen.append((r.status_code, r.json().get("model_version", r.text) if r.status_code == 200 else r.text))
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        new_tag = _register_copy(champion, tmp_path)
+        registry.promote(champion.cfg.registry.model_name, new_tag)
+        r = server.post({}, path="/admin/reload", token=TOKEN)
+        assert r.status_code == 200 and r.json() == {"status": "reloaded", "model_version": new_tag}, r.text
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
+    versions = [v for _, v in seen]
+    switches = [i for i in range(1, len(versions)) if versions[i] != versions[i - 1]]
+    assert versions[0] == champion.tag and versions[-1] == new_tag and len(switches) == 1, versions
+    assert _metric(server, "mtlops_model_info", model_version=new_tag) == 1
+    assert _metric(server, "mtlops_model_info", model_version=champion.tag) == 0
+
+
+@pytest.mark.parametrize("edit", ["corrupt", "renamed-feature"])
+def test_a_bad_champion_is_rejected_and_the_old_one_keeps_serving(server: Server, champion: Champion,
+                                                                  tmp_path: Path, edit: str) -> None:
+    serving = httpx.get(server.url + "/model", timeout=10).json()["model_version"]
+    bad = _register_copy(champion, tmp_path, edit)
+    registry.promote(champion.cfg.registry.model_name, bad)
+    r = server.post({}, path="/admin/reload", token=TOKEN)
+    assert r.status_code == 409 and r.json()["model_version"] == serving, r.text
+    assert bad in r.json()["error"]
+    r = server.post({"records": _records(champion.test.head(2), champion.cfg)})
+    assert r.status_code == 200 and r.json()["model_version"] == serving
+    registry.rollback(champion.cfg.registry.model_name)  # leave the store's champion servable
+
+
+def test_shutdown_flushes_every_served_record_to_the_prediction_log(server: Server, champion: Champion) -> None:
+    assert server.stop() is not None
+    log = read_prediction_log(server.log_dir)
+    assert len(log) == server.served > 0
+    assert log["request_id"].nunique() > 1
+    assert set(log["model_version"]) >= {champion.tag}
+    assert {"price_band__label", "sales__value", "busy_month__proba", "city"} <= set(log.columns)
+    assert np.isfinite(log["sales__value"]).all()
+    assert log["timestamp"].is_monotonic_increasing
