@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +28,8 @@ from components.data import load_source, with_labels
 from components.export import ONNX_FILE, OnnxModel, export_onnx
 from components.predictions import prediction_frame, read_prediction_log
 from components.train import SPEC, train
-from tests.conftest import ROOT, TXHOUSING, config_with, window
+from serving.launch import ServerProcess
+from tests.conftest import TXHOUSING, config_with, window
 
 MAX_ROWS = 64
 MAX_BODY = 256 * 1024
@@ -42,12 +38,14 @@ TOKEN = "test-admin-token"
 
 @dataclass
 class Server:
-    url: str
-    proc: subprocess.Popen
+    process: ServerProcess
     log_dir: Path
-    output: Path
     served: int = 0  # records answered with 200, to check the prediction log against
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return self.process.url
 
     def post(self, body: object | str, path: str = "/predict", token: str | None = None) -> httpx.Response:
         content = body if isinstance(body, str | bytes) else json.dumps(body)
@@ -58,12 +56,6 @@ class Server:
                 self.served += len(r.json()["predictions"])
         return r
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-        return self.proc.returncode
-
 
 @dataclass
 class Champion:
@@ -71,12 +63,6 @@ class Champion:
     tag: str
     export_dir: Path
     test: pd.DataFrame
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _records(df: pd.DataFrame, cfg: ProjectConfig) -> list[dict]:
@@ -104,30 +90,13 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
 def server(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Server:
     root = tmp_path_factory.mktemp("server")
     (root / "config.yaml").write_text(config_to_yaml(champion.cfg))
-    port = _free_port()
-    env = {**os.environ, "MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_LOG_FLUSH_SECONDS": "0.2",
-           "MTLOPS_MAX_BODY_BYTES": str(MAX_BODY), "MTLOPS_ORT_THREADS": "1"}
-    output = root / "server.out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(root / "config.yaml"),
-         "--port", str(port), "--prediction-log", str(root / "predictions"), "--max-rows", str(MAX_ROWS)],
-        cwd=ROOT, env=env, stdout=output.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", proc, root / "predictions", output)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{output.read_text()[-3000:]}")
-        try:
-            if httpx.get(srv.url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"server not ready in 180 s:\n{output.read_text()[-3000:]}")
-    yield srv
-    if srv.stop() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    env = {"MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_LOG_FLUSH_SECONDS": "0.2", "MTLOPS_MAX_BODY_BYTES": str(MAX_BODY),
+           "MTLOPS_ORT_THREADS": "1"}
+    process = ServerProcess(root / "config.yaml", root / "server.out", prediction_log=root / "predictions",
+                            max_rows=MAX_ROWS, env=env)
+    process.wait_ready()
+    yield Server(process, root / "predictions")
+    process.stop()
 
 
 def test_every_task_type_round_trip_matches_offline_scoring(server: Server, champion: Champion) -> None:
@@ -310,7 +279,7 @@ def test_a_bad_champion_is_rejected_and_the_old_one_keeps_serving(server: Server
 
 
 def test_shutdown_flushes_every_served_record_to_the_prediction_log(server: Server, champion: Champion) -> None:
-    assert server.stop() is not None
+    assert server.process.stop() == 0
     log = read_prediction_log(server.log_dir)
     assert len(log) == server.served > 0
     assert log["request_id"].nunique() > 1

@@ -1,0 +1,69 @@
+"""Start `mtlops serve` as a child process and wait until it is ready (tests, benchmarks, the replay)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One `mtlops serve` on 127.0.0.1; `stop()` sends SIGTERM so the prediction log is flushed."""
+
+    def __init__(self, config: Path, output: Path, port: int | None = None, prediction_log: Path | None = None,
+                 max_rows: int = 1024, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output = output
+        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--port", str(self.port),
+               "--max-rows", str(max_rows)]
+        if prediction_log:
+            cmd += ["--prediction-log", str(prediction_log)]
+        self.proc = subprocess.Popen(cmd, cwd=PROJECT, env={**os.environ, **(env or {})}, stdout=output.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.kill()
+        raise RuntimeError(f"server not ready in {timeout_s:.0f} s:\n{self.output.read_text()[-3000:]}")
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """Graceful stop; kills the process group if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
