@@ -19,6 +19,7 @@ import pandas as pd
 from components.config import ProjectConfig
 from components.data import label_column
 
+SPEC_FILE = "feature_spec.json"
 OOV_INDEX = 0  # unseen or rare category
 NULL_INDEX = 1  # missing category
 FIRST_VALUE_INDEX = 2
@@ -51,6 +52,11 @@ class TargetSpec:
     mean: float = 0.0  # regression: heads predict (y - mean) / std
     std: float = 1.0
     threshold: float = 0.5  # binary decision threshold
+
+    @property
+    def width(self) -> int:
+        """Columns of the task's head output."""
+        return len(self.classes) if self.type == "multiclass" else 1
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import pandas as pd
 from components.features import FeatureSpec, TargetSpec
 
 if TYPE_CHECKING:
-    from components.export import OnnxModel
+    from components.inference import OnnxModel
 
 LOG_COLUMNS = ["request_id", "record_index", "timestamp", "model_version"]
 

@@ -19,7 +19,7 @@ import bentoml
 import pandas as pd
 
 from components.config import ProjectConfig
-from components.export import OnnxModel
+from components.inference import OnnxModel
 from components.metrics import relative_change, task_metrics
 
 STAGE = "stage"

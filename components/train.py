@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from components.config import ProjectConfig, TaskSpec, config_to_yaml, load_config
-from components.features import FeatureSpec, TargetSpec
+from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.model import MultiTaskModel
 from components.strategies import Weighting, make_strategy
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
-SPEC = "feature_spec.json"
+SPEC = SPEC_FILE
 CONFIG = "config.yaml"
 SUMMARY = "train_summary.json"
 

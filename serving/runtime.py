@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
-from components.export import ONNX_FILE
-from components.features import FeatureSpec
-from components.model import head_width
+from components.features import SPEC_FILE, FeatureSpec
+from components.inference import ONNX_FILE
 from components.predictions import sigmoid, softmax
-from components.train import SPEC
 
 
 class ModelLoadError(RuntimeError):
@@ -80,7 +78,7 @@ class ServedModel:
 
     @property
     def head_widths(self) -> list[int]:
-        return [head_width(t.type, len(t.classes)) for t in self.spec.targets]
+        return [t.width for t in self.spec.targets]
 
     def encode(self, frame: pd.DataFrame, generation: int) -> tuple[np.ndarray, dict[str, int]]:
         """One float32 row per record: [generation, numeric..., categorical indices...]
@@ -144,7 +142,7 @@ def load_version(tag: str) -> ServedModel:
         path = Path(model.path)
         if not (path / ONNX_FILE).exists():
             raise ModelLoadError(f"{tag}: no {ONNX_FILE} in the stored model")
-        return ServedModel(str(model.tag), path, FeatureSpec.load(path / SPEC), dict(model.info.metadata))
+        return ServedModel(str(model.tag), path, FeatureSpec.load(path / SPEC_FILE), dict(model.info.metadata))
     except ModelLoadError:
         raise
     except Exception as exc:

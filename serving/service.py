@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from components.export import ONNX_FILE, onnx_session
+from components.inference import ONNX_FILE, onnx_session
 from serving.body_limit import BodyLimit
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.runtime import (

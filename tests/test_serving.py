@@ -25,9 +25,11 @@ from hypothesis import strategies as st
 from components import registry
 from components.config import ProjectConfig, config_to_yaml
 from components.data import load_source, with_labels
-from components.export import ONNX_FILE, OnnxModel, export_onnx
+from components.export import export_onnx
+from components.features import SPEC_FILE
+from components.inference import ONNX_FILE, OnnxModel
 from components.predictions import prediction_frame, read_prediction_log
-from components.train import SPEC, train
+from components.train import train
 from serving.launch import ServerProcess
 from tests.conftest import TXHOUSING, config_with, window
 
@@ -227,9 +229,9 @@ def _register_copy(champion: Champion, tmp: Path, edit: str | None = None) -> st
     if edit == "corrupt":
         (folder / ONNX_FILE).write_bytes(b"not an onnx graph" * 100)
     elif edit == "renamed-feature":
-        spec = json.loads((folder / SPEC).read_text())
+        spec = json.loads((folder / SPEC_FILE).read_text())
         spec["numeric"][0]["name"] = "month_of_year"
-        (folder / SPEC).write_text(json.dumps(spec))
+        (folder / SPEC_FILE).write_text(json.dumps(spec))
     return registry.register(folder, champion.cfg, {}, {"data_version": edit or "v2"})
 
 
@@ -279,6 +281,8 @@ def test_a_bad_champion_is_rejected_and_the_old_one_keeps_serving(server: Server
 
 
 def test_shutdown_flushes_every_served_record_to_the_prediction_log(server: Server, champion: Champion) -> None:
+    for n in (1, 3):
+        assert server.post({"records": _records(champion.test.head(n), champion.cfg)}).status_code == 200
     assert server.process.stop() == 0
     log = read_prediction_log(server.log_dir)
     assert len(log) == server.served > 0
