@@ -24,12 +24,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from components.config import ProjectConfig
+from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 
 if TYPE_CHECKING:
     from components.inference import OnnxModel
 
 LOG_COLUMNS = ["request_id", "record_index", "timestamp", "model_version"]
+REFERENCE_FILE = "reference.parquet"  # stored with every exported model: what monitoring compares against
+REFERENCE_ROWS = 5000
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -121,3 +125,17 @@ def score_frame(model: OnnxModel, df: pd.DataFrame, model_version: str, tasks: l
     }, index=range(len(df)))
     features = df[spec.feature_names].reset_index(drop=True)
     return pd.concat([head, features, prediction_frame(spec, raw, tasks)], axis=1)
+
+
+def write_reference(model: OnnxModel, train: pd.DataFrame, cfg: ProjectConfig, model_version: str = "reference",
+                    rows: int = REFERENCE_ROWS) -> Path:
+    """A seeded sample of the training window scored by the model, in the prediction log's
+    format plus the time column and every task's label (`label__<task>`), saved beside the graph."""
+    sample = train.sample(n=min(rows, len(train)), random_state=cfg.training.seed).sort_values(
+        cfg.data.time_column, kind="stable")
+    scored = score_frame(model, sample, model_version)
+    extra = [cfg.data.time_column, *(label_column(t.name) for t in cfg.tasks)]
+    frame = pd.concat([scored, sample[extra].reset_index(drop=True)], axis=1)
+    path = model.dir / REFERENCE_FILE
+    frame.to_parquet(path, index=False)
+    return path

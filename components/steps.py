@@ -93,14 +93,18 @@ def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path
     return result
 
 
-def export_model(config_yaml: str, model_dir: str, test_path: str, onnx_dir: str) -> dict:
-    """ONNX export + parity check; a parity failure raises and fails the pipeline."""
+def export_model(config_yaml: str, model_dir: str, train_path: str, test_path: str, onnx_dir: str) -> dict:
+    """ONNX export + parity check (a parity failure raises and fails the pipeline), then the
+    monitoring reference: a sample of the training window scored by the exported graph."""
     from components.export import check_parity, export_onnx
+    from components.inference import OnnxModel
+    from components.predictions import write_reference
 
     cfg = _cfg(config_yaml)
     test = pd.read_parquet(test_path)
     export_onnx(Path(model_dir), Path(onnx_dir), test)
     report = check_parity(Path(model_dir), Path(onnx_dir), test, cfg.registry.parity_rows, cfg.registry.parity_atol)
+    write_reference(OnnxModel(Path(onnx_dir)), pd.read_parquet(train_path), cfg)
     return {"rows": report.rows, "max_abs_diff": max(report.max_abs_diff.values())}
 
 

@@ -213,6 +213,32 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
 
 
 @app.command()
+def bento(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Build a Bento (serving/bentofile.yaml) with the config's champion bundled; then
+    `bentoml containerize <tag>` makes the image where docker exists."""
+    import os
+
+    import bentoml
+    import yaml
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
+    from components.registry import champion
+
+    cfg = _load(config)
+    current = champion(cfg.registry.model_name)
+    if current is None:
+        console.print(f"[red]no champion for {cfg.registry.model_name}: run `mtlops run` first[/red]")
+        raise typer.Exit(1)
+    project = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((project / "serving" / "bentofile.yaml").read_text())
+    envs = [*spec.pop("envs", []), {"name": "MTLOPS_MODEL_NAME", "value": cfg.registry.model_name}]
+    os.environ["MTLOPS_MODEL_NAME"] = cfg.registry.model_name  # the service module reads it at import
+    built = bentoml.bentos.build(**spec, envs=[BentoEnvSchema(**e) for e in envs], models=[str(current.tag)],
+                                 build_ctx=str(project))
+    console.print(f"built {built.tag} with {current.tag}; containerize: bentoml containerize {built.tag}")
+
+
+@app.command()
 def reload(url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:3000") -> None:
     """Make a running service serve the current champion (after a promotion or `mtlops rollback`).
     Reads the admin token from MTLOPS_ADMIN_TOKEN."""

@@ -66,10 +66,11 @@ def evaluate_op(model: Input[Model], train: Input[Dataset], test: Input[Dataset]
                 metrics.log_metric(f"{kind}.{task}.{metric}", float(value))
 
 
-def export_op(config_yaml: str, model: Input[Model], test: Input[Dataset], onnx_model: Output[Model]) -> None:
+def export_op(config_yaml: str, model: Input[Model], train: Input[Dataset], test: Input[Dataset],
+              onnx_model: Output[Model]) -> None:
     from components.steps import export_model
 
-    parity = export_model(config_yaml, model.path, test.path, onnx_model.path)
+    parity = export_model(config_yaml, model.path, train.path, test.path, onnx_model.path)
     onnx_model.metadata.update({"framework": "onnx", "parity_rows": parity["rows"],
                                 "parity_max_abs_diff": parity["max_abs_diff"]})
 
@@ -109,7 +110,8 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None):  # t
         train_t.set_cpu_limit("8").set_memory_limit("32G")
         evaluate_t = evaluate_c(model=train_t.outputs["model"], train=split_t.outputs["train"],
                                 test=split_t.outputs["test"])
-        export_t = export_c(config_yaml=config_yaml, model=train_t.outputs["model"], test=split_t.outputs["test"])
+        export_t = export_c(config_yaml=config_yaml, model=train_t.outputs["model"], train=split_t.outputs["train"],
+                            test=split_t.outputs["test"])
         register_t = register_c(config_yaml=config_yaml, onnx_model=export_t.outputs["onnx_model"],
                                 metrics_json=evaluate_t.outputs["metrics_json"],
                                 dataset=ingest_t.outputs["dataset"], test=split_t.outputs["test"])

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from components.config import load_config
+from components.predictions import REFERENCE_FILE, REFERENCE_ROWS
 from components.versioning import data_version, dvc_md5
 from pipelines.local import run_local
 from tests.conftest import FLIGHTS, TXHOUSING, config_with, raw_config
@@ -70,6 +72,10 @@ def test_pipeline_trains_exports_and_registers_with_lineage(flights_repo: tuple[
     assert metrics["test"]["arr_delayed"]["roc_auc"] > 0.55
     assert metrics["test"]["air_time"]["mae"] < metrics["baseline"]["air_time"]["mae"]
     assert json.loads(next(run_dir.glob("validate-op/report")).read_text())  # the validation report is kept
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)  # monitoring's reference, scored by the graph
+    assert len(reference) == min(REFERENCE_ROWS, len(pd.read_parquet(next(run_dir.glob("split-op/train")))))
+    assert {"arr_delayed__proba", "air_time__value", "label__arr_delayed", "carrier", "sched_dep"} <= set(reference)
+    assert reference["sched_dep"].max() < pd.Timestamp(load_config(cfg_path).data.windows.train.end)
 
     models = json.loads(mtlops("models", "--config", str(cfg_path), "--json", cwd=root).stdout)
     assert [m["stage"] for m in models] == ["champion"]

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bentoml
 import httpx
 import numpy as np
 import pandas as pd
@@ -291,3 +294,17 @@ def test_shutdown_flushes_every_served_record_to_the_prediction_log(server: Serv
     assert {"price_band__label", "sales__value", "busy_month__proba", "city"} <= set(log.columns)
     assert np.isfinite(log["sales__value"]).all()
     assert log["timestamp"].is_monotonic_increasing
+
+
+def test_bento_build_bundles_the_champion(champion: Champion, tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(config_to_yaml(champion.cfg))
+    serving_champion = str(registry.champion(champion.cfg.registry.model_name).tag)
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "bento", "--config", str(tmp_path / "config.yaml")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    bento = bentoml.bentos.get("mtlops-serving:latest")
+    assert [str(m.tag) for m in bento.info.all_models] == [serving_champion]
+    assert {"name": "MTLOPS_MODEL_NAME", "value": "serving-test"} in [
+        {"name": e.name, "value": e.value} for e in bento.info.envs]
+    assert (Path(bento.path) / "src" / "serving" / "service.py").exists()
+    assert "Record" in (Path(bento.path) / "apis" / "openapi.yaml").read_text()
