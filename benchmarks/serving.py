@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mtlops-bench-serving-")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the project root replaces this folder on the path: `serving` must be the package, not this script
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import httpx
 import numpy as np

@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any
 
+import aiohttp
 import bentoml
 import numpy as np
 import pandas as pd
@@ -43,6 +44,7 @@ SETTINGS = ServingSettings.from_env()
 STARTUP_MODEL = load_champion(SETTINGS.model_name)
 Record = record_model(STARTUP_MODEL.spec)
 TaskName = task_name_type(STARTUP_MODEL.spec)
+RUNNER_ATTEMPTS = 3
 KEEP_GENERATIONS = 2  # the current session and the one in-flight requests may still use
 
 
@@ -104,6 +106,8 @@ class ServiceMetrics:
             "mtlops_model_info", "1 for the model version being served, 0 for versions served before",
             ["model_version"], multiprocess_mode="max")
         self.reloads = bentoml.metrics.Counter("mtlops_reloads", "Reload attempts by outcome", ["outcome"])
+        self.runner_retries = bentoml.metrics.Counter("mtlops_runner_retries", "Runner calls retried after a "
+                                                      "connection error")
         self.current: str | None = None
 
     def serving(self, tag: str) -> None:
@@ -174,7 +178,7 @@ class MultiTaskModelService:
         model, generation = self.model, self.generation
         features = records_frame(records, model.spec)
         rows, oov = model.encode(features, generation)
-        stacked = await self.runner.to_async.infer(rows)
+        stacked = await self._infer(rows)
         for name in tasks or [t.name for t in model.spec.targets]:
             self.metrics.predictions.labels(task=name, model_version=model.tag).inc(len(rows))
         for feature, count in oov.items():
@@ -185,6 +189,17 @@ class MultiTaskModelService:
             self.log.append(ServedBatch(request_id, pd.Timestamp.now(tz="UTC"), model, features, stacked))
         return {"model_version": model.tag, "request_id": request_id,
                 "predictions": model.outputs(stacked, list(tasks) if tasks else None)}
+
+    async def _infer(self, rows: np.ndarray) -> np.ndarray:
+        """The runner call, retried on connection errors: a keep-alive connection the runner
+        closes while a request is being written (seen under CPU contention) is not a model error,
+        and inference is idempotent."""
+        for _ in range(RUNNER_ATTEMPTS - 1):
+            try:
+                return await self.runner.to_async.infer(rows)
+            except aiohttp.ClientConnectionError:
+                self.metrics.runner_retries.inc()
+        return await self.runner.to_async.infer(rows)
 
     async def reload(self) -> dict[str, str]:
         """Serve the store's current champion if it differs, loads, and passes warm-up."""
