@@ -43,7 +43,14 @@ class Toleration(Strict):
     effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
 
 
+class Limits(Strict):
+    cpu: str | None = None  # e.g. "2"
+    memory: str | None = None  # e.g. "6G"
+
+
 class GpuPlacement(Strict):
+    enabled: bool = True  # false on a cluster without GPUs (kind, minikube): GPU steps run on CPU
+    limits: Limits | None = None  # replace the GPU steps' CPU/memory limits, e.g. to fit a laptop's node
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     timeout_s: int = Field(21600, gt=0)
@@ -95,11 +102,24 @@ def apply_cluster_settings(settings: ClusterSettings, tasks: Iterable[PipelineTa
         kubernetes.set_security_context(task, run_as_user=settings.run_as_user, run_as_group=settings.run_as_user,
                                         run_as_non_root=True)
         if requests_gpu(task):
-            for key, value in settings.gpu.node_selector.items():
-                kubernetes.add_node_selector(task, key, value)
-            for tol in settings.gpu.tolerations:
-                kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value,
-                                          effect=tol.effect)
-            kubernetes.set_timeout(task, settings.gpu.timeout_s)
+            place_gpu_step(task, settings.gpu)
         else:
             kubernetes.set_timeout(task, settings.timeout_s)
+
+
+def place_gpu_step(task: PipelineTask, gpu: GpuPlacement) -> None:
+    """On the GPU nodes (selector, tolerations), or, on a cluster without GPUs, on CPU; with its
+    own limits and timeout."""
+    if gpu.limits and gpu.limits.cpu:
+        task.set_cpu_limit(gpu.limits.cpu)
+    if gpu.limits and gpu.limits.memory:
+        task.set_memory_limit(gpu.limits.memory)
+    if gpu.enabled:
+        for key, value in gpu.node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for tol in gpu.tolerations:
+            kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    else:
+        task.container_spec.resources.accelerator_type = None
+        task.container_spec.resources.accelerator_count = None
+    kubernetes.set_timeout(task, gpu.timeout_s)

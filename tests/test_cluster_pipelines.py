@@ -62,6 +62,17 @@ def test_compiled_for_a_cluster_every_step_gets_storage_secrets_volumes_and_only
     assert env["BENTOML_HOME"] == "/mnt/model-store"  # the step registers into the mounted store
 
 
+def test_compiled_for_a_cluster_without_gpus_training_runs_on_cpu_within_the_local_limits(tmp_path: Path) -> None:
+    settings = load_cluster_settings(CLUSTER.with_name("cluster-local.yaml"))
+    docs = list(yaml.safe_load_all(compile_pipelines(tmp_path, ["training"], settings)["training"].read_text()))
+    resources = docs[0]["deploymentSpec"]["executors"]["exec-train-op"]["container"]["resources"]
+    assert "accelerator" not in resources
+    assert (resources["cpuLimit"], resources["memoryLimit"]) == (2.0, 6.0)
+    train = kubernetes_executors(docs[1])["exec-train-op"]
+    assert "nodeSelector" not in train and train["activeDeadlineSeconds"] == "7200"
+    assert train["secretAsEnv"][0]["secretName"] == "mtlops-storage"
+
+
 def test_compiled_without_cluster_settings_carries_no_kubernetes_platform(tmp_path: Path) -> None:
     path = compile_pipelines(tmp_path)["training"]
     assert len(list(yaml.safe_load_all(path.read_text()))) == 1

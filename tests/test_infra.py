@@ -226,19 +226,20 @@ def referenced(obj: dict) -> set[tuple[str, str]]:
     return refs
 
 
-def test_every_reference_and_every_pipeline_cluster_setting_names_an_existing_object(rendered: dict) -> None:
-    settings = load_cluster_settings(REPO / "infra" / "kfp" / "cluster.yaml")
+@pytest.mark.parametrize(("overlay", "settings_file"), [("local", "cluster-local.yaml"), ("gpu", "cluster.yaml")])
+def test_every_reference_and_every_pipeline_cluster_setting_names_an_existing_object(
+        rendered: dict, overlay: str, settings_file: str) -> None:
+    settings = load_cluster_settings(REPO / "infra" / "kfp" / settings_file)
     templates = {("Secret", yaml.safe_load(p.read_text())["metadata"]["name"]) for p in SECRET_TEMPLATES}
     from_pipelines = ({("Secret", s.name) for s in settings.secret_env}
                       | {("ConfigMap", c.name) for c in settings.config_map_env}
                       | {("PersistentVolumeClaim", v.pvc) for v in settings.volumes})
-    for overlay in OVERLAYS:
-        objects = rendered[overlay]
-        existing = {(o["kind"], o["metadata"]["name"]) for o in objects} | templates
-        wanted = set().union(*(referenced(o) for o in objects)) | from_pipelines
-        assert wanted - existing == set(), overlay
-        config = find(objects, "ConfigMap", "mtlops-config")["data"]
-        assert all(key in config for c in settings.config_map_env if c.name == "mtlops-config" for key in c.keys)
+    objects = rendered[overlay]
+    existing = {(o["kind"], o["metadata"]["name"]) for o in objects} | templates
+    wanted = set().union(*(referenced(o) for o in objects)) | from_pipelines
+    assert wanted - existing == set()
+    config = find(objects, "ConfigMap", "mtlops-config")["data"]
+    assert all(key in config for c in settings.config_map_env if c.name == "mtlops-config" for key in c.keys)
 
 
 def test_trainjob_runs_the_trainer_under_torchrun_on_gpu_nodes(rendered: dict) -> None:
