@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/flights.yaml
 
-.PHONY: run test lint compile bench clean images
+.PHONY: run test lint compile bench clean
 
 # GPU users: `make run TORCH_INDEX=<PyTorch CUDA wheel index>` installs a CUDA build of the pinned torch first.
 TORCH_INDEX ?=
@@ -38,6 +38,8 @@ compile: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
+
+.PHONY: images push-images
 
 ## images: the component, CUDA component and serving images (needs a Docker engine; see infra/README.md)
 IMAGE_REPO ?= ghcr.io/mtlops
