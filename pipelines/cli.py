@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from components.config import ConfigError, ProjectConfig, config_to_yaml, load_config
 from components.validate import DataValidationError
+
+if TYPE_CHECKING:
+    from pipelines.cluster import ClusterSettings
 
 app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
@@ -116,7 +119,7 @@ ClusterOpt = Annotated[Path | None, typer.Option(
 PipelineOpt = Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Pipeline name (repeatable).")]
 
 
-def _cluster(path: Path | None):  # type: ignore[no-untyped-def]
+def _cluster(path: Path | None) -> ClusterSettings | None:
     from pipelines.cluster import load_cluster_settings
 
     try:
@@ -126,11 +129,11 @@ def _cluster(path: Path | None):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _compile(out_dir: Path, names: list[str] | None, cluster: Path | None) -> dict[str, Path]:
+def _compile(out_dir: Path, names: list[str] | None, settings: ClusterSettings | None) -> dict[str, Path]:
     from pipelines.compile import compile_pipelines
 
     try:
-        return compile_pipelines(out_dir, names, _cluster(cluster))
+        return compile_pipelines(out_dir, names, settings)
     except ValueError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
@@ -140,7 +143,7 @@ def _compile(out_dir: Path, names: list[str] | None, cluster: Path | None) -> di
 def compile_(out_dir: Annotated[Path, typer.Option(help="Folder for <name>_pipeline.yaml.")] = Path("build/pipelines"),
              pipeline: PipelineOpt = None, cluster: ClusterOpt = None) -> None:
     """Compile the pipelines to IR YAML for a Kubeflow cluster (images from MTLOPS_IMAGE / MTLOPS_GPU_IMAGE)."""
-    for name, path in _compile(out_dir, pipeline, cluster).items():
+    for name, path in _compile(out_dir, pipeline, _cluster(cluster)).items():
         console.print(f"{name}: wrote {path}" + (f" (cluster settings {cluster})" if cluster else ""))
 
 
@@ -162,7 +165,7 @@ def _remote_job(name: str, config: Path, cluster: Path, params: list[str] | None
     from pipelines.remote import resolve_arguments
 
     settings = _cluster(cluster)
-    package = _compile(tmp, [name], cluster)[name]
+    package = _compile(tmp, [name], settings)[name]
     explicit = {}
     for item in params or []:
         key, sep, value = item.partition("=")
