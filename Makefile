@@ -21,8 +21,15 @@ run: $(BIN)/.installed
 	$(BIN)/mtlops data build --config $(CONFIG)
 	$(BIN)/mtlops run --config $(CONFIG)
 
+# checkov (Kubernetes security lint) pins packages the project uses too: its own venv
+LINT_VENV ?= .venv-lint
+$(LINT_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --upgrade pip
+	$(LINT_VENV)/bin/pip install --quiet checkov==3.3.30
+
 ## test: lint, then the whole test suite (what CI runs)
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(LINT_VENV)/bin/checkov
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -31,6 +38,27 @@ compile: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
+
+.PHONY: images push-images
+
+## images: the component, CUDA component and serving images (needs a Docker engine; see infra/README.md)
+IMAGE_REPO ?= ghcr.io/mtlops
+IMAGE_TAG  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+DOCKER_BUILD = docker build -f infra/docker/Dockerfile --build-arg GIT_REVISION=$(IMAGE_TAG)
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here ('docker info' failed)." \
+		"Build on a machine with Docker, or in CI; the Dockerfile is linted by the tests either way."; exit 1; }
+	$(DOCKER_BUILD) --target component -t $(IMAGE_REPO)/mtlops:$(IMAGE_TAG) .
+	$(DOCKER_BUILD) --target component --build-arg TORCH_INDEX=$(CUDA_TORCH_INDEX) \
+		-t $(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG) .
+	$(DOCKER_BUILD) --target serving -t $(IMAGE_REPO)/mtlops-serving:$(IMAGE_TAG) .
+	@echo "export MTLOPS_IMAGE=$(IMAGE_REPO)/mtlops:$(IMAGE_TAG) MTLOPS_GPU_IMAGE=$(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG)"
+
+push-images: images
+	docker push $(IMAGE_REPO)/mtlops:$(IMAGE_TAG)
+	docker push $(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG)
+	docker push $(IMAGE_REPO)/mtlops-serving:$(IMAGE_TAG)
 
 clean:
 	rm -rf runs build .pytest_cache .ruff_cache

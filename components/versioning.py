@@ -23,7 +23,10 @@ def _dvc(args: list[str], cwd: Path) -> str:
 
 
 def is_git_repo(path: Path) -> bool:
-    return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True).returncode == 0
+    try:
+        return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True).returncode == 0
+    except FileNotFoundError:  # no git installed (the component image)
+        return False
 
 
 def ensure_dvc_repo(root: Path, remote: str) -> None:
@@ -48,7 +51,33 @@ def track_files(root: Path, paths: list[Path], push: bool = True) -> dict[str, s
     return {r: dvc_md5(Path(root / r)) for r in rel}
 
 
+# On a cluster the DVC remote comes from the environment: where from a ConfigMap, the credentials
+# (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by DVC's S3 client) from a Secret.
+REMOTE_URL_ENV = "MTLOPS_DVC_REMOTE_URL"
+ENDPOINT_URL_ENV = "MTLOPS_DVC_ENDPOINT_URL"
+ENV_REMOTE = "cluster"
+
+
+def use_remote_from_env(root: Path) -> str | None:
+    """Make $MTLOPS_DVC_REMOTE_URL (and its S3 endpoint) the default remote of `root`, in
+    .dvc/config.local so the committed config is untouched; credentials are never written.
+    Outside git (a container holding only the DVC pointers) DVC also needs core.no_scm
+    (DVC issue #3574). Returns the URL, or None when the variable is unset (local default)."""
+    url = os.environ.get(REMOTE_URL_ENV)
+    if not url:
+        return None
+    if not is_git_repo(root):
+        _dvc(["config", "--local", "core.no_scm", "true"], root)
+    _dvc(["remote", "add", "--local", "--force", "--default", ENV_REMOTE, url], root)
+    endpoint = os.environ.get(ENDPOINT_URL_ENV)
+    if endpoint:
+        _dvc(["remote", "modify", "--local", ENV_REMOTE, "endpointurl", endpoint], root)
+    return url
+
+
 def pull(root: Path, paths: list[Path]) -> None:
+    """`dvc pull` exactly the versions the .dvc pointers of `paths` name."""
+    use_remote_from_env(root)
     rel = [str(p.resolve().relative_to(root.resolve())) + ".dvc" for p in paths]
     _dvc(["pull", "-q", *rel], root)
 

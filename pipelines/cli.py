@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from components.config import ConfigError, ProjectConfig, config_to_yaml, load_config
 from components.validate import DataValidationError
+
+if TYPE_CHECKING:
+    from pipelines.cluster import ClusterSettings
 
 app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
@@ -111,13 +114,112 @@ def _model_store_path(tag: str) -> str:
     return str(bentoml.models.get(tag).path)
 
 
-@app.command("compile")
-def compile_(out: Annotated[Path, typer.Option(help="IR YAML to write.")] = Path("build/training_pipeline.yaml"),
-             ) -> None:
-    """Compile the training pipeline to IR YAML for a Kubeflow cluster (images from MTLOPS_IMAGE / MTLOPS_GPU_IMAGE)."""
-    from pipelines.local import compile_pipeline
+ClusterOpt = Annotated[Path | None, typer.Option(
+    "--cluster", help="Kubernetes settings to compile in (secrets, volumes, GPU placement, timeouts).")]
+PipelineOpt = Annotated[list[str] | None, typer.Option("--pipeline", "-p", help="Pipeline name (repeatable).")]
 
-    console.print(f"wrote {compile_pipeline(out)}")
+
+def _cluster(path: Path | None) -> ClusterSettings | None:
+    from pipelines.cluster import load_cluster_settings
+
+    try:
+        return load_cluster_settings(path) if path else None
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _compile(out_dir: Path, names: list[str] | None, settings: ClusterSettings | None) -> dict[str, Path]:
+    from pipelines.compile import compile_pipelines
+
+    try:
+        return compile_pipelines(out_dir, names, settings)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("compile")
+def compile_(out_dir: Annotated[Path, typer.Option(help="Folder for <name>_pipeline.yaml.")] = Path("build/pipelines"),
+             pipeline: PipelineOpt = None, cluster: ClusterOpt = None) -> None:
+    """Compile the pipelines to IR YAML for a Kubeflow cluster (images from MTLOPS_IMAGE / MTLOPS_GPU_IMAGE)."""
+    for name, path in _compile(out_dir, pipeline, _cluster(cluster)).items():
+        console.print(f"{name}: wrote {path}" + (f" (cluster settings {cluster})" if cluster else ""))
+
+
+HostOpt = Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API, e.g. http://localhost:8080.")]
+ExperimentOpt = Annotated[str, typer.Option(help="KFP experiment the runs go to.")]
+NamespaceOpt = Annotated[str, typer.Option(help="Kubernetes namespace of the KFP profile.")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="NAME=VALUE of a pipeline parameter (repeatable).")]
+DEFAULT_CLUSTER = Path("infra/kfp/cluster.yaml")
+
+
+def _remote_job(name: str, config: Path, cluster: Path, params: list[str] | None, host: str, namespace: str,
+                tmp: Path) -> tuple:
+    """Compile `name` for the cluster, resolve its arguments and open the client."""
+    import os
+
+    import kfp
+
+    from components.versioning import git_revision
+    from pipelines.remote import resolve_arguments
+
+    settings = _cluster(cluster)
+    package = _compile(tmp, [name], settings)[name]
+    explicit = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            console.print(f"[red]--param {item!r}: expected NAME=VALUE[/red]")
+            raise typer.Exit(2)
+        explicit[key] = value
+    revision = git_revision(Path("."))
+    known = {"config_yaml": config_to_yaml(_load(config)), "data_root": settings.data_root, "git_revision": revision}
+    try:
+        arguments = resolve_arguments(package, known, explicit)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("MTLOPS_KFP_TOKEN"))
+    return client, package, arguments, revision
+
+
+@app.command()
+def submit(host: HostOpt, pipeline: Annotated[str, typer.Option(help="Pipeline to run.")] = "training",
+           config: ConfigOpt = DEFAULT_CONFIG, cluster: ClusterOpt = DEFAULT_CLUSTER,
+           experiment: ExperimentOpt = "mtlops", namespace: NamespaceOpt = "kubeflow", param: ParamOpt = None) -> None:
+    """Compile a pipeline for the cluster, upload it as a new version and run it once (token: $MTLOPS_KFP_TOKEN)."""
+    from pipelines.remote import submit as do_submit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        client, package, arguments, revision = _remote_job(pipeline, config, cluster, param, host, namespace,
+                                                           Path(tmp))
+        out = do_submit(client, package, f"mtlops-{pipeline}", experiment, arguments, revision)
+    console.print(f"submitted {pipeline}: run {out.run_id} (pipeline {out.pipeline_id}, version {out.version_id}, "
+                  f"experiment {experiment})")
+
+
+@app.command()
+def schedule(host: HostOpt, cron: Annotated[str, typer.Option(help="KFP cron, 6 fields: '0 0 6 * * *' = daily 06:00.")],
+             pipeline: Annotated[str, typer.Option(help="Pipeline to run on the schedule.")] = "monitoring",
+             config: ConfigOpt = DEFAULT_CONFIG, cluster: ClusterOpt = DEFAULT_CLUSTER,
+             experiment: ExperimentOpt = "mtlops", namespace: NamespaceOpt = "kubeflow", param: ParamOpt = None,
+             ) -> None:
+    """Create a recurring run (one at a time, no catch-up) of a pipeline, by default monitoring."""
+    from pipelines.remote import check_cron
+    from pipelines.remote import schedule as do_schedule
+
+    try:
+        check_cron(cron)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        client, package, arguments, revision = _remote_job(pipeline, config, cluster, param, host, namespace,
+                                                           Path(tmp))
+        out = do_schedule(client, package, f"mtlops-{pipeline}", experiment, arguments, revision, cron)
+    console.print(f"scheduled {pipeline} ({cron}): recurring run {out.run_id} (pipeline {out.pipeline_id}, "
+                  f"version {out.version_id})")
 
 
 @app.command()

@@ -15,6 +15,8 @@ import os
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from pipelines.cluster import ClusterSettings, apply_cluster_settings
+
 DEFAULT_IMAGE = "ghcr.io/mtlops/mtlops:0.1.0"
 DEFAULT_GPU_IMAGE = "ghcr.io/mtlops/mtlops-cuda:0.1.0"
 PIPELINE_NAME = "mtlops-training"
@@ -85,8 +87,10 @@ def register_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[
     return out["tag"]
 
 
-def build_pipeline(image: str | None = None, gpu_image: str | None = None):  # type: ignore[no-untyped-def]
-    """The pipeline object, with components built for the given images."""
+def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
+                   cluster: ClusterSettings | None = None):
+    """The pipeline object, with components built for the given images; with `cluster`, every
+    step also carries the Kubernetes settings a real cluster needs (pipelines/cluster.py)."""
     image = image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE)
     gpu_image = gpu_image or os.environ.get("MTLOPS_GPU_IMAGE", DEFAULT_GPU_IMAGE)
 
@@ -121,6 +125,8 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None):  # t
         # validation or parity check is deterministic and fails at once
         for task in (ingest_t, train_t, register_t):
             task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+        if cluster:
+            apply_cluster_settings(cluster, (ingest_t, validate_t, split_t, train_t, evaluate_t, export_t, register_t))
         return register_t.outputs["Output"]
 
     return training_pipeline
