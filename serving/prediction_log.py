@@ -1,7 +1,8 @@
 """The prediction log writer: requests hand over what they served and return at once;
 a background thread turns the buffer into parquet parts (components.predictions format).
 
-Nothing is lost on shutdown: `close()` flushes what is buffered before it returns.
+Nothing is lost on shutdown: `close()` flushes what is buffered before it returns. If the
+disk refuses writes, batches are kept for the next flush, up to a bound (then the oldest go).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ class ServedBatch:
 
 
 class PredictionLogWriter:
-    def __init__(self, log_dir: Path, flush_seconds: float = 2.0) -> None:
+    def __init__(self, log_dir: Path, flush_seconds: float = 2.0, max_buffered_batches: int = 100_000) -> None:
         self.log_dir = Path(log_dir)
         self.flush_seconds = flush_seconds
+        self.max_buffered_batches = max_buffered_batches  # while the disk refuses writes, memory stays bounded
+        self.dropped = 0
         self._buffer: list[ServedBatch] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -52,8 +55,12 @@ class PredictionLogWriter:
         try:
             return self._write(batches)
         except Exception:
-            with self._lock:  # keep them for the next flush
+            with self._lock:  # keep them for the next flush, the newest if there are too many
                 self._buffer[:0] = batches
+                excess = len(self._buffer) - self.max_buffered_batches
+                if excess > 0:
+                    del self._buffer[:excess]
+                    self.dropped += excess
             raise
 
     def _write(self, batches: list[ServedBatch]) -> int:

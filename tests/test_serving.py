@@ -34,6 +34,8 @@ from components.inference import ONNX_FILE, OnnxModel
 from components.predictions import prediction_frame, read_prediction_log
 from components.train import train
 from serving.launch import ServerProcess
+from serving.prediction_log import PredictionLogWriter, ServedBatch
+from serving.runtime import load_version, record_model, records_frame
 from tests.conftest import TXHOUSING, config_with, window
 
 MAX_ROWS = 64
@@ -308,3 +310,22 @@ def test_bento_build_bundles_the_champion(champion: Champion, tmp_path: Path) ->
         {"name": e.name, "value": e.value} for e in bento.info.envs]
     assert (Path(bento.path) / "src" / "serving" / "service.py").exists()
     assert "Record" in (Path(bento.path) / "apis" / "openapi.yaml").read_text()
+
+
+def test_prediction_log_keeps_batches_while_the_disk_refuses_them(champion: Champion, tmp_path: Path) -> None:
+    model = load_version(champion.tag)
+    features = records_frame([record_model(model.spec)(**r) for r in _records(champion.test.head(3),
+                                                                              champion.cfg)], model.spec)
+    stacked = np.zeros((3, sum(model.head_widths)), np.float32)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the log folder should be")
+    writer = PredictionLogWriter(blocked, flush_seconds=3600, max_buffered_batches=2)
+    for i in range(3):
+        writer.append(ServedBatch(f"r{i}", pd.Timestamp.now(tz="UTC"), model, features, stacked))
+    with pytest.raises(OSError):
+        writer.flush()
+    assert writer.dropped == 1  # bounded: the oldest batch went
+    writer.log_dir = tmp_path / "log"
+    writer.close()
+    log = read_prediction_log(tmp_path / "log")
+    assert list(log["request_id"].unique()) == ["r1", "r2"] and len(log) == 6
