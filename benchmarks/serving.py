@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mtlops-bench-serving-")
-# the project root replaces this folder on the path: `serving` must be the package, not this script
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serving` is the package there, not this script
 
 import httpx
 import numpy as np

@@ -288,6 +288,8 @@ class TrainingSpec(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (default: all cores)
+    # continual retraining: start from this exported model folder's weights and FeatureSpec
+    warm_start: str | None = None
 
 
 class RegistrySpec(Strict):
@@ -297,6 +299,37 @@ class RegistrySpec(Strict):
     parity_atol: float = Field(1e-4, gt=0)
 
 
+class AlertPolicy(Strict):
+    """When a monitored window raises an alert, and what an alert does."""
+
+    min_rows: int = Field(500, ge=1)  # smaller windows are reported but never alert
+    drift_share: float | None = Field(0.5, gt=0, le=1)  # share of drifted features that alerts
+    features: list[str] = []  # any of these drifting alerts
+    prediction_drift: list[str] = []  # tasks whose prediction drift alerts ("*": every task)
+    metric_drop: dict[str, float] = {}  # task -> relative quality drop that alerts (once labels are known)
+    cooldown_days: float = Field(30, ge=0)  # no new alert within this many days of data time
+    action: Literal["alert", "retrain"] = "alert"
+    webhook: str | None = Field(None, pattern=r"^https?://")
+
+    @field_validator("metric_drop")
+    @classmethod
+    def _positive_drops(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not 0 < x < 1}
+        if bad:
+            raise ValueError(f"relative drops must be in (0, 1): {bad}")
+        return v
+
+
+class RetrainingSpec(Strict):
+    """Continual retraining: warm start from the champion, rehearse old data, gate on old and new."""
+
+    replay_rows: int = Field(50_000, ge=0)  # sample of data before the new window, trained on again
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)  # of the new window, by time
+    new_test_fraction: float = Field(0.25, gt=0, lt=0.5)  # of the new window, by time: the gate's new rows
+    warm_start: bool = True
+    epochs: int | None = Field(None, ge=1)  # default: training.epochs
+
+
 class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
@@ -304,6 +337,8 @@ class ProjectConfig(Strict):
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     registry: RegistrySpec
+    alerts: AlertPolicy = AlertPolicy()
+    retraining: RetrainingSpec = RetrainingSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:
@@ -323,6 +358,12 @@ class ProjectConfig(Strict):
             raise ValueError(f"training.strategy.weights names unknown tasks: {unknown}")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
+        unknown = sorted(set(self.alerts.features) - set(self.features.names))
+        if unknown:
+            raise ValueError(f"alerts.features names unknown features: {unknown}")
+        unknown = sorted((set(self.alerts.prediction_drift) - {"*"} | set(self.alerts.metric_drop)) - set(names))
+        if unknown:
+            raise ValueError(f"alerts name unknown tasks: {unknown}")
         return self
 
     @property

@@ -22,7 +22,7 @@ import torch
 
 from components.inference import ONNX_FILE, OnnxModel
 from components.model import ExportModule
-from components.train import CONFIG, SPEC, SUMMARY, load_trained, to_tensors
+from components.train import CONFIG, SPEC, SUMMARY, WEIGHTS, load_trained, to_tensors
 
 PARITY_FILE = "parity.json"
 
@@ -58,7 +58,7 @@ def export_onnx(model_dir: Path, out_dir: Path, sample: pd.DataFrame, opset: int
         )
     program.save(str(path))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    for name in (SPEC, CONFIG, SUMMARY):
+    for name in (SPEC, CONFIG, SUMMARY, WEIGHTS):  # weights: continual retraining warm-starts from them
         shutil.copy(Path(model_dir) / name, out_dir / name)
     return path
 

@@ -67,26 +67,28 @@ def _relabel(model: bentoml.Model, stage: str, **metadata: Any) -> None:
     model.flush()
 
 
-def gate(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path, test_df: pd.DataFrame) -> GateDecision:
-    """Promote when the primary metric is not worse and no other task drops by more
-    than its tolerance (relative), both models scored on the same rows."""
-    scores = {}
-    for who, folder in (("challenger", challenger_dir), ("champion", champion_dir)):
-        onnx_model = OnnxModel(folder)
-        raw = onnx_model.predict_frame(test_df)
-        targets = onnx_model.spec.transform_targets(test_df)
-        scores[who] = {t.name: task_metrics(t, raw[t.name], targets[t.name], standardised=False).get(
-            cfg.task(t.name).metric, math.nan) for t in onnx_model.spec.targets}
-    new, old = scores["challenger"], scores["champion"]
+def score(cfg: ProjectConfig, folder: Path, df: pd.DataFrame) -> dict[str, float]:
+    """Each task's gated metric for the exported model in `folder` on `df`."""
+    onnx_model = OnnxModel(folder)
+    raw = onnx_model.predict_frame(df)
+    targets = onnx_model.spec.transform_targets(df)
+    return {t.name: task_metrics(t, raw[t.name], targets[t.name], standardised=False).get(
+        cfg.task(t.name).metric, math.nan) for t in onnx_model.spec.targets}
+
+
+def _check(cfg: ProjectConfig, new: dict[str, float], old: dict[str, float], window: str,
+           primary_may_drop: bool) -> tuple[bool, list[str]]:
+    """Primary not worse (unless `primary_may_drop`: then it has a tolerance like the others);
+    other tasks not worse than their tolerance (relative)."""
     promote, reasons = True, []
     for task in cfg.tasks:
         m = task.metric
         if task.name not in old:
-            reasons.append(f"{task.name}: new task, no champion score")
+            reasons.append(f"{window}{task.name}: new task, no champion score")
             continue
         change = relative_change(m, new[task.name], old[task.name])
-        line = f"{task.name} {m}: {old[task.name]:.4f} -> {new[task.name]:.4f} ({change:+.2%})"
-        if task.primary:
+        line = f"{window}{task.name} {m}: {old[task.name]:.4f} -> {new[task.name]:.4f} ({change:+.2%})"
+        if task.primary and not primary_may_drop:
             ok = change >= 0 or math.isclose(new[task.name], old[task.name], rel_tol=1e-9)
             reasons.append(f"primary {line} {'not worse' if ok else 'WORSE'}")
         else:
@@ -94,15 +96,42 @@ def gate(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path, test_df: 
             ok = change >= -tol
             reasons.append(f"{line} {'within' if ok else 'BEYOND'} tolerance {tol:.1%}")
         promote = promote and ok
+    return promote, reasons
+
+
+def gate(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path, test_df: pd.DataFrame) -> GateDecision:
+    """Promote when the primary metric is not worse and no other task drops by more
+    than its tolerance (relative), both models scored on the same rows."""
+    new, old = score(cfg, challenger_dir, test_df), score(cfg, champion_dir, test_df)
+    promote, reasons = _check(cfg, new, old, "", primary_may_drop=False)
     return GateDecision(promote, reasons, new, old)
 
 
-def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame) -> GateDecision:
-    """Gate a registered challenger against the champion and relabel accordingly."""
+def gate_continual(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path, new_df: pd.DataFrame,
+                   old_df: pd.DataFrame) -> GateDecision:
+    """Continual retraining must learn the new window without forgetting the old one: the primary
+    task not worse on new rows, and no task (primary included) beyond its tolerance on old rows."""
+    decision = GateDecision(True, [])
+    for window, df, primary_may_drop in (("new", new_df, False), ("old", old_df, True)):
+        new, old = score(cfg, challenger_dir, df), score(cfg, champion_dir, df)
+        ok, reasons = _check(cfg, new, old, f"[{window} window, {len(df):,} rows] ", primary_may_drop)
+        decision.promote = decision.promote and ok
+        decision.reasons += reasons
+        decision.challenger |= {f"{window}.{k}": v for k, v in new.items()}
+        decision.champion |= {f"{window}.{k}": v for k, v in old.items()}
+    return decision
+
+
+def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame,
+                      old_df: pd.DataFrame | None = None) -> GateDecision:
+    """Gate a registered challenger against the champion and relabel accordingly. With
+    `old_df` the continual gate applies (`test_df` then holds the new window's held-out rows)."""
     new = bentoml.models.get(tag)
     current = champion(cfg.registry.model_name)
     if current is None:
         decision = GateDecision(True, ["no champion yet: the first model becomes champion"])
+    elif old_df is not None:
+        decision = gate_continual(cfg, Path(new.path), Path(current.path), test_df, old_df)
     else:
         decision = gate(cfg, Path(new.path), Path(current.path), test_df)
         decision.champion_tag = str(current.tag)

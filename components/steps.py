@@ -36,9 +36,17 @@ def ingest(config_yaml: str, data_root: str, out_path: str, git_revision: str = 
     """Read the DVC-tracked partitions covering all windows, derive labels, write one
     parquet. Returns lineage: the DVC md5 of every partition read and the git revision."""
     cfg = _cfg(config_yaml)
-    root = Path(data_root)
     w = cfg.data.windows
-    start, end = pd.Timestamp(w.train.start), pd.Timestamp(w.test.end)
+    df, lineage = _read_versioned(cfg, Path(data_root), pd.Timestamp(w.train.start), pd.Timestamp(w.test.end))
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out_path, index=False)
+    return {**lineage, "rows": len(df), "git_revision": git_revision}
+
+
+def _read_versioned(cfg: ProjectConfig, root: Path, start: pd.Timestamp,
+                    end: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
+    """The DVC-tracked partitions covering [start, end) (pulled if absent), sampled, labelled;
+    with the md5 of every partition read."""
     part_dir = partition_dir(cfg, root)
     paths = partitions_for(cfg, part_dir, start, end)
     absent = [p for p in paths if not p.exists() and Path(str(p) + ".dvc").exists()]
@@ -47,9 +55,38 @@ def ingest(config_yaml: str, data_root: str, out_path: str, git_revision: str = 
     df = read_window(cfg, part_dir, start, end)
     md5s = {str(p.relative_to(root)): dvc_md5(p) for p in paths}
     df = with_labels(sample_rows(df, cfg.data.sample_fraction, cfg.training.seed), cfg)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out_path, index=False)
-    return {"data_version": data_version(md5s), "partitions": md5s, "rows": len(df), "git_revision": git_revision}
+    return df, {"data_version": data_version(md5s), "partitions": md5s}
+
+
+def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end: str, train_path: str,
+                      validation_path: str, new_test_path: str, old_test_path: str,
+                      git_revision: str = "unknown") -> dict:
+    """The data of one continual retraining: the new window split by time into train /
+    validation / new test, plus a replay sample of older rows, plus the old held-out window
+    (the config's test window, never replayed) on which the gate checks for forgetting."""
+    cfg = _cfg(config_yaml)
+    r, w, time = cfg.retraining, cfg.data.windows, cfg.data.time_column
+    start, end = pd.Timestamp(new_start), pd.Timestamp(new_end)
+    if start < pd.Timestamp(w.test.end):
+        raise ValueError(f"the new window starts {start:%Y-%m-%d}, inside the held-out window "
+                         f"[{w.test.start:%Y-%m-%d}, {w.test.end:%Y-%m-%d}) the gate uses for old data")
+    df, lineage = _read_versioned(cfg, Path(data_root), pd.Timestamp(w.train.start), end)
+    t = df[time]
+    in_old_test = (t >= pd.Timestamp(w.test.start)) & (t < pd.Timestamp(w.test.end))
+    history = df[(t < start) & ~in_old_test]
+    replay = history.sample(n=min(r.replay_rows, len(history)), random_state=cfg.training.seed)
+    new = df[(t >= start) & (t < end)].sort_values(time, kind="stable")
+    a = int(len(new) * (1 - r.validation_fraction - r.new_test_fraction))
+    b = int(len(new) * (1 - r.new_test_fraction))
+    parts = {"train": pd.concat([replay, new.iloc[:a]]).sort_values(time, kind="stable"),
+             "validation": new.iloc[a:b], "new_test": new.iloc[b:], "old_test": df[in_old_test]}
+    for name, path in (("train", train_path), ("validation", validation_path), ("new_test", new_test_path),
+                       ("old_test", old_test_path)):
+        if parts[name].empty:
+            raise ValueError(f"continual retraining: the {name} part is empty (new window {new_start}..{new_end})")
+        parts[name].to_parquet(path, index=False)
+    return {**lineage, "git_revision": git_revision, "replay_rows": len(replay),
+            "rows": {k: len(v) for k, v in parts.items()}}
 
 
 def validate(config_yaml: str, dataset_path: str, report_path: str) -> dict:
@@ -109,8 +146,9 @@ def export_model(config_yaml: str, model_dir: str, train_path: str, test_path: s
 
 
 def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path: str, lineage: dict,
-                   decision_path: str) -> dict:
-    """Register as challenger, gate against the champion, write and return the decision."""
+                   decision_path: str, old_test_path: str = "") -> dict:
+    """Register as challenger, gate against the champion, write and return the decision.
+    With `old_test_path` (continual retraining) the gate also checks the old window."""
     from components.export import PARITY_FILE
     from components.registry import promote_if_better, register
 
@@ -118,9 +156,11 @@ def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path
     metrics = json.loads(Path(metrics_path).read_text())
     parity = json.loads((Path(onnx_dir) / PARITY_FILE).read_text())
     tag = register(Path(onnx_dir), cfg, {**metrics, "parity": parity}, lineage)
-    decision = promote_if_better(cfg, tag, pd.read_parquet(test_path))
+    old = pd.read_parquet(old_test_path) if old_test_path else None
+    decision = promote_if_better(cfg, tag, pd.read_parquet(test_path), old)
     out = {"tag": tag, "promoted": decision.promote, "reasons": decision.reasons,
-           "champion_before": decision.champion_tag}
+           "champion_before": decision.champion_tag, "challenger": decision.challenger,
+           "champion": decision.champion}
     Path(decision_path).write_text(json.dumps(out, indent=1))
     return out
 

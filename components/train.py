@@ -151,13 +151,22 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     if ckpt and ckpt["config"] != config_to_yaml(cfg):
         raise ValueError(f"{ckpt_path} was written by a run with a different config: "
                          "resume with the same config, or train without --resume")
-    spec = FeatureSpec.from_json(ckpt["feature_spec"]) if ckpt else FeatureSpec.fit(train_df, cfg)
+    warm = Path(tc.warm_start) if tc.warm_start and not ckpt else None
+    if ckpt:
+        spec = FeatureSpec.from_json(ckpt["feature_spec"])
+    elif warm:  # the warm-start weights index the old vocabularies: keep them (new values go out-of-vocabulary)
+        spec = FeatureSpec.load(warm / SPEC)
+    else:
+        spec = FeatureSpec.fit(train_df, cfg)
     spec.save(out_dir / SPEC)
     (out_dir / CONFIG).write_text(config_to_yaml(cfg))
 
     train_t = to_tensors(train_df, spec).to(device)
     val_t = to_tensors(val_df, spec).to(device)
-    model = MultiTaskModel(spec, cfg.model).to(device)
+    model = MultiTaskModel(spec, cfg.model)
+    if warm:
+        model.load_state_dict(torch.load(warm / WEIGHTS, weights_only=True))
+    model = model.to(device)
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
     strategy = make_strategy(task_names, tc.strategy)

@@ -13,12 +13,14 @@ from pathlib import Path
 from kfp import compiler
 
 from pipelines.cluster import ClusterSettings
+from pipelines.continual import build_pipeline as build_retraining_pipeline
 from pipelines.training import build_pipeline as build_training_pipeline
 
 PipelineBuilder = Callable[..., object]
 
 PIPELINES: dict[str, PipelineBuilder] = {
     "training": build_training_pipeline,
+    "retraining": build_retraining_pipeline,
 }
 
 

@@ -1,10 +1,12 @@
-"""Run the training pipeline on this machine through `kfp.local`, or compile it."""
+"""Run a pipeline (training by default) on this machine through `kfp.local`, or compile it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler
 
@@ -29,8 +31,10 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path) -> LocalRun:
-    """Execute every step as a subprocess of this Python (SubprocessRunner, no docker)."""
+def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
+              builder: Callable[[], Callable[..., Any]] = build_pipeline, **arguments: str) -> LocalRun:
+    """Execute every step as a subprocess of this Python (SubprocessRunner, no docker).
+    `builder` makes the pipeline (training by default); `arguments` are its extra parameters."""
     import warnings
 
     from kfp import local
@@ -43,9 +47,9 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path) -> Local
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
-    pipeline = build_pipeline()
+    pipeline = builder()
     task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
-                    git_revision=git_revision(data_root))
+                    git_revision=git_revision(data_root), **arguments)
     run_dir = _newest_run(pipeline_root, before)
     artifacts = {str(p.relative_to(run_dir)): p for p in sorted(run_dir.glob("*/*"))
                  if p.name not in ("executor_output.json", "Output")}

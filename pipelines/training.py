@@ -87,20 +87,24 @@ def register_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[
     return out["tag"]
 
 
+def images(image: str | None = None, gpu_image: str | None = None) -> tuple[str, str]:
+    return (image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE),
+            gpu_image or os.environ.get("MTLOPS_GPU_IMAGE", DEFAULT_GPU_IMAGE))
+
+
+def component(fn, image: str):  # type: ignore[no-untyped-def]
+    # the image has the project installed: no pip install at step start
+    return dsl.component(fn, base_image=image, install_kfp_package=False)
+
+
 def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
                    cluster: ClusterSettings | None = None):
     """The pipeline object, with components built for the given images; with `cluster`, every
     step also carries the Kubernetes settings a real cluster needs (pipelines/cluster.py)."""
-    image = image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE)
-    gpu_image = gpu_image or os.environ.get("MTLOPS_GPU_IMAGE", DEFAULT_GPU_IMAGE)
-
-    def op(fn, base_image: str = image):  # type: ignore[no-untyped-def]
-        # the image has the project installed: no pip install at step start
-        return dsl.component(fn, base_image=base_image, install_kfp_package=False)
-
-    ingest_c, validate_c, split_c = op(ingest_op), op(validate_op), op(split_op)
-    train_c, evaluate_c = op(train_op, gpu_image), op(evaluate_op)
-    export_c, register_c = op(export_op), op(register_op)
+    image, gpu_image = images(image, gpu_image)
+    ingest_c, validate_c, split_c = (component(f, image) for f in (ingest_op, validate_op, split_op))
+    train_c, evaluate_c = component(train_op, gpu_image), component(evaluate_op, image)
+    export_c, register_c = component(export_op, image), component(register_op, image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, export and register one multi-task model.")
     def training_pipeline(config_yaml: str, data_root: str, git_revision: str = "unknown") -> str:

@@ -1,0 +1,111 @@
+"""The alert policy: when a monitored window alerts, the cool-down, the alert log, the webhook.
+
+Time is data time: the cool-down is measured between the ends of the monitored windows, so a
+replay of past months behaves as live traffic would. Every alert is appended to the alert log
+(JSONL), suppressed ones too (marked), so the log explains why nothing happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pandas as pd
+
+from components.config import AlertPolicy, ProjectConfig
+from components.metrics import relative_change
+
+
+class WindowReport(Protocol):
+    """What the policy reads from a monitor run (monitoring.drift.MonitorSummary)."""
+
+    model_version: str
+    window: str
+    rows_current: int
+    drift_share: float
+    drifted_features: list[str]
+    drifted_predictions: list[str]
+    quality: dict[str, dict[str, float]]
+
+
+@dataclass
+class Alert:
+    window: str
+    window_end: str  # ISO date: the data time the cool-down is measured in
+    model_version: str
+    reasons: list[str]
+    action: str  # "alert" or "retrain"
+    suppressed: bool  # inside the cool-down of an earlier alert: logged, not acted on
+    raised_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    webhook_status: str | None = None
+
+    @property
+    def acts(self) -> bool:
+        return not self.suppressed
+
+
+def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
+    """Every rule of the policy the window breaks (empty: no alert)."""
+    policy = cfg.alerts
+    if report.rows_current < policy.min_rows:
+        return []
+    reasons = []
+    if policy.drift_share is not None and report.drift_share >= policy.drift_share:
+        reasons.append(f"drift share {report.drift_share:.0%} >= {policy.drift_share:.0%}")
+    watched = sorted(set(policy.features) & set(report.drifted_features))
+    if watched:
+        reasons.append(f"watched features drifted: {', '.join(watched)}")
+    tasks = {t.name for t in cfg.tasks} if "*" in policy.prediction_drift else set(policy.prediction_drift)
+    drifted = sorted(tasks & set(report.drifted_predictions))
+    if drifted:
+        reasons.append(f"predictions drifted: {', '.join(drifted)}")
+    for task, max_drop in policy.metric_drop.items():
+        q = report.quality.get(task)
+        if not q or any(not math.isfinite(q.get(k, math.nan)) for k in ("reference", "current")):
+            continue
+        metric = cfg.task(task).metric
+        change = relative_change(metric, q["current"], q["reference"])
+        if change <= -max_drop:
+            reasons.append(f"{task} {metric} {q['reference']:.4f} -> {q['current']:.4f} "
+                           f"({change:+.1%}, alert at -{max_drop:.0%})")
+    return reasons
+
+
+def read_alerts(log: Path) -> list[Alert]:
+    if not Path(log).exists():
+        return []
+    return [Alert(**json.loads(line)) for line in Path(log).read_text().splitlines() if line.strip()]
+
+
+def decide(cfg: ProjectConfig, report: WindowReport, window_end: pd.Timestamp, log: Path) -> Alert | None:
+    """Apply the policy to one monitored window: log the alert (if any), respect the cool-down,
+    notify the webhook for an alert that acts."""
+    reasons = reasons_to_alert(cfg, report)
+    if not reasons:
+        return None
+    policy: AlertPolicy = cfg.alerts
+    acted = [a for a in read_alerts(log) if a.acts]
+    since_last = (window_end - pd.Timestamp(acted[-1].window_end)) if acted else None
+    suppressed = since_last is not None and since_last < pd.Timedelta(days=policy.cooldown_days)
+    alert = Alert(report.window, pd.Timestamp(window_end).isoformat(), report.model_version, reasons,
+                  policy.action, suppressed)
+    if alert.acts and policy.webhook:
+        alert.webhook_status = notify(policy.webhook, alert)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with Path(log).open("a") as f:
+        f.write(json.dumps(asdict(alert)) + "\n")
+    return alert
+
+
+def notify(url: str, alert: Alert) -> str:
+    """POST the alert as JSON; a receiver that is down must not stop monitoring."""
+    try:
+        r = httpx.post(url, json={"source": "mtlops", **asdict(alert)}, timeout=10)
+        return str(r.status_code)
+    except httpx.HTTPError as exc:
+        return f"error: {type(exc).__name__}: {exc}"

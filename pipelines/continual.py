@@ -1,0 +1,86 @@
+"""The retraining pipeline: prepare (new window + replay + old held-out) -> validate -> train
+(warm start from the champion) -> evaluate -> export -> register behind the continual gate.
+
+The steps after `prepare` are the training pipeline's own components; what makes a run
+continual is its data (prepare) and its config (`training.warm_start`, set by
+`continual_config`). The gate checks the new window and the old one (no forgetting).
+"""
+
+# no `from __future__ import annotations`: kfp reads the annotations as types
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.config import ProjectConfig
+from pipelines.cluster import ClusterSettings, apply_cluster_settings
+from pipelines.training import component, evaluate_op, export_op, images, train_op, validate_op
+
+PIPELINE_NAME = "mtlops-retraining"
+
+
+def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, git_revision: str,
+               train: Output[Dataset], validation: Output[Dataset], new_test: Output[Dataset],
+               old_test: Output[Dataset]) -> None:
+    from components.steps import prepare_continual
+
+    out = prepare_continual(config_yaml, data_root, new_start, new_end, train.path, validation.path,
+                            new_test.path, old_test.path, git_revision)
+    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "replay_rows")})
+    for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
+        art.metadata["rows"] = out["rows"][name]
+
+
+def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[Artifact],
+                          train: Input[Dataset], new_test: Input[Dataset], old_test: Input[Dataset],
+                          decision: Output[Artifact]) -> str:
+    from components.steps import register_model
+
+    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "replay_rows")}
+    out = register_model(config_yaml, onnx_model.path, metrics_json.path, new_test.path, lineage, decision.path,
+                         old_test_path=old_test.path)
+    decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})
+    return out["tag"]
+
+
+def continual_config(cfg: ProjectConfig, champion_dir: str | None) -> ProjectConfig:
+    """The config a retraining run trains with: warm start from the champion's folder."""
+    training = {"warm_start": champion_dir if cfg.retraining.warm_start else None,
+                "epochs": cfg.retraining.epochs or cfg.training.epochs}
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update=training)})
+
+
+def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
+                   cluster: ClusterSettings | None = None):
+    image, gpu_image = images(image, gpu_image)
+    prepare_c, validate_c = component(prepare_op, image), component(validate_op, image)
+    train_c, evaluate_c = component(train_op, gpu_image), component(evaluate_op, image)
+    export_c, register_c = component(export_op, image), component(register_continual_op, image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Warm-start retraining on a new window with replay of old "
+                                                   "data; promoted only if no task forgets the old window.")
+    def retraining_pipeline(config_yaml: str, data_root: str, new_start: str, new_end: str,
+                            git_revision: str = "unknown") -> str:
+        prepare_t = prepare_c(config_yaml=config_yaml, data_root=data_root, new_start=new_start, new_end=new_end,
+                              git_revision=git_revision)
+        validate_t = validate_c(config_yaml=config_yaml, dataset=prepare_t.outputs["train"])
+        train_t = train_c(config_yaml=config_yaml, train=prepare_t.outputs["train"],
+                          validation=prepare_t.outputs["validation"]).after(validate_t)
+        train_t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        train_t.set_cpu_limit("8").set_memory_limit("32G")
+        evaluate_t = evaluate_c(model=train_t.outputs["model"], train=prepare_t.outputs["train"],
+                                test=prepare_t.outputs["new_test"])
+        export_t = export_c(config_yaml=config_yaml, model=train_t.outputs["model"],
+                            train=prepare_t.outputs["train"], test=prepare_t.outputs["new_test"])
+        register_t = register_c(config_yaml=config_yaml, onnx_model=export_t.outputs["onnx_model"],
+                                metrics_json=evaluate_t.outputs["metrics_json"], train=prepare_t.outputs["train"],
+                                new_test=prepare_t.outputs["new_test"], old_test=prepare_t.outputs["old_test"])
+        tasks = (prepare_t, validate_t, train_t, evaluate_t, export_t, register_t)
+        for task in tasks:
+            task.set_caching_options(False)  # the champion it starts from changes between runs
+        for task in (prepare_t, train_t, register_t):
+            task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+        if cluster:
+            apply_cluster_settings(cluster, tasks)
+        return register_t.outputs["Output"]
+
+    return retraining_pipeline

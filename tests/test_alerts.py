@@ -1,0 +1,106 @@
+"""The alert policy: rules, cool-down in data time, the JSONL log, and a real webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.config import ConfigError
+from monitoring.alerts import decide, read_alerts, reasons_to_alert
+from tests.conftest import FLIGHTS, config_with
+
+
+@dataclass
+class Report:
+    """The fields of a monitor run the policy reads (monitoring.drift.MonitorSummary has them all)."""
+
+    window: str = "2013-07"
+    rows_current: int = 10_000
+    drift_share: float = 0.0
+    drifted_features: list[str] = field(default_factory=list)
+    drifted_predictions: list[str] = field(default_factory=list)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_version: str = "flights-mtl:v1"
+
+
+POLICY = {"drift_share": 0.4, "features": ["distance", "carrier"], "prediction_drift": ["arr_delayed"],
+          "metric_drop": {"arr_delayed": 0.03}, "cooldown_days": 45, "min_rows": 1000, "action": "retrain"}
+
+
+@pytest.fixture
+def receiver() -> tuple[str, list[dict]]:
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", got
+    server.shutdown()
+
+
+def test_each_rule_alerts_and_a_quiet_window_does_not() -> None:
+    cfg = config_with(FLIGHTS, alerts=POLICY)
+    assert reasons_to_alert(cfg, Report(drift_share=0.2, drifted_features=["temp"])) == []
+    assert "drift share 50% >= 40%" in reasons_to_alert(cfg, Report(drift_share=0.5))[0]
+    assert "distance" in reasons_to_alert(cfg, Report(drifted_features=["distance", "temp"]))[0]
+    assert "arr_delayed" in reasons_to_alert(cfg, Report(drifted_predictions=["arr_delayed", "dep_delay"]))[0]
+    assert reasons_to_alert(cfg, Report(drifted_predictions=["dep_delay"])) == []
+    dropped = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.68}})
+    assert "roc_auc 0.7200 -> 0.6800" in reasons_to_alert(cfg, dropped)[0]
+    held = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.71}})
+    assert reasons_to_alert(cfg, held) == []
+    assert reasons_to_alert(cfg, Report(rows_current=999, drift_share=1.0)) == []  # too few rows to judge
+
+
+def test_cooldown_in_data_time_and_webhook_only_for_acting_alerts(tmp_path: Path,
+                                                                  receiver: tuple[str, list[dict]]) -> None:
+    url, got = receiver
+    cfg = config_with(FLIGHTS, alerts={**POLICY, "webhook": url})
+    log = tmp_path / "alerts.jsonl"
+    shifted = Report(drift_share=0.9)
+    first = decide(cfg, shifted, pd.Timestamp("2013-08-01"), log)
+    second = decide(cfg, Report(window="2013-08", drift_share=0.9), pd.Timestamp("2013-09-01"), log)
+    quiet = decide(cfg, Report(window="2013-09"), pd.Timestamp("2013-10-01"), log)
+    third = decide(cfg, Report(window="2013-10", drift_share=0.9), pd.Timestamp("2013-11-01"), log)
+    assert first.acts and first.webhook_status == "204" and first.action == "retrain"
+    assert second.suppressed and second.webhook_status is None  # 31 days after the first: inside 45
+    assert quiet is None
+    assert third.acts  # 92 days after the first
+    assert [a["window"] for a in got] == ["2013-07", "2013-10"]
+    assert got[0]["source"] == "mtlops" and got[0]["reasons"] == first.reasons
+    assert [(a.window, a.suppressed) for a in read_alerts(log)] == [("2013-07", False), ("2013-08", True),
+                                                                   ("2013-10", False)]
+
+
+def test_a_receiver_that_is_down_does_not_stop_monitoring(tmp_path: Path) -> None:
+    cfg = config_with(FLIGHTS, alerts={**POLICY, "webhook": "http://127.0.0.1:9/nothing-listens"})
+    alert = decide(cfg, Report(drift_share=1.0), pd.Timestamp("2013-08-01"), tmp_path / "alerts.jsonl")
+    assert alert.acts and alert.webhook_status.startswith("error: ConnectError")
+    assert len(read_alerts(tmp_path / "alerts.jsonl")) == 1
+
+
+@pytest.mark.parametrize(("alerts", "field_name"), [
+    ({"features": ["no_such_feature"]}, "alerts.features"),
+    ({"metric_drop": {"arr_delayed": 1.5}}, "alerts.metric_drop"),
+    ({"metric_drop": {"nope": 0.1}}, "alerts name unknown tasks"),
+    ({"action": "page-someone"}, "alerts.action"),
+    ({"webhook": "ftp://x"}, "alerts.webhook"),
+    ({"cooldown_days": -1}, "alerts.cooldown_days"),
+])
+def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name: str) -> None:
+    with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
+        config_with(FLIGHTS, alerts=alerts)
