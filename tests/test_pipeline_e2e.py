@@ -6,19 +6,27 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import bentoml
 import pandas as pd
 import pytest
 import torch
 import yaml
 
+from components import registry
 from components.config import load_config
+from components.data import select_window, with_labels
+from components.export import export_onnx
+from components.features import SPEC_FILE
 from components.predictions import REFERENCE_FILE, REFERENCE_ROWS
+from components.train import WEIGHTS, load_trained
 from components.versioning import data_version, dvc_md5
 from pipelines.local import run_local
+from pipelines.retrain import retrain
 from tests.conftest import FLIGHTS, TXHOUSING, config_with, raw_config
 
 MTLOPS = [sys.executable, "-m", "pipelines.cli"]
@@ -148,3 +156,60 @@ def test_another_table_and_tasks_by_yaml_only(tmp_path: Path) -> None:
     assert test["sales"]["mae"] < base["sales"]["mae"]
     assert test["busy_month"]["roc_auc"] > 0.9
     assert load_config(FLIGHTS).registry.model_name != "e2e-txhousing"
+
+
+def _champion_of(cfg_path: Path, root: Path) -> bentoml.Model:
+    name = load_config(cfg_path).registry.model_name
+    if registry.champion(name) is None:
+        mtlops("run", "--config", str(cfg_path), "--root", str(root), "--pipeline-root", str(root / "runs"), cwd=root)
+    return registry.champion(name)
+
+
+def test_continual_retraining_warm_starts_replays_and_gates_on_old_and_new(flights_repo: tuple[Path, Path]) -> None:
+    root, cfg_path = flights_repo
+    champion = _champion_of(cfg_path, root)
+    cfg = load_config(cfg_path)
+    cfg = cfg.model_copy(update={"retraining": cfg.retraining.model_copy(update={"replay_rows": 3000})})
+    out = retrain(cfg, root, "2013-07-01", "2013-08-01", root / "runs-continual")
+    assert out.status in ("promoted", "rejected"), out
+    assert out.champion_before == str(champion.tag)
+    assert any(r.startswith("primary [new window") for r in out.reasons), out.reasons
+    assert sum("[old window" in r for r in out.reasons) == len(cfg.tasks), out.reasons
+    new = bentoml.models.get(out.tag)
+    assert new.info.metadata["lineage"]["replay_rows"] == 3000
+    assert new.info.labels["stage"] == ("champion" if out.status == "promoted" else "rejected")
+    assert str(registry.champion(cfg.registry.model_name).tag) == (out.tag if out.status == "promoted"
+                                                                   else str(champion.tag))
+    # warm start: the challenger kept the champion's vocabularies (its weights index them)
+    assert (Path(new.path) / SPEC_FILE).read_text() == (Path(champion.path) / SPEC_FILE).read_text()
+    assert new.info.metadata["gate"]["champion"].keys() == new.info.metadata["gate"]["challenger"].keys()
+
+
+def test_continual_gate_rejects_a_challenger_that_forgets_a_task(flights_repo: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    root, cfg_path = flights_repo
+    champion = _champion_of(cfg_path, root)
+    model, _, cfg = load_trained(Path(champion.path))
+    with torch.no_grad():  # forget air_time: its head now answers the training mean for every flight
+        for p in model.heads["air_time"].parameters():
+            p.zero_()
+    forgetful = tmp_path / "model"
+    shutil.copytree(champion.path, forgetful)
+    torch.save(model.state_dict(), forgetful / WEIGHTS)
+    flights = pd.concat(pd.read_parquet(p) for p in sorted((root / "data" / "flights").glob("2013-0[67].parquet")))
+    flights = with_labels(flights, cfg)
+    old = select_window(flights, cfg.data.time_column, "2013-06-01", "2013-07-01")
+    new = select_window(flights, cfg.data.time_column, "2013-07-01", "2013-08-01")
+    export_onnx(forgetful, tmp_path / "onnx", old)
+    decision = registry.gate_continual(cfg, tmp_path / "onnx", Path(champion.path), new, old)
+    assert not decision.promote
+    assert any(r.startswith("[old window") and "air_time" in r and "BEYOND" in r for r in decision.reasons)
+    assert decision.champion["old.air_time"] < decision.challenger["old.air_time"]  # MAE: lower is better
+
+
+def test_a_failed_retrain_leaves_the_champion_serving(flights_repo: tuple[Path, Path]) -> None:
+    root, cfg_path = flights_repo
+    champion = _champion_of(cfg_path, root)
+    out = retrain(load_config(cfg_path), root, "2014-01-01", "2014-02-01", root / "runs-failed")  # no such data
+    assert out.status == "failed" and out.error and out.tag is None
+    assert str(registry.champion(champion.tag.name).tag) == str(champion.tag)
