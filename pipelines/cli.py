@@ -294,6 +294,51 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     console.print(f"champion is now {do_rollback(_load(config).registry.model_name)}")
 
 
+@app.command("retrain")
+def retrain_(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
+             new_start: Annotated[str, typer.Option(help="First day of the new window (YYYY-MM-DD).")] = ...,
+             new_end: Annotated[str, typer.Option(help="Day after the new window (YYYY-MM-DD).")] = ...,
+             pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes artifacts.")] = Path("runs/kfp"),
+             kfp_host: Annotated[str | None, typer.Option(help="Submit to this Kubeflow Pipelines API.")] = None,
+             ) -> None:
+    """Continual retraining on a new window: warm start from the champion, replay of older data,
+    promoted only if the primary task holds on new data and no task forgets the old window."""
+    from pipelines.retrain import retrain
+
+    out = retrain(_load(config), root, new_start, new_end, pipeline_root, kfp_host)
+    colour = {"promoted": "green", "rejected": "yellow", "failed": "red", "submitted": "cyan"}[out.status]
+    console.print(f"[{colour}]{out.status}[/{colour}] {out.tag or out.run_id or ''} "
+                  f"(champion before: {out.champion_before}) in {out.seconds:.0f}s")
+    for reason in out.reasons:
+        console.print(f"  - {reason}")
+    if out.error:
+        console.print(f"[red]{out.error}[/red] — the champion keeps serving")
+    raise typer.Exit(1 if out.status == "failed" else 0)
+
+
+@app.command()
+def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
+             months: Annotated[str, typer.Option(help="First and last month, YYYY-MM..YYYY-MM.")] = "2013-07..2013-12",
+             out: Annotated[Path, typer.Option(help="Reports, workspace, alerts, timeline.")] = Path("runs/simulate"),
+             ) -> None:
+    """Replay months of traffic: score, monitor, alert, retrain, gate — and compare the primary
+    metric of the never-retrained model with the continually retrained one."""
+    import pandas as pd
+
+    from pipelines.simulate import simulate as run_simulation
+    from pipelines.simulate import timeline_markdown, timeline_plot
+
+    cfg = _load(config)
+    first, last = months.split("..")
+    names = [f"{m:%Y-%m}" for m in pd.period_range(first, last, freq="M")]
+    rows = run_simulation(cfg, root, names, out)
+    text = timeline_markdown(rows, cfg)
+    (out / "timeline.md").write_text(text)
+    plot = timeline_plot(rows, cfg, out / "timeline.png")
+    console.print(text)
+    console.print(f"timeline: {out / 'timeline.md'}, plot: {plot}, alerts: {out / 'alerts.jsonl'}")
+
+
 @app.command()
 def serve(config: ConfigOpt = DEFAULT_CONFIG,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",

@@ -1,0 +1,123 @@
+"""`mtlops simulate`: replay months of production traffic through the whole system.
+
+For each month: the champion scores it (offline, in the prediction log's format), the monitor
+compares it with the champion's reference (the month's labels are taken as arrived by its end,
+so quality is checked too), the alert policy decides, a retrain runs through kfp.local when
+the policy says so, and the gate promotes or rejects. Alongside, the never-retrained initial
+model scores every month: the headline is the primary metric of both, month by month.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import registry
+from components.config import ProjectConfig
+from components.data import label_column, partition_dir, read_window, with_labels
+from components.inference import OnnxModel
+from components.predictions import REFERENCE_FILE, score_frame
+from monitoring.alerts import decide
+from pipelines.retrain import retrain
+
+
+@dataclass
+class MonthRow:
+    month: str
+    rows: int
+    drift_share: float
+    drifted_features: int
+    drifted_predictions: str
+    alert: str  # "" | "alert" | "suppressed (cool-down)"
+    retrain: str  # "" | promoted | rejected | failed
+    champion: str  # version serving after this month
+    primary_never_retrained: float
+    primary_served: float  # the champion that served this month
+
+
+def month_frame(cfg: ProjectConfig, data_root: Path, month: str) -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
+    start = pd.Timestamp(f"{month}-01")
+    end = start + pd.offsets.MonthBegin(1)
+    df = read_window(cfg, partition_dir(cfg, data_root), start, end)
+    return with_labels(df, cfg), start, end
+
+
+def scored_with_labels(model: OnnxModel, df: pd.DataFrame, cfg: ProjectConfig, version: str) -> pd.DataFrame:
+    """The month as the prediction log would hold it, plus the labels that arrived."""
+    extra = [cfg.data.time_column, *(label_column(t.name) for t in cfg.tasks)]
+    return pd.concat([score_frame(model, df, version), df[extra].reset_index(drop=True)], axis=1)
+
+
+def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Path,
+             progress: bool = True) -> list[MonthRow]:
+    from monitoring.drift import monitor
+
+    name, primary = cfg.registry.model_name, cfg.primary_task.name
+    initial = registry.champion(name)
+    if initial is None:
+        raise RuntimeError(f"no champion for {name}: run `mtlops run` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    alert_log = out_dir / "alerts.jsonl"
+    rows = []
+    for month in months:
+        df, _, end = month_frame(cfg, data_root, month)
+        champion = registry.champion(name)
+        current = scored_with_labels(OnnxModel(Path(champion.path)), df, cfg, str(champion.tag))
+        reference = pd.read_parquet(Path(champion.path) / REFERENCE_FILE)
+        summary = monitor(cfg, reference, current, out_dir / "reports" / month, window=month,
+                          model_version=str(champion.tag), workspace=out_dir / "workspace")
+        alert = decide(cfg, summary, end, alert_log)
+        outcome = None
+        if alert is not None and alert.acts and cfg.alerts.action == "retrain":
+            outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp")
+        served = registry.score(cfg, Path(champion.path), df)[primary]
+        never = registry.score(cfg, Path(initial.path), df)[primary]
+        row = MonthRow(month, len(df), summary.drift_share, len(summary.drifted_features),
+                       ", ".join(summary.drifted_predictions), "" if alert is None else
+                       ("suppressed (cool-down)" if alert.suppressed else "alert"),
+                       outcome.status if outcome else "", str(registry.champion(name).tag).split(":")[-1], never,
+                       served)
+        rows.append(row)
+        if progress:
+            print(f"{month}: {asdict(row)}", flush=True)
+    return rows
+
+
+def timeline_markdown(rows: list[MonthRow], cfg: ProjectConfig) -> str:
+    metric = cfg.primary_task.metric
+    lines = ["| month | rows | drift share | drifted features | drifted predictions | alert | retrain "
+             f"| champion after | {cfg.primary_task.name} {metric}: never retrained | served (continual) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.month} | {r.rows:,} | {r.drift_share:.0%} | {r.drifted_features} | "
+                     f"{r.drifted_predictions or '—'} | {r.alert or '—'} | {r.retrain or '—'} | {r.champion} | "
+                     f"{r.primary_never_retrained:.4f} | {r.primary_served:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def timeline_plot(rows: list[MonthRow], cfg: ProjectConfig, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    months = [r.month for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.bar(months, [r.drift_share for r in rows], color=["tab:red" if r.alert == "alert" else "tab:gray"
+                                                          for r in rows])
+    for i, r in enumerate(rows):
+        if r.retrain:
+            top.annotate(f"retrain: {r.retrain}", (i, r.drift_share), ha="center", va="bottom", fontsize=8)
+    top.set_ylabel("share of drifted features")
+    top.set_title("monthly drift (red: alert)")
+    metric = f"{cfg.primary_task.name} {cfg.primary_task.metric}"
+    bottom.plot(months, [r.primary_never_retrained for r in rows], "o--", label="never retrained")
+    bottom.plot(months, [r.primary_served for r in rows], "o-", label="continually retrained (served)")
+    bottom.set_ylabel(metric)
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
