@@ -33,10 +33,12 @@ def kubernetes_executors(spec: dict) -> dict:
     return spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
+@pytest.mark.parametrize(("pipeline", "register_step"), [("training", "exec-register-op"),
+                                                      ("retraining", "exec-register-continual-op")])
 def test_compiled_for_a_cluster_every_step_gets_storage_secrets_volumes_and_only_training_gets_gpu_nodes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, pipeline: str, register_step: str) -> None:
     settings = load_cluster_settings(CLUSTER)
-    path = compile_pipelines(tmp_path, ["training"], settings)["training"]
+    path = compile_pipelines(tmp_path, [pipeline], settings)[pipeline]
     docs = list(yaml.safe_load_all(path.read_text()))
     spec, platform = docs[0], docs[1]
     container = spec["deploymentSpec"]["executors"]["exec-train-op"]["container"]
@@ -58,7 +60,7 @@ def test_compiled_for_a_cluster_every_step_gets_storage_secrets_volumes_and_only
     train = executors["exec-train-op"]
     assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     assert train["tolerations"][0]["key"] == "nvidia.com/gpu"
-    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-register-op"]["container"]["env"]}
+    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][register_step]["container"]["env"]}
     assert env["BENTOML_HOME"] == "/mnt/model-store"  # the step registers into the mounted store
 
 
