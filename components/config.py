@@ -330,6 +330,43 @@ class RetrainingSpec(Strict):
     epochs: int | None = Field(None, ge=1)  # default: training.epochs
 
 
+class MonitoringSpec(Strict):
+    """Drift and quality monitoring (Evidently). Column keys name a feature, or a task for its
+    monitored prediction column; methods are Evidently stat-test names (e.g. `ks`, `psi`,
+    `wasserstein`, `jensenshannon`, `chisquare`); unset means Evidently's default by type and size."""
+
+    sample_size: int = Field(20_000, ge=100)  # rows per window (reference and current), seeded sample
+    drift_share: float = Field(0.5, gt=0, le=1)  # Evidently's dataset drift: share of drifted features
+    method: str | None = None  # one method for every column
+    per_column_method: dict[str, str] = {}
+    per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = {}
+    workspace: str = "runs/evidently"  # Evidently Workspace folder (`mtlops dashboard` serves it)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_stattest(v)
+        return v
+
+    @field_validator("per_column_method")
+    @classmethod
+    def _known_methods(cls, v: dict[str, str]) -> dict[str, str]:
+        for column, method in v.items():
+            try:
+                _check_stattest(method)
+            except ValueError as err:
+                raise ValueError(f"{column}: {err}") from None
+        return v
+
+
+def _check_stattest(name: str) -> None:
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests  # lazy: evidently is slow
+
+    if name not in _registered_stat_tests:
+        raise ValueError(f"unknown drift method '{name}' (known: {sorted(_registered_stat_tests)})")
+
+
 class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
@@ -339,6 +376,7 @@ class ProjectConfig(Strict):
     registry: RegistrySpec
     alerts: AlertPolicy = AlertPolicy()
     retraining: RetrainingSpec = RetrainingSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:
@@ -364,6 +402,11 @@ class ProjectConfig(Strict):
         unknown = sorted((set(self.alerts.prediction_drift) - {"*"} | set(self.alerts.metric_drop)) - set(names))
         if unknown:
             raise ValueError(f"alerts name unknown tasks: {unknown}")
+        columns = {*self.features.names, *names}
+        for key in ("per_column_method", "per_column_threshold"):
+            unknown = sorted(set(getattr(self.monitoring, key)) - columns)
+            if unknown:
+                raise ValueError(f"monitoring.{key} names no feature or task: {unknown}")
         return self
 
     @property

@@ -399,5 +399,87 @@ def reload(url: Annotated[str, typer.Option(help="The service's base URL.")] = "
     raise typer.Exit(0 if r.status_code == 200 else 1)
 
 
+@app.command()
+def monitor(config: ConfigOpt = DEFAULT_CONFIG,
+            window: Annotated[str, typer.Option(help="The window to check: a month (2013-07), a day or a year.")] = "",
+            log: Annotated[Path | None, typer.Option(help="Read the window from this prediction log folder.")] = None,
+            data: Annotated[bool, typer.Option("--data", help="Score the window's data partitions offline with "
+                                                              "the champion instead.")] = False,
+            labels: Annotated[bool, typer.Option("--labels", help="With --data: attach the window's true "
+                                                                  "outcomes, for per-task quality.")] = False,
+            labels_file: Annotated[Path | None, typer.Option(help="With --log: labels keyed by request_id, "
+                                                                  "record_index (parquet/CSV).")] = None,
+            root: RootOpt = Path("."),
+            out: Annotated[Path | None, typer.Option(help="Report folder (default runs/monitor/<window>).")] = None,
+            workspace: Annotated[Path | None, typer.Option(help="Evidently Workspace (default: the config's "
+                                                                "monitoring.workspace).")] = None,
+            sample_size: Annotated[int | None, typer.Option(help="Rows per window (default: the config's).")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False) -> None:
+    """Drift (features, task outputs) and, with labels, per-task quality of the champion on a window (Evidently)."""
+    from monitoring.windows import monitor_window
+
+    cfg = _load(config)
+    if not window or data == (log is not None):
+        console.print("[red]give --window and exactly one of --log DIR or --data[/red]")
+        raise typer.Exit(2)
+    t0 = time.perf_counter()
+    try:
+        with console.status(f"monitoring {window}"):
+            s = monitor_window(cfg, window, out or Path("runs/monitor") / window, data_root=root if data else None,
+                               log_dir=log, labels=labels, labels_file=labels_file,
+                               workspace=workspace or Path(cfg.monitoring.workspace), sample_size=sample_size)
+    except (LookupError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(s.to_json() + "\n")
+        return
+    table = Table(title=f"{window} vs the reference of {s.model_version} ({time.perf_counter() - t0:.0f}s)",
+                  caption=f"rows {s.rows_current:,} current / {s.rows_reference:,} reference, compared "
+                          f"{s.sampled_current:,} / {s.sampled_reference:,} (sampled); report {s.snapshot_html}")
+    for col in ("column", "kind", "drift score", "method", "drifted"):
+        table.add_column(col)
+    for f, score in sorted(s.feature_scores.items(), key=lambda kv: kv[0] not in s.drifted_features):
+        table.add_row(f, "feature", f"{score:.4f}", s.methods.get(f, ""), "yes" if f in s.drifted_features else "")
+    for task, score in s.prediction_scores.items():
+        table.add_row(task, "prediction", f"{score:.4f}", "", "yes" if task in s.drifted_predictions else "")
+    console.print(table)
+    console.print(f"drift share {s.drift_share:.2f} ({'dataset drift' if s.dataset_drift else 'no dataset drift'})")
+    if s.quality:
+        q = Table(title=f"per-task quality (reference: {s.quality_reference})")
+        for col in ("task", "metric", "reference", "current", "change (+ = better)", "labelled rows"):
+            q.add_column(col)
+        for task, v in s.quality.items():
+            q.add_row(task, v["metric"], _fmt(v["reference"]), _fmt(v["current"]), f"{v['relative_change']:+.1%}",
+                      f"{v['rows']:,}")
+        console.print(q)
+
+
+@app.command()
+def dashboard(config: ConfigOpt = DEFAULT_CONFIG,
+              workspace: Annotated[Path | None, typer.Option(help="Evidently Workspace (default: the config's "
+                                                                  "monitoring.workspace).")] = None,
+              host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+    """Start `evidently ui` on the monitoring workspace: drift, quality and alert panels per model."""
+    from monitoring.dashboard import serve as serve_ui
+
+    cfg = _load(config)
+    serve_ui(workspace or Path(cfg.monitoring.workspace), host, port)
+
+
+@app.command("monitor-compile")
+def monitor_compile(out: Annotated[Path, typer.Option(help="IR YAML to write.")] = Path(
+        "build/monitoring_pipeline.yaml")) -> None:
+    """Compile the monitor pipeline to IR YAML, for a Kubeflow recurring run (see monitoring/README.md)."""
+    from kfp import compiler
+
+    from monitoring.pipeline import build_monitoring_pipeline
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_monitoring_pipeline(), package_path=str(out))
+    console.print(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,108 @@
+"""Monitoring benchmark: seconds per `monitoring.drift.monitor` run by window size, with and
+without sampling.
+
+    python benchmarks/monitoring.py                       # 10k / 100k / 300k rows, sampled and not
+    python benchmarks/monitoring.py --sizes 10000 --unsampled-limit 10000
+
+Trains a flights model briefly (1 epoch on a 10% sample of the training window: monitoring speed
+does not depend on accuracy), exports it and scores rows of Jan-Jun (reference) and Jul-Dec
+(current) 2013 with the ONNX graph into the prediction log's format, labels attached, so each run
+computes feature drift, prediction drift and per-task quality. A run includes the report, its
+JSON and HTML. Unsampled runs above `--unsampled-limit` rows are skipped (upstream issue #1526:
+hours). Prints a table and writes benchmarks/results/monitoring.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.remove(str(Path(__file__).resolve().parent))  # this file would shadow the `monitoring` package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from components.config import parse_config
+from components.data import label_column, load_source, sample_rows, with_labels
+from components.export import export_onnx
+from components.inference import OnnxModel
+from components.predictions import score_frame
+from components.train import train
+from monitoring.drift import DEFAULT_SAMPLE_SIZE, monitor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scored(model: OnnxModel, frame: pd.DataFrame, cfg) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    out = score_frame(model, frame, "bench")
+    for t in cfg.tasks:
+        out[label_column(t.name)] = frame[label_column(t.name)].to_numpy()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
+    ap.add_argument("--sample-sizes", type=int, nargs="+", default=[5_000, DEFAULT_SAMPLE_SIZE])
+    ap.add_argument("--unsampled-limit", type=int, default=100_000)
+    args = ap.parse_args()
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "flights.yaml").read_text())
+    raw["training"].update({"epochs": 1})
+    cfg = parse_config(raw)
+    console = Console()
+    with console.status("loading flights and training a 1-epoch model"):
+        df = with_labels(load_source(cfg.data), cfg)
+        t = cfg.data.time_column
+        first, second = df[df[t] < "2013-07-01"], df[df[t] >= "2013-07-01"]
+        tmp = Path(tempfile.mkdtemp(prefix="mtlops-bench-monitoring-"))
+        w = cfg.data.windows
+        train_df = sample_rows(first[first[t] < w.train.end].reset_index(drop=True), 0.1, 0)
+        val_df = sample_rows(first[(first[t] >= w.validation.start) & (first[t] < w.validation.end)]
+                             .reset_index(drop=True), 0.1, 0)
+        train(cfg, train_df, val_df, tmp / "model", progress=False)
+        export_onnx(tmp / "model", tmp / "onnx", val_df)
+        model = OnnxModel(tmp / "onnx")
+        top = max(args.sizes)
+        reference_all = scored(model, first.sample(n=min(top, len(first)), random_state=0), cfg)
+        current_all = scored(model, second.sample(n=min(top, len(second)), random_state=1), cfg)
+
+    table = Table(title=f"seconds per monitor run ({len(cfg.features.names)} features, {len(cfg.tasks)} tasks, "
+                        f"labels attached; {platform.processor() or platform.machine()})")
+    for col in ("rows per window", "sample size", "rows compared", "seconds", "drifted features"):
+        table.add_column(col, justify="right")
+    rows_md = []
+    for n in args.sizes:
+        reference, current = reference_all.head(n), current_all.head(n)
+        for size in [*args.sample_sizes, None]:
+            if size is None and n > args.unsampled_limit:
+                table.add_row(f"{n:,}", "none", f"{n:,}", f"skipped (> {args.unsampled_limit:,})", "")
+                rows_md.append((n, "none", n, "skipped", ""))
+                continue
+            if size is not None and size >= n:
+                continue
+            t0 = time.perf_counter()
+            s = monitor(cfg, reference, current, tmp / f"run-{n}-{size}", window="2013-07", model_version="bench",
+                        sample_size=size or n)
+            secs = time.perf_counter() - t0
+            label = f"{size:,}" if size else "none"
+            table.add_row(f"{n:,}", label, f"{s.sampled_current:,}", f"{secs:.1f}", str(len(s.drifted_features)))
+            rows_md.append((n, label, s.sampled_current, f"{secs:.1f}", len(s.drifted_features)))
+    console.print(table)
+    console.print(f"default sample size: {DEFAULT_SAMPLE_SIZE:,} rows per window (monitoring.sample_size)")
+    out = ROOT / "benchmarks" / "results" / "monitoring.md"
+    lines = ["| rows per window | sample size | rows compared | seconds | drifted features |", "|---|---|---|---|---|"]
+    lines += [f"| {n:,} | {lab} | {c:,} | {s} | {d} |" for n, lab, c, s, d in rows_md]
+    out.write_text("\n".join(lines) + f"\n\ndefault sample size: {DEFAULT_SAMPLE_SIZE:,}\n")
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

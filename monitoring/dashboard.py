@@ -1,0 +1,127 @@
+"""The Evidently Workspace behind `mtlops dashboard`: one project per model, one snapshot per
+monitor run (timestamped at its window's start), and the panels that plot them over time.
+
+Alert markers: the alert policy calls `add_alert_marker` after a monitor run that alerted; it adds
+a small snapshot (tag `alert`) holding one `AlertRaised` value at the window's time, which the
+"Alerts" panel plots as a bar. The panels are rewritten on every run, so the "top features" panel
+follows the features that drift most in the latest window.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.metric_types import SingleValueCalculation, SingleValueMetric
+from evidently.sdk.models import PanelMetric
+from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
+from evidently.ui.workspace import Project, Workspace
+
+from components.config import ProjectConfig
+from components.features import TargetSpec
+from components.predictions import monitored_column
+from monitoring.drift import window_start
+
+if TYPE_CHECKING:
+    from evidently.core.report import Snapshot
+
+    from monitoring.drift import MonitorSummary
+
+TOP_FEATURES = 5
+DRIFT_TAB, QUALITY_TAB = "Drift", "Quality and alerts"
+
+
+class AlertRaised(SingleValueMetric):
+    """1.0 in a window where the alert policy raised an alert; `reason` says why."""
+
+    reason: str
+
+
+class AlertRaisedCalculation(SingleValueCalculation[AlertRaised]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        return self.result(1.0), None
+
+    def display_name(self) -> str:
+        return f"alert: {self.metric.reason}"
+
+
+def project(workspace: Path, name: str) -> tuple[Workspace, Project]:
+    """The workspace folder and the model's project in it, created on first use."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(str(workspace))
+    found = ws.search_project(name)
+    if found:
+        return ws, found[0]
+    return ws, ws.create_project(name, description=f"Drift and quality of the multi-task model '{name}'")
+
+
+def _panels(cfg: ProjectConfig, top_features: list[str]) -> list[tuple[str, Any]]:
+    tasks = cfg.tasks
+    drift = [
+        line_plot_panel("Share of drifted features", [PanelMetric(
+            legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"},
+            tags=["monitor"])], description=f"dataset drift at >= {cfg.monitoring.drift_share:.0%}", size="half"),
+        line_plot_panel("Drift score of the top features", [
+            PanelMetric(legend=f, metric="ValueDrift", metric_labels={"column": f}, tags=["monitor"])
+            for f in top_features], description="features with the highest score in the latest window", size="half"),
+        line_plot_panel("Drift of each task's predictions", [
+            PanelMetric(legend=t.name, metric="ValueDrift",
+                        metric_labels={"column": monitored_column(TargetSpec(t.name, t.type))}, tags=["monitor"])
+            for t in tasks], size="full"),
+    ]
+    quality = [
+        line_plot_panel(f"Quality: {t.name} ({t.metric})", [PanelMetric(
+            legend=t.metric, metric="TaskQuality", metric_labels={"task": t.name}, tags=["monitor"])],
+            description="on the window's labelled rows, once labels arrive", size="half")
+        for t in tasks
+    ]
+    quality.append(bar_plot_panel("Alerts", [PanelMetric(legend="alert", metric="AlertRaised", tags=["alert"])],
+                                  description="windows where the alert policy fired", size="full"))
+    intro = text_panel(f"{cfg.registry.model_name}: one point per monitored window",
+                       description="mtlops monitor adds a snapshot per window; click a point for its report")
+    return [(DRIFT_TAB, intro), *((DRIFT_TAB, p) for p in drift), *((QUALITY_TAB, p) for p in quality)]
+
+
+def refresh_panels(proj: Project, cfg: ProjectConfig, top_features: list[str]) -> None:
+    dashboard = proj.dashboard
+    dashboard.clear_dashboard()
+    for tab, panel in _panels(cfg, top_features):
+        dashboard.add_panel(panel, tab=tab)
+
+
+def add_snapshot(workspace: Path, cfg: ProjectConfig, snapshot: Snapshot, summary: MonitorSummary) -> str:
+    """Add a monitor run's snapshot to the model's project; returns the snapshot id."""
+    ws, proj = project(workspace, cfg.registry.model_name)
+    ref = ws.add_run(proj.id, snapshot, include_data=False)
+    top = sorted(summary.feature_scores, key=lambda f: -_normalised(summary, f))[:TOP_FEATURES]
+    refresh_panels(proj, cfg, top)
+    return str(ref.id)
+
+
+def _normalised(summary: MonitorSummary, feature: str) -> float:
+    """Score on one scale across methods: distances as they are, p-values as 1 - p."""
+    score = summary.feature_scores[feature]
+    return 1.0 - score if "p_value" in summary.methods.get(feature, "").lower() else score
+
+
+def add_alert_marker(workspace: Path, cfg: ProjectConfig, window: str, reason: str) -> str:
+    """Mark `window` on the dashboard's Alerts panel; returns the snapshot id."""
+    ws, proj = project(workspace, cfg.registry.model_name)
+    one_row = Dataset.from_pandas(pd.DataFrame({"alert": [1.0]}),
+                                  data_definition=DataDefinition(numerical_columns=["alert"]))
+    snapshot = Report([AlertRaised(reason=reason)]).run(
+        one_row, None, timestamp=window_start(window), tags=["alert"], metadata={"window": window},
+        name=f"{window} · alert")
+    return str(ws.add_run(proj.id, snapshot, include_data=False).id)
+
+
+def serve(workspace: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Replace this process with `evidently ui` on the workspace."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(workspace), "--host", host,
+           "--port", str(port)]
+    os.execv(sys.executable, cmd)

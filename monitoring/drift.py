@@ -1,0 +1,286 @@
+"""Drift and quality of one multi-task model: one Evidently report per monitored window.
+
+`monitor` compares a current window with the model's reference, both in the prediction
+log's format (`components.predictions`): features by name, per-task prediction columns and,
+once known, label columns `label__<task>`. One Evidently `Report` computes
+
+- data drift per feature (`DataDriftPreset`: Evidently's method by column type and size,
+  overridable per column in `monitoring:`) and the dataset drift share;
+- prediction drift per task, on the task's monitored column (`monitored_column`);
+- per-task quality when the current window has labels (`TaskQuality`, this module's metric, which
+  scores with `components.metrics.task_metrics`, the numbers the promotion gate uses).
+
+Both windows are sampled to `sample_size` rows (Evidently is slow on large tables, upstream
+issue #1526); the summary reports rows before and after. The snapshot is saved as JSON and
+HTML, and added to the model's project in an Evidently Workspace when one is given
+(`monitoring.dashboard`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.metric_types import SingleValue, SingleValueCalculation, SingleValueMetric
+from evidently.metrics import ValueDrift
+from evidently.presets import DataDriftPreset
+
+from components.config import ProjectConfig, TaskSpec
+from components.data import label_column
+from components.features import FeatureSpec, TargetSpec
+from components.metrics import relative_change, task_metrics
+from components.predictions import monitored_column
+
+DEFAULT_SAMPLE_SIZE = 20_000  # benchmarks/monitoring.py: a 20k x 20k window runs in seconds
+SNAPSHOT_JSON, SNAPSHOT_HTML, SUMMARY_JSON = "snapshot.json", "report.html", "summary.json"
+
+
+@dataclass
+class MonitorSummary:
+    model_version: str
+    window: str  # a label, e.g. "2013-07"
+    rows_reference: int  # before sampling
+    rows_current: int
+    sampled_reference: int  # after sampling
+    sampled_current: int
+    drift_share: float  # share of features drifted (Evidently's dataset drift)
+    dataset_drift: bool  # drift_share >= monitoring.drift_share
+    drifted_features: list[str]
+    feature_scores: dict[str, float]  # Evidently's drift score per feature (p-value or distance, see methods)
+    drifted_predictions: list[str]  # tasks whose monitored prediction column drifted
+    prediction_scores: dict[str, float]  # task -> drift score of its monitored column
+    quality: dict[str, dict[str, Any]]  # task -> metric, reference, current, relative_change (+ = better), rows
+    snapshot_json: str
+    snapshot_html: str
+    methods: dict[str, str] = field(default_factory=dict)  # column -> drift method (and threshold)
+    quality_reference: str = "reference sample"  # where the reference quality comes from
+    timestamp: str = ""  # the window's start (the snapshot's time on the dashboard)
+    snapshot_id: str | None = None  # in the Workspace, when one was given
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MonitorSummary:
+        return cls(**json.loads(text))
+
+
+# --- per-task quality ------------------------------------------------------------
+
+
+def _target(task: TaskSpec, frame: pd.DataFrame) -> TargetSpec:
+    """The task as `task_metrics` sees it, for outputs already in the user's units
+    (regression mean 0 / std 1; multiclass classes in the log's column order)."""
+    prefix = f"{task.name}__proba__"
+    classes = [c.removeprefix(prefix) for c in frame.columns if c.startswith(prefix)]
+    return TargetSpec(task.name, task.type, classes=classes, threshold=task.threshold)
+
+
+def _raw_outputs(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
+    """Logged predictions back to raw head outputs (logits / log-probabilities / values)."""
+    if target.type == "binary":
+        p = np.clip(frame[f"{target.name}__proba"].to_numpy(np.float64), 1e-12, 1 - 1e-12)
+        return np.log(p / (1 - p))
+    if target.type == "multiclass":
+        p = frame[[f"{target.name}__proba__{c}" for c in target.classes]].to_numpy(np.float64)
+        return np.log(np.clip(p, 1e-12, 1))
+    return frame[f"{target.name}__value"].to_numpy(np.float64)
+
+
+def task_quality(task: TaskSpec, frame: pd.DataFrame) -> dict[str, float]:
+    """`task_metrics` (what the gate uses) on a prediction-log frame with the task's label column."""
+    target = _target(task, frame)
+    y = FeatureSpec([], [], [target]).transform_targets(frame)[task.name]
+    return task_metrics(target, _raw_outputs(target, frame), y.astype(np.float64), standardised=False)
+
+
+def has_labels(task: TaskSpec, frame: pd.DataFrame) -> bool:
+    col = label_column(task.name)
+    return col in frame.columns and bool(frame[col].notna().any())
+
+
+class TaskQuality(SingleValueMetric):
+    """One task's gated metric (ROC-AUC, MAE, ...) on the labelled rows of a window, stored in
+    the snapshot so the dashboard can plot it. Its result is a plain `SingleValue`, so
+    `evidently ui` reads it without importing this module."""
+
+    task: str
+    task_type: str
+    metric: str
+    threshold: float = 0.5
+
+
+class TaskQualityCalculation(SingleValueCalculation[TaskQuality]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        m = self.metric
+        task = TaskSpec(name=m.task, type=m.task_type, label={"column": m.task}, metric=m.metric,  # type: ignore[arg-type]
+                        threshold=m.threshold)
+
+        def value(data: Dataset | None) -> SingleValue | None:
+            if data is None:
+                return None
+            frame = data.as_dataframe()
+            score = task_quality(task, frame).get(m.metric, math.nan) if has_labels(task, frame) else math.nan
+            return self.result(float(score))
+
+        return value(current_data), value(reference_data)
+
+    def display_name(self) -> str:
+        return f"{self.metric.task}: {self.metric.metric}"
+
+
+# --- the report ----------------------------------------------------------------------
+
+
+def sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """At most `size` rows, a seeded uniform sample (all rows when fewer)."""
+    if len(frame) <= size:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=size, random_state=seed).reset_index(drop=True)
+
+
+def window_start(window: str) -> datetime:
+    """The window label's start ("2013-07" -> 2013-07-01) for the dashboard's time axis; now if
+    the label is no date."""
+    try:
+        return pd.Period(window).start_time.to_pydatetime()
+    except ValueError:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _columns(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, str]:
+    """task -> monitored prediction column; raises naming whatever a frame lacks."""
+    predictions = {t.name: monitored_column(TargetSpec(t.name, t.type)) for t in cfg.tasks}
+    wanted = [*cfg.features.names, *predictions.values()]
+    for name, frame in (("reference", reference), ("current", current)):
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the {name} window lacks columns of the prediction log format: {missing}")
+        if frame.empty:
+            raise ValueError(f"the {name} window has no rows")
+    return predictions
+
+
+def _data_definition(cfg: ProjectConfig, predictions: dict[str, str]) -> DataDefinition:
+    numeric = [f.name for f in cfg.features.numeric]
+    categorical = [f.name for f in cfg.features.categorical]
+    for t in cfg.tasks:
+        (categorical if t.type == "multiclass" else numeric).append(predictions[t.name])
+    return DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+
+
+def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, str]) -> pd.DataFrame:
+    """The columns the report reads; categoricals as strings (a categorical feature may be
+    stored as integers, e.g. flight numbers), nulls kept."""
+    labels = [label_column(t.name) for t in cfg.tasks if label_column(t.name) in frame.columns]
+    probas = [c for t in cfg.tasks if t.type == "multiclass" for c in frame.columns
+              if c.startswith(f"{t.name}__proba__")]
+    out = frame[[*cfg.features.names, *predictions.values(), *probas, *labels]].copy()
+    for f in cfg.features.categorical:
+        out[f.name] = out[f.name].astype("string").astype(object).where(out[f.name].notna(), None)
+    return out
+
+
+def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list[TaskSpec]) -> Report:
+    mon = cfg.monitoring
+    features = set(cfg.features.names)
+    feature_methods = {c: m for c, m in mon.per_column_method.items() if c in features}
+    feature_thresholds = {c: v for c, v in mon.per_column_threshold.items() if c in features}
+    items: list[Any] = [DataDriftPreset(columns=cfg.features.names, drift_share=mon.drift_share, method=mon.method,
+                                        per_column_method=feature_methods or None,
+                                        per_column_threshold=feature_thresholds or None)]
+    for task, column in predictions.items():
+        items.append(ValueDrift(column=column, method=mon.per_column_method.get(task, mon.method),
+                                threshold=mon.per_column_threshold.get(task)))
+    for t in quality_tasks:
+        items.append(TaskQuality(task=t.name, task_type=t.type, metric=t.metric or "", threshold=t.threshold))
+    return Report(items, include_tests=True)
+
+
+def _drift_results(snapshot_dict: dict) -> tuple[dict[str, float], dict[str, str], set[str], float]:
+    """column -> score, column -> method, drifted columns, drift share, from the snapshot."""
+    scores, methods, share = {}, {}, math.nan
+    for m in snapshot_dict["metrics"]:
+        cfg = m["config"]
+        if cfg["type"].endswith(":ValueDrift"):
+            scores[cfg["column"]] = float(m["value"])
+            methods[cfg["column"]] = f"{cfg['method']} (threshold {cfg['threshold']})"
+        elif cfg["type"].endswith(":DriftedColumnsCount"):
+            share = float(m["value"]["share"])
+    drifted = {t["metric_config"]["params"]["column"] for t in snapshot_dict["tests"]
+               if t["id"] == "drift" and t["status"] == "FAIL"}
+    return scores, methods, drifted, share
+
+
+def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, out_dir: Path, *,
+            window: str, model_version: str, sample_size: int | None = None, seed: int = 0,
+            workspace: Path | None = None,
+            reference_quality: dict[str, dict[str, float]] | None = None) -> MonitorSummary:
+    """Drift of every feature and task output, and per-task quality when `current` has labels.
+
+    `sample_size` defaults to the config's `monitoring.sample_size`. Reference quality is the
+    model scored on the reference frame (its training-window sample: in-sample, so optimistic)
+    unless `reference_quality` gives held-out numbers (task -> {metric: value}, e.g. the model's
+    stored test metrics, which `mtlops monitor` passes). Writes `snapshot.json`, `report.html`
+    and `summary.json` into `out_dir`; with `workspace`, adds the snapshot to the model's project.
+    """
+    size = sample_size or cfg.monitoring.sample_size
+    predictions = _columns(cfg, reference, current)
+    ref, cur = sample(reference, size, seed), sample(current, size, seed)
+    labelled = [t for t in cfg.tasks if has_labels(t, cur)]
+    when = window_start(window)
+    snapshot = _report(cfg, predictions, labelled).run(
+        Dataset.from_pandas(_prepared(cur, cfg, predictions), data_definition=_data_definition(cfg, predictions)),
+        Dataset.from_pandas(_prepared(ref, cfg, predictions), data_definition=_data_definition(cfg, predictions)),
+        timestamp=when, tags=["monitor"], metadata={"window": window, "model_version": model_version},
+        name=f"{window} · {model_version}")
+    as_dict = snapshot.dict()
+    scores, methods, drifted, share = _drift_results(as_dict)
+
+    quality: dict[str, dict[str, Any]] = {}
+    by_task = {t.name: t for t in labelled}
+    for m in as_dict["metrics"]:
+        if not m["config"]["type"].endswith(":TaskQuality"):
+            continue
+        task = by_task[m["config"]["task"]]
+        metric = task.metric or ""
+        ref_value = (reference_quality or {}).get(task.name, {}).get(metric)
+        if ref_value is None:
+            ref_value = task_quality(task, ref).get(metric, math.nan) if has_labels(task, ref) else math.nan
+        current_value = float(m["value"])
+        quality[task.name] = {
+            "metric": metric, "reference": float(ref_value), "current": current_value,
+            "relative_change": relative_change(metric, current_value, float(ref_value)),
+            "rows": int(cur[label_column(task.name)].notna().sum()),
+        }
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.save_json(str(out_dir / SNAPSHOT_JSON))
+    snapshot.save_html(str(out_dir / SNAPSHOT_HTML))
+    features = cfg.features.names
+    summary = MonitorSummary(
+        model_version=model_version, window=window,
+        rows_reference=len(reference), rows_current=len(current), sampled_reference=len(ref),
+        sampled_current=len(cur), drift_share=share, dataset_drift=share >= cfg.monitoring.drift_share,
+        drifted_features=[f for f in features if f in drifted],
+        feature_scores={f: scores[f] for f in features},
+        drifted_predictions=[t for t, c in predictions.items() if c in drifted],
+        prediction_scores={t: scores[c] for t, c in predictions.items()},
+        quality=quality, snapshot_json=str(out_dir / SNAPSHOT_JSON), snapshot_html=str(out_dir / SNAPSHOT_HTML),
+        methods=methods, quality_reference="model test metrics" if reference_quality else "reference sample",
+        timestamp=when.isoformat(),
+    )
+    if workspace is not None:
+        from monitoring.dashboard import add_snapshot
+
+        summary.snapshot_id = add_snapshot(Path(workspace), cfg, snapshot, summary)
+    (out_dir / SUMMARY_JSON).write_text(summary.to_json())
+    return summary

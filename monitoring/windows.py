@@ -1,0 +1,104 @@
+"""Assemble a monitored window for the champion and monitor it: what `mtlops monitor` and the
+kfp monitor component both run.
+
+The current window comes from the serving prediction log, or from the data partitions scored
+offline by the champion's ONNX graph (`--data`). Labels ("the month's true outcomes") come from
+the data partitions (offline scoring) or from a labels file keyed by `request_id` and
+`record_index` (prediction log). The reference is the champion's `reference.parquet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import ProjectConfig
+from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
+from components.inference import OnnxModel
+from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
+from monitoring.drift import MonitorSummary, monitor
+
+LOG_KEYS = ["request_id", "record_index"]
+
+
+@dataclass(frozen=True)
+class Champion:
+    tag: str
+    folder: Path
+    test_metrics: dict[str, dict[str, float]]  # task -> {metric: value}, held-out (June 2013)
+
+
+def champion_model(cfg: ProjectConfig) -> Champion:
+    from components.registry import champion
+
+    found = champion(cfg.registry.model_name)
+    if found is None:
+        raise LookupError(f"no champion for '{cfg.registry.model_name}' in the model store: run `mtlops run` first")
+    return Champion(str(found.tag), Path(found.path), found.info.metadata.get("metrics", {}).get("test", {}))
+
+
+def window_bounds(window: str) -> tuple[datetime, datetime]:
+    """"2013-07" -> [2013-07-01, 2013-08-01); "2013" -> the year; "2013-07-15" -> the day."""
+    period = pd.Period(window)
+    return period.start_time.to_pydatetime(), (period + 1).start_time.to_pydatetime()
+
+
+def scored_partitions(cfg: ProjectConfig, model: OnnxModel, tag: str, root: Path, window: str,
+                      labels: bool) -> pd.DataFrame:
+    """The window's rows from the data partitions, scored offline; label columns if `labels`."""
+    from components.versioning import pull
+
+    start, end = (pd.Timestamp(x) for x in window_bounds(window))
+    part_dir = partition_dir(cfg, root)
+    absent = [p for p in partitions_for(cfg, part_dir, start, end)
+              if not p.exists() and Path(str(p) + ".dvc").exists()]
+    if absent:
+        pull(root, absent)
+    rows = with_labels(read_window(cfg, part_dir, start, end), cfg)
+    frame = score_frame(model, rows, tag)
+    if labels:
+        for t in cfg.tasks:
+            frame[label_column(t.name)] = rows[label_column(t.name)].to_numpy()
+    return frame
+
+
+def logged(cfg: ProjectConfig, log_dir: Path, window: str, labels_file: Path | None) -> pd.DataFrame:
+    """The window's records from the prediction log, joined with a labels file when given."""
+    start, end = window_bounds(window)
+    frame = read_prediction_log(log_dir, start, end)
+    if labels_file is None:
+        return frame
+    labels = pd.read_parquet(labels_file) if labels_file.suffix == ".parquet" else pd.read_csv(labels_file)
+    wanted = [label_column(t.name) for t in cfg.tasks]
+    missing = [c for c in [*LOG_KEYS, *wanted] if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels file {labels_file} lacks columns {missing} (keys {LOG_KEYS}, one "
+                         f"`label__<task>` column per task)")
+    return frame.merge(labels[[*LOG_KEYS, *wanted]], on=LOG_KEYS, how="left", validate="one_to_one")
+
+
+def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root: Path | None = None,
+                   log_dir: Path | None = None, labels: bool = False, labels_file: Path | None = None,
+                   workspace: Path | None = None, sample_size: int | None = None) -> MonitorSummary:
+    """Monitor the champion on `window`, from the prediction log (`log_dir`) or the data partitions
+    (`data_root`). Reference quality: the champion's stored held-out test metrics."""
+    if (data_root is None) == (log_dir is None):
+        raise ValueError("give exactly one source for the current window: data_root or log_dir")
+    champ = champion_model(cfg)
+    reference = pd.read_parquet(champ.folder / REFERENCE_FILE)
+    if data_root is not None:
+        current = scored_partitions(cfg, OnnxModel(champ.folder), champ.tag, data_root, window, labels)
+    else:
+        current = logged(cfg, log_dir, window, labels_file)  # type: ignore[arg-type]
+    if current.empty:
+        raise ValueError(f"no records in window {window}")
+    return monitor(cfg, reference, current, out_dir, window=window, model_version=champ.tag,
+                   sample_size=sample_size, workspace=workspace, reference_quality=champ.test_metrics or None)
+
+
+def previous_month(timestamp: str) -> str:
+    """The calendar month before an ISO timestamp: a recurring run on 2013-08-01 checks "2013-07"."""
+    return str(pd.Timestamp(timestamp).to_period("M") - 1)
