@@ -330,7 +330,7 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
     cfg = _load(config)
     first, last = months.split("..")
-    names = [f"{m:%Y-%m}" for m in pd.period_range(first, last, freq="M")]
+    names = [str(m) for m in pd.period_range(first, last, freq="M")]
     rows = run_simulation(cfg, root, names, out)
     text = timeline_markdown(rows, cfg)
     (out / "timeline.md").write_text(text)

@@ -52,6 +52,7 @@ def scored_with_labels(model: OnnxModel, df: pd.DataFrame, cfg: ProjectConfig, v
 
 def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Path,
              progress: bool = True) -> list[MonthRow]:
+    from monitoring.dashboard import add_alert_marker
     from monitoring.drift import monitor
 
     name, primary = cfg.registry.model_name, cfg.primary_task.name
@@ -60,6 +61,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         raise RuntimeError(f"no champion for {name}: run `mtlops run` first")
     out_dir.mkdir(parents=True, exist_ok=True)
     alert_log = out_dir / "alerts.jsonl"
+    workspace = Path(cfg.monitoring.workspace)
     rows = []
     for month in months:
         df, _, end = month_frame(cfg, data_root, month)
@@ -67,8 +69,11 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         current = scored_with_labels(OnnxModel(Path(champion.path)), df, cfg, str(champion.tag))
         reference = pd.read_parquet(Path(champion.path) / REFERENCE_FILE)
         summary = monitor(cfg, reference, current, out_dir / "reports" / month, window=month,
-                          model_version=str(champion.tag), workspace=out_dir / "workspace")
+                          model_version=str(champion.tag), workspace=workspace,
+                          reference_quality=champion.info.metadata.get("metrics", {}).get("test"))
         alert = decide(cfg, summary, end, alert_log)
+        if alert is not None:
+            add_alert_marker(workspace, cfg, month, "; ".join(alert.reasons))
         outcome = None
         if alert is not None and alert.acts and cfg.alerts.action == "retrain":
             outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp")
