@@ -284,6 +284,11 @@ def models(config: ConfigOpt = DEFAULT_CONFIG,
         table.add_row(r["tag"], r["stage"], r["created"], *[_fmt(v) for v in r["metrics"].values()],
                       r["data_version"][:10], git)
     console.print(table)
+    for r in rows:
+        if r["gate"]:
+            console.print(f"[bold]{r['tag']}[/bold] gate ({r['stage']}):")
+            for reason in r["gate"]:
+                console.print(f"  - {reason}")
 
 
 @app.command()
