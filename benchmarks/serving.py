@@ -47,6 +47,7 @@ from components.data import load_source, sample_rows, select_window, with_labels
 from components.export import export_onnx
 from components.inference import ONNX_FILE, onnx_session
 from components.train import load_trained, to_tensors, train
+from serving.client import to_records
 from serving.launch import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +92,7 @@ def build_model(cfg: ProjectConfig, frame: pd.DataFrame, work: Path) -> Path:
 
 
 def payloads(frame: pd.DataFrame, cfg: ProjectConfig, batch: int, n: int = 32) -> list[bytes]:
-    names = [f.name for f in cfg.features.numeric] + [f.name for f in cfg.features.categorical]
-    rows = frame[names].astype(object).where(frame[names].notna(), None).to_dict(orient="records")
+    rows = to_records(frame, cfg.features.names)
     return [json.dumps({"records": rows[i * batch:(i + 1) * batch]}).encode() for i in range(n)]
 
 

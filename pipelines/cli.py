@@ -325,18 +325,34 @@ def retrain_(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              months: Annotated[str, typer.Option(help="First and last month, YYYY-MM..YYYY-MM.")] = "2013-07..2013-12",
              out: Annotated[Path, typer.Option(help="Reports, workspace, alerts, timeline.")] = Path("runs/simulate"),
+             serve: Annotated[bool, typer.Option(help="Score through a live `mtlops serve` (else offline).")] = False,
              ) -> None:
     """Replay months of traffic: score, monitor, alert, retrain, gate — and compare the primary
     metric of the never-retrained model with the continually retrained one."""
     import pandas as pd
 
+    from pipelines.simulate import LiveService, timeline_markdown, timeline_plot
     from pipelines.simulate import simulate as run_simulation
-    from pipelines.simulate import timeline_markdown, timeline_plot
 
     cfg = _load(config)
     first, last = months.split("..")
     names = [str(m) for m in pd.period_range(first, last, freq="M")]
-    rows = run_simulation(cfg, root, names, out)
+    if not serve:
+        rows = run_simulation(cfg, root, names, out)
+    else:  # the whole system: months go through a live service, promotions are hot-swapped into it
+        import secrets
+
+        from serving.launch import ServerProcess
+
+        out.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
+        server = ServerProcess(config, out / "server.log", prediction_log=out / "predictions",
+                               env={"MTLOPS_ADMIN_TOKEN": token})
+        try:
+            server.wait_ready()
+            rows = run_simulation(cfg, root, names, out, service=LiveService(server.url, out / "predictions", token))
+        finally:
+            server.stop()
     text = timeline_markdown(rows, cfg)
     (out / "timeline.md").write_text(text)
     plot = timeline_plot(rows, cfg, out / "timeline.png")
@@ -396,10 +412,9 @@ def reload(url: Annotated[str, typer.Option(help="The service's base URL.")] = "
     Reads the admin token from MTLOPS_ADMIN_TOKEN."""
     import os
 
-    import httpx
+    from serving.client import reload as ask_reload
 
-    token = os.environ.get("MTLOPS_ADMIN_TOKEN", "")
-    r = httpx.post(f"{url.rstrip('/')}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    r = ask_reload(url, os.environ.get("MTLOPS_ADMIN_TOKEN", ""))
     console.print(f"{r.status_code} {r.text}")
     raise typer.Exit(0 if r.status_code == 200 else 1)
 

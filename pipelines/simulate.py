@@ -1,6 +1,7 @@
 """`mtlops simulate`: replay months of production traffic through the whole system.
 
-For each month: the champion scores it (offline, in the prediction log's format), the monitor
+For each month: the champion scores it (through the live service and its prediction log with
+`--serve`, else offline in the same format), the monitor
 compares it with the champion's reference (the month's labels are taken as arrived by its end,
 so quality is checked too), the alert policy decides, a retrain runs through kfp.local when
 the policy says so, and the gate promotes or rejects. Alongside, the never-retrained initial
@@ -21,6 +22,14 @@ from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame
 from monitoring.alerts import decide
 from pipelines.retrain import retrain
+from serving.client import reload, score_through_service
+
+
+@dataclass(frozen=True)
+class LiveService:
+    url: str
+    prediction_log: Path
+    admin_token: str
 
 
 @dataclass
@@ -50,8 +59,20 @@ def scored_with_labels(model: OnnxModel, df: pd.DataFrame, cfg: ProjectConfig, v
     return pd.concat([score_frame(model, df, version), df[extra].reset_index(drop=True)], axis=1)
 
 
+def through_service(service: LiveService, df: pd.DataFrame, cfg: ProjectConfig, expected: str) -> pd.DataFrame:
+    """The month as the live service answered and logged it, plus the labels that arrived."""
+    logged = score_through_service(service.url, df, cfg.features.names, service.prediction_log)
+    versions = set(logged["model_version"])
+    if versions != {expected}:
+        raise RuntimeError(f"the service answered with {versions}, the champion is {expected}")
+    extra = [cfg.data.time_column, *(label_column(t.name) for t in cfg.tasks)]
+    return pd.concat([logged, df[extra].reset_index(drop=True)], axis=1)
+
+
 def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Path,
-             progress: bool = True) -> list[MonthRow]:
+             service: LiveService | None = None, progress: bool = True) -> list[MonthRow]:
+    """With `service`, each month is scored by the live service and read back from its prediction
+    log, and every promotion is reloaded into it; otherwise the champion scores offline."""
     from monitoring.dashboard import add_alert_marker
     from monitoring.drift import monitor
 
@@ -66,7 +87,10 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
     for month in months:
         df, _, end = month_frame(cfg, data_root, month)
         champion = registry.champion(name)
-        current = scored_with_labels(OnnxModel(Path(champion.path)), df, cfg, str(champion.tag))
+        if service:
+            current = through_service(service, df, cfg, str(champion.tag))
+        else:
+            current = scored_with_labels(OnnxModel(Path(champion.path)), df, cfg, str(champion.tag))
         reference = pd.read_parquet(Path(champion.path) / REFERENCE_FILE)
         summary = monitor(cfg, reference, current, out_dir / "reports" / month, window=month,
                           model_version=str(champion.tag), workspace=workspace,
@@ -77,6 +101,10 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         outcome = None
         if alert is not None and alert.acts and cfg.alerts.action == "retrain":
             outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp")
+            if service and outcome.status == "promoted":
+                answer = reload(service.url, service.admin_token)
+                if answer.status_code != 200 or answer.json()["model_version"] != outcome.tag:
+                    raise RuntimeError(f"the service did not take {outcome.tag}: {answer.status_code} {answer.text}")
         served = registry.score(cfg, Path(champion.path), df)[primary]
         never = registry.score(cfg, Path(initial.path), df)[primary]
         row = MonthRow(month, len(df), summary.drift_share, len(summary.drifted_features),

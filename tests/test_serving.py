@@ -33,6 +33,7 @@ from components.features import SPEC_FILE
 from components.inference import ONNX_FILE, OnnxModel
 from components.predictions import prediction_frame, read_prediction_log
 from components.train import train
+from serving.client import to_records
 from serving.launch import ServerProcess
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.runtime import load_version, record_model, records_frame
@@ -73,11 +74,7 @@ class Champion:
 
 
 def _records(df: pd.DataFrame, cfg: ProjectConfig) -> list[dict]:
-    names = [f.name for f in cfg.features.numeric] + [f.name for f in cfg.features.categorical]
-    out = []
-    for row in df[names].to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    return out
+    return to_records(df, cfg.features.names)
 
 
 @pytest.fixture(scope="module")
