@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.config import ProjectConfig, config_from_yaml
+from components.config import ProjectConfig, config_from_yaml, config_to_yaml
 from components.data import (
     load_source,
     partition_dir,
@@ -63,8 +63,12 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
                       git_revision: str = "unknown") -> dict:
     """The data of one continual retraining: the new window split by time into train /
     validation / new test, plus a replay sample of older rows, plus the old held-out window
-    (the config's test window, never replayed) on which the gate checks for forgetting."""
+    (the config's test window, never replayed) on which the gate checks for forgetting.
+    Returns (under `config_yaml`) the config the run trains with: warm start from the champion."""
+    from components.registry import champion
+
     cfg = _cfg(config_yaml)
+    current = champion(cfg.registry.model_name)
     r, w, time = cfg.retraining, cfg.data.windows, cfg.data.time_column
     start, end = pd.Timestamp(new_start), pd.Timestamp(new_end)
     if start < pd.Timestamp(w.test.end):
@@ -86,7 +90,16 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
             raise ValueError(f"continual retraining: the {name} part is empty (new window {new_start}..{new_end})")
         parts[name].to_parquet(path, index=False)
     return {**lineage, "git_revision": git_revision, "replay_rows": len(replay),
-            "rows": {k: len(v) for k, v in parts.items()}}
+            "rows": {k: len(v) for k, v in parts.items()},
+            "warm_start": str(current.tag) if current and r.warm_start else None,
+            "config_yaml": config_to_yaml(continual_config(cfg, current.path if current else None))}
+
+
+def continual_config(cfg: ProjectConfig, champion_dir: str | None) -> ProjectConfig:
+    """The config a retraining run trains with: warm start from the champion's folder."""
+    training = {"warm_start": champion_dir if cfg.retraining.warm_start else None,
+                "epochs": cfg.retraining.epochs or cfg.training.epochs}
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update=training)})
 
 
 def validate(config_yaml: str, dataset_path: str, report_path: str) -> dict:

@@ -2,8 +2,9 @@
 (warm start from the champion) -> evaluate -> export -> register behind the continual gate.
 
 The steps after `prepare` are the training pipeline's own components; what makes a run
-continual is its data (prepare) and its config (`training.warm_start`, set by
-`continual_config`). The gate checks the new window and the old one (no forgetting).
+continual is its data and its config, both from `prepare`: it finds the current champion and
+hands the later steps a config that warm-starts from it (`training.warm_start`). The gate
+checks the new window and the old one (no forgetting).
 """
 
 # no `from __future__ import annotations`: kfp reads the annotations as types
@@ -11,7 +12,6 @@ continual is its data (prepare) and its config (`training.warm_start`, set by
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.config import ProjectConfig
 from pipelines.cluster import ClusterSettings, apply_cluster_settings
 from pipelines.training import component, evaluate_op, export_op, images, train_op, validate_op
 
@@ -20,14 +20,19 @@ PIPELINE_NAME = "mtlops-retraining"
 
 def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, git_revision: str,
                train: Output[Dataset], validation: Output[Dataset], new_test: Output[Dataset],
-               old_test: Output[Dataset]) -> None:
+               old_test: Output[Dataset]) -> str:
+    """Returns the config the later steps run with (warm start from the current champion)."""
     from components.steps import prepare_continual
 
     out = prepare_continual(config_yaml, data_root, new_start, new_end, train.path, validation.path,
                             new_test.path, old_test.path, git_revision)
-    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "replay_rows")})
+    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "replay_rows")
+                           if out[k] is not None})
+    if out["warm_start"]:
+        train.metadata["warm_start"] = out["warm_start"]
     for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
         art.metadata["rows"] = out["rows"][name]
+    return out["config_yaml"]
 
 
 def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[Artifact],
@@ -35,18 +40,12 @@ def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_js
                           decision: Output[Artifact]) -> str:
     from components.steps import register_model
 
-    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "replay_rows")}
+    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "replay_rows",
+                                                  "warm_start")}
     out = register_model(config_yaml, onnx_model.path, metrics_json.path, new_test.path, lineage, decision.path,
                          old_test_path=old_test.path)
     decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})
     return out["tag"]
-
-
-def continual_config(cfg: ProjectConfig, champion_dir: str | None) -> ProjectConfig:
-    """The config a retraining run trains with: warm start from the champion's folder."""
-    training = {"warm_start": champion_dir if cfg.retraining.warm_start else None,
-                "epochs": cfg.retraining.epochs or cfg.training.epochs}
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update=training)})
 
 
 def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
@@ -62,16 +61,17 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # ty
                             git_revision: str = "unknown") -> str:
         prepare_t = prepare_c(config_yaml=config_yaml, data_root=data_root, new_start=new_start, new_end=new_end,
                               git_revision=git_revision)
+        run_config = prepare_t.outputs["Output"]  # warm start from the champion the run found
         validate_t = validate_c(config_yaml=config_yaml, dataset=prepare_t.outputs["train"])
-        train_t = train_c(config_yaml=config_yaml, train=prepare_t.outputs["train"],
+        train_t = train_c(config_yaml=run_config, train=prepare_t.outputs["train"],
                           validation=prepare_t.outputs["validation"]).after(validate_t)
         train_t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_t.set_cpu_limit("8").set_memory_limit("32G")
         evaluate_t = evaluate_c(model=train_t.outputs["model"], train=prepare_t.outputs["train"],
                                 test=prepare_t.outputs["new_test"])
-        export_t = export_c(config_yaml=config_yaml, model=train_t.outputs["model"],
+        export_t = export_c(config_yaml=run_config, model=train_t.outputs["model"],
                             train=prepare_t.outputs["train"], test=prepare_t.outputs["new_test"])
-        register_t = register_c(config_yaml=config_yaml, onnx_model=export_t.outputs["onnx_model"],
+        register_t = register_c(config_yaml=run_config, onnx_model=export_t.outputs["onnx_model"],
                                 metrics_json=evaluate_t.outputs["metrics_json"], train=prepare_t.outputs["train"],
                                 new_test=prepare_t.outputs["new_test"], old_test=prepare_t.outputs["old_test"])
         tasks = (prepare_t, validate_t, train_t, evaluate_t, export_t, register_t)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from components import registry
 from components.config import ProjectConfig, config_to_yaml
 from components.versioning import git_revision
-from pipelines.continual import build_pipeline, continual_config
+from pipelines.continual import build_pipeline
 
 Status = Literal["promoted", "rejected", "failed", "submitted"]
 
@@ -36,14 +36,13 @@ def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, p
             kfp_host: str | None = None, client: Any = None) -> RetrainOutcome:
     current = registry.champion(cfg.registry.model_name)
     before = str(current.tag) if current else None
-    run_cfg = continual_config(cfg, current.path if current else None)
     t0 = time.perf_counter()
     if kfp_host or client:
-        return _submit(run_cfg, data_root, new_start, new_end, before, kfp_host, client)
+        return _submit(cfg, data_root, new_start, new_end, before, kfp_host, client)
     from pipelines.local import run_local
 
     try:
-        run = run_local(run_cfg, data_root, pipeline_root, builder=build_pipeline, new_start=new_start,
+        run = run_local(cfg, data_root, pipeline_root, builder=build_pipeline, new_start=new_start,
                         new_end=new_end)
     except Exception as exc:  # kfp.local raises its own error types; the step's log is above
         return RetrainOutcome("failed", before, error=f"{type(exc).__name__}: {exc}",

@@ -177,6 +177,7 @@ def test_continual_retraining_warm_starts_replays_and_gates_on_old_and_new(fligh
     assert sum("[old window" in r for r in out.reasons) == len(cfg.tasks), out.reasons
     new = bentoml.models.get(out.tag)
     assert new.info.metadata["lineage"]["replay_rows"] == 3000
+    assert new.info.metadata["lineage"]["warm_start"] == str(champion.tag)
     assert new.info.labels["stage"] == ("champion" if out.status == "promoted" else "rejected")
     assert str(registry.champion(cfg.registry.model_name).tag) == (out.tag if out.status == "promoted"
                                                                    else str(champion.tag))
