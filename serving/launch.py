@@ -29,10 +29,11 @@ class ServerProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = output
-        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(config), "--port", str(self.port),
-               "--max-rows", str(max_rows)]
+        # the server runs in the project folder: paths must not depend on our working directory
+        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(Path(config).resolve()),
+               "--port", str(self.port), "--max-rows", str(max_rows)]
         if prediction_log:
-            cmd += ["--prediction-log", str(prediction_log)]
+            cmd += ["--prediction-log", str(Path(prediction_log).resolve())]
         self.proc = subprocess.Popen(cmd, cwd=PROJECT, env={**os.environ, **(env or {})}, stdout=output.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
