@@ -254,10 +254,13 @@ class ModelSpec(Strict):
 
 
 class StrategySpec(Strict):
-    """Loss weighting. `weights` only for `static` (normalised onto the simplex)."""
+    """Loss weighting. `weights` only for `static` (normalised onto the simplex); `temperature` is DWA's T,
+    `cagrad_c` CAGrad's conflict radius c."""
 
     name: str = "ew"
     weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    temperature: float = Field(2.0, gt=0)
+    cagrad_c: float = Field(0.5, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -278,8 +281,54 @@ class StrategySpec(Strict):
         return self
 
 
+class DiminishParams(Strict):
+    """One auxiliary task's overrides of the shared Diminish parameters."""
+
+    gamma0: float | None = Field(None, gt=0)
+    eta: float | None = Field(None, gt=0)
+    nu: float | None = Field(None, ge=1)
+
+
+class DiminishSpec(Strict):
+    """MT2ST Diminish: auxiliary weight γ_k(t) = γ0·exp(−η·t^ν), t in epochs (fractional)."""
+
+    gamma0: float = Field(1.0, gt=0)
+    eta: float = Field(0.3, gt=0)
+    nu: float = Field(1.0, ge=1)
+    per_task: dict[str, DiminishParams] = {}
+
+
+class SwitchSpec(Strict):
+    """MT2ST Switch: auxiliary tasks are dropped after `epoch` epochs, or earlier when the primary validation
+    metric has not improved for `patience` evaluations (never before `min_epoch` epochs)."""
+
+    epoch: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    min_epoch: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _trigger(self) -> SwitchSpec:
+        if self.epoch is None and self.patience is None:
+            raise ValueError("switch needs 'epoch' (fixed) or 'patience' (plateau trigger), or both")
+        return self
+
+
+class Mt2stSpec(Strict):
+    """Multi-task first, single-task last (PAPERS.md §1); on top of any strategy."""
+
+    diminish: DiminishSpec | None = None
+    switch: SwitchSpec | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Mt2stSpec:
+        if self.diminish is None and self.switch is None:
+            raise ValueError("mt2st needs 'diminish', 'switch' or both")
+        return self
+
+
 class TrainingSpec(Strict):
     strategy: StrategySpec = StrategySpec()
+    mt2st: Mt2stSpec | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -321,6 +370,16 @@ class ProjectConfig(Strict):
         unknown = sorted(set(weights) - set(names))
         if unknown:
             raise ValueError(f"training.strategy.weights names unknown tasks: {unknown}")
+        mt2st = self.training.mt2st
+        if mt2st and mt2st.diminish:
+            aux = set(names) - {self.primary_task.name}
+            unknown = sorted(set(mt2st.diminish.per_task) - aux)
+            if unknown:
+                raise ValueError(f"training.mt2st.diminish.per_task names tasks that are not auxiliary: {unknown}")
+        if mt2st and mt2st.switch and mt2st.switch.patience is not None \
+                and mt2st.switch.patience >= self.training.early_stopping_patience:
+            raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
+                             "or early stopping ends the run before the switch")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         return self
