@@ -326,9 +326,20 @@ class Mt2stSpec(Strict):
         return self
 
 
+class RepMtlSpec(Strict):
+    """Rep-MTL regulariser (PAPERS.md §4) on the shared representation, added to any strategy's objective.
+    CSA contrasts the saliencies of the first `csa_samples` rows of each batch (its cost is quadratic in them)."""
+
+    lambda_tsr: float = Field(1.0, ge=0)
+    lambda_csa: float = Field(1.0, ge=0)
+    tau: float = Field(0.5, gt=0)
+    csa_samples: int = Field(256, ge=2)
+
+
 class TrainingSpec(Strict):
     strategy: StrategySpec = StrategySpec()
     mt2st: Mt2stSpec | None = None
+    rep_mtl: RepMtlSpec | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(2e-3, gt=0)

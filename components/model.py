@@ -64,7 +64,10 @@ class MultiTaskModel(nn.Module):
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Raw head outputs for `tasks` (default: all); other heads are not computed."""
-        z = self.encode(numeric, categorical)
+        return self.predict_from(self.encode(numeric, categorical), tasks)
+
+    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The heads on a shared representation Z (Rep-MTL differentiates the losses w.r.t. Z)."""
         out = {}
         for name in tasks or self.task_names:
             y = self.heads[name](z)

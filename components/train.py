@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
-from components.config import ProjectConfig, TaskSpec, config_to_yaml, load_config
+from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.model import MultiTaskModel
 from components.mt2st import Mt2stSchedule
+from components.rep_mtl import rep_mtl_loss
 from components.strategies import Weighting, make_strategy
 
 CHECKPOINT = "checkpoint.pt"
@@ -105,15 +106,20 @@ def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[Targ
 
 def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
                idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
-               active: list[str] | None = None, scale: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+               active: list[str] | None = None, scale: dict[str, float] | None = None,
+               rep_mtl: RepMtlSpec | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
 
     Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
-    AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ)."""
+    AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
+    adds the Rep-MTL regulariser on the shared representation."""
     with autocast:
-        out = model(data.numeric[idx], data.categorical[idx], tasks=active)
+        z = model.encode(data.numeric[idx], data.categorical[idx])
+        out = model.predict_from(z, tasks=active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
+    if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
+        rep_mtl_loss(losses, z, rep_mtl).backward(retain_graph=True)
     strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
     optimizer.step()
     return losses
@@ -214,7 +220,8 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 counter = FlopCounterMode(display=False) if phase not in flops_per_sample else None
                 with counter or contextlib.nullcontext():
                     losses = train_step(model, strategy, optimizer, train_t, idx, task_specs, autocast,
-                                        active=active, scale=schedule.loss_weights(epoch + s / steps))
+                                        active=active, scale=schedule.loss_weights(epoch + s / steps),
+                                        rep_mtl=tc.rep_mtl)
                 if counter is not None:
                     flops_per_sample[phase] = counter.get_total_flops() / len(idx)
                 train_flops += flops_per_sample[phase] * len(idx)

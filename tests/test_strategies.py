@@ -14,9 +14,10 @@ from components.config import ConfigError, ProjectConfig
 from components.features import FeatureSpec
 from components.model import MultiTaskModel
 from components.mt2st import Mt2stSchedule
+from components.rep_mtl import rep_mtl_loss
 from components.stl import train_stl
 from components.strategies import make_strategy
-from components.train import CHECKPOINT, TrainResult, make_autocast, to_tensors, train, train_step
+from components.train import CHECKPOINT, TrainResult, make_autocast, masked_loss, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 TASKS = ["arr_delayed", "dep_delay", "cancelled", "air_time"]
@@ -149,3 +150,24 @@ def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> N
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_with(FLIGHTS, training=training)
 
+
+
+def test_rep_mtl_regulariser_is_finite_and_reaches_the_trunk(slices: tuple, tmp_path: Path) -> None:
+    cfg = small_cfg(strategy={"name": "uw"}, epochs=2)
+    cfg = config_with(FLIGHTS, model={"hidden": [32, 16]},
+                      training={**cfg.training.model_dump(), "rep_mtl": {"lambda_tsr": 1.1, "tau": 0.3}})
+    spec = FeatureSpec.fit(slices[0], cfg)
+    data = to_tensors(slices[0], spec)
+    model = MultiTaskModel(spec, cfg.model)
+    z = model.encode(data.numeric[:300], data.categorical[:300])
+    out = model.predict_from(z)
+    losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name][:300]) for t in cfg.tasks}
+    reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
+    assert torch.isfinite(reg) and reg > 0
+    reg.backward()
+    first = model.trunk.net[0].weight.grad
+    assert first is not None and first.abs().sum() > 0  # double backprop: the penalty moves the trunk
+
+    result = run(cfg, slices, tmp_path)
+    assert total_train_loss(result, -1) < total_train_loss(result, 0)
+    assert result.train_flops > run(small_cfg({"name": "uw"}, epochs=2), slices, tmp_path / "plain").train_flops
