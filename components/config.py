@@ -246,11 +246,22 @@ class TaskSpec(Strict):
 
 
 class ModelSpec(Strict):
+    architecture: str = "hps"  # components.architectures: hps (hard sharing) | mmoe
+    experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
     trunk: Literal["mlp"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     max_embedding_dim: int = Field(32, ge=1)
     head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str) -> str:
+        from components.architectures import ARCHITECTURES  # lazy: torch is only needed once a config names one
+
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{v}' (known: {sorted(ARCHITECTURES)})")
+        return v
 
 
 class StrategySpec(Strict):
@@ -391,6 +402,8 @@ class ProjectConfig(Strict):
                 and mt2st.switch.patience >= self.training.early_stopping_patience:
             raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
                              "or early stopping ends the run before the switch")
+        if self.training.rep_mtl and self.model.architecture != "hps":
+            raise ValueError("training.rep_mtl needs a model with a shared representation (model.architecture: hps)")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         return self

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
+from components.architectures import build_model
 from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
@@ -114,8 +115,11 @@ def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.opti
     AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
     adds the Rep-MTL regulariser on the shared representation."""
     with autocast:
-        z = model.encode(data.numeric[idx], data.categorical[idx])
-        out = model.predict_from(z, tasks=active)
+        if rep_mtl is None:
+            out = model(data.numeric[idx], data.categorical[idx], tasks=active)
+        else:
+            z = model.encode(data.numeric[idx], data.categorical[idx])
+            out = model.predict_from(z, tasks=active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
     if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
@@ -171,7 +175,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
     train_t = to_tensors(train_df, spec).to(device)
     val_t = to_tensors(val_df, spec).to(device)
-    model = MultiTaskModel(spec, cfg.model).to(device)
+    model = build_model(spec, cfg.model).to(device)
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
     strategy = make_strategy(task_names, tc.strategy).attach(model)
@@ -273,7 +277,7 @@ def load_trained(model_dir: Path) -> tuple[MultiTaskModel, FeatureSpec, ProjectC
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / CONFIG)
     spec = FeatureSpec.load(model_dir / SPEC)
-    model = MultiTaskModel(spec, cfg.model)
+    model = build_model(spec, cfg.model)
     model.load_state_dict(torch.load(model_dir / WEIGHTS, weights_only=True))
     model.eval()
     return model, spec, cfg
