@@ -89,6 +89,7 @@ def methods(cfg: ProjectConfig) -> dict[str, dict]:
         "MT2ST-Diminish+Switch": {"mt2st": {"diminish": diminish, "switch": {"epoch": half}}},
         "Rep-MTL": {"rep_mtl": {"lambda_tsr": 1.0, "lambda_csa": 1.0, "tau": 0.5}},
         "MMoE": {"model": {"architecture": "mmoe", "experts": 4, "hidden": [128, 64]}},
+        "shared_private": {"model": {"architecture": "shared_private", "private_hidden": [64]}},
     }
 
 

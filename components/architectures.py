@@ -1,5 +1,7 @@
 """Model architectures: one class each, one registry line each. All take (FeatureSpec, ModelSpec), expose
-`task_names`, and compute `forward(numeric, categorical, tasks=None)` for the requested heads only."""
+`task_names`, and compute `forward(numeric, categorical, tasks=None)` for the requested heads only. Optional
+hooks the trainer uses: `penalty(tasks)` (added to the loss) and `alternating_groups()` (parameter groups
+updated in turn, one per step)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from components.config import ModelSpec
 from components.features import FeatureSpec
 from components.mmoe import MMoEModel
 from components.model import MultiTaskModel
+from components.shared_private import SharedPrivateModel
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "hps": MultiTaskModel,
     "mmoe": MMoEModel,
+    "shared_private": SharedPrivateModel,
 }
 
 

@@ -246,8 +246,10 @@ class TaskSpec(Strict):
 
 
 class ModelSpec(Strict):
-    architecture: str = "hps"  # components.architectures: hps (hard sharing) | mmoe
+    architecture: str = "hps"  # components.architectures: hps (hard sharing) | mmoe | shared_private
     experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
+    private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1)
+    similarity_penalty: float = Field(0.01, ge=0)  # shared_private: weight of the coefficient-similarity penalty
     trunk: Literal["mlp"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.1, ge=0, lt=1)

@@ -108,12 +108,13 @@ def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[Targ
 def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
                idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
                active: list[str] | None = None, scale: dict[str, float] | None = None,
-               rep_mtl: RepMtlSpec | None = None) -> dict[str, torch.Tensor]:
+               rep_mtl: RepMtlSpec | None = None, step: int = 0) -> dict[str, torch.Tensor]:
     """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
 
     Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
     AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
-    adds the Rep-MTL regulariser on the shared representation."""
+    adds the Rep-MTL regulariser on the shared representation. An architecture's own `penalty` is added, and
+    with `alternating_groups` only group `step % len(groups)` is updated."""
     with autocast:
         if rep_mtl is None:
             out = model(data.numeric[idx], data.categorical[idx], tasks=active)
@@ -124,7 +125,15 @@ def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.opti
     optimizer.zero_grad(set_to_none=True)
     if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
         rep_mtl_loss(losses, z, rep_mtl).backward(retain_graph=True)
+    if hasattr(model, "penalty"):
+        model.penalty(list(losses)).backward()
     strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
+    if hasattr(model, "alternating_groups"):
+        groups = model.alternating_groups()
+        for i, group in enumerate(groups):
+            if i != step % len(groups):
+                for p in group:
+                    p.grad = None  # AdamW skips parameters without a gradient
     optimizer.step()
     return losses
 
@@ -225,7 +234,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 with counter or contextlib.nullcontext():
                     losses = train_step(model, strategy, optimizer, train_t, idx, task_specs, autocast,
                                         active=active, scale=schedule.loss_weights(epoch + s / steps),
-                                        rep_mtl=tc.rep_mtl)
+                                        rep_mtl=tc.rep_mtl, step=epoch * steps + s)
                 if counter is not None:
                     flops_per_sample[phase] = counter.get_total_flops() / len(idx)
                 train_flops += flops_per_sample[phase] * len(idx)

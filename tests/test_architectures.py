@@ -7,11 +7,14 @@ from pathlib import Path
 import onnx
 import pandas as pd
 import pytest
+import torch
 
-from components.architectures import ARCHITECTURES
+from components.architectures import ARCHITECTURES, build_model
 from components.config import ConfigError, ProjectConfig
 from components.export import ONNX_FILE, check_parity, export_onnx
-from components.train import train
+from components.features import FeatureSpec
+from components.strategies import make_strategy
+from components.train import make_autocast, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 
@@ -38,3 +41,31 @@ def test_unknown_architecture_and_rep_mtl_without_shared_representation_are_conf
         config_with(FLIGHTS, model={"architecture": "nope"})
     with pytest.raises(ConfigError, match=r"training\.rep_mtl needs"):
         config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}})
+
+
+def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFrame) -> None:
+    cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [16], "private_hidden": [8],
+                                      "similarity_penalty": 0.5})
+    df = window(flights_frame, cfg, "train").head(512)
+    spec = FeatureSpec.fit(df, cfg)
+    data = to_tensors(df, spec)
+    model = build_model(spec, cfg.model)
+    tasks = [t.name for t in cfg.tasks]
+    with torch.no_grad():  # make two tasks' coefficients similar: the penalty must pull them together
+        model.heads[tasks[1]].weight.copy_(model.heads[tasks[0]].weight + 0.1)
+    penalty = model.penalty(tasks)
+    assert torch.isfinite(penalty) and penalty > 0
+    assert model.penalty(tasks[:1]) == 0
+
+    strategy = make_strategy(tasks, cfg.training.strategy).attach(model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    specs = {t.name: t for t in cfg.tasks}
+    encoders, heads = model.alternating_groups()
+    for step, (moved, frozen) in enumerate([(encoders, heads), (heads, encoders)]):
+        before = [p.detach().clone() for p in [*moved, *frozen]]
+        train_step(model, strategy, optimizer, data, torch.arange(256), specs, make_autocast(torch.device("cpu")),
+                   step=step)
+        after = [*moved, *frozen]
+        assert any(not torch.equal(b, a) for b, a in zip(before[:len(moved)], after[:len(moved)], strict=True))
+        assert all(torch.equal(b, a) for b, a in zip(before[len(moved):], after[len(moved):], strict=True))
+    assert model.penalty(tasks) < penalty
