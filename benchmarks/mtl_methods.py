@@ -41,6 +41,7 @@ from components.features import FeatureSpec
 from components.metrics import relative_change, task_metrics
 from components.stl import single_task_config
 from components.train import evaluate_tensors, load_trained, to_tensors, train
+from components.weight_search import population_based_training
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,6 +115,18 @@ def run_stl(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, te
         wall += one.wall_s
         flops += one.flops or 0.0
     return RunResult(metrics, wall, flops)
+
+
+def run_pbt(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+            population: int) -> RunResult:
+    """PBT over static weights (N members, E = 1 epoch, Q = N/4); the best member is scored. Its FLOPs are the
+    whole population's: that is what the search cost."""
+    t0 = time.perf_counter()
+    result = population_based_training(cfg, train_df, val_df, population=population, interval=1,
+                                       replace=max(1, population // 4), seed=cfg.training.seed)
+    scores = evaluate_tensors(result.best.model, to_tensors(test_df, result.spec), result.spec.targets)
+    metrics = {t.name: scores[t.name][t.metric] for t in cfg.tasks}  # type: ignore[index]
+    return RunResult(metrics, time.perf_counter() - t0, result.train_flops)
 
 
 LGBM_OBJECTIVE = {"bce": "binary", "mse": "regression", "l1": "regression_l1", "huber": "huber",
@@ -237,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
         model = settings.pop("model", None)
         runners[name] = (lambda seed, work, s=settings, m=model:
                          run_mtl(with_training(cfg, model=m, seed=seed, **s), train_df, val_df, test_df, work))
+    if args.only is None or "PBT-weights" in args.only:
+        runners["PBT-weights"] = lambda seed, work: run_pbt(with_training(cfg, seed=seed), train_df, val_df,
+                                                            test_df, population=4 if args.quick else 8)
     if args.only is None or "LightGBM" in args.only:
         runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
                                                               rounds=300 if args.quick else 2000)
