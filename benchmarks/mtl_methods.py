@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the config's; quick 4)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--pbt-population", type=int, default=4, help="PBT members (Q = N/4, E = 1 epoch)")
     parser.add_argument("--only", nargs="*", default=None, help="method names to run (STL always runs)")
     parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                          run_mtl(with_training(cfg, model=m, seed=seed, **s), train_df, val_df, test_df, work))
     if args.only is None or "PBT-weights" in args.only:
         runners["PBT-weights"] = lambda seed, work: run_pbt(with_training(cfg, seed=seed), train_df, val_df,
-                                                            test_df, population=4 if args.quick else 8)
+                                                            test_df, population=args.pbt_population)
     if args.only is None or "LightGBM" in args.only:
         runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
                                                               rounds=300 if args.quick else 2000)

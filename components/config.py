@@ -361,6 +361,7 @@ class TrainingSpec(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (default: all cores)
+    compile: bool = False  # torch.compile the model for the training steps (worth it on GPU)
 
 
 class RegistrySpec(Strict):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
+from components import distributed
 from components.architectures import build_model
 from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import FeatureSpec, TargetSpec
@@ -108,13 +109,14 @@ def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[Targ
 def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
                idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
                active: list[str] | None = None, scale: dict[str, float] | None = None,
-               rep_mtl: RepMtlSpec | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+               rep_mtl: RepMtlSpec | None = None, step: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
     """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
 
     Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
     AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
     adds the Rep-MTL regulariser on the shared representation. An architecture's own `penalty` is added, and
-    with `alternating_groups` only group `step % len(groups)` is updated."""
+    with `alternating_groups` only group `step % len(groups)` is updated. With `world` > 1 the gradients are
+    averaged across the data-parallel ranks before the step."""
     with autocast:
         if rep_mtl is None:
             out = model(data.numeric[idx], data.categorical[idx], tasks=active)
@@ -134,6 +136,8 @@ def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.opti
             if i != step % len(groups):
                 for p in group:
                     p.grad = None  # AdamW skips parameters without a gradient
+    if world > 1:
+        distributed.average_gradients([p for group in optimizer.param_groups for p in group["params"]], world)
     optimizer.step()
     return losses
 
@@ -164,10 +168,11 @@ def _atomic_save(obj: object, path: Path) -> None:
 
 def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
           resume: bool = False, progress: bool = True) -> TrainResult:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.training
-    device = pick_device(tc.device)
+    device = distributed.local_device(pick_device(tc.device))
+    rank, world = distributed.init(device)
+    out_dir = Path(out_dir) / f"rank{rank}" if rank else Path(out_dir)  # rank 0 writes the run's files
+    out_dir.mkdir(parents=True, exist_ok=True)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -185,6 +190,9 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     train_t = to_tensors(train_df, spec).to(device)
     val_t = to_tensors(val_df, spec).to(device)
     model = build_model(spec, cfg.model).to(device)
+    if world > 1:
+        distributed.broadcast_parameters(model)
+    step_model = torch.compile(model) if tc.compile else model
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
     strategy = make_strategy(task_names, tc.strategy).attach(model)
@@ -229,12 +237,12 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             loss_sums = {name: torch.zeros((), device=device) for name in active}
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
             for s in range(steps):
-                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
+                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size][rank::world]
                 counter = FlopCounterMode(display=False) if phase not in flops_per_sample else None
                 with counter or contextlib.nullcontext():
-                    losses = train_step(model, strategy, optimizer, train_t, idx, task_specs, autocast,
+                    losses = train_step(step_model, strategy, optimizer, train_t, idx, task_specs, autocast,
                                         active=active, scale=schedule.loss_weights(epoch + s / steps),
-                                        rep_mtl=tc.rep_mtl, step=epoch * steps + s)
+                                        rep_mtl=tc.rep_mtl, step=epoch * steps + s, world=world)
                 if counter is not None:
                     flops_per_sample[phase] = counter.get_total_flops() / len(idx)
                 train_flops += flops_per_sample[phase] * len(idx)
@@ -276,7 +284,8 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     (out_dir / SUMMARY).write_text(json.dumps({
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
-        "train_flops": train_flops, "flops_per_sample": flops_per_sample, "switch_epoch": schedule.switch_epoch,
+        "train_flops": train_flops * world, "flops_per_sample": flops_per_sample, "switch_epoch": schedule.switch_epoch,
+        "world_size": world, "compiled": tc.compile,
         "history": history,
     }, indent=1))
     return result
