@@ -9,6 +9,7 @@ from torch import nn
 
 from components.config import ModelSpec
 from components.features import FeatureSpec
+from components.ft_transformer import FTTransformerModel
 from components.mmoe import MMoEModel
 from components.model import MultiTaskModel
 from components.shared_private import SharedPrivateModel
@@ -17,6 +18,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "hps": MultiTaskModel,
     "mmoe": MMoEModel,
     "shared_private": SharedPrivateModel,
+    "ft_transformer": FTTransformerModel,
 }
 
 

@@ -246,15 +246,25 @@ class TaskSpec(Strict):
 
 
 class ModelSpec(Strict):
-    architecture: str = "hps"  # components.architectures: hps (hard sharing) | mmoe | shared_private
+    architecture: str = "hps"  # components.architectures: hps | mmoe | shared_private | ft_transformer
     experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
     private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1)
     similarity_penalty: float = Field(0.01, ge=0)  # shared_private: weight of the coefficient-similarity penalty
+    token_dim: int = Field(32, ge=1)  # ft_transformer: token width
+    attention_layers: int = Field(2, ge=1)  # ft_transformer: transformer blocks
+    attention_heads: int = Field(4, ge=1)  # ft_transformer: attention heads (must divide token_dim)
     trunk: Literal["mlp"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     max_embedding_dim: int = Field(32, ge=1)
     head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
+
+    @model_validator(mode="after")
+    def _attention_heads(self) -> ModelSpec:
+        if self.architecture == "ft_transformer" and self.token_dim % self.attention_heads:
+            raise ValueError(f"token_dim ({self.token_dim}) must be a multiple of attention_heads "
+                             f"({self.attention_heads})")
+        return self
 
     @field_validator("architecture")
     @classmethod
@@ -405,8 +415,9 @@ class ProjectConfig(Strict):
                 and mt2st.switch.patience >= self.training.early_stopping_patience:
             raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
                              "or early stopping ends the run before the switch")
-        if self.training.rep_mtl and self.model.architecture != "hps":
-            raise ValueError("training.rep_mtl needs a model with a shared representation (model.architecture: hps)")
+        if self.training.rep_mtl and self.model.architecture not in ("hps", "ft_transformer"):
+            raise ValueError("training.rep_mtl needs a model with a shared representation "
+                             "(model.architecture: hps or ft_transformer)")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         return self

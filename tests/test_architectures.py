@@ -13,15 +13,18 @@ from components.architectures import ARCHITECTURES, build_model
 from components.config import ConfigError, ProjectConfig
 from components.export import ONNX_FILE, check_parity, export_onnx
 from components.features import FeatureSpec
+from components.rep_mtl import rep_mtl_loss
 from components.strategies import make_strategy
-from components.train import make_autocast, to_tensors, train, train_step
+from components.train import make_autocast, masked_loss, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_architecture_trains_and_exports_with_parity(architecture: str, flights_frame: pd.DataFrame,
                                                      flights_cfg: ProjectConfig, tmp_path: Path) -> None:
-    cfg = config_with(FLIGHTS, model={"architecture": architecture, "hidden": [32, 16], "experts": 3},
+    small = {"hidden": [32, 16], "experts": 3, "private_hidden": [8], "token_dim": 8, "attention_layers": 1,
+             "attention_heads": 2}
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, **small},
                       training={"epochs": 3, "threads": 2, "batch_size": 256, "early_stopping_patience": 3})
     train_df = window(flights_frame, cfg, "train").iloc[::3]
     result = train(cfg, train_df, window(flights_frame, cfg, "validation").iloc[::3], tmp_path / "model",
@@ -69,3 +72,20 @@ def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFram
         assert any(not torch.equal(b, a) for b, a in zip(before[:len(moved)], after[:len(moved)], strict=True))
         assert all(torch.equal(b, a) for b, a in zip(before[len(moved):], after[len(moved):], strict=True))
     assert model.penalty(tasks) < penalty
+
+
+def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFrame) -> None:
+    cfg = config_with(FLIGHTS, model={"architecture": "ft_transformer", "token_dim": 8, "attention_heads": 2,
+                                      "attention_layers": 1}, training={"rep_mtl": {}})
+    df = window(flights_frame, cfg, "train").head(128)
+    spec = FeatureSpec.fit(df, cfg)
+    data = to_tensors(df, spec)
+    model = build_model(spec, cfg.model)
+    z = model.encode(data.numeric, data.categorical)
+    assert z.shape == (128, 1 + spec.numeric_width + len(spec.categorical), 8)  # positions = feature tokens
+    out = model.predict_from(z)
+    losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name]) for t in cfg.tasks}
+    reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
+    assert torch.isfinite(reg) and reg > 0
+    reg.backward()
+    assert model.numeric_weight.grad is not None and model.numeric_weight.grad.abs().sum() > 0
