@@ -153,7 +153,7 @@ def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
     t0, metrics = time.perf_counter(), {}
     for task, target in zip(cfg.tasks, spec.targets, strict=True):
         tr, va = ~np.isnan(y_train[task.name]), ~np.isnan(y_val[task.name])
-        params = {"objective": LGBM_OBJECTIVE[task.loss], "learning_rate": 0.05, "num_leaves": 63,  # type: ignore[index]
+        params = {"objective": LGBM_OBJECTIVE[task.loss], "learning_rate": 0.1, "num_leaves": 63,  # type: ignore[index]
                   "min_child_samples": 50, "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8,
                   "seed": seed, "num_threads": threads, "verbosity": -1, "max_cat_to_onehot": 8}
         if task.type == "multiclass":
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                                                             test_df, population=args.pbt_population)
     if args.only is None or "LightGBM" in args.only:
         runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
-                                                              rounds=300 if args.quick else 2000)
+                                                              rounds=150 if args.quick else 2000)
 
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
