@@ -245,6 +245,12 @@ class TaskSpec(Strict):
 # --- model and training ------------------------------------------------------
 
 
+def _registered(kind: str, name: str, registry: dict[str, Any]) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {kind} '{name}' (known: {sorted(registry)})")
+    return name
+
+
 class ModelSpec(Strict):
     architecture: str = "hps"  # components.architectures: hps | mmoe | shared_private | ft_transformer
     experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
@@ -271,9 +277,7 @@ class ModelSpec(Strict):
     def _known_architecture(cls, v: str) -> str:
         from components.architectures import ARCHITECTURES  # lazy: torch is only needed once a config names one
 
-        if v not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{v}' (known: {sorted(ARCHITECTURES)})")
-        return v
+        return _registered("architecture", v, ARCHITECTURES)
 
 
 class StrategySpec(Strict):
@@ -290,9 +294,7 @@ class StrategySpec(Strict):
     def _known(cls, v: str) -> str:
         from components.strategies import STRATEGIES  # lazy: torch is only needed once a config names one
 
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy '{v}' (known: {sorted(STRATEGIES)})")
-        return v
+        return _registered("strategy", v, STRATEGIES)
 
     @model_validator(mode="after")
     def _weights(self) -> StrategySpec:
