@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or (4 if args.quick else base.training.epochs)
     out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
-    cfg = with_training(base, epochs=epochs, threads=args.threads, strategy={"name": "ew"}, device="cpu")
+    # every method starts from plain EW, whatever the config's own default strategy is
+    cfg = with_training(base, epochs=epochs, threads=args.threads, strategy={"name": "ew"}, mt2st=None,
+                        rep_mtl=None, device="cpu")
 
     df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
     w = cfg.data.windows
