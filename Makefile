@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/flights.yaml
 
-.PHONY: run test lint compile bench clean
+.PHONY: run test lint compile bench bench-mtl clean
 
 # GPU users: `make run TORCH_INDEX=<PyTorch CUDA wheel index>` installs a CUDA build of the pinned torch first.
 TORCH_INDEX ?=
@@ -59,6 +59,12 @@ push-images: images
 	docker push $(IMAGE_REPO)/mtlops:$(IMAGE_TAG)
 	docker push $(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG)
 	docker push $(IMAGE_REPO)/mtlops-serving:$(IMAGE_TAG)
+
+## bench-mtl: every MTL method x 3 seeds on the flights config, quick mode (< 10 min); MODE= for the full run
+MODE ?= --quick
+bench-mtl: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	nice $(BIN)/python benchmarks/mtl_methods.py $(MODE)
 
 clean:
 	rm -rf runs build .pytest_cache .ruff_cache

@@ -245,28 +245,56 @@ class TaskSpec(Strict):
 # --- model and training ------------------------------------------------------
 
 
+def _registered(kind: str, name: str, registry: dict[str, Any]) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {kind} '{name}' (known: {sorted(registry)})")
+    return name
+
+
 class ModelSpec(Strict):
+    architecture: str = "hps"  # components.architectures: hps | mmoe | shared_private | ft_transformer
+    experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
+    private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1)
+    similarity_penalty: float = Field(0.01, ge=0)  # shared_private: weight of the coefficient-similarity penalty
+    token_dim: int = Field(32, ge=1)  # ft_transformer: token width
+    attention_layers: int = Field(2, ge=1)  # ft_transformer: transformer blocks
+    attention_heads: int = Field(4, ge=1)  # ft_transformer: attention heads (must divide token_dim)
     trunk: Literal["mlp"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     max_embedding_dim: int = Field(32, ge=1)
     head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
 
+    @model_validator(mode="after")
+    def _attention_heads(self) -> ModelSpec:
+        if self.architecture == "ft_transformer" and self.token_dim % self.attention_heads:
+            raise ValueError(f"token_dim ({self.token_dim}) must be a multiple of attention_heads "
+                             f"({self.attention_heads})")
+        return self
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str) -> str:
+        from components.architectures import ARCHITECTURES  # lazy: torch is only needed once a config names one
+
+        return _registered("architecture", v, ARCHITECTURES)
+
 
 class StrategySpec(Strict):
-    """Loss weighting. `weights` only for `static` (normalised onto the simplex)."""
+    """Loss weighting. `weights` only for `static` (normalised onto the simplex); `temperature` is DWA's T,
+    `cagrad_c` CAGrad's conflict radius c."""
 
     name: str = "ew"
     weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    temperature: float = Field(2.0, gt=0)
+    cagrad_c: float = Field(0.5, ge=0)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
         from components.strategies import STRATEGIES  # lazy: torch is only needed once a config names one
 
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy '{v}' (known: {sorted(STRATEGIES)})")
-        return v
+        return _registered("strategy", v, STRATEGIES)
 
     @model_validator(mode="after")
     def _weights(self) -> StrategySpec:
@@ -278,8 +306,65 @@ class StrategySpec(Strict):
         return self
 
 
+class DiminishParams(Strict):
+    """One auxiliary task's overrides of the shared Diminish parameters."""
+
+    gamma0: float | None = Field(None, gt=0)
+    eta: float | None = Field(None, gt=0)
+    nu: float | None = Field(None, ge=1)
+
+
+class DiminishSpec(Strict):
+    """MT2ST Diminish: auxiliary weight γ_k(t) = γ0·exp(−η·t^ν), t in epochs (fractional)."""
+
+    gamma0: float = Field(1.0, gt=0)
+    eta: float = Field(0.3, gt=0)
+    nu: float = Field(1.0, ge=1)
+    per_task: dict[str, DiminishParams] = {}
+
+
+class SwitchSpec(Strict):
+    """MT2ST Switch: auxiliary tasks are dropped after `epoch` epochs, or earlier when the primary validation
+    metric has not improved for `patience` evaluations (never before `min_epoch` epochs)."""
+
+    epoch: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    min_epoch: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _trigger(self) -> SwitchSpec:
+        if self.epoch is None and self.patience is None:
+            raise ValueError("switch needs 'epoch' (fixed) or 'patience' (plateau trigger), or both")
+        return self
+
+
+class Mt2stSpec(Strict):
+    """Multi-task first, single-task last (PAPERS.md §1); on top of any strategy."""
+
+    diminish: DiminishSpec | None = None
+    switch: SwitchSpec | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Mt2stSpec:
+        if self.diminish is None and self.switch is None:
+            raise ValueError("mt2st needs 'diminish', 'switch' or both")
+        return self
+
+
+class RepMtlSpec(Strict):
+    """Rep-MTL regulariser (PAPERS.md §4) on the shared representation, added to any strategy's objective.
+    CSA contrasts the saliencies of the first `csa_samples` rows of each batch (its cost is quadratic in them)."""
+
+    lambda_tsr: float = Field(1.0, ge=0)
+    lambda_csa: float = Field(1.0, ge=0)
+    tau: float = Field(0.5, gt=0)
+    csa_samples: int = Field(256, ge=2)
+
+
 class TrainingSpec(Strict):
     strategy: StrategySpec = StrategySpec()
+    mt2st: Mt2stSpec | None = None
+    rep_mtl: RepMtlSpec | None = None
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(2048, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -290,6 +375,7 @@ class TrainingSpec(Strict):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (default: all cores)
     # continual retraining: start from this exported model folder's weights and FeatureSpec
     warm_start: str | None = None
+    compile: bool = False  # torch.compile the model for the training steps (worth it on GPU)
 
 
 class RegistrySpec(Strict):
@@ -394,6 +480,19 @@ class ProjectConfig(Strict):
         unknown = sorted(set(weights) - set(names))
         if unknown:
             raise ValueError(f"training.strategy.weights names unknown tasks: {unknown}")
+        mt2st = self.training.mt2st
+        if mt2st and mt2st.diminish:
+            aux = set(names) - {self.primary_task.name}
+            unknown = sorted(set(mt2st.diminish.per_task) - aux)
+            if unknown:
+                raise ValueError(f"training.mt2st.diminish.per_task names tasks that are not auxiliary: {unknown}")
+        if mt2st and mt2st.switch and mt2st.switch.patience is not None \
+                and mt2st.switch.patience >= self.training.early_stopping_patience:
+            raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
+                             "or early stopping ends the run before the switch")
+        if self.training.rep_mtl and self.model.architecture not in ("hps", "ft_transformer"):
+            raise ValueError("training.rep_mtl needs a model with a shared representation "
+                             "(model.architecture: hps or ft_transformer)")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         unknown = sorted(set(self.alerts.features) - set(self.features.names))

@@ -37,39 +37,56 @@ def head_width(target_type: str, n_classes: int) -> int:
     return n_classes if target_type == "multiclass" else 1
 
 
+def make_embeddings(spec: FeatureSpec, cfg: ModelSpec) -> tuple[nn.ModuleList, int]:
+    """One embedding per categorical feature, and the width of [numeric, embeddings]."""
+    embeddings = nn.ModuleList(
+        nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
+    )
+    return embeddings, spec.numeric_width + sum(e.embedding_dim for e in embeddings)
+
+
+def embed(embeddings: nn.ModuleList, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+    return torch.cat([numeric] + [emb(categorical[:, i]) for i, emb in enumerate(embeddings)], dim=1)
+
+
+def make_heads(spec: FeatureSpec, cfg: ModelSpec, in_dim: int) -> nn.ModuleDict:
+    heads = nn.ModuleDict()
+    for t in spec.targets:
+        width = head_width(t.type, len(t.classes))
+        if cfg.head_hidden:
+            heads[t.name] = nn.Sequential(nn.Linear(in_dim, cfg.head_hidden), nn.ReLU(),
+                                          nn.Linear(cfg.head_hidden, width))
+        else:
+            heads[t.name] = nn.Linear(in_dim, width)
+    return heads
+
+
+def head_output(y: torch.Tensor) -> torch.Tensor:
+    return y if y.shape[1] > 1 else y.squeeze(1)
+
+
 class MultiTaskModel(nn.Module):
+    """Hard parameter sharing (`hps`): one trunk, one head per task."""
+
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
-        )
-        in_dim = spec.numeric_width + sum(e.embedding_dim for e in self.embeddings)
+        self.embeddings, in_dim = make_embeddings(spec, cfg)
         self.trunk = MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout)
-        self.heads = nn.ModuleDict()
-        for t in spec.targets:
-            width = head_width(t.type, len(t.classes))
-            if cfg.head_hidden:
-                head: nn.Module = nn.Sequential(nn.Linear(self.trunk.out_dim, cfg.head_hidden), nn.ReLU(),
-                                                nn.Linear(cfg.head_hidden, width))
-            else:
-                head = nn.Linear(self.trunk.out_dim, width)
-            self.heads[t.name] = head
+        self.heads = make_heads(spec, cfg, self.trunk.out_dim)
 
     def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """The shared representation Z."""
-        parts = [numeric] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.trunk(torch.cat(parts, dim=1))
+        return self.trunk(embed(self.embeddings, numeric, categorical))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Raw head outputs for `tasks` (default: all); other heads are not computed."""
-        z = self.encode(numeric, categorical)
-        out = {}
-        for name in tasks or self.task_names:
-            y = self.heads[name](z)
-            out[name] = y if y.shape[1] > 1 else y.squeeze(1)
-        return out
+        return self.predict_from(self.encode(numeric, categorical), tasks)
+
+    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The heads on a shared representation Z (Rep-MTL differentiates the losses w.r.t. Z)."""
+        return {name: head_output(self.heads[name](z)) for name in tasks or self.task_names}
 
 
 class ExportModule(nn.Module):

@@ -132,7 +132,7 @@ def train_model(config_yaml: str, train_path: str, validation_path: str, model_d
     r = train(_cfg(config_yaml), pd.read_parquet(train_path), pd.read_parquet(validation_path), Path(model_dir),
               resume=resume, progress=True)
     return {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "samples_per_s": r.samples_per_s,
-            "wall_s": r.wall_s, "validation": r.validation}
+            "wall_s": r.wall_s, "train_flops": r.train_flops, "validation": r.validation}
 
 
 def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path: str) -> dict:

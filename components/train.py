@@ -7,6 +7,7 @@ checkpoint -> best weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -19,11 +20,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.flop_counter import FlopCounterMode
 
-from components.config import ProjectConfig, TaskSpec, config_to_yaml, load_config
+from components import distributed
+from components.architectures import build_model
+from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.model import MultiTaskModel
+from components.mt2st import Mt2stSchedule
+from components.rep_mtl import rep_mtl_loss
 from components.strategies import Weighting, make_strategy
 
 CHECKPOINT = "checkpoint.pt"
@@ -101,14 +107,37 @@ def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[Targ
 
 
 def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
-               idx: torch.Tensor, tasks: dict[str, TaskSpec],
-               autocast: torch.autocast) -> dict[str, torch.Tensor]:
-    """One optimisation step on the rows `idx`; returns the per-task losses (no host sync)."""
+               idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
+               active: list[str] | None = None, scale: dict[str, float] | None = None,
+               rep_mtl: RepMtlSpec | None = None, step: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
+
+    Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
+    AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
+    adds the Rep-MTL regulariser on the shared representation. An architecture's own `penalty` is added, and
+    with `alternating_groups` only group `step % len(groups)` is updated. With `world` > 1 the gradients are
+    averaged across the data-parallel ranks before the step."""
     with autocast:
-        out = model(data.numeric[idx], data.categorical[idx])
+        if rep_mtl is None:
+            out = model(data.numeric[idx], data.categorical[idx], tasks=active)
+        else:
+            z = model.encode(data.numeric[idx], data.categorical[idx])
+            out = model.predict_from(z, tasks=active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
-    strategy.backward(losses)
+    if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
+        rep_mtl_loss(losses, z, rep_mtl).backward(retain_graph=True)
+    if hasattr(model, "penalty"):
+        model.penalty(list(losses)).backward()
+    strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
+    if hasattr(model, "alternating_groups"):
+        groups = model.alternating_groups()
+        for i, group in enumerate(groups):
+            if i != step % len(groups):
+                for p in group:
+                    p.grad = None  # AdamW skips parameters without a gradient
+    if world > 1:
+        distributed.average_gradients([p for group in optimizer.param_groups for p in group["params"]], world)
     optimizer.step()
     return losses
 
@@ -127,6 +156,8 @@ class TrainResult:
     history: list[dict]
     samples_per_s: float
     wall_s: float
+    train_flops: float = 0.0
+    switch_epoch: int | None = None
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -137,10 +168,11 @@ def _atomic_save(obj: object, path: Path) -> None:
 
 def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
           resume: bool = False, progress: bool = True) -> TrainResult:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.training
-    device = pick_device(tc.device)
+    device = distributed.local_device(pick_device(tc.device))
+    rank, world = distributed.init(device)
+    out_dir = Path(out_dir) / f"rank{rank}" if rank else Path(out_dir)  # rank 0 writes the run's files
+    out_dir.mkdir(parents=True, exist_ok=True)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -163,22 +195,30 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
     train_t = to_tensors(train_df, spec).to(device)
     val_t = to_tensors(val_df, spec).to(device)
-    model = MultiTaskModel(spec, cfg.model)
+    model = build_model(spec, cfg.model)
     if warm:
         model.load_state_dict(torch.load(warm / WEIGHTS, weights_only=True))
     model = model.to(device)
+    if world > 1:
+        distributed.broadcast_parameters(model)
+    step_model = torch.compile(model) if tc.compile else model
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
-    strategy = make_strategy(task_names, tc.strategy)
+    strategy = make_strategy(task_names, tc.strategy).attach(model)
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     primary = cfg.primary_task
+    schedule = Mt2stSchedule(tc.mt2st, task_names, primary.name)
+    flops_per_sample: dict[str, float] = {}  # measured once per phase (set of trained heads)
+    train_flops = 0.0
     start_epoch, best_epoch, bad_epochs = 0, -1, 0
     best_metric, best_state, history = float("nan"), None, []
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         strategy.load_state_dict(ckpt["strategy"])
+        schedule.load_state_dict(ckpt["schedule"])
+        flops_per_sample, train_flops = ckpt["flops_per_sample"], ckpt["train_flops"]
         torch.set_rng_state(ckpt["rng"])
         start_epoch, best_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["bad_epochs"]
         best_metric, best_state, history = ckpt["best_metric"], ckpt["best_state"], ckpt["history"]
@@ -193,21 +233,33 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         for epoch in range(start_epoch, tc.epochs):
+            if epoch == schedule.switch_epoch:
+                bad_epochs = 0  # the single-task phase gets its own early-stopping patience
             if bad_epochs >= tc.early_stopping_patience:
                 break
             model.train()
+            active = schedule.active_tasks(epoch)
+            phase = "+".join(active)
             # seeded per epoch, so a resumed run draws the same batches
             gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
             perm = torch.randperm(n, generator=gen).to(device)
-            loss_sums = {name: torch.zeros((), device=device) for name in task_names}
+            loss_sums = {name: torch.zeros((), device=device) for name in active}
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
             for s in range(steps):
-                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size]
-                losses = train_step(model, strategy, optimizer, train_t, idx, task_specs, autocast)
-                for name in task_names:
+                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size][rank::world]
+                counter = FlopCounterMode(display=False) if phase not in flops_per_sample else None
+                with counter or contextlib.nullcontext():
+                    losses = train_step(step_model, strategy, optimizer, train_t, idx, task_specs, autocast,
+                                        active=active, scale=schedule.loss_weights(epoch + s / steps),
+                                        rep_mtl=tc.rep_mtl, step=epoch * steps + s, world=world)
+                if counter is not None:
+                    flops_per_sample[phase] = counter.get_total_flops() / len(idx)
+                train_flops += flops_per_sample[phase] * len(idx)
+                for name in active:
                     loss_sums[name] += losses[name].detach()
                 bar.advance(job)
             seen += n
+            strategy.epoch_end()
             train_loss = {name: float(v) / steps for name, v in loss_sums.items()}
             val = evaluate_tensors(model, val_t, spec.targets)
             metric = val[primary.name][primary.metric]
@@ -217,11 +269,16 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "validation": val})
+            if schedule.observe(epoch, improved) and progress:
+                print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
+            history.append({"epoch": epoch + 1, "tasks": active, "loss_weights": schedule.loss_weights(epoch),
+                            "train_loss": train_loss, "validation": val})
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
             _atomic_save({
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "strategy": strategy.state_dict(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
+                "strategy": strategy.state_dict(), "schedule": schedule.state_dict(),
+                "flops_per_sample": flops_per_sample, "train_flops": train_flops,
+                "rng": torch.get_rng_state(), "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "best_metric": best_metric, "best_state": best_state,
                 "history": history, "feature_spec": spec.to_json(), "config": config_to_yaml(cfg),
             }, ckpt_path)
@@ -231,10 +288,13 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     model.load_state_dict(best_state)
     torch.save(best_state, out_dir / WEIGHTS)
     result = TrainResult(out_dir, best_epoch + 1, len(history), history[best_epoch]["validation"], history,
-                         samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall)
+                         samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall, train_flops=train_flops,
+                         switch_epoch=schedule.switch_epoch)
     (out_dir / SUMMARY).write_text(json.dumps({
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
+        "train_flops": train_flops * world, "flops_per_sample": flops_per_sample, "switch_epoch": schedule.switch_epoch,
+        "world_size": world, "compiled": tc.compile,
         "history": history,
     }, indent=1))
     return result
@@ -244,7 +304,7 @@ def load_trained(model_dir: Path) -> tuple[MultiTaskModel, FeatureSpec, ProjectC
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / CONFIG)
     spec = FeatureSpec.load(model_dir / SPEC)
-    model = MultiTaskModel(spec, cfg.model)
+    model = build_model(spec, cfg.model)
     model.load_state_dict(torch.load(model_dir / WEIGHTS, weights_only=True))
     model.eval()
     return model, spec, cfg

@@ -50,7 +50,7 @@ def train_op(config_yaml: str, train: Input[Dataset], validation: Input[Dataset]
 
     summary = train_model(config_yaml, train.path, validation.path, model.path)
     model.metadata["framework"] = "pytorch"
-    for key in ("best_epoch", "epochs_run", "samples_per_s", "wall_s"):
+    for key in ("best_epoch", "epochs_run", "samples_per_s", "wall_s", "train_flops"):
         train_metrics.log_metric(key, float(summary[key]))
     for task, values in summary["validation"].items():
         for metric, value in values.items():

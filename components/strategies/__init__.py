@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from components.config import StrategySpec
 from components.strategies.base import Weighting
+from components.strategies.cagrad import CAGradWeighting
+from components.strategies.dwa import DynamicWeightAverage
 from components.strategies.ew import EqualWeighting
+from components.strategies.mgda import MGDAWeighting
+from components.strategies.pcgrad import PCGradWeighting
 from components.strategies.static import StaticWeighting
+from components.strategies.upgrad import UPGradWeighting
+from components.strategies.uw import UncertaintyWeighting
 
 STRATEGIES: dict[str, type[Weighting]] = {
     "ew": EqualWeighting,
     "static": StaticWeighting,
+    "uw": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "pcgrad": PCGradWeighting,
+    "upgrad": UPGradWeighting,
+    "mgda": MGDAWeighting,
+    "cagrad": CAGradWeighting,
 }
 
 

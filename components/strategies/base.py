@@ -23,6 +23,15 @@ class Weighting(ABC):
     def backward(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Backpropagate the combined loss; return the (detached) weight per task."""
 
+    def attach(self, model: torch.nn.Module) -> Weighting:
+        """Called once by the trainer before the optimizer is built: strategies with learnable state move it to
+        the model's device; Jacobian methods keep the parameters whose Jacobian they aggregate."""
+        return self
+
+    def epoch_end(self) -> None:
+        """Called by the trainer after each epoch (strategies that look at epoch history)."""
+        return None
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """Learnable parameters of the strategy itself, optimised with the model."""
         return []

@@ -1,0 +1,298 @@
+"""Which MTL training method to use on a config: every method through the real trainer, several seeds, test metrics.
+
+For each method and seed it trains on the config's train window (early stopping on the validation window) and
+scores every task on the held-out, later test window. It reports per-task test metrics as mean ± std over the
+seeds, Δm% against single-task learning (PAPERS.md: the mean over tasks of the relative change of each task's
+metric, sign-corrected so positive is better), the training wall time and the training FLOPs counted by the
+trainer (`torch.utils.flop_counter.FlopCounterMode` on one step per phase, times the samples trained). A LightGBM
+model per task is the tabular practitioner's alternative (its FLOPs are not comparable and are not counted).
+
+Writes `<out>.md` (the table, the command and the machine) and `<out>.png` (primary-task test metric against
+training FLOPs). Run from the repository root (needs the `bench` extra: `pip install -e '.[bench]'`):
+
+    .venv/bin/python benchmarks/mtl_methods.py --quick            # < 10 min on 2 CPU cores
+    nice .venv/bin/python benchmarks/mtl_methods.py               # the whole train window, 3 seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from components.config import ProjectConfig, parse_config
+from components.data import load_source, sample_rows, select_window, with_labels
+from components.features import FeatureSpec
+from components.metrics import relative_change, task_metrics
+from components.stl import single_task_config
+from components.train import evaluate_tensors, load_trained, to_tensors, train
+from components.weight_search import population_based_training
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]  # task -> its config metric on the test window
+    wall_s: float
+    flops: float | None  # None: not counted (LightGBM)
+
+
+@dataclass
+class MethodSummary:
+    name: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    def mean(self, task: str) -> float:
+        return statistics.fmean(r.metrics[task] for r in self.runs)
+
+    def std(self, task: str) -> float:
+        values = [r.metrics[task] for r in self.runs]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def with_training(cfg: ProjectConfig, model: dict | None = None, **training: object) -> ProjectConfig:
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    raw["training"] = {**raw["training"], **training}
+    if model:
+        raw["model"] = {**raw["model"], **model}
+    return parse_config(raw, "<benchmark>")
+
+
+def methods(cfg: ProjectConfig) -> dict[str, dict]:
+    """Method name -> the training (and model) settings it changes. MT2ST switches at half the epoch budget."""
+    half = max(1, cfg.training.epochs // 2)
+    diminish = {"gamma0": 1.0, "eta": 0.3, "nu": 1.0}
+    return {
+        "EW": {"strategy": {"name": "ew"}},
+        "UW": {"strategy": {"name": "uw"}},
+        "DWA": {"strategy": {"name": "dwa"}},
+        "PCGrad": {"strategy": {"name": "pcgrad"}},
+        "UPGrad": {"strategy": {"name": "upgrad"}},
+        "MT2ST-Diminish": {"mt2st": {"diminish": diminish}},
+        "MT2ST-Switch": {"mt2st": {"switch": {"epoch": half}}},
+        "MT2ST-Diminish+Switch": {"mt2st": {"diminish": diminish, "switch": {"epoch": half}}},
+        "Rep-MTL": {"rep_mtl": {"lambda_tsr": 1.0, "lambda_csa": 1.0, "tau": 0.5}},
+        "MMoE": {"model": {"architecture": "mmoe", "experts": 4, "hidden": [128, 64]}},
+        "shared_private": {"model": {"architecture": "shared_private", "private_hidden": [64]}},
+    }
+
+
+def test_metrics(model_dir: Path, cfg: ProjectConfig, test_df: pd.DataFrame) -> dict[str, float]:
+    model, spec, _ = load_trained(model_dir)
+    scores = evaluate_tensors(model, to_tensors(test_df, spec), spec.targets)
+    return {t.name: scores[t.name][t.metric] for t in cfg.tasks if t.name in scores}  # type: ignore[index]
+
+
+def run_mtl(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+            work: Path) -> RunResult:
+    result = train(cfg, train_df, val_df, work, progress=False)
+    return RunResult(test_metrics(work, cfg, test_df), result.wall_s, result.train_flops)
+
+
+def run_stl(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+            work: Path) -> RunResult:
+    metrics, wall, flops = {}, 0.0, 0.0
+    for task in cfg.tasks:
+        one = run_mtl(single_task_config(cfg, task.name), train_df, val_df, test_df, work / task.name)
+        metrics |= one.metrics
+        wall += one.wall_s
+        flops += one.flops or 0.0
+    return RunResult(metrics, wall, flops)
+
+
+def run_pbt(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+            population: int) -> RunResult:
+    """PBT over static weights (N members, E = 1 epoch, Q = N/4); the best member is scored. Its FLOPs are the
+    whole population's: that is what the search cost."""
+    t0 = time.perf_counter()
+    result = population_based_training(cfg, train_df, val_df, population=population, interval=1,
+                                       replace=max(1, population // 4), seed=cfg.training.seed)
+    scores = evaluate_tensors(result.best.model, to_tensors(test_df, result.spec), result.spec.targets)
+    metrics = {t.name: scores[t.name][t.metric] for t in cfg.tasks}  # type: ignore[index]
+    return RunResult(metrics, time.perf_counter() - t0, result.train_flops)
+
+
+LGBM_OBJECTIVE = {"bce": "binary", "mse": "regression", "l1": "regression_l1", "huber": "huber",
+                  "cross_entropy": "multiclass"}
+
+
+def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+                 seed: int, threads: int, rounds: int) -> RunResult:
+    """One gradient-boosted model per task on the same features (categoricals as LightGBM categories), early
+    stopping on the validation window, scored with the same metric code as the networks."""
+    import lightgbm as lgb
+
+    spec = FeatureSpec.fit(train_df, cfg)
+    cats = [c.name for c in cfg.features.categorical]
+
+    def frame(df: pd.DataFrame) -> pd.DataFrame:
+        x = df[cfg.features.names].copy()
+        for c in cats:
+            x[c] = pd.Categorical(x[c].astype("string"), categories=sorted(train_df[c].dropna().astype(str).unique()))
+        return x
+
+    x_train, x_val, x_test = frame(train_df), frame(val_df), frame(test_df)
+    y_train, y_val, y_test = (spec.transform_targets(d) for d in (train_df, val_df, test_df))
+    t0, metrics = time.perf_counter(), {}
+    for task, target in zip(cfg.tasks, spec.targets, strict=True):
+        tr, va = ~np.isnan(y_train[task.name]), ~np.isnan(y_val[task.name])
+        params = {"objective": LGBM_OBJECTIVE[task.loss], "learning_rate": 0.1, "num_leaves": 63,  # type: ignore[index]
+                  "min_child_samples": 50, "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8,
+                  "seed": seed, "num_threads": threads, "verbosity": -1, "max_cat_to_onehot": 8}
+        if task.type == "multiclass":
+            params["num_class"] = len(target.classes)
+        booster = lgb.train(params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
+                            valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
+                            callbacks=[lgb.early_stopping(50, verbose=False)])
+        raw = booster.predict(x_test, raw_score=True, num_iteration=booster.best_iteration)
+        metrics[task.name] = task_metrics(target, np.asarray(raw), y_test[task.name])[task.metric]  # type: ignore[index]
+    return RunResult(metrics, time.perf_counter() - t0, None)
+
+
+def delta_m(cfg: ProjectConfig, summary: MethodSummary, stl: MethodSummary) -> float:
+    """Δm% (PAPERS.md) on the seed means: mean over tasks of the sign-corrected relative change vs STL."""
+    return 100 * statistics.fmean(relative_change(t.metric, summary.mean(t.name), stl.mean(t.name))  # type: ignore[arg-type]
+                                  for t in cfg.tasks)
+
+
+def markdown(cfg: ProjectConfig, summaries: list[MethodSummary], header: str) -> str:
+    stl = next(s for s in summaries if s.name == "STL")
+    tasks = cfg.tasks
+    cols = [f"{t.name}{' (primary)' if t.primary else ''} {t.metric}" for t in tasks]
+    lines = [header, "", "| method | " + " | ".join(cols) + " | Δm% vs STL | train wall s | train GFLOPs |",
+             "|---" * (len(cols) + 4) + "|"]
+    for s in summaries:
+        cells = [f"{s.mean(t.name):.4f} ± {s.std(t.name):.4f}" for t in tasks]
+        wall = statistics.fmean(r.wall_s for r in s.runs)
+        flops = [r.flops for r in s.runs if r.flops is not None]
+        gflops = f"{statistics.fmean(flops) / 1e9:,.0f}" if flops else "n/a"
+        lines.append(f"| {s.name} | " + " | ".join(cells) + f" | {delta_m(cfg, s, stl):+.2f} | {wall:.1f} | {gflops} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary = cfg.primary_task
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in summaries:
+        flops = [r.flops for r in s.runs if r.flops is not None]
+        if flops:
+            x = statistics.fmean(flops)
+            ax.errorbar(x, s.mean(primary.name), yerr=s.std(primary.name), fmt="o", capsize=3)
+            ax.annotate(s.name, (x, s.mean(primary.name)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        else:
+            ax.axhline(s.mean(primary.name), linestyle="--", color="grey", linewidth=1)
+            ax.annotate(f"{s.name} (FLOPs not comparable)", (0.01, s.mean(primary.name)),
+                        xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(0, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (counted, log scale)")
+    ax.set_ylabel(f"{primary.name} test {primary.metric} (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "flights.yaml"))
+    parser.add_argument("--quick", action="store_true", help="10%% row sample, 4 epochs, small LightGBM")
+    parser.add_argument("--fraction", type=float, default=None, help="row sample of the data (default 1, quick 0.1)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the config's; quick 4)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--pbt-population", type=int, default=4, help="PBT members (Q = N/4, E = 1 epoch)")
+    parser.add_argument("--only", nargs="*", default=None, help="method names to run (STL always runs)")
+    parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/...)")
+    args = parser.parse_args(argv)
+
+    from components.config import load_config
+
+    base = load_config(args.config)
+    fraction = args.fraction if args.fraction is not None else (0.1 if args.quick else 1.0)
+    epochs = args.epochs or (4 if args.quick else base.training.epochs)
+    out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
+    torch.set_num_threads(args.threads)
+    # every method starts from plain EW, whatever the config's own default strategy is
+    cfg = with_training(base, epochs=epochs, threads=args.threads, strategy={"name": "ew"}, mt2st=None,
+                        rep_mtl=None, device="cpu")
+
+    df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
+    w = cfg.data.windows
+    train_df, val_df, test_df = (select_window(df, cfg.data.time_column, x.start, x.end)
+                                 for x in (w.train, w.validation, w.test))
+
+    table = methods(cfg)
+    chosen = [m for m in table if args.only is None or m in args.only]
+    runners: dict[str, Callable[[int, Path], RunResult]] = {
+        "STL": lambda seed, work: run_stl(with_training(cfg, seed=seed), train_df, val_df, test_df, work)}
+    for name in chosen:
+        settings = copy.deepcopy(table[name])
+        model = settings.pop("model", None)
+        runners[name] = (lambda seed, work, s=settings, m=model:
+                         run_mtl(with_training(cfg, model=m, seed=seed, **s), train_df, val_df, test_df, work))
+    if args.only is None or "PBT-weights" in args.only:
+        runners["PBT-weights"] = lambda seed, work: run_pbt(with_training(cfg, seed=seed), train_df, val_df,
+                                                            test_df, population=args.pbt_population)
+    if args.only is None or "LightGBM" in args.only:
+        runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
+                                                              rounds=150 if args.quick else 2000)
+
+    console = Console(stderr=True)
+    console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
+                  f"{epochs} epochs, {args.seeds} seeds, {len(runners)} methods")
+    summaries: list[MethodSummary] = []
+    t0 = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar, tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
+        job = bar.add_task("runs", total=len(runners) * args.seeds)
+        for name, runner in runners.items():
+            summary = MethodSummary(name)
+            for seed in range(args.seeds):
+                bar.update(job, description=f"{name} seed {seed}")
+                summary.runs.append(runner(seed, Path(tmp) / f"{name}-{seed}"))
+                bar.advance(job)
+            summaries.append(summary)
+    total = time.perf_counter() - t0
+
+    command = "python benchmarks/mtl_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores (torch threads {args.threads}), "
+               f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}, CPU")
+    header = (f"# MTL methods on `{Path(args.config).name}`\n\n"
+              f"Command: `{command.strip()}`  \nMachine: {machine}  \n"
+              f"Data: {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} validation / "
+              f"{len(test_df):,} test rows (time windows of the config), {epochs} epochs max, early stopping on "
+              f"the primary validation metric, seeds 0..{args.seeds - 1}. Test metrics are mean ± std over seeds. "
+              f"Whole benchmark: {total / 60:.1f} min.")
+    text = markdown(cfg, summaries, header)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
+    plot(cfg, summaries, out.with_suffix(".png"), f"{cfg.data.name}: {cfg.primary_task.name} vs training compute")
+    print(text)
+    console.print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Rep-MTL (PAPERS.md §4): regularise the shared representation Z through the tasks' saliencies S_t = ∂L_t/∂Z.
+
+Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk) or [B, D] (an MLP trunk: each
+unit is a position with one channel). The saliencies are computed with `create_graph=True`, so the regulariser's
+gradient reaches the trunk (double backprop).
+
+- TSR: P_{b,p,t} = |Ŝ_{b,p,t}| / Σ_k |Ŝ_{b,p,k}| with Ŝ the channel-mean saliency; the mean entropy
+  −Σ_t P log P over samples and positions is penalised, so each position serves specific tasks.
+- CSA (product choice where the paper is not explicit): each (sample, task) saliency, flattened and
+  L2-normalised, is an anchor; the other tasks' saliencies of the same sample are its positives, the same
+  task's saliencies of the other samples its negatives; InfoNCE with cosine similarity and temperature τ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from components.config import RepMtlSpec
+
+EPS = 1e-12
+
+
+def saliencies(losses: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """[T, B, P, C] task saliencies, differentiable (double backprop)."""
+    grads = [torch.autograd.grad(loss, z, create_graph=True)[0] for loss in losses.values()]
+    s = torch.stack(grads)
+    return s.unsqueeze(-1) if z.dim() == 2 else s
+
+
+def tsr_loss(s: torch.Tensor) -> torch.Tensor:
+    magnitude = s.abs().mean(dim=-1)  # [T, B, P]
+    p = magnitude / (magnitude.sum(dim=0, keepdim=True) + EPS)
+    return -(p * torch.log(p + EPS)).sum(dim=0).mean()
+
+
+def csa_loss(s: torch.Tensor, tau: float, samples: int) -> torch.Tensor:
+    if s.shape[0] < 2 or min(s.shape[1], samples) < 2:
+        return s.new_zeros(())
+    u = F.normalize(s[:, :samples].flatten(2), dim=-1)  # [T, B', P·C]
+    anchors = u.transpose(0, 1)  # [B', T, ·]
+    positives = torch.exp(anchors @ anchors.transpose(1, 2) / tau)  # [B', T, T]: same sample, all tasks
+    pos = positives.sum(dim=2) - positives.diagonal(dim1=1, dim2=2)  # drop the anchor itself
+    same_task = torch.exp(u @ u.transpose(1, 2) / tau)  # [T, B', B']: same task, all samples
+    neg = (same_task.sum(dim=2) - same_task.diagonal(dim1=1, dim2=2)).transpose(0, 1)  # [B', T]
+    return -torch.log(pos / (pos + neg) + EPS).mean()
+
+
+def rep_mtl_loss(losses: dict[str, torch.Tensor], z: torch.Tensor, spec: RepMtlSpec) -> torch.Tensor:
+    """λ_tsr·L_tsr + λ_csa·L_csa on this batch; zero with fewer than two tasks (after an MT2ST switch)."""
+    if len(losses) < 2:
+        return z.new_zeros(())
+    s = saliencies(losses, z)
+    return spec.lambda_tsr * tsr_loss(s) + spec.lambda_csa * csa_loss(s, spec.tau, spec.csa_samples)

@@ -1,0 +1,91 @@
+"""Every registered architecture trains through the same trainer and exports to one ONNX graph with parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from components.architectures import ARCHITECTURES, build_model
+from components.config import ConfigError, ProjectConfig
+from components.export import ONNX_FILE, check_parity, export_onnx
+from components.features import FeatureSpec
+from components.rep_mtl import rep_mtl_loss
+from components.strategies import make_strategy
+from components.train import make_autocast, masked_loss, to_tensors, train, train_step
+from tests.conftest import FLIGHTS, config_with, window
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_architecture_trains_and_exports_with_parity(architecture: str, flights_frame: pd.DataFrame,
+                                                     flights_cfg: ProjectConfig, tmp_path: Path) -> None:
+    small = {"hidden": [32, 16], "experts": 3, "private_hidden": [8], "token_dim": 8, "attention_layers": 1,
+             "attention_heads": 2}
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, **small},
+                      training={"epochs": 3, "threads": 2, "batch_size": 256, "early_stopping_patience": 3})
+    train_df = window(flights_frame, cfg, "train").iloc[::3]
+    result = train(cfg, train_df, window(flights_frame, cfg, "validation").iloc[::3], tmp_path / "model",
+                   progress=False)
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    assert sum(last.values()) < sum(first.values())
+    assert result.validation["arr_delayed"]["roc_auc"] > 0.55
+    test = window(flights_frame, cfg, "test")
+    path = export_onnx(tmp_path / "model", tmp_path / "onnx", test)
+    assert [o.name for o in onnx.load(str(path)).graph.output] == [t.name for t in cfg.tasks]
+    report = check_parity(tmp_path / "model", tmp_path / "onnx", test, rows=500, atol=1e-4)
+    assert report.ok and (tmp_path / "onnx" / ONNX_FILE).is_file()
+
+
+def test_unknown_architecture_and_rep_mtl_without_shared_representation_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"model\.architecture: unknown architecture 'nope'"):
+        config_with(FLIGHTS, model={"architecture": "nope"})
+    with pytest.raises(ConfigError, match=r"training\.rep_mtl needs"):
+        config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}})
+
+
+def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFrame) -> None:
+    cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [16], "private_hidden": [8],
+                                      "similarity_penalty": 0.5})
+    df = window(flights_frame, cfg, "train").head(512)
+    spec = FeatureSpec.fit(df, cfg)
+    data = to_tensors(df, spec)
+    model = build_model(spec, cfg.model)
+    tasks = [t.name for t in cfg.tasks]
+    with torch.no_grad():  # make two tasks' coefficients similar: the penalty must pull them together
+        model.heads[tasks[1]].weight.copy_(model.heads[tasks[0]].weight + 0.1)
+    penalty = model.penalty(tasks)
+    assert torch.isfinite(penalty) and penalty > 0
+    assert model.penalty(tasks[:1]) == 0
+
+    strategy = make_strategy(tasks, cfg.training.strategy).attach(model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    specs = {t.name: t for t in cfg.tasks}
+    encoders, heads = model.alternating_groups()
+    for step, (moved, frozen) in enumerate([(encoders, heads), (heads, encoders)]):
+        before = [p.detach().clone() for p in [*moved, *frozen]]
+        train_step(model, strategy, optimizer, data, torch.arange(256), specs, make_autocast(torch.device("cpu")),
+                   step=step)
+        after = [*moved, *frozen]
+        assert any(not torch.equal(b, a) for b, a in zip(before[:len(moved)], after[:len(moved)], strict=True))
+        assert all(torch.equal(b, a) for b, a in zip(before[len(moved):], after[len(moved):], strict=True))
+    assert model.penalty(tasks) < penalty
+
+
+def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFrame) -> None:
+    cfg = config_with(FLIGHTS, model={"architecture": "ft_transformer", "token_dim": 8, "attention_heads": 2,
+                                      "attention_layers": 1}, training={"rep_mtl": {}})
+    df = window(flights_frame, cfg, "train").head(128)
+    spec = FeatureSpec.fit(df, cfg)
+    data = to_tensors(df, spec)
+    model = build_model(spec, cfg.model)
+    z = model.encode(data.numeric, data.categorical)
+    assert z.shape == (128, 1 + spec.numeric_width + len(spec.categorical), 8)  # positions = feature tokens
+    out = model.predict_from(z)
+    losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name]) for t in cfg.tasks}
+    reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
+    assert torch.isfinite(reg) and reg > 0
+    reg.backward()
+    assert model.numeric_weight.grad is not None and model.numeric_weight.grad.abs().sum() > 0

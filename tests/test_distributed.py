@@ -1,0 +1,47 @@
+"""Data-parallel training under torchrun: 2 CPU processes over gloo end with identical weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from components.config import config_to_yaml
+from tests.conftest import FLIGHTS, config_with, window
+
+_CHILD = """
+import sys
+from pathlib import Path
+import pandas as pd
+from components.config import config_from_yaml
+from components.train import train
+cfg = config_from_yaml(Path(sys.argv[1]).read_text())
+train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.argv[4]), progress=False)
+"""
+
+
+def test_two_gloo_ranks_end_with_identical_weights(flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    cfg = config_with(FLIGHTS, model={"hidden": [32]},
+                      training={"epochs": 2, "threads": 1, "batch_size": 512, "strategy": {"name": "uw"}})
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    window(flights_frame, cfg, "train").iloc[::4].to_parquet(tmp_path / "train.parquet")
+    window(flights_frame, cfg, "validation").iloc[::4].to_parquet(tmp_path / "val.parquet")
+    (tmp_path / "child.py").write_text(_CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(tmp_path / "child.py"), str(tmp_path / "cfg.yaml"), str(tmp_path / "train.parquet"),
+         str(tmp_path / "val.parquet"), str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "out" / "rank1" / "model.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    summary = (tmp_path / "out" / "train_summary.json").read_text()
+    assert '"world_size": 2' in summary

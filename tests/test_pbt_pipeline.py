@@ -1,0 +1,45 @@
+"""The PBT pipeline compiles, and runs through kfp.local with a tiny population: members fan out with
+ParallelFor, the bottom member becomes a copy of the top one, the best member's weight schedule comes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from kfp import compiler, local
+
+from components.config import config_to_yaml
+from pipelines.pbt import pbt_pipeline
+from tests.conftest import FLIGHTS, config_with, window
+
+
+def test_pbt_pipeline_compiles_with_a_parallel_for_per_round(tmp_path: Path) -> None:
+    compiler.Compiler().compile(pbt_pipeline(rounds=2), str(tmp_path / "pbt.yaml"))
+    spec = yaml.safe_load((tmp_path / "pbt.yaml").read_text())
+    loops = [name for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task]
+    assert len(loops) == 2, loops  # one fan-out per round
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task that uses custom")
+def test_pbt_pipeline_runs_locally_with_a_tiny_population(flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    cfg = config_with(FLIGHTS, model={"hidden": [8]}, training={"epochs": 1, "threads": 1, "batch_size": 1024})
+    window(flights_frame, cfg, "train").iloc[::6].to_parquet(tmp_path / "train.parquet")
+    window(flights_frame, cfg, "validation").iloc[::6].to_parquet(tmp_path / "val.parquet")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    task = pbt_pipeline(rounds=2)(config_yaml=config_to_yaml(cfg), train_uri=str(tmp_path / "train.parquet"),
+                                  validation_uri=str(tmp_path / "val.parquet"), population=3, replace=1)
+    result = task.output
+    assert len(result["schedule"]) == 2 and 0.5 < result["score"] < 1
+    exploited = [torch.load(p, weights_only=False) for p in (tmp_path / "root").rglob("member-*.pt")]
+    assert len(exploited) == 3
+    copies = [s for s in exploited if s["copied_from"] != s["member"]]
+    assert len(copies) == 1  # Q = 1: the bottom member now carries the top member's model and lineage
+    top = next(s for s in exploited if s["member"] == copies[0]["copied_from"])
+    assert copies[0]["schedule"] == top["schedule"]
+    for name, tensor in top["model"].items():
+        assert torch.equal(tensor, copies[0]["model"][name])

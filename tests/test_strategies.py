@@ -1,0 +1,171 @@
+"""Weighting strategies, MT2ST schedules and STL: short real runs on a small flights slice, each asserting the
+method's defining behaviour, and config errors that name the field."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from components.config import ConfigError, ProjectConfig
+from components.features import FeatureSpec
+from components.model import MultiTaskModel
+from components.mt2st import Mt2stSchedule
+from components.rep_mtl import rep_mtl_loss
+from components.stl import train_stl
+from components.strategies import make_strategy
+from components.train import CHECKPOINT, TrainResult, make_autocast, masked_loss, to_tensors, train, train_step
+from tests.conftest import FLIGHTS, config_with, window
+
+TASKS = ["arr_delayed", "dep_delay", "cancelled", "air_time"]
+AUX = TASKS[1:]
+
+
+def small_cfg(strategy: dict | None = None, mt2st: dict | None = None, epochs: int = 3) -> ProjectConfig:
+    training = {"epochs": epochs, "threads": 2, "batch_size": 512, "early_stopping_patience": epochs,
+                "strategy": strategy or {"name": "ew"}, "mt2st": mt2st}  # not the config's default schedule
+    return config_with(FLIGHTS, model={"hidden": [32, 16]}, training=training)
+
+
+@pytest.fixture(scope="module")
+def slices(flights_frame: pd.DataFrame, flights_cfg: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (window(flights_frame, flights_cfg, "train").iloc[::3].reset_index(drop=True),
+            window(flights_frame, flights_cfg, "validation").iloc[::3].reset_index(drop=True))
+
+
+def run(cfg: ProjectConfig, slices: tuple[pd.DataFrame, pd.DataFrame], out: Path) -> TrainResult:
+    return train(cfg, slices[0], slices[1], out, progress=False)
+
+
+def total_train_loss(result: TrainResult, epoch: int) -> float:
+    return sum(result.history[epoch]["train_loss"].values())
+
+
+@pytest.mark.parametrize("name", ["static", "uw", "dwa", "pcgrad", "upgrad", "mgda", "cagrad"])
+def test_strategy_trains_and_shows_its_behaviour(name: str, slices: tuple, tmp_path: Path) -> None:
+    strategy = {"name": name, "weights": {"arr_delayed": 2, "dep_delay": 1}} if name == "static" else {"name": name}
+    result = run(small_cfg(strategy), slices, tmp_path)
+    assert total_train_loss(result, -1) < total_train_loss(result, 0), result.history
+    assert result.validation["arr_delayed"]["roc_auc"] > 0.55
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)["strategy"]
+    if name == "uw":  # the log-variances are learned, one per task, and differ between tasks
+        log_vars = state["log_vars"]
+        assert log_vars.abs().min() > 1e-3 and log_vars.std() > 1e-3, log_vars
+    if name == "dwa":  # one mean loss per task and epoch; weights from the last two, summing to K
+        assert len(state["history"]) == 3
+        dwa = make_strategy(TASKS, small_cfg(strategy).training.strategy)
+        dwa.load_state_dict(state)
+        weights = dwa.current_weights()  # type: ignore[attr-defined]
+        assert math.isclose(sum(weights.values()), len(TASKS)) and len(set(weights.values())) > 1
+
+
+def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
+    """MGDA on two opposed losses gives a different update than their plain sum (what torchjd is for)."""
+    layer = torch.nn.Linear(2, 1)
+    strategy = make_strategy(["a", "b"], small_cfg({"name": "mgda"}).training.strategy).attach(layer)
+    x = torch.tensor([[1.0, 0.0]])
+    losses = {"a": layer(x).sum(), "b": -0.5 * layer(x).sum()}
+    weights = strategy.backward(losses)
+    summed = torch.autograd.grad(sum(layer(x).sum() * w for w in (1.0, -0.5)), layer.weight)[0]
+    assert not torch.allclose(layer.weight.grad, summed) and set(weights) == {"a", "b"}
+
+
+def test_diminish_weights_follow_the_formula(slices: tuple, tmp_path: Path) -> None:
+    mt2st = {"diminish": {"gamma0": 0.8, "eta": 0.5, "nu": 1.5, "per_task": {"cancelled": {"eta": 2.0}}}}
+    result = run(small_cfg(mt2st=mt2st), slices, tmp_path)
+    assert total_train_loss(result, -1) < total_train_loss(result, 0)
+    for epoch, entry in enumerate(result.history):
+        w = entry["loss_weights"]
+        assert w["arr_delayed"] == 1.0
+        assert w["dep_delay"] == pytest.approx(0.8 * math.exp(-0.5 * epoch**1.5))
+        assert w["cancelled"] == pytest.approx(0.8 * math.exp(-2.0 * epoch**1.5))
+
+
+def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, tmp_path: Path) -> None:
+    cfg = small_cfg(mt2st={"switch": {"epoch": 1}, "diminish": {"eta": 1.0}})
+    result = run(cfg, slices, tmp_path)
+    assert [e["tasks"] for e in result.history] == [TASKS, ["arr_delayed"], ["arr_delayed"]]
+    assert list(result.history[1]["train_loss"]) == ["arr_delayed"]
+    assert result.switch_epoch == 1
+    summary_flops = torch.load(tmp_path / CHECKPOINT, weights_only=False)["flops_per_sample"]
+    assert 0 < summary_flops["arr_delayed"] < summary_flops["+".join(TASKS)]
+
+    # one step of the single-task phase: auxiliary heads are never called and get no gradient
+    spec = FeatureSpec.fit(slices[0], cfg)
+    data = to_tensors(slices[0], spec)
+    model = MultiTaskModel(spec, cfg.model)
+    calls: list[str] = []
+    for name in AUX:
+        model.heads[name].register_forward_hook(lambda *_, n=name: calls.append(n))
+    strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    before = {n: model.heads[n].weight.detach().clone() for n in AUX}
+    train_step(model, strategy, optimizer, data, torch.arange(256), {t.name: t for t in cfg.tasks},
+               make_autocast(torch.device("cpu")), active=["arr_delayed"])
+    assert calls == []
+    for name in AUX:
+        assert model.heads[name].weight.grad is None
+        assert torch.equal(model.heads[name].weight, before[name])
+    assert model.heads["arr_delayed"].weight.grad is not None
+
+
+def test_plateau_trigger_respects_patience_and_min_epoch() -> None:
+    cfg = small_cfg(mt2st={"switch": {"patience": 1, "min_epoch": 3}}, epochs=6)
+    schedule = Mt2stSchedule(cfg.training.mt2st, TASKS, "arr_delayed")
+    assert not schedule.observe(0, improved=True)
+    assert not schedule.observe(1, improved=False)  # plateaued, but before min_epoch
+    assert schedule.active_tasks(2) == TASKS
+    assert schedule.observe(2, improved=False)
+    assert schedule.switch_epoch == 3 and schedule.active_tasks(3) == ["arr_delayed"]
+    assert schedule.loss_weights(3.5) == {"arr_delayed": 1.0}
+
+
+def test_stl_trains_one_single_head_model_per_task(slices: tuple, tmp_path: Path) -> None:
+    cfg = small_cfg(epochs=1)
+    results = train_stl(cfg, slices[0], slices[1], tmp_path, progress=False)
+    assert set(results) == set(TASKS)
+    for name, result in results.items():
+        assert list(result.validation) == [name]
+        assert (tmp_path / name / "model.pt").is_file()
+
+
+@pytest.mark.parametrize(("training", "field"), [
+    ({"strategy": {"name": "nope"}}, "training.strategy.name"),
+    ({"strategy": {"name": "static", "weights": {"arr_delayed": 0}}}, "training.strategy"),
+    ({"strategy": {"name": "dwa", "temperature": 0}}, "training.strategy.temperature"),
+    ({"mt2st": {"diminish": {"eta": 0}}}, "training.mt2st.diminish.eta"),
+    ({"mt2st": {"diminish": {"nu": 0.5}}}, "training.mt2st.diminish.nu"),
+    ({"mt2st": {"diminish": {"per_task": {"dep_delay": {"eta": -1}}}}},
+     "training.mt2st.diminish.per_task.dep_delay.eta"),
+    ({"mt2st": {"diminish": {"per_task": {"arr_delayed": {"eta": 1}}}}}, "per_task names tasks that are not auxiliary"),
+    ({"mt2st": {"switch": {"min_epoch": 2}}}, "training.mt2st.switch"),
+    ({"mt2st": {"switch": {"patience": 3}}}, "training.mt2st.switch.patience"),
+])
+def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config_with(FLIGHTS, training=training)
+
+
+
+def test_rep_mtl_regulariser_is_finite_and_reaches_the_trunk(slices: tuple, tmp_path: Path) -> None:
+    cfg = small_cfg(strategy={"name": "uw"}, epochs=2)
+    cfg = config_with(FLIGHTS, model={"hidden": [32, 16]},
+                      training={**cfg.training.model_dump(), "rep_mtl": {"lambda_tsr": 1.1, "tau": 0.3}})
+    spec = FeatureSpec.fit(slices[0], cfg)
+    data = to_tensors(slices[0], spec)
+    model = MultiTaskModel(spec, cfg.model)
+    z = model.encode(data.numeric[:300], data.categorical[:300])
+    out = model.predict_from(z)
+    losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name][:300]) for t in cfg.tasks}
+    reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
+    assert torch.isfinite(reg) and reg > 0
+    reg.backward()
+    first = model.trunk.net[0].weight.grad
+    assert first is not None and first.abs().sum() > 0  # double backprop: the penalty moves the trunk
+
+    result = run(cfg, slices, tmp_path)
+    assert total_train_loss(result, -1) < total_train_loss(result, 0)
+    assert result.train_flops > run(small_cfg({"name": "uw"}, epochs=2), slices, tmp_path / "plain").train_flops
