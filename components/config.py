@@ -304,6 +304,7 @@ class MonitoringSpec(Strict):
 
     sample_size: int = Field(20_000, ge=100)  # rows per window (reference and current), seeded sample
     drift_share: float = Field(0.5, gt=0, le=1)  # Evidently's dataset drift: share of drifted features
+    top_categories: int = Field(20, ge=1)  # categoricals: compare the reference's top values + an "other" bucket
     method: str | None = None  # one method for every column
     per_column_method: dict[str, str] = {}
     per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = {}

@@ -1,0 +1,159 @@
+"""Drift and quality monitoring with real Evidently reports, on a real (briefly trained) flights
+model: its stored reference against held-out, shifted and relabelled windows; the monitor as a
+kfp component run through kfp.local against the real model store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components import registry
+from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
+from components.data import label_column, partition_dir, write_partitions
+from components.evaluate import evaluate
+from components.export import export_onnx
+from components.inference import OnnxModel
+from components.predictions import REFERENCE_FILE, score_frame, write_reference
+from components.train import train
+from monitoring.drift import MonitorSummary, monitor
+from tests.conftest import FLIGHTS, config_with, raw_config, window
+
+MAX_FALSE_ALARMS = 1  # of 20 features; Evidently's distance tests at 0.1 expect none on same-period data
+
+
+@pytest.fixture(scope="module")
+def model(flights_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, Path]:
+    """A flights model (2 epochs) exported with its monitoring reference, registered as champion."""
+    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2}, registry={"model_name": "monitor-test"},
+                      monitoring={"sample_size": 4000})
+    root = tmp_path_factory.mktemp("monitor-model")
+    train_df = window(flights_frame, cfg, "train")
+    train(cfg, train_df, window(flights_frame, cfg, "validation"), root / "model", progress=False)
+    test = window(flights_frame, cfg, "test")
+    export_onnx(root / "model", root / "onnx", test)
+    write_reference(OnnxModel(root / "onnx"), train_df, cfg)
+    tag = registry.register(root / "onnx", cfg, evaluate(root / "model", train_df, test), {"data_version": "t"})
+    registry.promote(cfg.registry.model_name, tag)
+    return cfg, root / "onnx"
+
+
+def scored(model_dir: Path, rows: pd.DataFrame, cfg: ProjectConfig, labels: bool = True) -> pd.DataFrame:
+    out = score_frame(OnnxModel(model_dir), rows, "test")
+    if labels:
+        for t in cfg.tasks:
+            out[label_column(t.name)] = rows[label_column(t.name)].to_numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def held_out(model: tuple[ProjectConfig, Path], flights_frame: pd.DataFrame) -> pd.DataFrame:
+    """Training-window rows that are not in the reference sample: the same period, unseen."""
+    cfg, onnx_dir = model
+    train_df = window(flights_frame, cfg, "train")
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
+    seen = set(map(tuple, reference[cfg.features.names].astype(str).to_numpy()))
+    keep = [tuple(r) not in seen for r in train_df[cfg.features.names].astype(str).to_numpy()]
+    return train_df[keep].reset_index(drop=True)
+
+
+def run(model: tuple[ProjectConfig, Path], current: pd.DataFrame, out: Path, **kw: object) -> MonitorSummary:
+    cfg, onnx_dir = model
+    return monitor(cfg, pd.read_parquet(onnx_dir / REFERENCE_FILE), current, out, window="2013-04",
+                   model_version="test", **kw)  # type: ignore[arg-type]
+
+
+def test_no_drift_window_raises_no_false_alarm(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    s = run(model, scored(onnx_dir, held_out, cfg), tmp_path)
+    assert len(s.drifted_features) <= MAX_FALSE_ALARMS, s.feature_scores
+    assert s.drifted_predictions == [] and not s.dataset_drift
+    assert set(s.feature_scores) == set(cfg.features.names) and set(s.prediction_scores) == {t.name for t in cfg.tasks}
+    # sampled to the configured bound and reported
+    assert s.sampled_current == min(4000, len(held_out)) and s.rows_current == len(held_out)
+    assert s.sampled_reference == 4000 and s.rows_reference == 5000
+    # quality on the held-out rows is close to the reference's
+    assert abs(s.quality["arr_delayed"]["relative_change"]) < 0.1
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["drifted_features"] == s.drifted_features and Path(s.snapshot_html).stat().st_size > 10_000
+    assert MonitorSummary.from_json(s.to_json()) == s
+
+
+def test_covariate_shift_in_one_feature_is_flagged(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    shifted = held_out.assign(temp=held_out["temp"] + 25.0)  # a warm spell: +25 °F at every origin
+    s = run(model, scored(onnx_dir, shifted, cfg), tmp_path)
+    assert "temp" in s.drifted_features
+    assert len(set(s.drifted_features) - {"temp"}) <= MAX_FALSE_ALARMS, s.feature_scores
+    assert s.feature_scores["temp"] > 0.5 and "Wasserstein" in s.methods["temp"]
+
+
+def test_label_shift_with_stable_features_is_caught_only_by_quality(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    relabelled = held_out.copy()
+    y = relabelled[label_column("arr_delayed")]
+    relabelled[label_column("arr_delayed")] = (1 - y).where(y.notna())  # the relation flips, features stay
+    before = run(model, scored(onnx_dir, relabelled, cfg, labels=False), tmp_path / "before")
+    assert before.quality == {} and before.drifted_predictions == []
+    assert len(before.drifted_features) <= MAX_FALSE_ALARMS
+    after = run(model, scored(onnx_dir, relabelled, cfg), tmp_path / "after")
+    assert after.drifted_predictions == [] and after.drifted_features == before.drifted_features
+    q = after.quality["arr_delayed"]
+    assert q["metric"] == "roc_auc" and q["current"] < 0.5 < q["reference"] and q["relative_change"] < -0.1
+    assert abs(after.quality["air_time"]["relative_change"]) < 0.1  # the other tasks' labels did not move
+
+
+def test_per_column_method_from_the_config(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    raw = raw_config()
+    raw["monitoring"] = {"sample_size": 2000, "per_column_method": {"temp": "psi", "arr_delayed": "ks"}}
+    custom = parse_config(raw)
+    s = monitor(custom, pd.read_parquet(onnx_dir / REFERENCE_FILE), scored(onnx_dir, held_out, cfg), tmp_path,
+                window="2013-04", model_version="test")
+    assert s.methods["temp"].startswith("PSI") and "p_value" in s.methods["arr_delayed__proba"]
+    assert s.sampled_current == 2000
+    raw["monitoring"] = {"per_column_method": {"temp": "no-such-test"}}
+    with pytest.raises(ConfigError, match=r"monitoring\.per_column_method"):
+        parse_config(raw)
+    raw["monitoring"] = {"per_column_method": {"nope": "ks"}}
+    with pytest.raises(ConfigError, match="names no feature or task"):
+        parse_config(raw)
+
+
+def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """The kfp pipeline a Kubeflow recurring run executes, here through kfp.local: it finds the
+    champion in the model store, scores the window's partition and writes report and summary."""
+    from kfp import local
+
+    from monitoring.pipeline import build_monitoring_pipeline
+
+    cfg, _ = model
+    month = flights_frame[flights_frame[cfg.data.time_column] >= "2013-06-01"]
+    # the partition as `mtlops data build` writes it: source columns, from which labels are derived
+    source = month.assign(arr_delay=month[label_column("arr_delayed")] * 30, dep_delay=month[label_column("dep_delay")],
+                          dep_time=month[label_column("cancelled")].map({0.0: 1.0, 1.0: None}).astype(float),
+                          air_time=month[label_column("air_time")])
+    write_partitions(source, cfg, partition_dir(cfg, tmp_path))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    pipeline = build_monitoring_pipeline(scheduled=False)
+    task = pipeline(config_yaml=config_to_yaml(cfg), window="2013-06", data_root=str(tmp_path),
+                    workspace=str(tmp_path / "ws"))
+    s = MonitorSummary.from_json(task.output)
+    assert s.window == "2013-06" and s.rows_current == len(month) and s.quality == {}
+    assert s.model_version.startswith("monitor-test:") and set(s.feature_scores) == set(cfg.features.names)
+    assert list((tmp_path / "ws").rglob("*.json"))  # the snapshot went into the workspace
+
+
+def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    from monitoring.pipeline import build_monitoring_pipeline
+
+    path = tmp_path / "monitoring.yaml"
+    compiler.Compiler().compile(build_monitoring_pipeline(image="registry.example/mtlops:1"), str(path))
+    text = path.read_text()
+    assert "{{$.pipeline_job_schedule_time_utc}}" in text and "registry.example/mtlops:1" in text
+    assert "monitor_window" in text  # the step calls the same function as `mtlops monitor`
