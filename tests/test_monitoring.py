@@ -5,8 +5,15 @@ kfp component run through kfp.local against the real model store."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -59,9 +66,10 @@ def held_out(model: tuple[ProjectConfig, Path], flights_frame: pd.DataFrame) -> 
     return train_df[keep].reset_index(drop=True)
 
 
-def run(model: tuple[ProjectConfig, Path], current: pd.DataFrame, out: Path, **kw: object) -> MonitorSummary:
+def run(model: tuple[ProjectConfig, Path], current: pd.DataFrame, out: Path, window: str = "2013-04",
+        **kw: object) -> MonitorSummary:
     cfg, onnx_dir = model
-    return monitor(cfg, pd.read_parquet(onnx_dir / REFERENCE_FILE), current, out, window="2013-04",
+    return monitor(cfg, pd.read_parquet(onnx_dir / REFERENCE_FILE), current, out, window=window,
                    model_version="test", **kw)  # type: ignore[arg-type]
 
 
@@ -157,3 +165,98 @@ def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
     text = path.read_text()
     assert "{{$.pipeline_job_schedule_time_utc}}" in text and "registry.example/mtlops:1" in text
     assert "monitor_window" in text  # the step calls the same function as `mtlops monitor`
+
+
+# --- the dashboard, in a real headless Chromium ------------------------------------------
+
+ARTIFACTS = Path(os.environ.get("MTLOPS_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+CHROMIUM_PACKAGES = ["chromium", "chromium-driver"]
+
+
+@pytest.fixture(scope="session")
+def chromedriver() -> str:
+    """Debian's chromium + chromium-driver, installed here when missing (CI machines are Debian,
+    root); skipped, saying why, only where installing is impossible."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip(f"needs Debian packages {CHROMIUM_PACKAGES}: not installed and not root with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES]):
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                pytest.skip(f"could not install {CHROMIUM_PACKAGES}: {' '.join(cmd)}: {done.stderr[-500:]}")
+    return shutil.which("chromedriver")  # type: ignore[return-value]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_frame: pd.DataFrame, chromedriver: str,
+                                                              tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitoring.dashboard import add_alert_marker, project
+
+    cfg, onnx_dir = model
+    ws = tmp_path / "workspace"
+    for name, month in (("validation", "2013-05"), ("test", "2013-06")):  # two monitor runs, labels known
+        rows = window(flights_frame, cfg, name)
+        run(model, scored(onnx_dir, rows, cfg), tmp_path / name, window=month, workspace=ws)
+    add_alert_marker(ws, cfg, "2013-06", "test alert")
+    _, proj = project(ws, cfg.registry.model_name)
+
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--workspace", str(ws),
+                               "--port", str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,3000"):
+        options.add_argument(arg)
+    driver = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "dashboard did not come up in 120 s"
+            time.sleep(0.5)
+        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        driver.get(f"http://127.0.0.1:{port}/projects/{proj.id}")
+        titles = ["Share of drifted features", "Drift score of the top features", "Drift of each task's predictions",
+                  *(f"Quality: {t.name} ({t.metric})" for t in cfg.tasks)]
+
+        def cards_with_points(d: webdriver.Chrome) -> dict[str, int]:
+            points = {}
+            for card in d.find_elements(By.CSS_SELECTOR, ".MuiCard-root"):
+                title = next((t for t in titles if t in card.text), None)
+                if title:
+                    marks = card.find_elements(By.CSS_SELECTOR, "circle.MuiMarkElement-root")
+                    points[title] = len({m.get_attribute("cx") for m in marks})  # distinct windows on the x axis
+            return points if len(points) == len(titles) and min(points.values()) >= 2 else {}
+
+        try:
+            points = WebDriverWait(driver, 90, poll_frequency=1).until(cards_with_points)
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+        assert set(points) == set(titles)  # every panel, with a point at each monitored window
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "Alerts" in body and "2013-05-01" in body and "2013-06-01" in body
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
