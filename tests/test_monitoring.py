@@ -155,6 +155,40 @@ def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame,
     assert list((tmp_path / "ws").rglob("*.json"))  # the snapshot went into the workspace
 
 
+def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_frame: pd.DataFrame,
+                                                                 tmp_path: Path) -> None:
+    """`mtlops monitor --log DIR --labels-file F`: the served records of a month, their outcomes
+    joined by request id and record index; reference quality is the champion's stored test metrics."""
+    from typer.testing import CliRunner
+
+    from components.predictions import write_log_part
+    from pipelines.cli import app
+
+    cfg, onnx_dir = model
+    rows = window(flights_frame, cfg, "test")
+    logged = score_frame(OnnxModel(onnx_dir), rows, "served").assign(
+        request_id=[f"r{i // 100}" for i in range(len(rows))], record_index=[i % 100 for i in range(len(rows))],
+        timestamp=pd.Timestamp("2013-06-15", tz="UTC"))
+    write_log_part(logged, tmp_path / "log")
+    labels = logged[["request_id", "record_index"]].assign(
+        **{label_column(t.name): rows[label_column(t.name)].to_numpy() for t in cfg.tasks})
+    labels.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "labels.parquet")  # any order: joined by key
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    result = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "cfg.yaml"), "--window", "2013-06",
+                                      "--log", str(tmp_path / "log"), "--labels-file", str(tmp_path / "labels.parquet"),
+                                      "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws"), "--json"])
+    assert result.exit_code == 0, result.output
+    s = MonitorSummary.from_json(result.output)
+    assert s.rows_current == len(rows) and s.quality_reference == "model test metrics"
+    champion_test = registry.champion(cfg.registry.model_name).info.metadata["metrics"]["test"]  # type: ignore[union-attr]
+    for t in cfg.tasks:  # June is the model's test window: the log's quality equals its stored test metric
+        assert s.quality[t.name]["reference"] == pytest.approx(champion_test[t.name][t.metric])
+        assert s.quality[t.name]["current"] == pytest.approx(champion_test[t.name][t.metric], rel=1e-3)
+    bad = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "cfg.yaml"), "--window", "2013-06",
+                                   "--log", str(tmp_path / "log"), "--data"])
+    assert bad.exit_code == 2 and "exactly one of --log DIR or --data" in bad.output
+
+
 def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
     from kfp import compiler
 
