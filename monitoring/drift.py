@@ -33,13 +33,13 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
-from components.config import ProjectConfig, TaskSpec
+from components.config import MonitoringSpec, ProjectConfig, TaskSpec
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import relative_change, task_metrics
 from components.predictions import monitored_column
 
-DEFAULT_SAMPLE_SIZE = 20_000  # benchmarks/monitoring.py: a 20k x 20k window runs in seconds
+DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
 SNAPSHOT_JSON, SNAPSHOT_HTML, SUMMARY_JSON = "snapshot.json", "report.html", "summary.json"
 OTHER = "(other)"  # categorical values outside the reference's top values
 
