@@ -421,8 +421,9 @@ class MonitoringSpec(Strict):
     monitored prediction column; methods are Evidently stat-test names (e.g. `ks`, `psi`,
     `wasserstein`, `jensenshannon`, `chisquare`); unset means Evidently's default by type and size."""
 
-    sample_size: int = Field(20_000, ge=100)  # rows per window (reference and current), seeded sample
+    sample_size: int = Field(20_000, ge=100)  # rows per window, seeded sample (benchmarks/monitoring.py)
     drift_share: float = Field(0.5, gt=0, le=1)  # Evidently's dataset drift: share of drifted features
+    top_categories: int = Field(20, ge=1)  # categoricals: compare the reference's top values + an "other" bucket
     method: str | None = None  # one method for every column
     per_column_method: dict[str, str] = {}
     per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = {}

@@ -5,7 +5,8 @@ log's format (`components.predictions`): features by name, per-task prediction c
 once known, label columns `label__<task>`. One Evidently `Report` computes
 
 - data drift per feature (`DataDriftPreset`: Evidently's method by column type and size,
-  overridable per column in `monitoring:`) and the dataset drift share;
+  overridable per column in `monitoring:`; categoricals over the reference's most frequent
+  values plus an OTHER bucket) and the dataset drift share;
 - prediction drift per task, on the task's monitored column (`monitored_column`);
 - per-task quality when the current window has labels (`TaskQuality`, this module's metric, which
   scores with `components.metrics.task_metrics`, the numbers the promotion gate uses).
@@ -32,14 +33,15 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
-from components.config import ProjectConfig, TaskSpec
+from components.config import MonitoringSpec, ProjectConfig, TaskSpec
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import relative_change, task_metrics
 from components.predictions import monitored_column
 
-DEFAULT_SAMPLE_SIZE = 20_000  # benchmarks/monitoring.py: a 20k x 20k window runs in seconds
+DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
 SNAPSHOT_JSON, SNAPSHOT_HTML, SUMMARY_JSON = "snapshot.json", "report.html", "summary.json"
+OTHER = "(other)"  # categorical values outside the reference's top values
 
 
 @dataclass
@@ -176,15 +178,30 @@ def _data_definition(cfg: ProjectConfig, predictions: dict[str, str]) -> DataDef
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
 
 
-def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, str]) -> pd.DataFrame:
-    """The columns the report reads; categoricals as strings (a categorical feature may be
-    stored as integers, e.g. flight numbers), nulls kept."""
+def _as_text(col: pd.Series) -> pd.Series:
+    """Categoricals as strings (a categorical feature may be stored as integers, e.g. flight
+    numbers), nulls kept."""
+    return col.astype("string").astype(object).where(col.notna(), None)
+
+
+def top_categories(reference: pd.DataFrame, cfg: ProjectConfig) -> dict[str, set[str]]:
+    """Per categorical feature, the reference's `monitoring.top_categories` most frequent values."""
+    n = cfg.monitoring.top_categories
+    return {f.name: set(_as_text(reference[f.name]).value_counts().index[:n]) for f in cfg.features.categorical}
+
+
+def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, str],
+              top: dict[str, set[str]]) -> pd.DataFrame:
+    """The columns the report reads; categorical features over the reference's top values plus
+    an OTHER bucket: a long tail (tailnum: ~4,000 aircraft) compared value by value on a few
+    thousand rows reads as drift from sampling noise alone (see the README's Monitoring section)."""
     labels = [label_column(t.name) for t in cfg.tasks if label_column(t.name) in frame.columns]
     probas = [c for t in cfg.tasks if t.type == "multiclass" for c in frame.columns
               if c.startswith(f"{t.name}__proba__")]
     out = frame[[*cfg.features.names, *predictions.values(), *probas, *labels]].copy()
     for f in cfg.features.categorical:
-        out[f.name] = out[f.name].astype("string").astype(object).where(out[f.name].notna(), None)
+        text = _as_text(out[f.name])
+        out[f.name] = text.where(text.isna() | text.isin(top[f.name]), OTHER)
     return out
 
 
@@ -204,6 +221,15 @@ def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list
     return Report(items, include_tests=True)
 
 
+def _method_name(method: str) -> str:
+    """Evidently's display name ("K-S p_value", "PSI", ...): a configured method comes back as its
+    short name, a default one as its display name already."""
+    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+
+    by_type = _registered_stat_tests.get(method)
+    return next(iter(by_type.values())).display_name if by_type else method
+
+
 def _drift_results(snapshot_dict: dict) -> tuple[dict[str, float], dict[str, str], set[str], float]:
     """column -> score, column -> method, drifted columns, drift share, from the snapshot."""
     scores, methods, share = {}, {}, math.nan
@@ -211,7 +237,7 @@ def _drift_results(snapshot_dict: dict) -> tuple[dict[str, float], dict[str, str
         cfg = m["config"]
         if cfg["type"].endswith(":ValueDrift"):
             scores[cfg["column"]] = float(m["value"])
-            methods[cfg["column"]] = f"{cfg['method']} (threshold {cfg['threshold']})"
+            methods[cfg["column"]] = f"{_method_name(cfg['method'])} (threshold {cfg['threshold']})"
         elif cfg["type"].endswith(":DriftedColumnsCount"):
             share = float(m["value"]["share"])
     drifted = {t["metric_config"]["params"]["column"] for t in snapshot_dict["tests"]
@@ -236,9 +262,10 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     ref, cur = sample(reference, size, seed), sample(current, size, seed)
     labelled = [t for t in cfg.tasks if has_labels(t, cur)]
     when = window_start(window)
+    top = top_categories(ref, cfg)
     snapshot = _report(cfg, predictions, labelled).run(
-        Dataset.from_pandas(_prepared(cur, cfg, predictions), data_definition=_data_definition(cfg, predictions)),
-        Dataset.from_pandas(_prepared(ref, cfg, predictions), data_definition=_data_definition(cfg, predictions)),
+        Dataset.from_pandas(_prepared(cur, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
+        Dataset.from_pandas(_prepared(ref, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         timestamp=when, tags=["monitor"], metadata={"window": window, "model_version": model_version},
         name=f"{window} · {model_version}")
     as_dict = snapshot.dict()

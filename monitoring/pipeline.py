@@ -6,7 +6,8 @@
     #   params={"config_yaml": ..., "data_root": "/data"})   # 06:00 on the 1st: last month
 
 With `window` empty the step monitors the calendar month before the run's scheduled time
-(Kubeflow's `PIPELINE_JOB_SCHEDULE_TIME_UTC` placeholder); locally, pass `window`. The step
+(Kubeflow's `PIPELINE_JOB_SCHEDULE_TIME_UTC` placeholder); kfp.local cannot resolve that
+placeholder, so locally build with `scheduled=False` and pass `window`. The step
 needs the model store (`BENTOML_HOME`) and either the data partitions or the prediction log
 mounted, as the training steps do.
 """
@@ -31,6 +32,8 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
     from monitoring.windows import monitor_window, previous_month
 
     cfg = config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
+    if not (window or scheduled_time):
+        raise ValueError("name the window: this run has no schedule time to derive it from")
     month = window or previous_month(scheduled_time)
     summary = monitor_window(cfg, month, Path(snapshot.path), data_root=Path(data_root) if data_root else None,
                              log_dir=Path(prediction_log) if prediction_log else None, labels=labels,
@@ -45,7 +48,9 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
     return summary.to_json()
 
 
-def build_monitoring_pipeline(image: str | None = None):  # type: ignore[no-untyped-def]
+def build_monitoring_pipeline(image: str | None = None, scheduled: bool = True):  # type: ignore[no-untyped-def]
+    """`scheduled`: wire Kubeflow's schedule-time placeholder into the step (for a recurring run);
+    kfp.local cannot resolve it, so local runs pass False and name the window."""
     from pipelines.training import DEFAULT_IMAGE
 
     component = dsl.component(monitor_op, base_image=image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE),
@@ -55,7 +60,8 @@ def build_monitoring_pipeline(image: str | None = None):  # type: ignore[no-unty
     def monitoring_pipeline(config_yaml: str, window: str = "", data_root: str = "", prediction_log: str = "",
                             labels: bool = False, workspace: str = "") -> str:
         task = component(config_yaml=config_yaml, window=window,
-                         scheduled_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, data_root=data_root,
+                         scheduled_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else "",
+                         data_root=data_root,
                          prediction_log=prediction_log, labels=labels, workspace=workspace)
         task.set_caching_options(False)  # the log and the champion change between runs with equal parameters
         return task.outputs["Output"]

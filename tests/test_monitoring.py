@@ -1,0 +1,296 @@
+"""Drift and quality monitoring with real Evidently reports, on a real (briefly trained) flights
+model: its stored reference against held-out, shifted and relabelled windows; the monitor as a
+kfp component run through kfp.local against the real model store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from components import registry
+from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
+from components.data import label_column, partition_dir, write_partitions
+from components.evaluate import evaluate
+from components.export import export_onnx
+from components.inference import OnnxModel
+from components.predictions import REFERENCE_FILE, score_frame, write_reference
+from components.train import train
+from monitoring.drift import MonitorSummary, monitor
+from tests.conftest import FLIGHTS, config_with, raw_config, window
+
+MAX_FALSE_ALARMS = 1  # of 20 features; Evidently's distance tests at 0.1 expect none on same-period data
+
+
+@pytest.fixture(scope="module")
+def model(flights_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, Path]:
+    """A flights model (2 epochs) exported with its monitoring reference, registered as champion."""
+    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2}, registry={"model_name": "monitor-test"},
+                      monitoring={"sample_size": 4000})
+    root = tmp_path_factory.mktemp("monitor-model")
+    train_df = window(flights_frame, cfg, "train")
+    train(cfg, train_df, window(flights_frame, cfg, "validation"), root / "model", progress=False)
+    test = window(flights_frame, cfg, "test")
+    export_onnx(root / "model", root / "onnx", test)
+    write_reference(OnnxModel(root / "onnx"), train_df, cfg)
+    tag = registry.register(root / "onnx", cfg, evaluate(root / "model", train_df, test), {"data_version": "t"})
+    registry.promote(cfg.registry.model_name, tag)
+    return cfg, root / "onnx"
+
+
+def scored(model_dir: Path, rows: pd.DataFrame, cfg: ProjectConfig, labels: bool = True) -> pd.DataFrame:
+    out = score_frame(OnnxModel(model_dir), rows, "test")
+    if labels:
+        for t in cfg.tasks:
+            out[label_column(t.name)] = rows[label_column(t.name)].to_numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def held_out(model: tuple[ProjectConfig, Path], flights_frame: pd.DataFrame) -> pd.DataFrame:
+    """Training-window rows that are not in the reference sample: the same period, unseen."""
+    cfg, onnx_dir = model
+    train_df = window(flights_frame, cfg, "train")
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
+    seen = set(map(tuple, reference[cfg.features.names].astype(str).to_numpy()))
+    keep = [tuple(r) not in seen for r in train_df[cfg.features.names].astype(str).to_numpy()]
+    return train_df[keep].reset_index(drop=True)
+
+
+def run(model: tuple[ProjectConfig, Path], current: pd.DataFrame, out: Path, window: str = "2013-04",
+        **kw: object) -> MonitorSummary:
+    cfg, onnx_dir = model
+    return monitor(cfg, pd.read_parquet(onnx_dir / REFERENCE_FILE), current, out, window=window,
+                   model_version="test", **kw)  # type: ignore[arg-type]
+
+
+def test_no_drift_window_raises_no_false_alarm(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    s = run(model, scored(onnx_dir, held_out, cfg), tmp_path)
+    assert len(s.drifted_features) <= MAX_FALSE_ALARMS, s.feature_scores
+    assert s.drifted_predictions == [] and not s.dataset_drift
+    assert set(s.feature_scores) == set(cfg.features.names) and set(s.prediction_scores) == {t.name for t in cfg.tasks}
+    # sampled to the configured bound and reported
+    assert s.sampled_current == min(4000, len(held_out)) and s.rows_current == len(held_out)
+    assert s.sampled_reference == 4000 and s.rows_reference == 5000
+    # quality on the held-out rows is close to the reference's
+    assert abs(s.quality["arr_delayed"]["relative_change"]) < 0.1
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["drifted_features"] == s.drifted_features and Path(s.snapshot_html).stat().st_size > 10_000
+    assert MonitorSummary.from_json(s.to_json()) == s
+
+
+def test_covariate_shift_in_one_feature_is_flagged(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    shifted = held_out.assign(temp=held_out["temp"] + 25.0)  # a warm spell: +25 °F at every origin
+    s = run(model, scored(onnx_dir, shifted, cfg), tmp_path)
+    assert "temp" in s.drifted_features
+    assert len(set(s.drifted_features) - {"temp"}) <= MAX_FALSE_ALARMS, s.feature_scores
+    assert s.feature_scores["temp"] > 0.5 and "Wasserstein" in s.methods["temp"]
+
+
+def test_label_shift_with_stable_features_is_caught_only_by_quality(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    relabelled = held_out.copy()
+    y = relabelled[label_column("arr_delayed")]
+    relabelled[label_column("arr_delayed")] = (1 - y).where(y.notna())  # the relation flips, features stay
+    before = run(model, scored(onnx_dir, relabelled, cfg, labels=False), tmp_path / "before")
+    assert before.quality == {} and before.drifted_predictions == []
+    assert len(before.drifted_features) <= MAX_FALSE_ALARMS
+    after = run(model, scored(onnx_dir, relabelled, cfg), tmp_path / "after")
+    assert after.drifted_predictions == [] and after.drifted_features == before.drifted_features
+    q = after.quality["arr_delayed"]
+    assert q["metric"] == "roc_auc" and q["current"] < 0.5 < q["reference"] and q["relative_change"] < -0.1
+    assert abs(after.quality["air_time"]["relative_change"]) < 0.1  # the other tasks' labels did not move
+
+
+def test_per_column_method_from_the_config(model, held_out, tmp_path: Path) -> None:
+    cfg, onnx_dir = model
+    raw = raw_config()
+    raw["monitoring"] = {"sample_size": 2000, "per_column_method": {"temp": "psi", "arr_delayed": "ks"}}
+    custom = parse_config(raw)
+    s = monitor(custom, pd.read_parquet(onnx_dir / REFERENCE_FILE), scored(onnx_dir, held_out, cfg), tmp_path,
+                window="2013-04", model_version="test")
+    assert s.methods["temp"].startswith("PSI") and "p_value" in s.methods["arr_delayed__proba"]
+    assert s.sampled_current == 2000
+    raw["monitoring"] = {"per_column_method": {"temp": "no-such-test"}}
+    with pytest.raises(ConfigError, match=r"monitoring\.per_column_method"):
+        parse_config(raw)
+    raw["monitoring"] = {"per_column_method": {"nope": "ks"}}
+    with pytest.raises(ConfigError, match="names no feature or task"):
+        parse_config(raw)
+
+
+def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """The kfp pipeline a Kubeflow recurring run executes, here through kfp.local: it finds the
+    champion in the model store, scores the window's partition and writes report and summary."""
+    from kfp import local
+
+    from monitoring.pipeline import build_monitoring_pipeline
+
+    cfg, _ = model
+    month = flights_frame[flights_frame[cfg.data.time_column] >= "2013-06-01"]
+    # the partition as `mtlops data build` writes it: source columns, from which labels are derived
+    source = month.assign(arr_delay=month[label_column("arr_delayed")] * 30, dep_delay=month[label_column("dep_delay")],
+                          dep_time=month[label_column("cancelled")].map({0.0: 1.0, 1.0: None}).astype(float),
+                          air_time=month[label_column("air_time")])
+    write_partitions(source, cfg, partition_dir(cfg, tmp_path))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    pipeline = build_monitoring_pipeline(scheduled=False)
+    task = pipeline(config_yaml=config_to_yaml(cfg), window="2013-06", data_root=str(tmp_path),
+                    workspace=str(tmp_path / "ws"))
+    s = MonitorSummary.from_json(task.output)
+    assert s.window == "2013-06" and s.rows_current == len(month) and s.quality == {}
+    assert s.model_version.startswith("monitor-test:") and set(s.feature_scores) == set(cfg.features.names)
+    assert list((tmp_path / "ws").rglob("*.json"))  # the snapshot went into the workspace
+
+
+def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_frame: pd.DataFrame,
+                                                                 tmp_path: Path) -> None:
+    """`mtlops monitor --log DIR --labels-file F`: the served records of a month, their outcomes
+    joined by request id and record index; reference quality is the champion's stored test metrics."""
+    from typer.testing import CliRunner
+
+    from components.predictions import write_log_part
+    from pipelines.cli import app
+
+    cfg, onnx_dir = model
+    rows = window(flights_frame, cfg, "test")
+    logged = score_frame(OnnxModel(onnx_dir), rows, "served").assign(
+        request_id=[f"r{i // 100}" for i in range(len(rows))], record_index=[i % 100 for i in range(len(rows))],
+        timestamp=pd.Timestamp("2013-06-15", tz="UTC"))
+    write_log_part(logged, tmp_path / "log")
+    labels = logged[["request_id", "record_index"]].assign(
+        **{label_column(t.name): rows[label_column(t.name)].to_numpy() for t in cfg.tasks})
+    labels.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "labels.parquet")  # any order: joined by key
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    result = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "cfg.yaml"), "--window", "2013-06",
+                                      "--log", str(tmp_path / "log"), "--labels-file", str(tmp_path / "labels.parquet"),
+                                      "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws"), "--json"])
+    assert result.exit_code == 0, result.output
+    s = MonitorSummary.from_json(result.output)
+    assert s.rows_current == len(rows) and s.quality_reference == "model test metrics"
+    champion_test = registry.champion(cfg.registry.model_name).info.metadata["metrics"]["test"]  # type: ignore[union-attr]
+    for t in cfg.tasks:  # June is the model's test window: the log's quality equals its stored test metric
+        assert s.quality[t.name]["reference"] == pytest.approx(champion_test[t.name][t.metric])
+        assert s.quality[t.name]["current"] == pytest.approx(champion_test[t.name][t.metric], rel=1e-3)
+    bad = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "cfg.yaml"), "--window", "2013-06",
+                                   "--log", str(tmp_path / "log"), "--data"])
+    assert bad.exit_code == 2 and "exactly one of --log DIR or --data" in bad.output
+
+
+def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    from monitoring.pipeline import build_monitoring_pipeline
+
+    path = tmp_path / "monitoring.yaml"
+    compiler.Compiler().compile(build_monitoring_pipeline(image="registry.example/mtlops:1"), str(path))
+    text = path.read_text()
+    assert "{{$.pipeline_job_schedule_time_utc}}" in text and "registry.example/mtlops:1" in text
+    assert "monitor_window" in text  # the step calls the same function as `mtlops monitor`
+
+
+# --- the dashboard, in a real headless Chromium ------------------------------------------
+
+ARTIFACTS = Path(os.environ.get("MTLOPS_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+CHROMIUM_PACKAGES = ["chromium", "chromium-driver"]
+
+
+@pytest.fixture(scope="session")
+def chromedriver() -> str:
+    """Debian's chromium + chromium-driver, installed here when missing (CI machines are Debian,
+    root); skipped, saying why, only where installing is impossible."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip(f"needs Debian packages {CHROMIUM_PACKAGES}: not installed and not root with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES]):
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                pytest.skip(f"could not install {CHROMIUM_PACKAGES}: {' '.join(cmd)}: {done.stderr[-500:]}")
+    return shutil.which("chromedriver")  # type: ignore[return-value]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_frame: pd.DataFrame, chromedriver: str,
+                                                              tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitoring.dashboard import add_alert_marker, project
+
+    cfg, onnx_dir = model
+    ws = tmp_path / "workspace"
+    for name, month in (("validation", "2013-05"), ("test", "2013-06")):  # two monitor runs, labels known
+        rows = window(flights_frame, cfg, name)
+        run(model, scored(onnx_dir, rows, cfg), tmp_path / name, window=month, workspace=ws)
+    add_alert_marker(ws, cfg, "2013-06", "test alert")
+    _, proj = project(ws, cfg.registry.model_name)
+
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--workspace", str(ws),
+                               "--port", str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,3000"):
+        options.add_argument(arg)
+    driver = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "dashboard did not come up in 120 s"
+            time.sleep(0.5)
+        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        driver.get(f"http://127.0.0.1:{port}/projects/{proj.id}")
+        titles = ["Share of drifted features", "Drift score of the top features", "Drift of each task's predictions",
+                  *(f"Quality: {t.name} ({t.metric})" for t in cfg.tasks)]
+
+        def cards_with_points(d: webdriver.Chrome) -> dict[str, int]:
+            points = {}
+            for card in d.find_elements(By.CSS_SELECTOR, ".MuiCard-root"):
+                title = next((t for t in titles if t in card.text), None)
+                if title:
+                    marks = card.find_elements(By.CSS_SELECTOR, "circle.MuiMarkElement-root")
+                    points[title] = len({m.get_attribute("cx") for m in marks})  # distinct windows on the x axis
+            return points if len(points) == len(titles) and min(points.values()) >= 2 else {}
+
+        try:
+            points = WebDriverWait(driver, 90, poll_frequency=1).until(cards_with_points)
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+        assert set(points) == set(titles)  # every panel, with a point at each monitored window
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "Alerts" in body and "2013-05-01" in body and "2013-06-01" in body
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
