@@ -1,6 +1,6 @@
 """The monitor as a kfp component and a one-step pipeline, for a Kubeflow recurring run.
 
-    mtlops monitor-compile --out build/monitoring_pipeline.yaml
+    mtlops compile -p monitoring [--cluster infra/kfp/cluster.yaml]   # build/pipelines/monitoring_pipeline.yaml
     # then, on the cluster: kfp.Client().create_recurring_run(experiment_id, job_name="monitor",
     #   cron_expression="0 0 6 1 * *", pipeline_package_path="build/monitoring_pipeline.yaml",
     #   params={"config_yaml": ..., "data_root": "/data"})   # 06:00 on the 1st: last month
@@ -14,10 +14,13 @@ mounted, as the training steps do.
 
 # no `from __future__ import annotations`: kfp reads the annotations as types
 
-import os
+from typing import TYPE_CHECKING
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Metrics, Output
+
+if TYPE_CHECKING:
+    from pipelines.cluster import ClusterSettings
 
 PIPELINE_NAME = "mtlops-monitoring"
 
@@ -48,13 +51,16 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
     return summary.to_json()
 
 
-def build_monitoring_pipeline(image: str | None = None, scheduled: bool = True):  # type: ignore[no-untyped-def]
+def build_monitoring_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
+                              cluster: "ClusterSettings | None" = None, scheduled: bool = True):
     """`scheduled`: wire Kubeflow's schedule-time placeholder into the step (for a recurring run);
-    kfp.local cannot resolve it, so local runs pass False and name the window."""
-    from pipelines.training import DEFAULT_IMAGE
+    kfp.local cannot resolve it, so local runs pass False and name the window. With `cluster`,
+    the step carries the Kubernetes settings of pipelines/cluster.py (store, workspace, secrets)."""
+    from pipelines.cluster import apply_cluster_settings
+    from pipelines.training import component as make_component
+    from pipelines.training import images
 
-    component = dsl.component(monitor_op, base_image=image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE),
-                              install_kfp_package=False)
+    component = make_component(monitor_op, images(image, gpu_image)[0])
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Drift and quality of the champion on one window (Evidently).")
     def monitoring_pipeline(config_yaml: str, window: str = "", data_root: str = "", prediction_log: str = "",
@@ -64,6 +70,8 @@ def build_monitoring_pipeline(image: str | None = None, scheduled: bool = True):
                          data_root=data_root,
                          prediction_log=prediction_log, labels=labels, workspace=workspace)
         task.set_caching_options(False)  # the log and the champion change between runs with equal parameters
+        if cluster:
+            apply_cluster_settings(cluster, [task])
         return task.outputs["Output"]
 
     return monitoring_pipeline

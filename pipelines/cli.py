@@ -488,18 +488,5 @@ def dashboard(config: ConfigOpt = DEFAULT_CONFIG,
     serve_ui(workspace or Path(cfg.monitoring.workspace), host, port)
 
 
-@app.command("monitor-compile")
-def monitor_compile(out: Annotated[Path, typer.Option(help="IR YAML to write.")] = Path(
-        "build/monitoring_pipeline.yaml")) -> None:
-    """Compile the monitor pipeline to IR YAML, for a Kubeflow recurring run (see monitoring/README.md)."""
-    from kfp import compiler
-
-    from monitoring.pipeline import build_monitoring_pipeline
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_monitoring_pipeline(), package_path=str(out))
-    console.print(f"wrote {out}")
-
-
 if __name__ == "__main__":
     app()

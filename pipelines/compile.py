@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kfp import compiler
 
+from monitoring.pipeline import build_monitoring_pipeline
 from pipelines.cluster import ClusterSettings
 from pipelines.continual import build_pipeline as build_retraining_pipeline
 from pipelines.training import build_pipeline as build_training_pipeline
@@ -21,6 +22,7 @@ PipelineBuilder = Callable[..., object]
 PIPELINES: dict[str, PipelineBuilder] = {
     "training": build_training_pipeline,
     "retraining": build_retraining_pipeline,
+    "monitoring": build_monitoring_pipeline,
 }
 
 
