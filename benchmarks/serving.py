@@ -37,15 +37,15 @@ import numpy as np
 import pandas as pd
 import psutil
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from components import registry
-from components.config import ProjectConfig, config_to_yaml, parse_config
+from components.config import ProjectConfig, config_to_yaml, load_config
 from components.data import load_source, sample_rows, select_window, with_labels
 from components.export import export_onnx
 from components.inference import ONNX_FILE, onnx_session
+from components.stl import single_task_config
 from components.train import load_trained, to_tensors, train
 from serving.client import to_records
 from serving.launch import ServerProcess
@@ -70,14 +70,12 @@ class Cell:
     p99_ms: float
 
 
-def flights_config(tasks: list[str] | None, name: str) -> ProjectConfig:
-    raw = yaml.safe_load((ROOT / "configs" / "flights.yaml").read_text())
-    if tasks:
-        raw["tasks"] = [{**t, "primary": True} for t in raw["tasks"] if t["name"] in tasks]
-        raw.pop("alerts", None)  # the policy names tasks a single-task model does not have
-    raw["training"].update(epochs=1, threads=2)
-    raw["registry"]["model_name"] = name
-    return parse_config(raw, f"<benchmark {name}>")
+def flights_config(task: str | None, name: str) -> ProjectConfig:
+    """The reference config (all heads) or its single-task version, trained for one epoch."""
+    cfg = load_config(ROOT / "configs" / "flights.yaml")
+    cfg = single_task_config(cfg, task) if task else cfg
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1, "threads": 2}),
+                                  "registry": cfg.registry.model_copy(update={"model_name": name})})
 
 
 def build_model(cfg: ProjectConfig, frame: pd.DataFrame, work: Path) -> Path:
@@ -231,7 +229,7 @@ def main() -> None:
     console.print(f"training 1 multi-head + {len(tasks)} single-task models (1 epoch each) ...")
     multi_dir = build_model(multi_cfg, df, work)
     for t in tasks:
-        build_model(flights_config([t], f"bench-single-{t.replace('_', '-')}"), df, work)
+        build_model(flights_config(t, f"bench-single-{t.replace('_', '-')}"), df, work)
     test = select_window(df, multi_cfg.data.time_column, "2013-06-01", "2013-07-01").reset_index(drop=True)
 
     cells, rss = [], {}

@@ -18,6 +18,10 @@ def single_task_config(cfg: ProjectConfig, task: str) -> ProjectConfig:
         raise ValueError(f"unknown task '{task}' (known: {[t.name for t in cfg.tasks]})")
     raw["training"]["strategy"] = {"name": "ew"}
     raw["training"].pop("mt2st", None)
+    raw.pop("alerts", None)  # the policy may name the other tasks
+    keep = {*cfg.features.names, task}
+    for key in ("per_column_method", "per_column_threshold"):
+        raw["monitoring"][key] = {k: v for k, v in raw["monitoring"][key].items() if k in keep}
     return parse_config(raw, f"<single-task {task}>")
 
 
