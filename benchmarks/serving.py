@@ -138,8 +138,8 @@ def tree_rss_mib(pid: int) -> float:
 
 def run_setup(label: str, configs: list[Path], frame: pd.DataFrame, cfg: ProjectConfig, work: Path,
               seconds: float, max_requests: int) -> tuple[list[Cell], float]:
-    servers = [ServerProcess(c, work / f"{c.stem}.out", env={"MTLOPS_ORT_THREADS": "1"},
-                             max_rows=max(BATCHES)) for c in configs]
+    servers = [ServerProcess(c, work / f"{c.stem}.out", env={"MTLOPS_ORT_THREADS": "1"}, max_rows=max(BATCHES),
+                             prediction_log=work / f"{c.stem}-predictions") for c in configs]
     try:
         for s in servers:
             s.wait_ready()
