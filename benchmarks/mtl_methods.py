@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import shlex
@@ -65,6 +66,27 @@ class MethodSummary:
     def std(self, task: str) -> float:
         values = [r.metrics[task] for r in self.runs]
         return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+class RunJournal:
+    """Finished runs, one JSON line each, so a long benchmark that is stopped resumes where it was: a rerun with the
+    same settings skips the (method, seed) pairs already in the journal. Lines from other settings are ignored."""
+
+    def __init__(self, path: Path, settings: dict[str, object]) -> None:
+        self.path, self.settings = path, settings
+        self.done: dict[tuple[str, int], RunResult] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row["settings"] == settings:
+                    self.done[(row["method"], row["seed"])] = RunResult(row["metrics"], row["wall_s"], row["flops"])
+
+    def record(self, method: str, seed: int, result: RunResult) -> None:
+        self.done[(method, seed)] = result
+        row = {"settings": self.settings, "method": method, "seed": seed, "metrics": result.metrics,
+               "wall_s": result.wall_s, "flops": result.flops}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def with_training(cfg: ProjectConfig, model: dict | None = None, **training: object) -> ProjectConfig:
@@ -226,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pbt-population", type=int, default=4, help="PBT members (Q = N/4, E = 1 epoch)")
     parser.add_argument("--only", nargs="*", default=None, help="method names to run (STL always runs)")
     parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/...)")
+    parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
+    parser.add_argument("--fresh", action="store_true", help="ignore the run journal (<out>.runs.jsonl) and rerun all")
     args = parser.parse_args(argv)
 
     from components.config import load_config
@@ -237,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     # every method starts from plain EW, whatever the config's own default strategy is
     cfg = with_training(base, epochs=epochs, threads=args.threads, strategy={"name": "ew"}, mt2st=None,
-                        rep_mtl=None, device="cpu")
+                        rep_mtl=None, device=args.device)
 
     df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
     w = cfg.data.windows
@@ -260,10 +284,17 @@ def main(argv: list[str] | None = None) -> None:
         runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
                                                               rounds=150 if args.quick else 2000)
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+    journal_path = out.parent / f"{out.name}.runs.jsonl"
+    if args.fresh:
+        journal_path.unlink(missing_ok=True)
+    journal = RunJournal(journal_path, {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
+                                        "pbt_population": args.pbt_population, "device": args.device})
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
                   f"{epochs} epochs, {args.seeds} seeds, {len(runners)} methods")
     summaries: list[MethodSummary] = []
+    resumed = sum((name, seed) in journal.done for name in runners for seed in range(args.seeds))
     t0 = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console) as bar, tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
@@ -272,22 +303,26 @@ def main(argv: list[str] | None = None) -> None:
             summary = MethodSummary(name)
             for seed in range(args.seeds):
                 bar.update(job, description=f"{name} seed {seed}")
-                summary.runs.append(runner(seed, Path(tmp) / f"{name}-{seed}"))
+                if (name, seed) not in journal.done:
+                    journal.record(name, seed, runner(seed, Path(tmp) / f"{name}-{seed}"))
+                summary.runs.append(journal.done[(name, seed)])
                 bar.advance(job)
             summaries.append(summary)
     total = time.perf_counter() - t0
 
     command = "python benchmarks/mtl_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    accelerator = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else "CPU"
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores (torch threads {args.threads}), "
-               f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}, CPU")
+               f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}, "
+               f"{accelerator}")
     header = (f"# MTL methods on `{Path(args.config).name}`\n\n"
               f"Command: `{command.strip()}`  \nMachine: {machine}  \n"
               f"Data: {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} validation / "
               f"{len(test_df):,} test rows (time windows of the config), {epochs} epochs max, early stopping on "
               f"the primary validation metric, seeds 0..{args.seeds - 1}. Test metrics are mean ± std over seeds. "
-              f"Whole benchmark: {total / 60:.1f} min.")
+              f"Whole benchmark: {total / 60:.1f} min"
+              + (f" ({resumed} runs taken from the journal `{journal_path.name}`)." if resumed else "."))
     text = markdown(cfg, summaries, header)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
     plot(cfg, summaries, out.with_suffix(".png"), f"{cfg.data.name}: {cfg.primary_task.name} vs training compute")
     print(text)
