@@ -248,10 +248,12 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             for s in range(steps):
                 idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size][rank::world]
                 counter = FlopCounterMode(display=False) if phase not in flops_per_sample else None
+                # the counted step runs eagerly: dynamo meeting the counter's dispatch mode would skip the model
+                # for good, and FLOPs are counted on the eager ops anyway
                 with counter or contextlib.nullcontext():
-                    losses = train_step(step_model, strategy, optimizer, train_t, idx, task_specs, autocast,
-                                        active=active, scale=schedule.loss_weights(epoch + s / steps),
-                                        rep_mtl=tc.rep_mtl, step=epoch * steps + s, world=world)
+                    losses = train_step(step_model if counter is None else model, strategy, optimizer, train_t, idx,
+                                        task_specs, autocast, active=active, rep_mtl=tc.rep_mtl, world=world,
+                                        scale=schedule.loss_weights(epoch + s / steps), step=epoch * steps + s)
                 if counter is not None:
                     flops_per_sample[phase] = counter.get_total_flops() / len(idx)
                 train_flops += flops_per_sample[phase] * len(idx)
