@@ -116,6 +116,19 @@ def methods(cfg: ProjectConfig) -> dict[str, dict]:
     }
 
 
+def mt2st_sweep(cfg: ProjectConfig) -> dict[str, dict]:
+    """More MT2ST settings (`--mt2st-sweep`): slower and faster decay, a late decay (ν = 2), a later fixed switch
+    and the plateau-triggered switch, so "MT2ST does not win here" is not one setting's verdict."""
+    late = max(1, cfg.training.epochs * 3 // 4)
+    return {
+        "MT2ST-Diminish η=0.1": {"mt2st": {"diminish": {"eta": 0.1}}},
+        "MT2ST-Diminish η=1": {"mt2st": {"diminish": {"eta": 1.0}}},
+        "MT2ST-Diminish η=0.05 ν=2": {"mt2st": {"diminish": {"eta": 0.05, "nu": 2.0}}},
+        f"MT2ST-Switch T={late}": {"mt2st": {"switch": {"epoch": late}}},
+        "MT2ST-Switch plateau": {"mt2st": {"switch": {"patience": 1, "min_epoch": 3}}},
+    }
+
+
 def test_metrics(model_dir: Path, cfg: ProjectConfig, test_df: pd.DataFrame) -> dict[str, float]:
     model, spec, _ = load_trained(model_dir)
     scores = evaluate_tensors(model, to_tensors(test_df, spec), spec.targets)
@@ -248,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pbt-population", type=int, default=4, help="PBT members (Q = N/4, E = 1 epoch)")
     parser.add_argument("--only", nargs="*", default=None, help="method names to run (STL always runs)")
     parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/...)")
+    parser.add_argument("--mt2st-sweep", action="store_true", help="also run more MT2ST settings (see mt2st_sweep)")
     parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
     parser.add_argument("--fresh", action="store_true", help="ignore the run journal (<out>.runs.jsonl) and rerun all")
     args = parser.parse_args(argv)
@@ -268,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     train_df, val_df, test_df = (select_window(df, cfg.data.time_column, x.start, x.end)
                                  for x in (w.train, w.validation, w.test))
 
-    table = methods(cfg)
+    table = methods(cfg) | (mt2st_sweep(cfg) if args.mt2st_sweep else {})
     chosen = [m for m in table if args.only is None or m in args.only]
     runners: dict[str, Callable[[int, Path], RunResult]] = {
         "STL": lambda seed, work: run_stl(with_training(cfg, seed=seed), train_df, val_df, test_df, work)}
