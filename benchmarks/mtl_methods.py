@@ -223,28 +223,52 @@ def markdown(cfg: ProjectConfig, summaries: list[MethodSummary], header: str) ->
 
 
 def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: str) -> None:
+    """Left: methods ranked by the primary test metric (± std over seeds), with their training GFLOPs.
+    Right: the same metric against training FLOPs; methods that train alike share a FLOPs value, so the points
+    are told apart by marker and legend rather than by labels that would overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     primary = cfg.primary_task
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for s in summaries:
+    sign = -1 if primary.metric in ("mae", "rmse", "log_loss") else 1
+    ranked = sorted(summaries, key=lambda s: sign * s.mean(primary.name))
+    ylabel = f"{primary.name} test {primary.metric} (mean ± std over seeds)"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(summaries) + 3),
+                                      gridspec_kw={"width_ratios": [1, 1.25]})
+    stl = next(s for s in summaries if s.name == "STL")
+    for row, s in enumerate(ranked):
         flops = [r.flops for r in s.runs if r.flops is not None]
+        label = f"{s.name} ({statistics.fmean(flops) / 1e9:,.0f} GFLOPs)" if flops else f"{s.name} (FLOPs n/a)"
+        left.errorbar(s.mean(primary.name), row, xerr=s.std(primary.name), fmt="o", capsize=3,
+                      color="tab:red" if s.name == "STL" else "tab:blue")
+        left.annotate(label, (s.mean(primary.name), row), textcoords="offset points", xytext=(0, 6), fontsize=7,
+                      ha="center")
+    left.axvline(stl.mean(primary.name), linestyle=":", color="tab:red", linewidth=1)
+    left.set_yticks([])
+    left.set_ylim(-0.7, len(ranked) - 0.3)
+    left.set_xlabel(ylabel)
+    left.set_title("ranked (red: STL)", fontsize=9)
+    left.grid(axis="x", alpha=0.3)
+
+    markers = "osD^v<>pPhX*"
+    for k, s in enumerate(summaries):
+        flops = [r.flops for r in s.runs if r.flops is not None]
+        style = {"color": plt.cm.tab20(k % 20), "marker": markers[k % len(markers)]}
         if flops:
-            x = statistics.fmean(flops)
-            ax.errorbar(x, s.mean(primary.name), yerr=s.std(primary.name), fmt="o", capsize=3)
-            ax.annotate(s.name, (x, s.mean(primary.name)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            right.errorbar(statistics.fmean(flops), s.mean(primary.name), yerr=s.std(primary.name), capsize=3,
+                           linestyle="none", label=s.name, **style)
         else:
-            ax.axhline(s.mean(primary.name), linestyle="--", color="grey", linewidth=1)
-            ax.annotate(f"{s.name} (FLOPs not comparable)", (0.01, s.mean(primary.name)),
-                        xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(0, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (counted, log scale)")
-    ax.set_ylabel(f"{primary.name} test {primary.metric} (mean ± std over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
+            right.axhline(s.mean(primary.name), linestyle="--", color="grey", linewidth=1,
+                          label=f"{s.name} (FLOPs not comparable)")
+    right.set_xscale("log")
+    right.set_xlabel("training FLOPs (counted, log scale)")
+    right.set_ylabel(ylabel)
+    right.set_title("against training compute", fontsize=9)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
