@@ -67,6 +67,11 @@ class MethodSummary:
         values = [r.metrics[task] for r in self.runs]
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
+    def flops(self) -> float | None:
+        """Mean training FLOPs over the seeds; None where they are not counted."""
+        counted = [r.flops for r in self.runs if r.flops is not None]
+        return statistics.fmean(counted) if counted else None
+
 
 class RunJournal:
     """Finished runs, one JSON line each, so a long benchmark that is stopped resumes where it was: a rerun with the
@@ -216,8 +221,8 @@ def markdown(cfg: ProjectConfig, summaries: list[MethodSummary], header: str) ->
     for s in summaries:
         cells = [f"{s.mean(t.name):.4f} ± {s.std(t.name):.4f}" for t in tasks]
         wall = statistics.fmean(r.wall_s for r in s.runs)
-        flops = [r.flops for r in s.runs if r.flops is not None]
-        gflops = f"{statistics.fmean(flops) / 1e9:,.0f}" if flops else "n/a"
+        flops = s.flops()
+        gflops = f"{flops / 1e9:,.0f}" if flops is not None else "n/a"
         lines.append(f"| {s.name} | " + " | ".join(cells) + f" | {delta_m(cfg, s, stl):+.2f} | {wall:.1f} | {gflops} |")
     return "\n".join(lines) + "\n"
 
@@ -239,8 +244,8 @@ def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: 
                                       gridspec_kw={"width_ratios": [1, 1.25]})
     stl = next(s for s in summaries if s.name == "STL")
     for row, s in enumerate(ranked):
-        flops = [r.flops for r in s.runs if r.flops is not None]
-        label = f"{s.name} ({statistics.fmean(flops) / 1e9:,.0f} GFLOPs)" if flops else f"{s.name} (FLOPs n/a)"
+        flops = s.flops()
+        label = f"{s.name} ({flops / 1e9:,.0f} GFLOPs)" if flops is not None else f"{s.name} (FLOPs n/a)"
         left.errorbar(s.mean(primary.name), row, xerr=s.std(primary.name), fmt="o", capsize=3,
                       color="tab:red" if s.name == "STL" else "tab:blue")
         left.annotate(label, (s.mean(primary.name), row), textcoords="offset points", xytext=(0, 6), fontsize=7,
@@ -254,10 +259,10 @@ def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: 
 
     markers = "osD^v<>pPhX*"
     for k, s in enumerate(summaries):
-        flops = [r.flops for r in s.runs if r.flops is not None]
+        flops = s.flops()
         style = {"color": plt.cm.tab20(k % 20), "marker": markers[k % len(markers)]}
-        if flops:
-            right.errorbar(statistics.fmean(flops), s.mean(primary.name), yerr=s.std(primary.name), capsize=3,
+        if flops is not None:
+            right.errorbar(flops, s.mean(primary.name), yerr=s.std(primary.name), capsize=3,
                            linestyle="none", label=s.name, **style)
         else:
             right.axhline(s.mean(primary.name), linestyle="--", color="grey", linewidth=1,
