@@ -323,16 +323,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.only is None or "PBT-weights" in args.only:
         runners["PBT-weights"] = lambda seed, work: run_pbt(with_training(cfg, seed=seed), train_df, val_df,
                                                             test_df, population=args.pbt_population)
+    lgbm_rounds = 150 if args.quick else 2000
     if args.only is None or "LightGBM" in args.only:
         runners["LightGBM"] = lambda seed, work: run_lightgbm(cfg, train_df, val_df, test_df, seed, args.threads,
-                                                              rounds=150 if args.quick else 2000)
+                                                              rounds=lgbm_rounds)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     journal_path = out.parent / f"{out.name}.runs.jsonl"
     if args.fresh:
         journal_path.unlink(missing_ok=True)
     journal = RunJournal(journal_path, {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
-                                        "pbt_population": args.pbt_population, "device": args.device})
+                                        "pbt_population": args.pbt_population, "lightgbm_rounds": lgbm_rounds,
+                                        "device": args.device})
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
                   f"{epochs} epochs, {args.seeds} seeds, {len(runners)} methods")
