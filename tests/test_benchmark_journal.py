@@ -1,0 +1,39 @@
+"""The MTL benchmark's run journal: a stopped run resumes, and runs from other settings are never reused."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("mtl_methods", ROOT / "benchmarks" / "mtl_methods.py")
+mtl_methods = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+sys.modules["mtl_methods"] = mtl_methods  # its dataclasses resolve their annotations through it
+_spec.loader.exec_module(mtl_methods)  # type: ignore[union-attr]
+
+FULL = {"config": "flights.yaml", "fraction": 1.0, "epochs": 8, "lightgbm_rounds": 2000}
+
+
+def test_journal_resumes_finished_runs_and_ignores_other_settings(tmp_path: Path) -> None:
+    path = tmp_path / "bench.runs.jsonl"
+    first = mtl_methods.RunJournal(path, FULL)
+    first.record("EW", 0, mtl_methods.RunResult({"arr_delayed": 0.72}, 15.0, 3.3e11))
+    first.record("LightGBM", 0, mtl_methods.RunResult({"arr_delayed": 0.71}, 13.0, None))
+
+    again = mtl_methods.RunJournal(path, dict(FULL))
+    assert set(again.done) == {("EW", 0), ("LightGBM", 0)}
+    assert again.done[("EW", 0)] == mtl_methods.RunResult({"arr_delayed": 0.72}, 15.0, 3.3e11)
+    assert again.done[("LightGBM", 0)].flops is None
+
+    quick = mtl_methods.RunJournal(path, FULL | {"lightgbm_rounds": 150})
+    assert quick.done == {}
+    quick.record("EW", 0, mtl_methods.RunResult({"arr_delayed": 0.66}, 1.0, 1.3e10))
+    assert mtl_methods.RunJournal(path, FULL).done[("EW", 0)].metrics == {"arr_delayed": 0.72}
+
+
+def test_method_summary_flops_is_the_seed_mean_or_none() -> None:
+    nets = mtl_methods.MethodSummary("EW", [mtl_methods.RunResult({}, 1.0, 2e9), mtl_methods.RunResult({}, 1.0, 4e9)])
+    assert nets.flops() == 3e9
+    assert mtl_methods.MethodSummary("LightGBM", [mtl_methods.RunResult({}, 1.0, None)]).flops() is None
