@@ -1,4 +1,5 @@
-"""Model architectures: one class each, one registry line each. All take (FeatureSpec, ModelSpec), expose
+"""Model architectures: one class each, one registry line each (and the name in
+`components.plugin_names.ARCHITECTURE_NAMES`, what config validation accepts). All take (FeatureSpec, ModelSpec), expose
 `task_names`, and compute `forward(numeric, categorical, tasks=None)` for the requested heads only. Optional
 hooks the trainer uses: `penalty(tasks)` (added to the loss) and `alternating_groups()` (parameter groups
 updated in turn, one per step)."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+
 TaskType = Literal["binary", "multiclass", "regression"]
 
 # Metric name -> (task types it applies to, higher is better).
@@ -245,9 +247,9 @@ class TaskSpec(Strict):
 # --- model and training ------------------------------------------------------
 
 
-def _registered(kind: str, name: str, registry: dict[str, Any]) -> str:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} '{name}' (known: {sorted(registry)})")
+def _registered(kind: str, name: str, known: tuple[str, ...]) -> str:
+    if name not in known:
+        raise ValueError(f"unknown {kind} '{name}' (known: {sorted(known)})")
     return name
 
 
@@ -275,9 +277,7 @@ class ModelSpec(Strict):
     @field_validator("architecture")
     @classmethod
     def _known_architecture(cls, v: str) -> str:
-        from components.architectures import ARCHITECTURES  # lazy: torch is only needed once a config names one
-
-        return _registered("architecture", v, ARCHITECTURES)
+        return _registered("architecture", v, ARCHITECTURE_NAMES)
 
 
 class StrategySpec(Strict):
@@ -292,9 +292,7 @@ class StrategySpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from components.strategies import STRATEGIES  # lazy: torch is only needed once a config names one
-
-        return _registered("strategy", v, STRATEGIES)
+        return _registered("strategy", v, STRATEGY_NAMES)
 
     @model_validator(mode="after")
     def _weights(self) -> StrategySpec:
@@ -517,8 +515,9 @@ class ProjectConfig(Strict):
         return next(t for t in self.tasks if t.name == name)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def format_errors(err: ValidationError, source: str, what: str = "config") -> str:
+    """One line per failed field, named by its path (`tasks[1].type: ...`), under `invalid <what> <source>:`."""
+    lines = [f"invalid {what} {source}:"]
     for e in err.errors():
         path = ""
         for part in e["loc"]:
@@ -536,7 +535,7 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
     try:
         return ProjectConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source)) from None
 
 
 def config_from_yaml(text: str, source: str = "<yaml>") -> ProjectConfig:

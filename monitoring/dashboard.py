@@ -24,12 +24,10 @@ from evidently.ui.workspace import Project, Workspace
 from components.config import ProjectConfig
 from components.features import TargetSpec
 from components.predictions import monitored_column
-from monitoring.drift import window_start
+from monitoring.summary import MonitorSummary, window_start
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
-
-    from monitoring.drift import MonitorSummary
 
 TOP_FEATURES = 5
 DRIFT_TAB, QUALITY_TAB = "Drift", "Quality and alerts"

@@ -19,10 +19,7 @@ HTML, and added to the model's project in an Evidently Workspace when one is giv
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,40 +35,12 @@ from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import relative_change, task_metrics
 from components.predictions import monitored_column
+from monitoring.dashboard import add_snapshot
+from monitoring.summary import MonitorSummary, window_start
 
 DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
 SNAPSHOT_JSON, SNAPSHOT_HTML, SUMMARY_JSON = "snapshot.json", "report.html", "summary.json"
 OTHER = "(other)"  # categorical values outside the reference's top values
-
-
-@dataclass
-class MonitorSummary:
-    model_version: str
-    window: str  # a label, e.g. "2013-07"
-    rows_reference: int  # before sampling
-    rows_current: int
-    sampled_reference: int  # after sampling
-    sampled_current: int
-    drift_share: float  # share of features drifted (Evidently's dataset drift)
-    dataset_drift: bool  # drift_share >= monitoring.drift_share
-    drifted_features: list[str]
-    feature_scores: dict[str, float]  # Evidently's drift score per feature (p-value or distance, see methods)
-    drifted_predictions: list[str]  # tasks whose monitored prediction column drifted
-    prediction_scores: dict[str, float]  # task -> drift score of its monitored column
-    quality: dict[str, dict[str, Any]]  # task -> metric, reference, current, relative_change (+ = better), rows
-    snapshot_json: str
-    snapshot_html: str
-    methods: dict[str, str] = field(default_factory=dict)  # column -> drift method (and threshold)
-    quality_reference: str = "reference sample"  # where the reference quality comes from
-    timestamp: str = ""  # the window's start (the snapshot's time on the dashboard)
-    snapshot_id: str | None = None  # in the Workspace, when one was given
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, allow_nan=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> MonitorSummary:
-        return cls(**json.loads(text))
 
 
 # --- per-task quality ------------------------------------------------------------
@@ -146,15 +115,6 @@ def sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
     if len(frame) <= size:
         return frame.reset_index(drop=True)
     return frame.sample(n=size, random_state=seed).reset_index(drop=True)
-
-
-def window_start(window: str) -> datetime:
-    """The window label's start ("2013-07" -> 2013-07-01) for the dashboard's time axis; now if
-    the label is no date."""
-    try:
-        return pd.Period(window).start_time.to_pydatetime()
-    except ValueError:
-        return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _columns(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, str]:
@@ -306,8 +266,6 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         timestamp=when.isoformat(),
     )
     if workspace is not None:
-        from monitoring.dashboard import add_snapshot
-
         summary.snapshot_id = add_snapshot(Path(workspace), cfg, snapshot, summary)
     (out_dir / SUMMARY_JSON).write_text(summary.to_json())
     return summary

@@ -19,7 +19,8 @@ from components.config import ProjectConfig
 from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
-from monitoring.drift import MonitorSummary, monitor
+from monitoring.drift import monitor
+from monitoring.summary import MonitorSummary
 
 LOG_KEYS = ["request_id", "record_index"]
 

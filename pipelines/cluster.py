@@ -18,7 +18,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from pydantic import Field, ValidationError
 
-from components.config import ConfigError, Strict, _format_errors
+from components.config import ConfigError, Strict, format_errors
 
 DEFAULT_CLUSTER_SETTINGS = Path("infra/kfp/cluster.yaml")
 
@@ -77,8 +77,7 @@ def load_cluster_settings(path: Path = DEFAULT_CLUSTER_SETTINGS) -> ClusterSetti
     try:
         return ClusterSettings.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, str(path)).replace("invalid config", "invalid cluster settings")) \
-            from None
+        raise ConfigError(format_errors(err, str(path), "cluster settings")) from None
 
 
 def requests_gpu(task: PipelineTask) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from kfp import compiler
 
-from monitoring.pipeline import build_monitoring_pipeline
 from pipelines.cluster import ClusterSettings
 from pipelines.continual import build_pipeline as build_retraining_pipeline
+from pipelines.monitoring import build_monitoring_pipeline
 from pipelines.training import build_pipeline as build_training_pipeline
 
 PipelineBuilder = Callable[..., object]

@@ -38,6 +38,8 @@ def _broken(mutate) -> str:  # type: ignore[no-untyped-def]
         (lambda r: r["features"]["categorical"][0].update(min_frequency=0), "features.categorical[0].min_frequency",
          "greater than or equal to 1"),
         (lambda r: r["training"].update(strategy={"name": "magic"}), "training.strategy.name", "unknown strategy"),
+        (lambda r: r.setdefault("model", {}).update(architecture="resnet"), "model.architecture",
+         "unknown architecture"),
         (lambda r: r["training"].update(strategy={"name": "static", "weights": {"arr_delayed": 0}}),
          "training.strategy", "positive sum"),
         (lambda r: r["training"].update(strategy={"name": "static", "weights": {"arr_delayed": -1}}),
@@ -65,3 +67,13 @@ def test_not_yaml_and_not_a_mapping() -> None:
 def test_static_weights_for_unknown_task() -> None:
     message = _broken(lambda r: r["training"].update(strategy={"name": "static", "weights": {"nope": 1}}))
     assert "unknown tasks: ['nope']" in message
+
+
+def test_config_knows_exactly_the_registered_strategies_and_architectures() -> None:
+    """Validation reads torch-free name lists; they must name what the registries build."""
+    from components.architectures import ARCHITECTURES
+    from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+    from components.strategies import STRATEGIES
+
+    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
+    assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES)

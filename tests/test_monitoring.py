@@ -25,7 +25,8 @@ from components.export import export_onnx
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame, write_reference
 from components.train import train
-from monitoring.drift import MonitorSummary, monitor
+from monitoring.drift import monitor
+from monitoring.summary import MonitorSummary
 from tests.conftest import FLIGHTS, config_with, raw_config, window
 
 MAX_FALSE_ALARMS = 1  # of 20 features; Evidently's distance tests at 0.1 expect none on same-period data
@@ -135,7 +136,7 @@ def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame,
     champion in the model store, scores the window's partition and writes report and summary."""
     from kfp import local
 
-    from monitoring.pipeline import build_monitoring_pipeline
+    from pipelines.monitoring import build_monitoring_pipeline
 
     cfg, _ = model
     month = flights_frame[flights_frame[cfg.data.time_column] >= "2013-06-01"]
@@ -192,7 +193,7 @@ def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_
 def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
     from kfp import compiler
 
-    from monitoring.pipeline import build_monitoring_pipeline
+    from pipelines.monitoring import build_monitoring_pipeline
 
     path = tmp_path / "monitoring.yaml"
     compiler.Compiler().compile(build_monitoring_pipeline(image="registry.example/mtlops:1"), str(path))

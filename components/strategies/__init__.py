@@ -1,4 +1,5 @@
-"""Loss-weighting strategies: one class per file, one registry line each."""
+"""Loss-weighting strategies: one class per file, one registry line each, and the name in
+`components.plugin_names.STRATEGY_NAMES` (what config validation accepts)."""
 
 from __future__ import annotations
 

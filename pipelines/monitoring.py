@@ -2,7 +2,7 @@
 
     mtlops compile -p monitoring [--cluster infra/kfp/cluster.yaml]   # build/pipelines/monitoring_pipeline.yaml
     # then, on the cluster: kfp.Client().create_recurring_run(experiment_id, job_name="monitor",
-    #   cron_expression="0 0 6 1 * *", pipeline_package_path="build/monitoring_pipeline.yaml",
+    #   cron_expression="0 0 6 1 * *", pipeline_package_path="build/pipelines/monitoring_pipeline.yaml",
     #   params={"config_yaml": ..., "data_root": "/data"})   # 06:00 on the 1st: last month
 
 With `window` empty the step monitors the calendar month before the run's scheduled time
@@ -14,13 +14,12 @@ mounted, as the training steps do.
 
 # no `from __future__ import annotations`: kfp reads the annotations as types
 
-from typing import TYPE_CHECKING
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Metrics, Output
 
-if TYPE_CHECKING:
-    from pipelines.cluster import ClusterSettings
+from pipelines.cluster import ClusterSettings, apply_cluster_settings
+from pipelines.training import component as make_component
+from pipelines.training import images
 
 PIPELINE_NAME = "mtlops-monitoring"
 
@@ -52,14 +51,10 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
 
 
 def build_monitoring_pipeline(image: str | None = None, gpu_image: str | None = None,  # type: ignore[no-untyped-def]
-                              cluster: "ClusterSettings | None" = None, scheduled: bool = True):
+                              cluster: ClusterSettings | None = None, scheduled: bool = True):
     """`scheduled`: wire Kubeflow's schedule-time placeholder into the step (for a recurring run);
     kfp.local cannot resolve it, so local runs pass False and name the window. With `cluster`,
     the step carries the Kubernetes settings of pipelines/cluster.py (store, workspace, secrets)."""
-    from pipelines.cluster import apply_cluster_settings
-    from pipelines.training import component as make_component
-    from pipelines.training import images
-
     component = make_component(monitor_op, images(image, gpu_image)[0])
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Drift and quality of the champion on one window (Evidently).")
