@@ -2,7 +2,7 @@
 
 For each method and seed it trains on the config's train window (early stopping on the validation window) and
 scores every task on the held-out, later test window. It reports per-task test metrics as mean ± std over the
-seeds, Δm% against single-task learning (PAPERS.md: the mean over tasks of the relative change of each task's
+seeds, Δm% against single-task learning (docs/methods.md: the mean over tasks of the relative change of each task's
 metric, sign-corrected so positive is better), the training wall time and the training FLOPs counted by the
 trainer (`torch.utils.flop_counter.FlopCounterMode` on one step per phase, times the samples trained). A LightGBM
 model per task is the tabular practitioner's alternative (its FLOPs are not comparable and are not counted).
@@ -207,7 +207,7 @@ def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
 
 
 def delta_m(cfg: ProjectConfig, summary: MethodSummary, stl: MethodSummary) -> float:
-    """Δm% (PAPERS.md) on the seed means: mean over tasks of the sign-corrected relative change vs STL."""
+    """Δm% (docs/methods.md) on the seed means: mean over tasks of the sign-corrected relative change vs STL."""
     return 100 * statistics.fmean(relative_change(t.metric, summary.mean(t.name), stl.mean(t.name))  # type: ignore[arg-type]
                                   for t in cfg.tasks)
 

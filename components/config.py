@@ -337,7 +337,7 @@ class SwitchSpec(Strict):
 
 
 class Mt2stSpec(Strict):
-    """Multi-task first, single-task last (PAPERS.md §1); on top of any strategy."""
+    """Multi-task first, single-task last (docs/methods.md, "MT2ST"); on top of any strategy."""
 
     diminish: DiminishSpec | None = None
     switch: SwitchSpec | None = None
@@ -350,7 +350,7 @@ class Mt2stSpec(Strict):
 
 
 class RepMtlSpec(Strict):
-    """Rep-MTL regulariser (PAPERS.md §4) on the shared representation, added to any strategy's objective.
+    """Rep-MTL regulariser (docs/methods.md, "Rep-MTL") on the shared representation, added to any strategy's objective.
     CSA contrasts the saliencies of the first `csa_samples` rows of each batch (its cost is quadratic in them)."""
 
     lambda_tsr: float = Field(1.0, ge=0)

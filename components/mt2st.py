@@ -1,4 +1,4 @@
-"""MT2ST (PAPERS.md §1): multi-task first, single-task last, on top of any weighting strategy.
+"""MT2ST (docs/methods.md): multi-task first, single-task last, on top of any weighting strategy.
 
     L(t) = L₀ + Σ_k γ_k(t)·L_k
 

@@ -1,4 +1,4 @@
-"""Rep-MTL (PAPERS.md §4): regularise the shared representation Z through the tasks' saliencies S_t = ∂L_t/∂Z.
+"""Rep-MTL (docs/methods.md): regularise the shared representation Z through the tasks' saliencies S_t = ∂L_t/∂Z.
 
 Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk) or [B, D] (an MLP trunk: each
 unit is a position with one channel). The saliencies are computed with `create_graph=True`, so the regulariser's

@@ -1,4 +1,4 @@
-"""Task-shared + task-specific encoders (PAPERS.md §3, after Sui et al., arXiv 2505.24281).
+"""Task-shared + task-specific encoders (docs/methods.md, after Sui et al., arXiv 2505.24281).
 
 Task t predicts from [E_s(x), E_t(x)]. Its head's first-layer weights over the shared factors are its
 coefficients β_t. Product choice (the paper's exact regulariser is not public): the penalty

@@ -1,4 +1,4 @@
-"""Searching static task weights (PAPERS.md §2, Royer et al. 2023): scalarization with well-chosen weights is a
+"""Searching static task weights (docs/methods.md, after Royer et al. 2023): scalarization with well-chosen weights is a
 strong baseline, and good weights transfer across model sizes of one family.
 
 - `sweep_static_weights`: random points of the simplex, each trained on a small model; the best (by the primary

@@ -1,4 +1,4 @@
-"""Population-Based Training of the task weights as a Kubeflow pipeline (PAPERS.md §2).
+"""Population-Based Training of the task weights as a Kubeflow pipeline (docs/methods.md).
 
 Each round fans the members out with `dsl.ParallelFor` (one pod per member on a cluster, GPU-capable image),
 then one step exploits/explores over the collected member states and writes the next population. Rounds are

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,10 @@ def test_config_knows_exactly_the_registered_strategies_and_architectures() -> N
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
     assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES)
+
+
+def test_the_method_docs_cover_every_strategy_and_architecture() -> None:
+    from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert [n for n in (*STRATEGY_NAMES, *ARCHITECTURE_NAMES) if f"`{n}`" not in text] == []
