@@ -34,10 +34,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from components.architectures.hps import HardSharingModel
 from components.config import ProjectConfig, config_to_yaml, load_config
 from components.data import load_source, select_window, with_labels
 from components.features import FeatureSpec
-from components.model import MultiTaskModel
 from components.strategies import make_strategy
 from components.train import TensorData, make_autocast, to_tensors, train, train_step
 
@@ -103,7 +103,7 @@ def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size
     """Train a fresh model for `WARMUP_STEPS` untimed steps, then for at least `seconds` of timed steps."""
     tc = cfg.training
     torch.manual_seed(tc.seed)
-    model = MultiTaskModel(spec, cfg.model)
+    model = HardSharingModel(spec, cfg.model)
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
     strategy = make_strategy(task_names, tc.strategy)
@@ -145,7 +145,7 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
     spec = FeatureSpec.fit(train_df, cfg)
     data = to_tensors(train_df, spec)
     prep_s = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in MultiTaskModel(spec, cfg.model).parameters())
+    n_params = sum(p.numel() for p in HardSharingModel(spec, cfg.model).parameters())
 
     setup = Table(title="setup")
     setup.add_column("item")

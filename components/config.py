@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+from components.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
 
 TaskType = Literal["binary", "multiclass", "regression"]
 
@@ -254,7 +254,7 @@ def _registered(kind: str, name: str, known: tuple[str, ...]) -> str:
 
 
 class ModelSpec(Strict):
-    architecture: str = "hps"  # components.architectures: hps | mmoe | shared_private | ft_transformer
+    architecture: str = "hps"  # a name in components.plugin_names.ARCHITECTURE_NAMES
     experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
     private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1)
     similarity_penalty: float = Field(0.01, ge=0)  # shared_private: weight of the coefficient-similarity penalty
@@ -489,9 +489,9 @@ class ProjectConfig(Strict):
                 and mt2st.switch.patience >= self.training.early_stopping_patience:
             raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
                              "or early stopping ends the run before the switch")
-        if self.training.rep_mtl and self.model.architecture not in ("hps", "ft_transformer"):
+        if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
             raise ValueError("training.rep_mtl needs a model with a shared representation "
-                             "(model.architecture: hps or ft_transformer)")
+                             f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         unknown = sorted(set(self.alerts.features) - set(self.features.names))

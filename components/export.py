@@ -19,12 +19,30 @@ import numpy as np
 import onnx
 import pandas as pd
 import torch
+from torch import nn
 
+from components.architectures import Architecture
+from components.features import FeatureSpec
 from components.inference import ONNX_FILE, OnnxModel
-from components.model import ExportModule
 from components.train import CONFIG, SPEC, SUMMARY, WEIGHTS, load_trained, to_tensors
 
 PARITY_FILE = "parity.json"
+
+
+class ExportModule(nn.Module):
+    """What the ONNX graph computes: one output per task, regression in original units."""
+
+    def __init__(self, model: Architecture, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.task_names = model.task_names
+        scale = [(t.std, t.mean) if t.type == "regression" else (1.0, 0.0) for t in spec.targets]
+        self.register_buffer("scale", torch.tensor([s for s, _ in scale], dtype=torch.float32))
+        self.register_buffer("shift", torch.tensor([m for _, m in scale], dtype=torch.float32))
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(numeric, categorical)
+        return tuple(out[name] * self.scale[i] + self.shift[i] for i, name in enumerate(self.task_names))
 
 
 class ParityError(RuntimeError):

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.flop_counter import FlopCounterMode
 
 from components import distributed
-from components.architectures import build_model
+from components.architectures import Architecture, SharedRepresentation, build_model
 from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
-from components.model import MultiTaskModel
 from components.mt2st import Mt2stSchedule
 from components.rep_mtl import rep_mtl_loss
 from components.strategies import Weighting, make_strategy
@@ -91,7 +91,7 @@ def masked_loss(task: TaskSpec, pred: torch.Tensor, y: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def predict_raw(model: MultiTaskModel, data: TensorData, batch_size: int = 16384) -> dict[str, np.ndarray]:
+def predict_raw(model: Architecture, data: TensorData, batch_size: int = 16384) -> dict[str, np.ndarray]:
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in model.task_names}
     for i in range(0, len(data), batch_size):
@@ -101,12 +101,12 @@ def predict_raw(model: MultiTaskModel, data: TensorData, batch_size: int = 16384
     return {name: torch.cat(v).numpy() if v else np.zeros(0) for name, v in chunks.items()}
 
 
-def evaluate_tensors(model: MultiTaskModel, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
+def evaluate_tensors(model: Architecture, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
     raw = predict_raw(model, data)
     return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
-def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
+def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
                idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
                active: list[str] | None = None, scale: dict[str, float] | None = None,
                rep_mtl: RepMtlSpec | None = None, step: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
@@ -114,24 +114,27 @@ def train_step(model: MultiTaskModel, strategy: Weighting, optimizer: torch.opti
 
     Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
     AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
-    adds the Rep-MTL regulariser on the shared representation. An architecture's own `penalty` is added, and
-    with `alternating_groups` only group `step % len(groups)` is updated. With `world` > 1 the gradients are
+    adds the Rep-MTL regulariser on the shared representation (the config allows it on a
+    `SharedRepresentation` architecture only). The architecture's `penalty` is added, and with
+    `alternating_groups` only group `step % len(groups)` is updated. With `world` > 1 the gradients are
     averaged across the data-parallel ranks before the step."""
     with autocast:
         if rep_mtl is None:
             out = model(data.numeric[idx], data.categorical[idx], tasks=active)
         else:
-            z = model.encode(data.numeric[idx], data.categorical[idx])
-            out = model.predict_from(z, tasks=active)
+            shared = cast(SharedRepresentation, model)
+            z = shared.encode(data.numeric[idx], data.categorical[idx])
+            out = shared.predict_from(z, tasks=active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
     if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
         rep_mtl_loss(losses, z, rep_mtl).backward(retain_graph=True)
-    if hasattr(model, "penalty"):
-        model.penalty(list(losses)).backward()
+    penalty = model.penalty(list(losses))
+    if penalty is not None:
+        penalty.backward()
     strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
-    if hasattr(model, "alternating_groups"):
-        groups = model.alternating_groups()
+    groups = model.alternating_groups()
+    if groups:
         for i, group in enumerate(groups):
             if i != step % len(groups):
                 for p in group:
@@ -302,7 +305,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     return result
 
 
-def load_trained(model_dir: Path) -> tuple[MultiTaskModel, FeatureSpec, ProjectConfig]:
+def load_trained(model_dir: Path) -> tuple[Architecture, FeatureSpec, ProjectConfig]:
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / CONFIG)
     spec = FeatureSpec.load(model_dir / SPEC)

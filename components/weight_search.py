@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from components.architectures import build_model
+from components.architectures import Architecture, build_model
 from components.config import ProjectConfig, parse_config
 from components.features import FeatureSpec
 from components.metrics import is_better
@@ -68,7 +68,7 @@ def sweep_static_weights(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.
 @dataclass
 class Member:
     weights: dict[str, float]
-    model: torch.nn.Module
+    model: Architecture
     optimizer: torch.optim.Optimizer
     score: float = float("nan")
     schedule: list[dict[str, float]] = field(default_factory=list)  # weights used in each round so far

@@ -72,12 +72,14 @@ def test_static_weights_for_unknown_task() -> None:
 
 def test_config_knows_exactly_the_registered_strategies_and_architectures() -> None:
     """Validation reads torch-free name lists; they must name what the registries build."""
-    from components.architectures import ARCHITECTURES
-    from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+    from components.architectures import ARCHITECTURES, SharedRepresentation
+    from components.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
     from components.strategies import STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
     assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES)
+    assert sorted(SHARED_REPRESENTATION_ARCHITECTURES) == sorted(
+        name for name, cls in ARCHITECTURES.items() if issubclass(cls, SharedRepresentation))
 
 
 def test_the_method_docs_cover_every_strategy_and_architecture() -> None:

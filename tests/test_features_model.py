@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.architectures.hps import HardSharingModel
 from components.config import ProjectConfig
 from components.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
-from components.model import MultiTaskModel
 from tests.conftest import TXHOUSING, config_with, window
 
 
@@ -51,7 +51,7 @@ def test_every_task_type_gets_its_head() -> None:
                        "label__sales": [1.0, 2.0, np.nan, 4.0], "label__busy_month": [0.0, 1.0, 0.0, 1.0]})
     spec = FeatureSpec.fit(df, cfg)
     assert next(t for t in spec.targets if t.name == "price_band").classes == ["low", "mid", "high"]
-    model = MultiTaskModel(spec, cfg.model)
+    model = HardSharingModel(spec, cfg.model)
     cat, _ = spec.transform_categorical(df)
     out = model(torch.from_numpy(spec.transform_numeric(df)), torch.from_numpy(cat))
     assert out["price_band"].shape == (4, 3) and out["sales"].shape == (4,) and out["busy_month"].shape == (4,)

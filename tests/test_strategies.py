@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from components.architectures.hps import HardSharingModel
 from components.config import ConfigError, ProjectConfig
 from components.features import FeatureSpec
-from components.model import MultiTaskModel
 from components.mt2st import Mt2stSchedule
 from components.rep_mtl import rep_mtl_loss
 from components.stl import train_stl
@@ -96,7 +96,7 @@ def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, t
     # one step of the single-task phase: auxiliary heads are never called and get no gradient
     spec = FeatureSpec.fit(slices[0], cfg)
     data = to_tensors(slices[0], spec)
-    model = MultiTaskModel(spec, cfg.model)
+    model = HardSharingModel(spec, cfg.model)
     calls: list[str] = []
     for name in AUX:
         model.heads[name].register_forward_hook(lambda *_, n=name: calls.append(n))
@@ -156,7 +156,7 @@ def test_rep_mtl_regulariser_is_finite_and_reaches_the_trunk(slices: tuple, tmp_
                       training={**cfg.training.model_dump(), "rep_mtl": {"lambda_tsr": 1.1, "tau": 0.3}})
     spec = FeatureSpec.fit(slices[0], cfg)
     data = to_tensors(slices[0], spec)
-    model = MultiTaskModel(spec, cfg.model)
+    model = HardSharingModel(spec, cfg.model)
     z = model.encode(data.numeric[:300], data.categorical[:300])
     out = model.predict_from(z)
     losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name][:300]) for t in cfg.tasks}

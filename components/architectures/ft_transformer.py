@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.architectures.base import SharedRepresentation
+from components.architectures.layers import head_output, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
-from components.model import head_output, make_heads
 
 
 class Block(nn.Module):
@@ -31,7 +32,7 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class FTTransformerModel(nn.Module):
+class FTTransformerModel(SharedRepresentation):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         dim = cfg.token_dim
@@ -54,7 +55,3 @@ class FTTransformerModel(nn.Module):
 
     def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         return {name: head_output(self.heads[name](z[:, 0])) for name in tasks or self.task_names}
-
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
-                tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.predict_from(self.encode(numeric, categorical), tasks)

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.architectures.base import Architecture
+from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
-from components.model import MlpTrunk, embed, head_output, make_embeddings, make_heads
 
 
-class SharedPrivateModel(nn.Module):
+class SharedPrivateModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]

@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from components.architectures.base import Architecture
+from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
-from components.model import MlpTrunk, embed, head_output, make_embeddings, make_heads
 
 
-class MMoEModel(nn.Module):
+class MMoEModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]

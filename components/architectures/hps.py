@@ -1,0 +1,31 @@
+"""Hard parameter sharing (`hps`): embeddings + numeric inputs -> one shared MLP trunk -> one head per task.
+
+Heads output raw scores: a logit (binary), C logits (multiclass), or a value in the standardised target
+space (regression); `components.export.ExportModule` maps regression outputs back to original units for
+the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from components.architectures.base import SharedRepresentation
+from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
+from components.config import ModelSpec
+from components.features import FeatureSpec
+
+
+class HardSharingModel(SharedRepresentation):
+    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+        super().__init__()
+        self.task_names = [t.name for t in spec.targets]
+        self.embeddings, in_dim = make_embeddings(spec, cfg)
+        self.trunk = MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout)
+        self.heads = make_heads(spec, cfg, self.trunk.out_dim)
+
+    def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """Z: the trunk's output, [batch, hidden[-1]] (Rep-MTL: each unit is a position)."""
+        return self.trunk(embed(self.embeddings, numeric, categorical))
+
+    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return {name: head_output(self.heads[name](z)) for name in tasks or self.task_names}
