@@ -106,7 +106,7 @@ def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size
     model = HardSharingModel(spec, cfg.model)
     task_names = model.task_names
     task_specs = {t.name: t for t in cfg.tasks}
-    strategy = make_strategy(task_names, tc.strategy)
+    strategy = make_strategy(task_names, tc.strategy).attach(model)  # as the trainer does: Jacobian methods need it
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     loss_sums = {name: torch.zeros(()) for name in task_names}

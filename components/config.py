@@ -489,6 +489,10 @@ class ProjectConfig(Strict):
                 and mt2st.switch.patience >= self.training.early_stopping_patience:
             raise ValueError("training.mt2st.switch.patience must be below training.early_stopping_patience, "
                              "or early stopping ends the run before the switch")
+        if mt2st and mt2st.switch and mt2st.switch.epoch is not None \
+                and mt2st.switch.epoch >= self.training.epochs:
+            raise ValueError(f"training.mt2st.switch.epoch ({mt2st.switch.epoch}) must be below training.epochs "
+                             f"({self.training.epochs}), or the run ends before the switch")
         if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
             raise ValueError("training.rep_mtl needs a model with a shared representation "
                              f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.config import ProjectConfig, config_from_yaml, config_to_yaml
+from components.config import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
 from components.data import (
     load_source,
     partition_dir,
@@ -96,10 +96,12 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
 
 
 def continual_config(cfg: ProjectConfig, champion_dir: str | None) -> ProjectConfig:
-    """The config a retraining run trains with: warm start from the champion's folder."""
-    training = {"warm_start": champion_dir if cfg.retraining.warm_start else None,
-                "epochs": cfg.retraining.epochs or cfg.training.epochs}
-    return cfg.model_copy(update={"training": cfg.training.model_copy(update=training)})
+    """The config a retraining run trains with: warm start from the champion's folder, `retraining.epochs`.
+    Validated again as a whole, because the cross-checks read the epoch budget it replaces."""
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    raw["training"].update(warm_start=champion_dir if cfg.retraining.warm_start else None,
+                           epochs=cfg.retraining.epochs or cfg.training.epochs)
+    return parse_config(raw, "<retraining: training.epochs from retraining.epochs>")
 
 
 def validate(config_yaml: str, dataset_path: str, report_path: str) -> dict:

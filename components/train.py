@@ -182,7 +182,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     np.random.seed(tc.seed)
 
     ckpt_path = out_dir / CHECKPOINT
-    ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    ckpt = torch.load(ckpt_path, weights_only=True) if resume and ckpt_path.exists() else None
     if ckpt and ckpt["config"] != config_to_yaml(cfg):
         raise ValueError(f"{ckpt_path} was written by a run with a different config: "
                          "resume with the same config, or train without --resume")

@@ -186,6 +186,8 @@ def population_based_training(cfg: ProjectConfig, train_df: pd.DataFrame, val_df
 
 
 # --- PBT as files, for the kfp pipeline (pipelines/pbt.py): one member-round per task, exploit between rounds ---
+# Member states come from the artifact store, which more people can write than can run code here: they are
+# plain tensors, numbers, strings, lists and dicts, loaded with `weights_only=True` (no arbitrary unpickling).
 
 def member_file(population_dir: str, member: int) -> Path:
     return Path(population_dir) / f"member-{member}.pt"
@@ -201,7 +203,7 @@ def run_member_round(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.Data
     m = new_member(cfg, spec, dict(member["weights"]), device)
     start = member_file(population_dir, member["member"])
     if start.exists():
-        state = torch.load(start, weights_only=False)
+        state = torch.load(start, weights_only=True)
         m.model.load_state_dict(state["model"])
         m.optimizer.load_state_dict(state["optimizer"])
         m.schedule = state["schedule"]
@@ -219,7 +221,7 @@ def exploit_files(cfg: ProjectConfig, state_paths: list[str], replace: int, seed
                   population_dir: str) -> list[dict]:
     """Write the next round's population: bottom members become copies of top members with perturbed weights.
     Returns the members for the next round ({"member", "weights"})."""
-    states = sorted((torch.load(p, weights_only=False) for p in state_paths), key=lambda s: s["member"])
+    states = sorted((torch.load(p, weights_only=True) for p in state_paths), key=lambda s: s["member"])
     plan = plan_exploit([s["score"] for s in states], [s["weights"] for s in states], replace,
                         cfg.primary_task.higher_is_better, random.Random(seed))
     copies = {bottom: (top, weights) for bottom, top, weights in plan}
@@ -235,7 +237,7 @@ def exploit_files(cfg: ProjectConfig, state_paths: list[str], replace: int, seed
 
 def select_best(cfg: ProjectConfig, state_paths: list[str], best_path: str) -> dict:
     """The best final member's state goes to `best_path`; returns its member id, score and weight schedule."""
-    states = [torch.load(p, weights_only=False) for p in state_paths]
+    states = [torch.load(p, weights_only=True) for p in state_paths]
     best = states[0]
     for s in states[1:]:
         if is_better(cfg.primary_task.metric, s["score"], best["score"]):  # type: ignore[arg-type]

@@ -10,13 +10,12 @@ its weight schedule. Every step is a thin wrapper over `components.weight_search
 # type its Collected inputs and list outputs are documented with
 # ruff: noqa: UP006, UP035
 
-import os
 from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from pipelines.training import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE
+from pipelines.training import component, images
 
 
 def pbt_init_op(config_yaml: str, population: int, seed: int, population_dir: Output[Artifact]) -> List[dict]:
@@ -65,15 +64,9 @@ def pbt_select_op(config_yaml: str, states: Input[List[Model]], best: Output[Mod
 def pbt_pipeline(rounds: int, image: str | None = None, gpu_image: str | None = None):  # type: ignore[no-untyped-def]
     """A pipeline of `rounds` rounds; its inputs are the config YAML and the URIs of the train and validation
     parquet files (imported as Datasets). Members train in `gpu_image`, the other steps in `image`."""
-    image = image or os.environ.get("MTLOPS_IMAGE", DEFAULT_IMAGE)
-    gpu_image = gpu_image or os.environ.get("MTLOPS_GPU_IMAGE", DEFAULT_GPU_IMAGE)
-
-    def op(fn, base_image: str = image):  # type: ignore[no-untyped-def]
-        # the image has the project installed: no pip install at step start
-        return dsl.component(fn, base_image=base_image, install_kfp_package=False)
-
-    init_c, member_c = op(pbt_init_op), op(pbt_member_op, gpu_image)
-    exploit_c, select_c = op(pbt_exploit_op), op(pbt_select_op)
+    image, gpu_image = images(image, gpu_image)
+    init_c, member_c = component(pbt_init_op, image), component(pbt_member_op, gpu_image)
+    exploit_c, select_c = component(pbt_exploit_op, image), component(pbt_select_op, image)
 
     @dsl.pipeline(name="mtlops-pbt", description="Population-based training of task weights")
     def pipeline(config_yaml: str, train_uri: str, validation_uri: str, population: int = 8, interval: int = 1,

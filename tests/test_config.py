@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, config_from_yaml, load_config, parse_config
+from components.config import ConfigError, ProjectConfig, config_from_yaml, load_config, parse_config
 from tests.conftest import FLIGHTS, TXHOUSING, raw_config
 
 
@@ -87,3 +87,21 @@ def test_the_method_docs_cover_every_strategy_and_architecture() -> None:
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert [n for n in (*STRATEGY_NAMES, *ARCHITECTURE_NAMES) if f"`{n}`" not in text] == []
+
+
+def test_the_retraining_config_is_validated_again() -> None:
+    """`retraining.epochs` replaces the epoch budget, which a cross-check reads: a fixed MT2ST switch
+    after the shorter budget's end must fail before any work, not train without ever switching."""
+    from components.steps import continual_config
+
+    def with_retraining(epochs: int) -> ProjectConfig:
+        raw = copy.deepcopy(raw_config())
+        raw["training"].update(epochs=8, mt2st={"switch": {"epoch": 4}})
+        raw["retraining"] = {**raw.get("retraining", {}), "epochs": epochs}
+        return parse_config(raw)
+
+    retrain = continual_config(with_retraining(5), "/models/champion")
+    assert (retrain.training.epochs, retrain.training.warm_start) == (5, "/models/champion")
+    too_short = r"(?s)<retraining: .*switch\.epoch \(4\) must be below training\.epochs \(3\)"
+    with pytest.raises(ConfigError, match=too_short):
+        continual_config(with_retraining(3), "/models/champion")

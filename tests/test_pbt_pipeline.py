@@ -35,7 +35,7 @@ def test_pbt_pipeline_runs_locally_with_a_tiny_population(flights_frame: pd.Data
                                   validation_uri=str(tmp_path / "val.parquet"), population=3, replace=1)
     result = task.output
     assert len(result["schedule"]) == 2 and 0.5 < result["score"] < 1
-    exploited = [torch.load(p, weights_only=False) for p in (tmp_path / "root").rglob("member-*.pt")]
+    exploited = [torch.load(p, weights_only=True) for p in (tmp_path / "root").rglob("member-*.pt")]
     assert len(exploited) == 3
     copies = [s for s in exploited if s["copied_from"] != s["member"]]
     assert len(copies) == 1  # Q = 1: the bottom member now carries the top member's model and lineage

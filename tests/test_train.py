@@ -50,7 +50,7 @@ def _train_child(d: Path, out: Path, resume: bool) -> subprocess.Popen:
 def _epoch_in_checkpoint(path: Path) -> int:
     if not path.exists():
         return -1
-    return int(torch.load(path, weights_only=False)["epoch"])
+    return int(torch.load(path, weights_only=True)["epoch"])
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 import torch
 
 from components.config import ProjectConfig
-from components.weight_search import exploit_and_explore, population_based_training, sweep_static_weights
+from components.weight_search import (
+    exploit_and_explore,
+    exploit_files,
+    population_based_training,
+    select_best,
+    sweep_static_weights,
+)
 from tests.conftest import FLIGHTS, config_with, window
 
 
@@ -55,3 +62,29 @@ def test_static_weight_sweep_ranks_trials_on_the_small_model(small: tuple, tmp_p
     assert all(math.isclose(sum(w.values()), 1.0) for w, _ in results)
     assert any(len(set(w.values())) == 1 for w, _ in results)  # trial 0: equal weights
     assert (tmp_path / "trial-0" / "model.pt").is_file()
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded without `weights_only`: it creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def test_pbt_refuses_member_states_that_are_not_plain_data(small: tuple, tmp_path: Path) -> None:
+    """Whoever can write the artifact store must not be able to run code in the next PBT step."""
+    cfg = small[0]
+    marker = tmp_path / "code-ran"
+    poisoned = tmp_path / "member-0.pt"
+    torch.save({"member": 0, "weights": {t.name: 0.25 for t in cfg.tasks}, "score": 0.5, "schedule": [],
+                "payload": _RunsCode(marker)}, poisoned)
+    with pytest.raises(pickle.UnpicklingError):
+        exploit_files(cfg, [str(poisoned)], replace=1, seed=0, population_dir=str(tmp_path / "next"))
+    with pytest.raises(pickle.UnpicklingError):
+        select_best(cfg, [str(poisoned)], str(tmp_path / "best.pt"))
+    assert not marker.exists()
+    torch.load(poisoned, weights_only=False)  # the same file, unpickled freely: the code runs
+    assert marker.exists()
