@@ -39,8 +39,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from components.config import ProjectConfig, parse_config
 from components.data import load_source, sample_rows, select_window, with_labels
 from components.features import FeatureSpec
-from components.metrics import METRICS, relative_change, task_metrics
+from components.metrics import relative_change, task_metrics
 from components.stl import single_task_config
+from components.tasks import higher_is_better
 from components.train import evaluate_tensors, load_trained, to_tensors, train
 from components.weight_search import population_based_training
 
@@ -237,7 +238,7 @@ def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: 
     import matplotlib.pyplot as plt
 
     primary = cfg.primary_task
-    sign = 1 if METRICS[primary.metric][1] else -1  # the metric's own direction: best ends up on top
+    sign = 1 if higher_is_better(primary.metric) else -1  # the metric's own direction: best ends up on top
     ranked = sorted(summaries, key=lambda s: sign * s.mean(primary.name))
     ylabel = f"{primary.name} test {primary.metric} (mean ± std over seeds)"
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.32 * len(summaries) + 3),

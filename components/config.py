@@ -14,27 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
-
-TaskType = Literal["binary", "multiclass", "regression"]
-
-# Metric name -> (task types it applies to, higher is better).
-METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "roc_auc": (("binary",), True),
-    "log_loss": (("binary", "multiclass"), False),
-    "accuracy": (("binary", "multiclass"), True),
-    "macro_f1": (("multiclass",), True),
-    "mae": (("regression",), False),
-    "rmse": (("regression",), False),
-}
-LOSSES: dict[str, tuple[str, ...]] = {
-    "bce": ("binary",),
-    "cross_entropy": ("multiclass",),
-    "mse": ("regression",),
-    "huber": ("regression",),
-    "l1": ("regression",),
-}
-DEFAULT_LOSS = {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}
-DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "mae"}
+from components.tasks import LOSS_NAMES, METRIC_DIRECTIONS, TASK_KINDS, TaskType, higher_is_better
 
 
 class ConfigError(ValueError):
@@ -221,15 +201,16 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _loss_metric(self) -> TaskSpec:
-        loss = self.loss or DEFAULT_LOSS[self.type]
-        metric = self.metric or DEFAULT_METRIC[self.type]
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss '{loss}' (known: {sorted(LOSSES)})")
-        if self.type not in LOSSES[loss]:
+        kind = TASK_KINDS[self.type]
+        loss = self.loss or kind.default_loss
+        metric = self.metric or kind.default_metric
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss '{loss}' (known: {sorted(LOSS_NAMES)})")
+        if loss not in kind.losses:
             raise ValueError(f"loss '{loss}' does not fit a {self.type} task")
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRICS)})")
-        if self.type not in METRICS[metric][0]:
+        if metric not in METRIC_DIRECTIONS:
+            raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRIC_DIRECTIONS)})")
+        if metric not in kind.metrics:
             raise ValueError(f"metric '{metric}' does not fit a {self.type} task")
         if self.type == "binary" and self.label.op in ("bins",):
             raise ValueError("a binary task cannot use op 'bins'")
@@ -241,7 +222,7 @@ class TaskSpec(Strict):
 
     @property
     def higher_is_better(self) -> bool:
-        return METRICS[self.metric][1]  # type: ignore[index]
+        return higher_is_better(self.metric)  # type: ignore[arg-type]
 
 
 # --- model and training ------------------------------------------------------

@@ -18,6 +18,7 @@ import pandas as pd
 
 from components.config import ProjectConfig
 from components.data import label_column
+from components.tasks import head_width
 
 SPEC_FILE = "feature_spec.json"
 OOV_INDEX = 0  # unseen or rare category
@@ -56,7 +57,7 @@ class TargetSpec:
     @property
     def width(self) -> int:
         """Columns of the task's head output."""
-        return len(self.classes) if self.type == "multiclass" else 1
+        return head_width(self.type, len(self.classes))
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from components.config import METRICS
 from components.features import TargetSpec
 from components.predictions import sigmoid, softmax
+from components.tasks import higher_is_better
 
 
 def task_metrics(target: TargetSpec, raw: np.ndarray, y: np.ndarray, standardised: bool = True) -> dict[str, float]:
@@ -55,10 +55,10 @@ def baseline_raw(target: TargetSpec, y_train: np.ndarray, n: int) -> np.ndarray:
 
 
 def is_better(metric: str, new: float, old: float) -> bool:
-    return new > old if METRICS[metric][1] else new < old
+    return new > old if higher_is_better(metric) else new < old
 
 
 def relative_change(metric: str, new: float, old: float) -> float:
     """Relative change where positive means better, whatever the metric's direction."""
-    sign = 1.0 if METRICS[metric][1] else -1.0
+    sign = 1.0 if higher_is_better(metric) else -1.0
     return sign * (new - old) / max(abs(old), 1e-12)

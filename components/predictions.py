@@ -1,12 +1,7 @@
 """What the model's outputs mean to a user, and the prediction log.
 
 `prediction_frame` turns raw ONNX outputs into the user's terms, one column
-group per task:
-
-- binary:     `<task>__proba` (float), `<task>__label` (0/1 at the task's threshold)
-- multiclass: `<task>__label` (class name), `<task>__proba__<class>` (float per class)
-- regression: `<task>__value` (original units)
-
+group per task, named by `components.tasks` (which lists them);
 `monitored_column` names the one column per task whose drift monitoring
 tracks. The prediction log is the contract between serving (writer) and
 monitoring (reader): parquet parts under `<log_dir>/date=YYYY-MM-DD/`, one row
@@ -27,6 +22,8 @@ import pandas as pd
 from components.config import ProjectConfig
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
+from components.tasks import label_output_column, proba_column, value_column
+from components.tasks import monitored_column as tasks_monitored_column
 
 if TYPE_CHECKING:
     from components.inference import OnnxModel
@@ -46,7 +43,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def monitored_column(target: TargetSpec) -> str:
-    return f"{target.name}__" + {"binary": "proba", "multiclass": "label", "regression": "value"}[target.type]
+    return tasks_monitored_column(target.name, target.type)
 
 
 def task_columns(
@@ -61,15 +58,15 @@ def task_columns(
         out = raw[t.name]
         if t.type == "binary":
             p = sigmoid(out)
-            cols[f"{t.name}__proba"] = p
-            cols[f"{t.name}__label"] = (p >= t.threshold).astype(np.int64)
+            cols[proba_column(t.name)] = p
+            cols[label_output_column(t.name)] = (p >= t.threshold).astype(np.int64)
         elif t.type == "multiclass":
             p = softmax(out)
-            cols[f"{t.name}__label"] = np.asarray(t.classes, dtype=object)[p.argmax(axis=1)]
+            cols[label_output_column(t.name)] = np.asarray(t.classes, dtype=object)[p.argmax(axis=1)]
             for i, c in enumerate(t.classes):
-                cols[f"{t.name}__proba__{c}"] = p[:, i]
+                cols[proba_column(t.name, c)] = p[:, i]
         else:
-            cols[f"{t.name}__value"] = out.astype(np.float64)
+            cols[value_column(t.name)] = out.astype(np.float64)
     return cols
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from components.config import ModelSpec
 from components.features import FeatureSpec
+from components.tasks import head_width
 
 
 def embedding_dim(cardinality: int, cap: int) -> int:
@@ -27,10 +28,6 @@ class MlpTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def head_width(target_type: str, n_classes: int) -> int:
-    return n_classes if target_type == "multiclass" else 1
 
 
 def make_embeddings(spec: FeatureSpec, cfg: ModelSpec) -> tuple[nn.ModuleList, int]:
