@@ -121,8 +121,9 @@ class DataSpec(Strict):
 class NumericFeature(Strict):
     name: str
     allow_null: bool = True
-    min: float | None = None  # expected range, checked by data validation
+    min: float | None = None  # expected range: checked by data validation, enforced at serving
     max: float | None = None
+    integer: bool = False  # whole numbers only (hours, counts): checked by data validation, enforced at serving
     max_null_share: float = Field(0.5, ge=0, le=1)
 
 

@@ -65,6 +65,9 @@ def validate_frame(df: pd.DataFrame, cfg: ProjectConfig) -> list[Check]:
             n_bad = int(bad.sum())
             add("range", f.name, n_bad == 0,
                 f"{n_bad:,} values outside [{lo}, {hi}] (observed {s.min()} .. {s.max()})")
+        if f.integer:
+            fractional = int((s.dropna() % 1 != 0).sum())
+            add("integer", f.name, fractional == 0, f"{fractional:,} values not whole numbers")
 
     for f in cfg.features.categorical:
         if f.name not in df.columns:

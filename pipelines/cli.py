@@ -366,18 +366,34 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
           prediction_log: Annotated[Path, typer.Option(
               help="Prediction log folder (parquet parts by date), read by monitoring.")] = Path("predictions"),
-          max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024) -> None:
+          max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024,
+          workers: Annotated[int, typer.Option(help="Worker processes, each with its own ONNX session "
+                                                    "(default: the CPU core count).")] = 0,
+          max_batch_size: Annotated[int, typer.Option(help="Most rows in one ONNX call when concurrent "
+                                                           "requests are merged.")] = 1024,
+          max_latency_ms: Annotated[float, typer.Option(help="How long a queued request waits for others to join "
+                                                             "its batch (0: dispatch when the worker is free).")] = 0.0,
+          ort_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per worker "
+                                                        "(default: cores / workers).")] = 0,
+          access_log: Annotated[bool, typer.Option(help="A log line per request (costs ~10% of throughput; "
+                                                        "the prediction log keeps every record either way).")] = False
+          ) -> None:
     """Serve the champion over HTTP (BentoML): /predict, /model, /livez, /readyz, /metrics, /admin/reload.
     POST /admin/reload needs `Authorization: Bearer $MTLOPS_ADMIN_TOKEN`."""
     import os
 
     cfg = _load(config)
+    cores = os.cpu_count() or 1
+    workers = workers or cores
     env = {**os.environ, "MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_MAX_ROWS": str(max_rows),
-           "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve())}
+           "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve()), "MTLOPS_WORKERS": str(workers),
+           "MTLOPS_MAX_BATCH_SIZE": str(max_batch_size), "MTLOPS_MAX_LATENCY_MS": str(max_latency_ms),
+           "MTLOPS_ACCESS_LOG": "1" if access_log else "0",
+           "MTLOPS_ORT_THREADS": str(ort_threads or os.environ.get("MTLOPS_ORT_THREADS") or max(1, cores // workers))}
     project = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MultiTaskModelService",
            "--host", host, "--port", str(port), "--working-dir", str(project)]
-    os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM flushes the prediction log)
+    os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM drains and flushes the log)
 
 
 @app.command()
@@ -408,13 +424,23 @@ def bento(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
 @app.command()
 def reload(url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:3000") -> None:
-    """Make a running service serve the current champion (after a promotion or `mtlops rollback`).
-    Reads the admin token from MTLOPS_ADMIN_TOKEN."""
+    """Make a running service serve the current champion in every worker (after a promotion or
+    `mtlops rollback`). Reads the admin token from MTLOPS_ADMIN_TOKEN."""
     import os
+
+    import httpx
 
     from serving.client import reload as ask_reload
 
-    r = ask_reload(url, os.environ.get("MTLOPS_ADMIN_TOKEN", ""))
+    token = os.environ.get("MTLOPS_ADMIN_TOKEN")
+    if not token:
+        console.print("[red]MTLOPS_ADMIN_TOKEN is not set: export the token the service was started with[/red]")
+        raise typer.Exit(2)
+    try:
+        r = ask_reload(url, token)
+    except httpx.TransportError as exc:
+        console.print(f"[red]no service at {url}: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(2) from None
     console.print(f"{r.status_code} {r.text}")
     raise typer.Exit(0 if r.status_code == 200 else 1)
 

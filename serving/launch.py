@@ -25,7 +25,8 @@ class ServerProcess:
     """One `mtlops serve` on 127.0.0.1; `stop()` sends SIGTERM so the prediction log is flushed."""
 
     def __init__(self, config: Path, output: Path, port: int | None = None, prediction_log: Path | None = None,
-                 max_rows: int = 1024, env: dict[str, str] | None = None) -> None:
+                 max_rows: int = 1024, env: dict[str, str] | None = None, workers: int | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = output
@@ -34,6 +35,9 @@ class ServerProcess:
                "--port", str(self.port), "--max-rows", str(max_rows)]
         if prediction_log:
             cmd += ["--prediction-log", str(Path(prediction_log).resolve())]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        cmd += extra_args or []
         self.proc = subprocess.Popen(cmd, cwd=PROJECT, env={**os.environ, **(env or {})}, stdout=output.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -61,6 +65,19 @@ class ServerProcess:
                 self.kill()
                 return None
         return self.proc.returncode
+
+    def worker_pids(self) -> list[int]:
+        """The BentoML worker processes (each holds its own model) under the server process."""
+        import psutil
+
+        pids = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                    pids.append(p.pid)
+            except psutil.Error:  # exited between the listing and the look
+                continue
+        return pids
 
     def kill(self) -> None:
         try:

@@ -10,23 +10,28 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from components.predictions import prediction_frame, write_log_part
-from serving.runtime import ServedModel
+from serving.runtime import ServedModel, records_frame
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServedBatch:
+    """What one request served, as it was received: typed into a frame by the writer thread,
+    off the request path."""
+
     request_id: str
-    timestamp: pd.Timestamp
+    timestamp: datetime
     model: ServedModel
-    features: pd.DataFrame
+    records: list[dict[str, Any]]
     stacked: np.ndarray
 
 
@@ -64,14 +69,22 @@ class PredictionLogWriter:
             raise
 
     def _write(self, batches: list[ServedBatch]) -> int:
-        frames = []
+        """One frame per model version for the whole flush: pandas' cost is per call, not per record."""
+        by_model: dict[str, list[ServedBatch]] = {}
         for b in batches:
-            n = len(b.features)
-            head = pd.DataFrame({"request_id": b.request_id, "record_index": np.arange(n, dtype=np.int64),
-                                 "timestamp": b.timestamp, "model_version": b.model.tag}, index=range(n))
-            preds = prediction_frame(b.model.spec, b.model.raw_outputs(b.stacked))
-            frames.append(pd.concat([head, b.features.reset_index(drop=True), preds], axis=1))
-        frame = pd.concat(frames, ignore_index=True)
+            by_model.setdefault(b.model.tag, []).append(b)
+        frames = []
+        for group in by_model.values():
+            model, sizes = group[0].model, [len(b.records) for b in group]
+            head = pd.DataFrame({
+                "request_id": np.repeat([b.request_id for b in group], sizes),
+                "record_index": np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]),
+                "timestamp": pd.DatetimeIndex(np.repeat([pd.Timestamp(b.timestamp) for b in group], sizes)),
+                "model_version": model.tag})
+            records = [r for b in group for r in b.records]
+            preds = prediction_frame(model.spec, model.raw_outputs(np.concatenate([b.stacked for b in group])))
+            frames.append(pd.concat([head, records_frame(records, model.spec), preds], axis=1))
+        frame = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable", ignore_index=True)
         write_log_part(frame, self.log_dir)
         return len(frame)
 

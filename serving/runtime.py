@@ -9,15 +9,16 @@ restart.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
-from components.features import SPEC_FILE, FeatureSpec
+from components.features import SPEC_FILE, FeatureSpec, NumericStats
 from components.inference import ONNX_FILE
 from components.predictions import sigmoid, softmax
 
@@ -34,9 +35,14 @@ class ServingSettings:
     prediction_log: Path | None = None
     log_flush_seconds: float = 2.0
     admin_token: str | None = None
+    workers: int = 1
     ort_threads: int = 0  # 0: ONNX Runtime's default (all cores)
-    max_batch_size: int = 4096
-    max_latency_ms: int = 5000
+    max_batch_size: int = 1024  # rows in one ONNX call
+    max_latency_ms: float = 0.0  # how long a queued request waits for others to join its batch
+    control_dir: Path | None = None  # where the workers agree on the version to serve
+    drain_seconds: float = 1.0  # after SIGTERM: keep answering, not ready, closing connections, then stop
+    access_log: bool = False  # a line per request costs ~10% of throughput; the prediction log has every record
+    trace_predictions: bool = False  # OpenTelemetry spans for /predict cost ~25% of throughput
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -44,7 +50,7 @@ class ServingSettings:
         if not env.get("MTLOPS_MODEL_NAME"):
             raise ModelLoadError("MTLOPS_MODEL_NAME is not set: name the registered model to serve "
                                  "(`mtlops serve --config ...` sets it from the config)")
-        log = env.get("MTLOPS_PREDICTION_LOG")
+        log, control = env.get("MTLOPS_PREDICTION_LOG"), env.get("MTLOPS_CONTROL_DIR")
         return cls(
             model_name=env["MTLOPS_MODEL_NAME"],
             max_rows=int(env.get("MTLOPS_MAX_ROWS", cls.max_rows)),
@@ -52,9 +58,14 @@ class ServingSettings:
             prediction_log=Path(log) if log else None,
             log_flush_seconds=float(env.get("MTLOPS_LOG_FLUSH_SECONDS", cls.log_flush_seconds)),
             admin_token=env.get("MTLOPS_ADMIN_TOKEN") or None,
+            workers=int(env.get("MTLOPS_WORKERS", cls.workers)),
             ort_threads=int(env.get("MTLOPS_ORT_THREADS", cls.ort_threads)),
             max_batch_size=int(env.get("MTLOPS_MAX_BATCH_SIZE", cls.max_batch_size)),
-            max_latency_ms=int(env.get("MTLOPS_MAX_LATENCY_MS", cls.max_latency_ms)),
+            max_latency_ms=float(env.get("MTLOPS_MAX_LATENCY_MS", cls.max_latency_ms)),
+            control_dir=Path(control) if control else None,
+            drain_seconds=float(env.get("MTLOPS_DRAIN_SECONDS", cls.drain_seconds)),
+            access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
+            trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
         )
 
 
@@ -80,19 +91,8 @@ class ServedModel:
     def head_widths(self) -> list[int]:
         return [t.width for t in self.spec.targets]
 
-    def encode(self, frame: pd.DataFrame, generation: int) -> tuple[np.ndarray, dict[str, int]]:
-        """One float32 row per record: [generation, numeric..., categorical indices...]
-        (the batched runner takes one array, so the indices travel as exact small floats)."""
-        categorical, oov = self.spec.transform_categorical(frame)
-        rows = np.concatenate([
-            np.full((len(frame), 1), generation, dtype=np.float32),
-            self.spec.transform_numeric(frame),
-            categorical.astype(np.float32),
-        ], axis=1)
-        return rows, oov
-
     def outputs(self, stacked: np.ndarray, tasks: list[str] | None) -> list[dict[str, Any]]:
-        """Split the runner's stacked head outputs per task, in the user's terms."""
+        """Split the stacked head outputs per task, in the user's terms."""
         per_record: list[dict[str, Any]] = [{} for _ in range(len(stacked))]
         start = 0
         for t, width in zip(self.spec.targets, self.head_widths, strict=True):
@@ -149,27 +149,36 @@ def load_version(tag: str) -> ServedModel:
         raise ModelLoadError(f"{tag}: cannot load ({type(exc).__name__}: {exc})") from exc
 
 
-def warm_up_rows(model: ServedModel, generation: int, n: int = 4) -> np.ndarray:
-    """Synthetic records (every numeric at its training mean, every category unknown)."""
-    frame = pd.DataFrame({name: [np.nan] * n for name in model.spec.feature_names})
-    for s in model.spec.numeric:
-        frame[s.name] = s.mean
-    frame[[c.name for c in model.spec.categorical]] = "__warm_up__"
-    return model.encode(frame, generation)[0]
+def warm_up_records(spec: FeatureSpec, n: int = 4) -> list[dict[str, Any]]:
+    """Synthetic records: every numeric at its training mean, every category unknown."""
+    record = {n.name: n.mean for n in spec.numeric} | {c.name: "__warm_up__" for c in spec.categorical}
+    return [record] * n
 
 
 # --- the request schema -------------------------------------------------------
 
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: ints pass, "3" does not
-Category = StrictStr | StrictInt
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INT64 = (-(2**63), 2**63 - 1)
+Category = StrictStr | Annotated[int, Field(strict=True, ge=INT64[0], le=INT64[1])]
+
+
+def number_type(n: NumericStats) -> Any:
+    """A JSON number within the config's declared range (float32's where none is declared),
+    whole where the feature is integer-like. Strict: "3" is not a number; NaN and ±Infinity are refused."""
+    lo = n.min if n.min is not None else -FLOAT32_MAX
+    hi = n.max if n.max is not None else FLOAT32_MAX
+    return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=lo, le=hi,
+                                  multiple_of=1 if n.integer else None)]
 
 
 def record_model(spec: FeatureSpec) -> type[BaseModel]:
     """One record: every feature required (null where the spec allows it), nothing else."""
     fields: dict[str, Any] = {}
     for n in spec.numeric:
-        kind = Number | None if n.allow_null else Number
-        fields[n.name] = (kind, Field(description=f"numeric feature{' (null allowed)' if n.allow_null else ''}"))
+        kind = number_type(n) | None if n.allow_null else number_type(n)
+        what = "whole number" if n.integer else "number"
+        fields[n.name] = (kind, Field(description=f"numeric feature, a {what}"
+                                                  f"{' (null allowed)' if n.allow_null else ''}"))
     for c in spec.categorical:
         kind = Category | None if c.allow_null else Category
         fields[c.name] = (kind, Field(description=f"categorical feature, {len(c.values)} known values; "
@@ -181,10 +190,10 @@ def task_name_type(spec: FeatureSpec) -> Any:
     return Literal[tuple(t.name for t in spec.targets)]  # type: ignore[valid-type]
 
 
-def records_frame(records: list[BaseModel], spec: FeatureSpec) -> pd.DataFrame:
-    frame = pd.DataFrame([r.model_dump() for r in records], columns=spec.feature_names)
-    for n in spec.numeric:
-        frame[n.name] = frame[n.name].astype("float64")
-    for c in spec.categorical:
-        frame[c.name] = frame[c.name].map(lambda v: v if v is None else str(v)).astype(object)
-    return frame
+def records_frame(records: Sequence[Mapping[str, Any]], spec: FeatureSpec) -> pd.DataFrame:
+    """The records as the batch path (and the prediction log) types them; off the request path."""
+    columns: dict[str, Any] = {n.name: np.array([r[n.name] for r in records], dtype=np.float64).reshape(-1)
+                               for n in spec.numeric}
+    columns |= {c.name: np.array([v if v is None else str(v) for v in (r[c.name] for r in records)] or [],
+                                 dtype=object) for c in spec.categorical}
+    return pd.DataFrame(columns, columns=spec.feature_names, index=range(len(records)))

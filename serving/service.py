@@ -1,100 +1,42 @@
 """The mtlops prediction service: the champion's one ONNX graph behind one HTTP API.
 
-Two BentoML services in one deployment. `MultiTaskModelService` validates requests
-against a schema generated from the FeatureSpec, encodes them, and formats every
-task's answer; `OnnxRunner` batches concurrent requests adaptively and computes all
-heads in one ONNX Runtime call. The runner returns one stacked array (BentoML 1.4
-cannot batch dict outputs) that the front splits per task.
-
-Hot swap: every request is encoded with one model snapshot and carries its
-generation number to the runner, which keeps the previous session for requests
-still in flight, so a reload never mixes an old encoding with a new graph.
+One BentoML service, `workers` processes. Each worker validates a request against the schema
+generated from the FeatureSpec, encodes it with NumPy, merges it with concurrent requests into
+one ONNX Runtime call (serving/worker.py) and formats every task's answer, all in-process.
+Reloads reach every worker through the control folder (see serving/worker.py).
 """
 
 import asyncio
+import hmac
+import signal
+import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import aiohttp
 import bentoml
 import numpy as np
-import pandas as pd
-from pydantic import Field
+import orjson
+from pydantic import ConfigDict, Field, ValidationError, create_model
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from components.inference import ONNX_FILE, onnx_session
-from serving.body_limit import BodyLimit
+from serving.guards import BodyLimit, JsonOnly, OpenApiDocument, error_body
 from serving.prediction_log import PredictionLogWriter, ServedBatch
-from serving.runtime import (
-    ModelLoadError,
-    ServedModel,
-    ServingSettings,
-    load_champion,
-    load_version,
-    record_model,
-    records_frame,
-    task_name_type,
-    warm_up_rows,
-)
+from serving.runtime import ModelLoadError, ServingSettings, load_champion, record_model, task_name_type
+from serving.worker import POLL_SECONDS, LoadedModel, MicroBatcher, VersionControl, default_control_dir, open_version
 
 SETTINGS = ServingSettings.from_env()
 STARTUP_MODEL = load_champion(SETTINGS.model_name)
 Record = record_model(STARTUP_MODEL.spec)
 TaskName = task_name_type(STARTUP_MODEL.spec)
-RUNNER_ATTEMPTS = 3
-KEEP_GENERATIONS = 2  # the current session and the one in-flight requests may still use
-
-
-@bentoml.service(name="mtlops-onnx-runner", workers=1)
-class OnnxRunner:
-    def __init__(self) -> None:
-        self.sessions: dict[int, Any] = {}
-
-    @bentoml.api
-    def load(self, generation: int, tag: str) -> str:
-        """Open the version's ONNX graph and prove it computes finite outputs; only then use it."""
-        model = load_version(tag)
-        try:
-            session = onnx_session(model.path / ONNX_FILE, SETTINGS.ort_threads or None)
-            rows = warm_up_rows(model, generation)
-            out = self._run(session, rows)
-        except Exception as exc:
-            raise ModelLoadError(f"{tag}: ONNX session failed ({type(exc).__name__}: {exc})") from exc
-        if out.shape != (len(rows), sum(model.head_widths)) or not np.isfinite(out).all():
-            raise ModelLoadError(f"{tag}: warm-up produced non-finite or mis-shaped outputs {out.shape}")
-        self.sessions[generation] = session
-        for old in sorted(self.sessions)[:-KEEP_GENERATIONS]:
-            del self.sessions[old]
-        return tag
-
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    def infer(self, rows: np.ndarray) -> np.ndarray:
-        generations = rows[:, 0].astype(np.int64)
-        if (generations == generations[0]).all():
-            return self._run(self.sessions[int(generations[0])], rows)
-        out = None
-        for g in np.unique(generations):
-            mask = generations == g
-            part = self._run(self.sessions[int(g)], rows[mask])
-            out = np.empty((len(rows), part.shape[1]), np.float32) if out is None else out
-            out[mask] = part
-        return out
-
-    @staticmethod
-    def _run(session: Any, rows: np.ndarray) -> np.ndarray:
-        numeric_width = session.get_inputs()[0].shape[1]
-        feeds = {"numeric": np.ascontiguousarray(rows[:, 1:1 + numeric_width], dtype=np.float32),
-                 "categorical": rows[:, 1 + numeric_width:].astype(np.int64)}
-        outs = session.run(None, feeds)
-        return np.concatenate([o.reshape(len(rows), -1) for o in outs], axis=1).astype(np.float32)
 
 
 class ServiceMetrics:
     """Prometheus series, exported on /metrics beside BentoML's own (bentoml.metrics
-    registers them with BentoML's multiprocess collector)."""
+    registers them with BentoML's multiprocess collector, so every worker counts)."""
 
     def __init__(self) -> None:
         self.predictions = bentoml.metrics.Counter(
@@ -104,27 +46,25 @@ class ServiceMetrics:
             ["feature", "model_version"])
         self.model_info = bentoml.metrics.Gauge(
             "mtlops_model_info", "1 for the model version being served, 0 for versions served before",
-            ["model_version"], multiprocess_mode="max")
+            ["model_version"], multiprocess_mode="livemax")
         self.reloads = bentoml.metrics.Counter("mtlops_reloads", "Reload attempts by outcome", ["outcome"])
-        self.runner_retries = bentoml.metrics.Counter("mtlops_runner_retries", "Runner calls retried after a "
-                                                      "connection error")
         self.current: str | None = None
 
     def serving(self, tag: str) -> None:
-        if self.current:
+        if self.current and self.current != tag:
             self.model_info.labels(model_version=self.current).set(0)
         self.model_info.labels(model_version=tag).set(1)
         self.current = tag
 
 
 async def model_info(request: Request) -> JSONResponse:
-    svc = bentoml.get_current_service()
-    m: ServedModel = svc.model
+    m = bentoml.get_current_service().model.served
     return JSONResponse({
         "model_version": m.tag,
         "tasks": [{"name": t.name, "type": t.type, **({"classes": t.classes} if t.classes else {}),
                    **({"threshold": t.threshold} if t.type == "binary" else {})} for t in m.spec.targets],
-        "features": {"numeric": [{"name": n.name, "allow_null": n.allow_null} for n in m.spec.numeric],
+        "features": {"numeric": [{"name": n.name, "allow_null": n.allow_null, "min": n.min, "max": n.max,
+                                  "integer": n.integer} for n in m.spec.numeric],
                      "categorical": [{"name": c.name, "allow_null": c.allow_null, "vocabulary_size": len(c.values)}
                                      for c in m.spec.categorical]},
         "metrics": m.metadata.get("metrics", {}),
@@ -134,15 +74,16 @@ async def model_info(request: Request) -> JSONResponse:
 
 async def admin_reload(request: Request) -> JSONResponse:
     if not SETTINGS.admin_token:
-        return JSONResponse({"error": "admin endpoints are disabled: set MTLOPS_ADMIN_TOKEN"}, status_code=403)
-    if request.headers.get("authorization") != f"Bearer {SETTINGS.admin_token}":
-        return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        return JSONResponse(error_body("admin endpoints are disabled: set MTLOPS_ADMIN_TOKEN"), status_code=403)
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {SETTINGS.admin_token}".encode()):
+        return JSONResponse(error_body("missing or wrong bearer token"), status_code=401)
     svc = bentoml.get_current_service()
     try:
-        result = await svc.reload()
+        result = await asyncio.to_thread(svc.reload)
     except ModelLoadError as exc:
         svc.metrics.reloads.labels(outcome="rejected").inc()
-        return JSONResponse({"error": str(exc), "model_version": svc.model.tag}, status_code=409)
+        return JSONResponse(error_body(str(exc)) | {"model_version": svc.model.tag}, status_code=409)
     svc.metrics.reloads.labels(outcome=result["status"]).inc()
     return JSONResponse(result)
 
@@ -152,20 +93,37 @@ OPS_ROUTES = Starlette(routes=[Route("/model", model_info, methods=["GET"]),
                                Route("/admin/reload", admin_reload, methods=["POST"])])
 
 
-@bentoml.service(name="mtlops", workers=1, traffic={"timeout": 60})
+@bentoml.service(name="mtlops", workers=SETTINGS.workers, traffic={"timeout": 60},
+                 logging={"access": {"enabled": SETTINGS.access_log}},
+                 tracing={"excluded_urls": ",".join(["/livez", "/readyz", "/metrics",
+                                                     *([] if SETTINGS.trace_predictions else ["/predict"])])})
 @bentoml.asgi_app(OPS_ROUTES, path="/")
 class MultiTaskModelService:
-    runner = bentoml.depends(OnnxRunner)
-
     def __init__(self) -> None:
-        self.model = STARTUP_MODEL
-        self.generation = 0
-        self.runner_generation = -1  # the runner has not loaded anything yet
-        self._swap = asyncio.Lock()
+        self.control = VersionControl(SETTINGS.control_dir or default_control_dir())
+        target = self.control.target()
+        self.generation, tag = target or (0, STARTUP_MODEL.tag)
+        self.model: LoadedModel = (LoadedModel(STARTUP_MODEL, SETTINGS.ort_threads) if tag == STARTUP_MODEL.tag
+                                   else open_version(tag, SETTINGS.ort_threads))
+        self.healthy = True
+        self.batcher = MicroBatcher(SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.metrics = ServiceMetrics()
         self.metrics.serving(self.model.tag)
         self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds) \
             if SETTINGS.prediction_log else None
+        self.control.report(self.generation, self.model.tag)
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow_control, name="version-control", daemon=True).start()
+        self.draining = False
+        self._stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's: stop accepting, finish in-flight, exit
+        signal.signal(signal.SIGTERM, self._drain)
+
+    def _drain(self, signum: int, frame: Any) -> None:
+        """SIGTERM: for `drain_seconds`, answer as usual but report not ready (a load balancer stops
+        sending) and close each connection after its response (a keep-alive client reconnects instead
+        of racing the close); then stop the way uvicorn does."""
+        self.draining = True
+        threading.Timer(SETTINGS.drain_seconds, self._stop_server, (signum, frame)).start()
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -174,71 +132,128 @@ class MultiTaskModelService:
         tasks: Annotated[list[TaskName] | None, Field(min_length=1)] = None,  # type: ignore[valid-type]
     ) -> dict[str, Any]:
         """Every requested task's answer for every record, from one model version."""
-        await self._ensure_runner_loaded()
-        model, generation = self.model, self.generation
-        features = records_frame(records, model.spec)
-        rows, oov = model.encode(features, generation)
-        stacked = await self._infer(rows)
-        for name in tasks or [t.name for t in model.spec.targets]:
+        return await self.answer(records, tasks)
+
+    async def answer(self, records: list[Any], tasks: list[str] | None) -> dict[str, Any] | JSONResponse:
+        model = self.model
+        rows = [vars(r) for r in records]
+        numeric, categorical, oov = model.encoder.encode(rows)
+        if not np.isfinite(numeric).all():  # in range, yet beyond float32 once standardised
+            i, j = map(int, np.argwhere(~np.isfinite(numeric))[0])
+            field = model.encoder.numeric_names[j % len(model.encoder.numeric_names)]
+            return JSONResponse(error_body("value too large for the model's scale", ["records", i, field]),
+                                status_code=400)
+        try:
+            stacked = await self.batcher.infer(model, numeric, categorical)
+        except Exception:
+            self.healthy = False  # /readyz reports it until an inference succeeds again
+            raise
+        self.healthy = True
+        names = list(dict.fromkeys(tasks)) if tasks else [t.name for t in model.served.spec.targets]
+        for name in names:
             self.metrics.predictions.labels(task=name, model_version=model.tag).inc(len(rows))
-        for feature, count in oov.items():
+        for feature, count in zip(model.encoder.categorical_names, oov.tolist(), strict=True):
             if count:
                 self.metrics.oov.labels(feature=feature, model_version=model.tag).inc(count)
         request_id = uuid.uuid4().hex
         if self.log:
-            self.log.append(ServedBatch(request_id, pd.Timestamp.now(tz="UTC"), model, features, stacked))
+            self.log.append(ServedBatch(request_id, datetime.now(UTC), model.served, rows, stacked))
         return {"model_version": model.tag, "request_id": request_id,
-                "predictions": model.outputs(stacked, list(tasks) if tasks else None)}
+                "predictions": model.served.outputs(stacked, names if tasks else None)}
 
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        """The runner call, retried on connection errors: a keep-alive connection the runner
-        closes while a request is being written (seen under CPU contention) is not a model error,
-        and inference is idempotent."""
-        for _ in range(RUNNER_ATTEMPTS - 1):
-            try:
-                return await self.runner.to_async.infer(rows)
-            except aiohttp.ClientConnectionError:
-                self.metrics.runner_retries.inc()
-        return await self.runner.to_async.infer(rows)
-
-    async def reload(self) -> dict[str, str]:
-        """Serve the store's current champion if it differs, loads, and passes warm-up."""
-        async with self._swap:
-            new = await asyncio.to_thread(load_champion, SETTINGS.model_name)
-            if new.tag == self.model.tag and self.runner_generation == self.generation:
-                return {"status": "unchanged", "model_version": new.tag}
-            if new.signature != self.model.signature:
-                raise ModelLoadError(f"{new.tag} has other features or tasks than {self.model.tag}; "
+    def reload(self) -> dict[str, Any]:
+        """Serve the store's current champion in every worker, if it differs, loads and passes
+        warm-up here first; otherwise raise ModelLoadError and keep serving what is served."""
+        with self.control.lock():
+            new = load_champion(SETTINGS.model_name)
+            generation, tag = self.control.target() or (self.generation, self.model.tag)
+            if new.tag == tag:
+                return {"status": "unchanged", "model_version": tag, "workers": self._workers_on(generation)}
+            if new.signature != STARTUP_MODEL.signature:
+                raise ModelLoadError(f"{new.tag} has other features or tasks than {STARTUP_MODEL.tag}; "
                                      "the request schema is fixed at start-up: restart the service to serve it")
-            generation = self.generation + 1
-            try:
-                await self.runner.to_async.load(generation=generation, tag=new.tag)
-            except Exception as exc:  # the runner's reason is in its log; its HTTP error hides it
-                raise ModelLoadError(f"{new.tag}: the runner could not load it or it failed warm-up "
-                                     f"({type(exc).__name__}: {exc})") from exc
-            self.model, self.generation, self.runner_generation = new, generation, generation
-            self.metrics.serving(new.tag)
-            return {"status": "reloaded", "model_version": new.tag}
+            self._adopt(generation + 1, LoadedModel(new, SETTINGS.ort_threads))
+            self.control.publish(generation + 1, new.tag)
+            reports = self.control.wait_for(generation + 1, SETTINGS.workers)
+            refused = [w for w in reports if (w["failed"] or -1) >= generation + 1]
+            if refused:  # every worker goes back to the old version
+                self.control.publish(generation + 2, tag)
+                self._adopt(generation + 2, open_version(tag, SETTINGS.ort_threads))
+                raise ModelLoadError(f"{new.tag}: worker {refused[0]['pid']} refused it ({refused[0]['error']})")
+            return {"status": "reloaded", "model_version": new.tag, "workers": self._workers_on(generation + 1)}
 
-    async def _ensure_runner_loaded(self) -> None:
-        if self.runner_generation == self.generation:
-            return
-        async with self._swap:
-            if self.runner_generation != self.generation:
-                await self.runner.to_async.load(generation=self.generation, tag=self.model.tag)
-                self.runner_generation = self.generation
+    def _workers_on(self, generation: int) -> int:
+        return sum(w["generation"] == generation for w in self.control.workers())
+
+    def _adopt(self, generation: int, model: LoadedModel) -> None:
+        self.model, self.generation = model, generation
+        self.metrics.serving(model.tag)
+        self.control.report(generation, model.tag)
+
+    def _follow_control(self) -> None:
+        """Background thread: load what another worker published; the old version serves meanwhile."""
+        failed = -1
+        while not self._stop.wait(POLL_SECONDS):
+            target = self.control.target()
+            if target is None or target[0] <= self.generation or target[0] == failed:
+                continue
+            generation, tag = target
+            try:
+                model = self.model if tag == self.model.tag else open_version(tag, SETTINGS.ort_threads)
+            except ModelLoadError as exc:
+                failed = generation
+                self.control.report(self.generation, self.model.tag, failed=generation, error=str(exc))
+                continue
+            self._adopt(generation, model)
 
     async def __is_ready__(self) -> bool:
-        try:
-            await self._ensure_runner_loaded()
-        except Exception:
-            return False
-        return True
+        return self.healthy and not self.draining
 
     @bentoml.on_shutdown
     def flush_prediction_log(self) -> None:
+        self._stop.set()
         if self.log:
             self.log.close()
 
 
+PredictRequest = create_model(
+    "Input", __config__=ConfigDict(extra="forbid"),
+    records=(Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_rows)], ...),  # type: ignore[valid-type]
+    tasks=(Annotated[list[TaskName] | None, Field(min_length=1)], None))  # type: ignore[valid-type]
+
+
+class PredictEndpoint:
+    """POST /predict decoded and encoded here, then answered by `MultiTaskModelService.answer` — the
+    method the BentoML API calls too. BentoML's own HTTP layer for an API (a signature inspection and
+    a JSON schema built per request) costs more than the model; the request schema and the error
+    shape are the same, and the BentoML API stays the published contract."""
+
+    def __init__(self, app: Any, path: str) -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            body = PredictRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            response: Response = JSONResponse({
+                "error": f"{exc.error_count()} validation error for {exc.title}",
+                "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
+                status_code=400)
+        else:
+            result = await bentoml.get_current_service().answer(body.records, body.tasks)
+            response = result if isinstance(result, Response) else \
+                Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+            if bentoml.get_current_service().draining:
+                response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+MultiTaskModelService.add_asgi_middleware(OpenApiDocument, extra_paths=OpenApiDocument.ops_paths())
+MultiTaskModelService.add_asgi_middleware(JsonOnly, paths=("/predict",))
 MultiTaskModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.max_body_bytes)
+MultiTaskModelService.add_asgi_middleware(PredictEndpoint, path="/predict")

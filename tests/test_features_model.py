@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.architectures.hps import HardSharingModel
 from components.config import ProjectConfig
@@ -60,3 +62,27 @@ def test_every_task_type_gets_its_head() -> None:
     y = spec.transform_targets(df)
     assert y["price_band"].tolist()[:3] == [0.0, 1.0, 2.0] and np.isnan(y["price_band"][3])
     assert np.isclose(np.nanmean(y["sales"]), 0.0, atol=1e-6)  # regression heads learn standardised targets
+
+
+NUMBERS = st.none() | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-10**6, 10**6)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_record_encoder_matches_the_batch_path(flights_frame: pd.DataFrame, flights_cfg: ProjectConfig,
+                                                data: st.DataObject) -> None:
+    """Property: serving's NumPy encoder gives the arrays the training path gives, for any records —
+    nulls, unknown and known categories, integers as categories, extreme and tiny values."""
+    spec = FeatureSpec.fit(window(flights_frame, flights_cfg, "train").head(5000), flights_cfg)
+    category = {c.name: st.none() | st.sampled_from(c.values[:20] or ["x"]) | st.text(max_size=4) |
+                st.integers(-2**63, 2**63 - 1) for c in spec.categorical}
+    records = data.draw(st.lists(st.fixed_dictionaries({n.name: NUMBERS for n in spec.numeric} | category),
+                                 min_size=1, max_size=16))
+    numeric, categorical, oov = spec.record_encoder().encode(records)
+    frame = pd.DataFrame(records, columns=spec.feature_names)
+    for n in spec.numeric:
+        frame[n.name] = frame[n.name].astype("float64")
+    expected_cat, expected_oov = spec.transform_categorical(frame)
+    np.testing.assert_array_equal(numeric, spec.transform_numeric(frame))
+    np.testing.assert_array_equal(categorical, expected_cat)
+    assert dict(zip(spec.record_encoder().categorical_names, oov.tolist(), strict=True)) == expected_oov

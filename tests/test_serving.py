@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bentoml
@@ -36,12 +39,13 @@ from components.train import train
 from serving.client import to_records
 from serving.launch import ServerProcess
 from serving.prediction_log import PredictionLogWriter, ServedBatch
-from serving.runtime import load_version, record_model, records_frame
+from serving.runtime import load_version, record_model
 from tests.conftest import TXHOUSING, config_with, window
 
 MAX_ROWS = 64
 MAX_BODY = 256 * 1024
 TOKEN = "test-admin-token"
+WORKERS = 2
 
 
 @dataclass
@@ -97,7 +101,7 @@ def server(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Serv
     env = {"MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_LOG_FLUSH_SECONDS": "0.2", "MTLOPS_MAX_BODY_BYTES": str(MAX_BODY),
            "MTLOPS_ORT_THREADS": "1"}
     process = ServerProcess(root / "config.yaml", root / "server.out", prediction_log=root / "predictions",
-                            max_rows=MAX_ROWS, env=env)
+                            max_rows=MAX_ROWS, env=env, workers=WORKERS)
     process.wait_ready()
     yield Server(process, root / "predictions")
     process.stop()
@@ -154,6 +158,13 @@ def _bad_cases(champion: Champion) -> list[tuple[str, object, int, list[str]]]:
         ("malformed JSON", '{"records": [', 400, ["Invalid JSON"]),
         ("not an object", "[1, 2]", 400, ["object"]),
         ("body too large", {"records": good, "pad": "x" * MAX_BODY}, 413, [str(MAX_BODY)]),
+        ("category beyond int64", {"records": with_field(0, city=2**64)}, 400, ["records", "0", "city"]),
+        ("number beyond float32", {"records": with_field(1, listings=1e300)}, 400, ["records", "1", "listings"]),
+        ("above the declared max", {"records": with_field(2, inventory=61)}, 400, ["records", "2", "inventory", "60"]),
+        ("below the declared min", {"records": with_field(0, listings=-1)}, 400, ["records", "0", "listings", "0"]),
+        ("fraction for a whole number", {"records": with_field(1, month=5.5)}, 400,
+         ["records", "1", "month", "multiple of 1"]),
+        ("unknown top-level key", {"records": good, "extra": 1}, 400, ["extra"]),
     ]
 
 
@@ -163,6 +174,21 @@ def test_bad_input_gets_4xx_naming_record_and_field(server: Server, champion: Ch
         assert r.status_code == status, (name, r.status_code, r.text)
         for w in words:
             assert w in r.text, (name, w, r.text)
+        assert "error" in r.json(), (name, r.text)  # the published ErrorResponse shape
+
+
+def test_wrong_content_type_gets_415(server: Server, champion: Champion) -> None:
+    body = json.dumps({"records": _records(champion.test.head(1), champion.cfg)})
+    for headers in ({"content-type": "text/plain"}, {}):
+        r = httpx.post(server.url + "/predict", content=body, headers=headers, timeout=30)
+        assert r.status_code == 415 and "application/json" in r.json()["error"], r.text
+
+
+def test_duplicate_tasks_are_answered_and_counted_once(server: Server, champion: Champion) -> None:
+    before = _metric(server, "mtlops_predictions_total", task="sales")
+    r = server.post({"records": _records(champion.test.head(2), champion.cfg), "tasks": ["sales", "sales", "sales"]})
+    assert r.status_code == 200 and [list(p) for p in r.json()["predictions"]] == [["sales"], ["sales"]]
+    assert _metric(server, "mtlops_predictions_total", task="sales") == before + 2
 
 
 def test_unknown_category_is_answered_and_counted(server: Server, champion: Champion) -> None:
@@ -255,15 +281,22 @@ def test_reload_under_load_switches_once_without_a_failed_request(server: Server
         new_tag = _register_copy(champion, tmp_path)
         registry.promote(champion.cfg.registry.model_name, new_tag)
         r = server.post({}, path="/admin/reload", token=TOKEN)
-        assert r.status_code == 200 and r.json() == {"status": "reloaded", "model_version": new_tag}, r.text
+        assert r.status_code == 200 and r.json() == {"status": "reloaded", "model_version": new_tag,
+                                                     "workers": WORKERS}, r.text
+        # every worker answers with the new version once the reload has returned
+        after = [httpx.get(server.url + "/model", timeout=10).json()["model_version"] for _ in range(20)]
+        assert set(after) == {new_tag}, after
         time.sleep(1.0)
     finally:
         stop.set()
         worker.join(timeout=60)
     assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
     versions = [v for _, v in seen]
-    switches = [i for i in range(1, len(versions)) if versions[i] != versions[i - 1]]
-    assert versions[0] == champion.tag and versions[-1] == new_tag and len(switches) == 1, versions
+    # the workers swap independently, each once: no answer comes from the old version after the new one
+    # was seen by every worker, and the last answers are all new
+    assert versions[0] == champion.tag and versions[-1] == new_tag, versions
+    last_old = max(i for i, v in enumerate(versions) if v == champion.tag)
+    assert all(v == new_tag for v in versions[last_old + 1:])
     assert _metric(server, "mtlops_model_info", model_version=new_tag) == 1
     assert _metric(server, "mtlops_model_info", model_version=champion.tag) == 0
 
@@ -282,10 +315,78 @@ def test_a_bad_champion_is_rejected_and_the_old_one_keeps_serving(server: Server
     registry.rollback(champion.cfg.registry.model_name)  # leave the store's champion servable
 
 
-def test_shutdown_flushes_every_served_record_to_the_prediction_log(server: Server, champion: Champion) -> None:
-    for n in (1, 3):
-        assert server.post({"records": _records(champion.test.head(n), champion.cfg)}).status_code == 200
+def test_a_killed_worker_comes_back_and_serves(server: Server, champion: Champion) -> None:
+    """SIGKILL one worker (as the OOM killer would): requests keep succeeding (the other worker and
+    then the replacement answer), the replacement serves the same version, and /readyz is never 200
+    from a worker that cannot answer /predict."""
+    records = _records(champion.test.head(2), champion.cfg)
+    serving = httpx.get(server.url + "/model", timeout=10).json()["model_version"]
+    before = server.process.worker_pids()
+    assert len(before) == WORKERS
+    os.kill(before[0], signal.SIGKILL)
+    deadline, statuses = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        pids = server.process.worker_pids()
+        ready = httpx.get(server.url + "/readyz", timeout=10).status_code
+        r = server.post({"records": records})
+        statuses.append(r.status_code)
+        if ready == 200:
+            assert r.status_code == 200, r.text
+        if len(pids) == WORKERS and before[0] not in pids:
+            break
+        time.sleep(0.2)
+    assert len(server.process.worker_pids()) == WORKERS and before[0] not in server.process.worker_pids()
+    for _ in range(20):  # both workers, the replacement included, answer with the same version
+        r = server.post({"records": records})
+        assert r.status_code == 200 and r.json()["model_version"] == serving, r.text
+    assert set(statuses) == {200}, statuses
+
+
+def test_shutdown_under_load_drains_and_flushes_every_answered_record(server: Server, champion: Champion) -> None:
+    """SIGTERM while clients are sending through a "load balancer" that routes only while /readyz is
+    200 (as a Kubernetes Service does): the server drains — keeps answering, reports not ready —
+    so no request fails, and the log holds every answered record."""
+    records = _records(champion.test.head(3), champion.cfg)
+    failed: list[str] = []
+    routing = threading.Event()
+    routing.set()
+    answered_while_draining = 0
+
+    def balancer() -> None:
+        while routing.is_set():
+            try:
+                if httpx.get(server.url + "/readyz", timeout=5).status_code != 200:
+                    routing.clear()
+            except httpx.TransportError:
+                routing.clear()
+            time.sleep(0.05)
+
+    def client() -> None:
+        nonlocal answered_while_draining
+        with httpx.Client(timeout=60) as c:
+            while routing.is_set():
+                try:
+                    r = c.post(server.url + "/predict", json={"records": records})
+                except httpx.TransportError as exc:
+                    failed.append(repr(exc))
+                    return
+                if r.status_code != 200:
+                    failed.append(r.text)
+                    continue
+                with server.lock:
+                    server.served += len(r.json()["predictions"])
+                    answered_while_draining += r.headers.get("connection") == "close"
+
+    threads = [threading.Thread(target=balancer)] + [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
     assert server.process.stop() == 0
+    routing.clear()
+    for t in threads:
+        t.join(timeout=60)
+    assert failed == []
+    assert answered_while_draining > 0  # requests kept being answered after SIGTERM
     log = read_prediction_log(server.log_dir)
     assert len(log) == server.served > 0
     assert log["request_id"].nunique() > 1
@@ -311,14 +412,13 @@ def test_bento_build_bundles_the_champion(champion: Champion, tmp_path: Path) ->
 
 def test_prediction_log_keeps_batches_while_the_disk_refuses_them(champion: Champion, tmp_path: Path) -> None:
     model = load_version(champion.tag)
-    features = records_frame([record_model(model.spec)(**r) for r in _records(champion.test.head(3),
-                                                                              champion.cfg)], model.spec)
+    features = [vars(record_model(model.spec)(**r)) for r in _records(champion.test.head(3), champion.cfg)]
     stacked = np.zeros((3, sum(model.head_widths)), np.float32)
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log folder should be")
     writer = PredictionLogWriter(blocked, flush_seconds=3600, max_buffered_batches=2)
     for i in range(3):
-        writer.append(ServedBatch(f"r{i}", pd.Timestamp.now(tz="UTC"), model, features, stacked))
+        writer.append(ServedBatch(f"r{i}", datetime.now(UTC), model, features, stacked))
     with pytest.raises(OSError):
         writer.flush()
     assert writer.dropped == 1  # bounded: the oldest batch went

@@ -1,0 +1,62 @@
+"""The floor for `mtlops serve`: the smallest Starlette app that parses the same JSON, encodes it
+with the same FeatureSpec and calls the same ONNX graph — no validation, no logging, no metrics.
+
+    python benchmarks/floor_server.py MODEL_DIR --port 3200 --workers 2
+
+MODEL_DIR is an exported model folder (model.onnx + feature_spec.json). benchmarks/serving.py
+starts it beside `mtlops serve` so both are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from components.features import SPEC_FILE, FeatureSpec
+from components.inference import ONNX_FILE, onnx_session
+
+
+def build_app(model_dir: Path, threads: int = 1) -> Starlette:
+    spec = FeatureSpec.load(model_dir / SPEC_FILE)
+    encoder = spec.record_encoder()
+    session = onnx_session(model_dir / ONNX_FILE, threads)
+    names = [o.name for o in session.get_outputs()]
+
+    async def predict(request: Request) -> Response:
+        records = json.loads(await request.body())["records"]
+        numeric, categorical, _ = encoder.encode(records)
+        outs = session.run(None, {"numeric": numeric, "categorical": categorical})
+        body = {name: np.asarray(o).reshape(len(records), -1).tolist() for name, o in zip(names, outs, strict=True)}
+        return Response(json.dumps(body), media_type="application/json")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+
+
+def app() -> Starlette:  # uvicorn --factory entry point (one per worker process)
+    return build_app(Path(os.environ["FLOOR_MODEL_DIR"]), int(os.environ.get("FLOOR_ORT_THREADS", "1")))
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--port", type=int, default=3200)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ort-threads", type=int, default=1)
+    args = parser.parse_args()
+    os.environ["FLOOR_MODEL_DIR"] = str(args.model_dir.resolve())
+    os.environ["FLOOR_ORT_THREADS"] = str(args.ort_threads)
+    uvicorn.run("benchmarks.floor_server:app", factory=True, host="127.0.0.1", port=args.port, workers=args.workers,
+                log_level="warning", access_log=False, app_dir=str(Path(__file__).resolve().parents[1]))

@@ -1,0 +1,167 @@
+"""ASGI middleware in front of the service: 413 for bodies over the limit and 415 for anything but
+JSON, both before any parsing, and the OpenAPI document as the service really answers.
+
+Every error the service sends has one shape, `ErrorResponse`: {"error": message, "detail": [...]},
+`detail` naming each offending location, e.g. ["records", 2, "city"] for record 2's `city`
+(pydantic's errors, as BentoML returns them for a request that fails the schema).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+Scope = dict[str, Any]
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+ERROR_SCHEMA = {
+    "type": "object", "title": "ErrorResponse", "required": ["error"],
+    "properties": {
+        "error": {"type": "string"},
+        "detail": {"type": "array", "items": {
+            "type": "object", "required": ["loc", "msg", "type"],
+            "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                           "msg": {"type": "string"}, "type": {"type": "string"}}}},
+    },
+}
+
+
+def error_body(message: str, loc: Sequence[str | int] | None = None) -> dict[str, Any]:
+    """An `ErrorResponse`; with `loc`, one detail entry naming the offending location."""
+    if loc is None:
+        return {"error": message}
+    return {"error": message, "detail": [{"loc": list(loc), "msg": message, "type": "value_error"}]}
+
+
+async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks, size, more = [], 0, True
+        while more:  # chunked bodies declare no length: count what arrives
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any) -> None:
+        await _send_json(send, 413, error_body(f"request body larger than {self.max_bytes} bytes "
+                                               "(MTLOPS_MAX_BODY_BYTES)"))
+
+
+class JsonOnly:
+    """415 for a POST to `paths` whose content type is not application/json (or missing)."""
+
+    def __init__(self, app: Any, paths: Sequence[str]) -> None:
+        self.app = app
+        self.paths = set(paths)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            declared = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+            if declared.split(";")[0].strip().lower() != "application/json":
+                await _send_json(send, 415, error_body(
+                    f"content type must be application/json, got {declared or 'none'!r}", ["header", "content-type"]))
+                return
+        await self.app(scope, receive, send)
+
+
+class OpenApiDocument:
+    """GET /docs.json: BentoML's generated document, corrected to what the service answers —
+    every error is an `ErrorResponse` (BentoML documents another shape), /predict's 413 and 415,
+    and the routes BentoML does not list (`extra_paths`)."""
+
+    def __init__(self, app: Any, extra_paths: dict[str, Any]) -> None:
+        self.app = app
+        self.extra_paths = extra_paths
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/docs.json":
+            await self.app(scope, receive, send)
+            return
+        status, chunks = 500, []
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if status != 200:
+            await _send_json(send, status, error_body("could not generate the OpenAPI document"))
+            return
+        await _send_json(send, 200, self.corrected(json.loads(b"".join(chunks))))
+
+    def corrected(self, doc: dict[str, Any]) -> dict[str, Any]:
+        doc.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = ERROR_SCHEMA
+        errors = {"400": "the request does not fit the schema (each detail names record and field)",
+                  "413": "request body too large", "415": "content type is not application/json",
+                  "500": "unexpected server error"}
+        for item in doc.get("paths", {}).values():
+            op = item.get("post")
+            if op and "requestBody" in op:
+                op["requestBody"]["content"]["application/json"]["schema"]["additionalProperties"] = False
+                op["responses"] = {"200": op["responses"]["200"], **{
+                    code: {"description": why, "content": {"application/json": {"schema": ERROR_REF}}}
+                    for code, why in errors.items()}}
+        doc["paths"].update(self.extra_paths)
+        return doc
+
+    @staticmethod
+    def ops_paths() -> dict[str, Any]:
+        def error(why: str) -> dict[str, Any]:
+            return {"description": why, "content": {"application/json": {"schema": ERROR_REF}}}
+
+        reloaded = {"type": "object", "required": ["status", "model_version", "workers"], "properties": {
+            "status": {"type": "string", "enum": ["reloaded", "unchanged"]}, "model_version": {"type": "string"},
+            "workers": {"type": "integer", "description": "workers serving that version"}}}
+        return {
+            "/model": {"get": {
+                "tags": ["Service APIs"], "operationId": "mtlops__model",
+                "description": "The served version: tasks, features, training metrics, data lineage.",
+                "responses": {"200": {"description": "the served model", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["model_version", "tasks", "features"]}}}}}}},
+            "/admin/reload": {"post": {
+                "tags": ["Service APIs"], "operationId": "mtlops__admin_reload",
+                "description": "Serve the store's current champion in every worker "
+                               "(Authorization: Bearer $MTLOPS_ADMIN_TOKEN).",
+                "responses": {"200": {"description": "every worker serves the champion",
+                                      "content": {"application/json": {"schema": reloaded}}},
+                              "401": error("missing or wrong bearer token"),
+                              "403": error("admin endpoints disabled: no MTLOPS_ADMIN_TOKEN"),
+                              "409": error("the champion cannot be served; the old version keeps serving")}}},
+        }
