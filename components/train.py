@@ -12,9 +12,9 @@ import copy
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -169,6 +169,41 @@ def _atomic_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class TrainState:
+    """Everything a run carries from one epoch to the next, saved after every epoch (`checkpoint.pt`) and
+    restored by `--resume`: one list of fields for both directions. The checkpoint holds only tensors, numbers,
+    strings, lists and dicts, so it loads with `weights_only=True`."""
+
+    model: Architecture
+    optimizer: torch.optim.Optimizer
+    strategy: Weighting
+    schedule: Mt2stSchedule
+    epoch: int = -1  # the last finished epoch (0-based)
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_metric: float = float("nan")
+    best_state: dict | None = None  # the model's weights at the best epoch
+    history: list[dict] = field(default_factory=list)
+    flops_per_sample: dict[str, float] = field(default_factory=dict)  # measured once per phase (set of heads)
+    train_flops: float = 0.0
+
+    STATEFUL: ClassVar[tuple[str, ...]] = ("model", "optimizer", "strategy", "schedule")  # through state_dict()
+
+    def to_checkpoint(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.STATEFUL}
+        return {**{name: getattr(self, name).state_dict() for name in self.STATEFUL}, **plain,
+                "rng": torch.get_rng_state()}
+
+    def restore(self, checkpoint: dict) -> None:
+        for name in self.STATEFUL:
+            getattr(self, name).load_state_dict(checkpoint[name])
+        for f in fields(self):
+            if f.name not in self.STATEFUL:
+                setattr(self, f.name, checkpoint[f.name])
+        torch.set_rng_state(checkpoint["rng"])
+
+
 def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
           resume: bool = False, progress: bool = True) -> TrainResult:
     tc = cfg.training
@@ -211,22 +246,12 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     primary = cfg.primary_task
-    schedule = Mt2stSchedule(tc.mt2st, task_names, primary.name)
-    flops_per_sample: dict[str, float] = {}  # measured once per phase (set of trained heads)
-    train_flops = 0.0
-    start_epoch, best_epoch, bad_epochs = 0, -1, 0
-    best_metric, best_state, history = float("nan"), None, []
+    state = TrainState(model, optimizer, strategy, Mt2stSchedule(tc.mt2st, task_names, primary.name))
+    schedule = state.schedule
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        strategy.load_state_dict(ckpt["strategy"])
-        schedule.load_state_dict(ckpt["schedule"])
-        flops_per_sample, train_flops = ckpt["flops_per_sample"], ckpt["train_flops"]
-        torch.set_rng_state(ckpt["rng"])
-        start_epoch, best_epoch, bad_epochs = ckpt["epoch"] + 1, ckpt["best_epoch"], ckpt["bad_epochs"]
-        best_metric, best_state, history = ckpt["best_metric"], ckpt["best_state"], ckpt["history"]
+        state.restore(ckpt)
         if progress:
-            print(f"resuming from {ckpt_path} after epoch {start_epoch} of {tc.epochs}", flush=True)
+            print(f"resuming from {ckpt_path} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
 
     n = len(train_t)
     steps = (n + tc.batch_size - 1) // tc.batch_size
@@ -235,10 +260,10 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(state.epoch + 1, tc.epochs):
             if epoch == schedule.switch_epoch:
-                bad_epochs = 0  # the single-task phase gets its own early-stopping patience
-            if bad_epochs >= tc.early_stopping_patience:
+                state.bad_epochs = 0  # the single-task phase gets its own early-stopping patience
+            if state.bad_epochs >= tc.early_stopping_patience:
                 break
             model.train()
             active = schedule.active_tasks(epoch)
@@ -250,7 +275,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
             for s in range(steps):
                 idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size][rank::world]
-                counter = FlopCounterMode(display=False) if phase not in flops_per_sample else None
+                counter = FlopCounterMode(display=False) if phase not in state.flops_per_sample else None
                 # the counted step runs eagerly: dynamo meeting the counter's dispatch mode would skip the model
                 # for good, and FLOPs are counted on the eager ops anyway
                 with counter or contextlib.nullcontext():
@@ -258,8 +283,8 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                                         task_specs, autocast, active=active, rep_mtl=tc.rep_mtl, world=world,
                                         scale=schedule.loss_weights(epoch + s / steps), step=epoch * steps + s)
                 if counter is not None:
-                    flops_per_sample[phase] = counter.get_total_flops() / len(idx)
-                train_flops += flops_per_sample[phase] * len(idx)
+                    state.flops_per_sample[phase] = counter.get_total_flops() / len(idx)
+                state.train_flops += state.flops_per_sample[phase] * len(idx)
                 for name in active:
                     loss_sums[name] += losses[name].detach()
                 bar.advance(job)
@@ -268,38 +293,34 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             train_loss = {name: float(v) / steps for name, v in loss_sums.items()}
             val = evaluate_tensors(model, val_t, spec.targets)
             metric = val[primary.name][primary.metric]
-            improved = best_epoch < 0 or is_better(primary.metric, metric, best_metric)
+            improved = state.best_epoch < 0 or is_better(primary.metric, metric, state.best_metric)
             if improved:
-                best_metric, best_epoch, bad_epochs = metric, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+                state.best_state = copy.deepcopy(model.state_dict())
             else:
-                bad_epochs += 1
+                state.bad_epochs += 1
             if schedule.observe(epoch, improved) and progress:
                 print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
-            history.append({"epoch": epoch + 1, "tasks": active, "loss_weights": schedule.loss_weights(epoch),
-                            "train_loss": train_loss, "validation": val})
+            state.history.append({"epoch": epoch + 1, "tasks": active, "loss_weights": schedule.loss_weights(epoch),
+                                  "train_loss": train_loss, "validation": val})
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
-            _atomic_save({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "strategy": strategy.state_dict(), "schedule": schedule.state_dict(),
-                "flops_per_sample": flops_per_sample, "train_flops": train_flops,
-                "rng": torch.get_rng_state(), "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "best_metric": best_metric, "best_state": best_state,
-                "history": history, "feature_spec": spec.to_json(), "config": config_to_yaml(cfg),
-            }, ckpt_path)
+            state.epoch = epoch
+            _atomic_save({**state.to_checkpoint(), "feature_spec": spec.to_json(), "config": config_to_yaml(cfg)},
+                         ckpt_path)
 
     wall = time.perf_counter() - t0
-    assert best_state is not None, "no epoch was trained"
-    model.load_state_dict(best_state)
-    torch.save(best_state, out_dir / WEIGHTS)
-    result = TrainResult(out_dir, best_epoch + 1, len(history), history[best_epoch]["validation"], history,
-                         samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall, train_flops=train_flops,
-                         switch_epoch=schedule.switch_epoch)
+    assert state.best_state is not None, "no epoch was trained"
+    model.load_state_dict(state.best_state)
+    torch.save(state.best_state, out_dir / WEIGHTS)
+    history = state.history
+    result = TrainResult(out_dir, state.best_epoch + 1, len(history), history[state.best_epoch]["validation"],
+                         history, samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall,
+                         train_flops=state.train_flops, switch_epoch=schedule.switch_epoch)
     (out_dir / SUMMARY).write_text(json.dumps({
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
-        "train_flops": train_flops * world, "flops_per_sample": flops_per_sample, "switch_epoch": schedule.switch_epoch,
-        "world_size": world, "compiled": tc.compile,
+        "train_flops": state.train_flops * world, "flops_per_sample": state.flops_per_sample,
+        "switch_epoch": schedule.switch_epoch, "world_size": world, "compiled": tc.compile,
         "history": history,
     }, indent=1))
     return result

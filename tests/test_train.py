@@ -115,3 +115,45 @@ def test_compile_option_traces_the_model_and_trains_like_eager(flights_frame: pd
     assert compiled["validation"]["arr_delayed"]["roc_auc"] == pytest.approx(
         eager["validation"]["arr_delayed"]["roc_auc"], abs=0.02)
     assert results[True].train_flops == results[False].train_flops  # counted on the eager step either way
+
+
+def test_train_state_round_trips_through_a_weights_only_checkpoint(flights_frame: pd.DataFrame,
+                                                                   tmp_path: Path) -> None:
+    """What `to_checkpoint` writes, `restore` reads back whole: a resumed run continues from the same state."""
+    from components.architectures import build_model
+    from components.features import FeatureSpec
+    from components.mt2st import Mt2stSchedule
+    from components.strategies import make_strategy
+    from components.train import TrainState
+
+    cfg = config_with(FLIGHTS, model={"hidden": [8]}, training={"strategy": {"name": "uw"},
+                                                                 "mt2st": {"switch": {"patience": 1}}})
+    spec = FeatureSpec.fit(window(flights_frame, cfg, "train").head(256), cfg)
+    names = [t.name for t in cfg.tasks]
+
+    def fresh(seed: int) -> TrainState:
+        torch.manual_seed(seed)
+        model = build_model(spec, cfg.model)
+        strategy = make_strategy(names, cfg.training.strategy).attach(model)
+        optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()])
+        return TrainState(model, optimizer, strategy, Mt2stSchedule(cfg.training.mt2st, names, names[0]))
+
+    saved = fresh(0)
+    with torch.no_grad():
+        saved.strategy.log_vars.add_(0.5)  # type: ignore[attr-defined]
+    saved.schedule.observe(0, improved=False)
+    saved.epoch, saved.best_epoch, saved.bad_epochs, saved.best_metric = 2, 1, 1, 0.7
+    saved.best_state, saved.history = saved.model.state_dict(), [{"epoch": 1, "train_loss": {"a": 1.0}}]
+    saved.flops_per_sample, saved.train_flops = {"all": 123.0}, 4.5e9
+    torch.save(saved.to_checkpoint(), tmp_path / "state.pt")
+
+    restored = fresh(1)
+    restored.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+    again = restored.to_checkpoint()
+    for key, value in saved.to_checkpoint().items():
+        if key in ("model", "best_state"):
+            assert all(torch.equal(value[k], again[key][k]) for k in value), key
+        elif key == "rng":
+            assert torch.equal(value, again[key])
+        elif key != "optimizer":  # no steps taken: an empty AdamW state either way
+            assert str(again[key]) == str(value), key
