@@ -370,9 +370,12 @@ class AlertPolicy(Strict):
 
     min_rows: int = Field(500, ge=1)  # smaller windows are reported but never alert
     drift_share: float | None = Field(0.5, gt=0, le=1)  # share of drifted features that alerts
-    features: list[str] = []  # any of these drifting alerts
-    prediction_drift: list[str] = []  # tasks whose prediction drift alerts ("*": every task)
-    metric_drop: dict[str, float] = {}  # task -> relative quality drop that alerts (once labels are known)
+    features: list[str] = ["*"]  # any of these drifting past its calibrated threshold alerts ("*": every
+    # feature not in monitoring.context_features)
+    prediction_drift: list[str] = ["*"]  # tasks whose prediction drift alerts ("*": every task)
+    metric_drop: dict[str, float] = {}  # task -> relative quality drop vs the champion's held-out metric that
+    # alerts (once labels are known); a task not named here uses its `tolerance`, else registry.default_tolerance
+    below_baseline: bool = True  # alert when a task scores worse than the trivial baseline on the same window
     cooldown_days: float = Field(30, ge=0)  # no new alert within this many days of data time
     action: Literal["alert", "retrain"] = "alert"
     webhook: str | None = Field(None, pattern=r"^https?://")
@@ -408,6 +411,14 @@ class MonitoringSpec(Strict):
     per_column_method: dict[str, str] = {}
     per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = {}
     workspace: str = "runs/evidently"  # Evidently Workspace folder (`mtlops dashboard` serves it)
+    # calibrated thresholds (monitoring/calibration.py): the quantile of the drift score between a
+    # contiguous time block (1 / blocks of the reference) and the rest, over `draws` random blocks
+    calibration_quantile: float = Field(0.99, gt=0.5, lt=1)
+    calibration_blocks: int = Field(5, ge=2, le=50)
+    calibration_draws: int = Field(200, ge=10)
+    # seasonal or shared-context features (hourly weather of an airport): monitored and shown, calibrated
+    # like the others, but left out of the drift share and of `alerts.features: ["*"]`
+    context_features: list[str] = []
 
     @field_validator("method")
     @classmethod
@@ -480,12 +491,15 @@ class ProjectConfig(Strict):
                              f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
         if self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
-        unknown = sorted(set(self.alerts.features) - set(self.features.names))
+        unknown = sorted(set(self.alerts.features) - {"*"} - set(self.features.names))
         if unknown:
             raise ValueError(f"alerts.features names unknown features: {unknown}")
         unknown = sorted((set(self.alerts.prediction_drift) - {"*"} | set(self.alerts.metric_drop)) - set(names))
         if unknown:
             raise ValueError(f"alerts name unknown tasks: {unknown}")
+        unknown = sorted(set(self.monitoring.context_features) - set(self.features.names))
+        if unknown:
+            raise ValueError(f"monitoring.context_features names unknown features: {unknown}")
         columns = {*self.features.names, *names}
         for key in ("per_column_method", "per_column_threshold"):
             unknown = sorted(set(getattr(self.monitoring, key)) - columns)
@@ -499,6 +513,14 @@ class ProjectConfig(Strict):
 
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
+
+    def alert_tolerance(self, task: str) -> float:
+        """The relative metric drop that alerts for `task`: alerts.metric_drop, else the task's
+        tolerance, else registry.default_tolerance."""
+        if task in self.alerts.metric_drop:
+            return self.alerts.metric_drop[task]
+        tolerance = self.task(task).tolerance
+        return tolerance if tolerance is not None else self.registry.default_tolerance
 
 
 def format_errors(err: ValidationError, source: str, what: str = "config") -> str:

@@ -18,7 +18,7 @@ import httpx
 import pandas as pd
 
 from components.config import AlertPolicy, ProjectConfig
-from components.metrics import relative_change
+from components.metrics import is_better, relative_change
 
 
 class WindowReport(Protocol):
@@ -50,29 +50,39 @@ class Alert:
 
 
 def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
-    """Every rule of the policy the window breaks (empty: no alert)."""
+    """Every rule of the policy the window breaks (empty: no alert): the drift share, each
+    watched feature and each watched task's predictions past their calibrated thresholds, and
+    per task (once labels are known) a metric drop vs the champion's held-out metric beyond the
+    task's tolerance, or a metric worse than the trivial baseline's on the same rows."""
     policy = cfg.alerts
     if report.rows_current < policy.min_rows:
         return []
     reasons = []
     if policy.drift_share is not None and report.drift_share >= policy.drift_share:
         reasons.append(f"drift share {report.drift_share:.0%} >= {policy.drift_share:.0%}")
-    watched = sorted(set(policy.features) & set(report.drifted_features))
+    context = set(cfg.monitoring.context_features)
+    features = {f for f in cfg.features.names if f not in context} if "*" in policy.features else set(policy.features)
+    watched = sorted(features & set(report.drifted_features))
     if watched:
         reasons.append(f"watched features drifted: {', '.join(watched)}")
     tasks = {t.name for t in cfg.tasks} if "*" in policy.prediction_drift else set(policy.prediction_drift)
     drifted = sorted(tasks & set(report.drifted_predictions))
     if drifted:
         reasons.append(f"predictions drifted: {', '.join(drifted)}")
-    for task, max_drop in policy.metric_drop.items():
-        q = report.quality.get(task)
-        if not q or any(not math.isfinite(q.get(k, math.nan)) for k in ("reference", "current")):
+    for task in cfg.tasks:
+        q = report.quality.get(task.name)
+        if not q or not math.isfinite(q.get("current", math.nan)):
             continue
-        metric = cfg.task(task).metric
-        change = relative_change(metric, q["current"], q["reference"])
-        if change <= -max_drop:
-            reasons.append(f"{task} {metric} {q['reference']:.4f} -> {q['current']:.4f} "
-                           f"({change:+.1%}, alert at -{max_drop:.0%})")
+        metric, current = task.metric or "", q["current"]
+        if math.isfinite(q.get("reference", math.nan)):
+            change, tolerance = relative_change(metric, current, q["reference"]), cfg.alert_tolerance(task.name)
+            if change <= -tolerance:
+                reasons.append(f"{task.name} {metric} {q['reference']:.4f} -> {current:.4f} "
+                               f"({change:+.1%}, alert at -{tolerance:.0%})")
+        baseline = q.get("baseline", math.nan)
+        if policy.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
+            reasons.append(f"{task.name} {metric} {current:.4f} is no better than the trivial baseline's "
+                           f"{baseline:.4f} on the same window")
     return reasons
 
 

@@ -4,7 +4,8 @@
 log's format (`components.predictions`): features by name, per-task prediction columns and,
 once known, label columns `label__<task>`. One Evidently `Report` computes
 
-- data drift per feature (`DataDriftPreset`: Evidently's method by column type and size,
+- data drift per feature at thresholds calibrated on the reference (`monitoring.calibration`;
+  `DataDriftPreset`: Evidently's method by column type and size,
   overridable per column in `monitoring:`; categoricals over the reference's most frequent
   values plus an OTHER bucket) and the dataset drift share;
 - prediction drift per task, on the task's monitored column (`monitored_column`);
@@ -33,8 +34,9 @@ from evidently.presets import DataDriftPreset
 from components.config import MonitoringSpec, ProjectConfig, TaskSpec
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
-from components.metrics import relative_change, task_metrics
+from components.metrics import baseline_raw, relative_change, task_metrics
 from components.predictions import monitored_column
+from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import add_snapshot
 from monitoring.summary import MonitorSummary, window_start
 
@@ -65,11 +67,22 @@ def _raw_outputs(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
     return frame[f"{target.name}__value"].to_numpy(np.float64)
 
 
+def _labels(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
+    return FeatureSpec([], [], [target]).transform_targets(frame)[target.name].astype(np.float64)
+
+
 def task_quality(task: TaskSpec, frame: pd.DataFrame) -> dict[str, float]:
     """`task_metrics` (what the gate uses) on a prediction-log frame with the task's label column."""
     target = _target(task, frame)
-    y = FeatureSpec([], [], [target]).transform_targets(frame)[task.name]
-    return task_metrics(target, _raw_outputs(target, frame), y.astype(np.float64), standardised=False)
+    return task_metrics(target, _raw_outputs(target, frame), _labels(target, frame), standardised=False)
+
+
+def baseline_quality(task: TaskSpec, reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, float]:
+    """The trivial model (the reference's prevalence / class frequencies / median) scored on the
+    current window's labels: what "no model at all" achieves on the same rows."""
+    target = _target(task, current)
+    y = _labels(target, current)
+    return task_metrics(target, baseline_raw(target, _labels(target, reference), len(y)), y, standardised=False)
 
 
 def has_labels(task: TaskSpec, frame: pd.DataFrame) -> bool:
@@ -105,6 +118,22 @@ class TaskQualityCalculation(SingleValueCalculation[TaskQuality]):
 
     def display_name(self) -> str:
         return f"{self.metric.task}: {self.metric.metric}"
+
+
+# --- calibration ---------------------------------------------------------------------
+
+
+def reference_calibration(cfg: ProjectConfig, reference: pd.DataFrame, model_version: str) -> Calibration:
+    """Calibrate the drift thresholds on the whole reference, in time order, prepared as the
+    report sees it (categoricals over the reference's top values)."""
+    predictions = _columns(cfg, reference, reference)
+    time_col = cfg.data.time_column
+    ordered = reference.sort_values(time_col, kind="stable") if time_col in reference.columns else reference
+    prepared = _prepared(ordered.reset_index(drop=True), cfg, predictions, top_categories(reference, cfg))
+    mon = cfg.monitoring
+    by_column = {**{f: f for f in cfg.features.names}, **{c: t for t, c in predictions.items()}}
+    methods = {column: mon.per_column_method.get(name, mon.method) for column, name in by_column.items()}
+    return calibrate(cfg, prepared, _column_types(cfg, predictions), methods, model_version)
 
 
 # --- the report ----------------------------------------------------------------------
@@ -165,17 +194,36 @@ def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, st
     return out
 
 
-def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list[TaskSpec]) -> Report:
+def _column_types(cfg: ProjectConfig, predictions: dict[str, str]) -> dict[str, str]:
+    """Every compared column (features, monitored predictions) -> "num" or "cat"."""
+    definition = _data_definition(cfg, predictions)
+    return {**{c: "num" for c in definition.numerical_columns or []},
+            **{c: "cat" for c in definition.categorical_columns or []}}
+
+
+def thresholds(cfg: ProjectConfig, predictions: dict[str, str],
+               calibration: Calibration) -> dict[str, tuple[str, float]]:
+    """Column -> (Evidently method, threshold): the calibrated ones, a `per_column_threshold` from
+    the config (keyed by feature or task) overriding the calibrated threshold."""
+    by_column = {**{f: f for f in cfg.features.names}, **{c: t for t, c in predictions.items()}}
+    explicit = cfg.monitoring.per_column_threshold
+    return {column: (c.method, explicit.get(by_column[column], c.threshold))
+            for column, c in calibration.columns.items()}
+
+
+def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list[TaskSpec],
+            limits: dict[str, tuple[str, float]]) -> Report:
+    """Watched features in the `DataDriftPreset` (so its drift share counts them only), context
+    features and task predictions as single `ValueDrift`s; every column at its calibrated threshold."""
     mon = cfg.monitoring
-    features = set(cfg.features.names)
-    feature_methods = {c: m for c, m in mon.per_column_method.items() if c in features}
-    feature_thresholds = {c: v for c, v in mon.per_column_threshold.items() if c in features}
-    items: list[Any] = [DataDriftPreset(columns=cfg.features.names, drift_share=mon.drift_share, method=mon.method,
-                                        per_column_method=feature_methods or None,
-                                        per_column_threshold=feature_thresholds or None)]
-    for task, column in predictions.items():
-        items.append(ValueDrift(column=column, method=mon.per_column_method.get(task, mon.method),
-                                threshold=mon.per_column_threshold.get(task)))
+    watched = [f for f in cfg.features.names if f not in mon.context_features]
+    items: list[Any] = []
+    if watched:
+        items.append(DataDriftPreset(columns=watched, drift_share=mon.drift_share,
+                                     per_column_method={c: limits[c][0] for c in watched},
+                                     per_column_threshold={c: limits[c][1] for c in watched}))
+    for column in [*mon.context_features, *predictions.values()]:
+        items.append(ValueDrift(column=column, method=limits[column][0], threshold=limits[column][1]))
     for t in quality_tasks:
         items.append(TaskQuality(task=t.name, task_type=t.type, metric=t.metric or "", threshold=t.threshold))
     return Report(items, include_tests=True)
@@ -207,7 +255,7 @@ def _drift_results(snapshot_dict: dict) -> tuple[dict[str, float], dict[str, str
 
 def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, out_dir: Path, *,
             window: str, model_version: str, sample_size: int | None = None, seed: int = 0,
-            workspace: Path | None = None,
+            workspace: Path | None = None, calibration: Calibration | None = None,
             reference_quality: dict[str, dict[str, float]] | None = None) -> MonitorSummary:
     """Drift of every feature and task output, and per-task quality when `current` has labels.
 
@@ -216,6 +264,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     unless `reference_quality` gives held-out numbers (task -> {metric: value}, e.g. the model's
     stored test metrics, which `mtlops monitor` passes). Writes `snapshot.json`, `report.html`
     and `summary.json` into `out_dir`; with `workspace`, adds the snapshot to the model's project.
+    Drift thresholds come from `calibration` (`reference_calibration` when not given).
     """
     size = sample_size or cfg.monitoring.sample_size
     predictions = _columns(cfg, reference, current)
@@ -223,7 +272,9 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     labelled = [t for t in cfg.tasks if has_labels(t, cur)]
     when = window_start(window)
     top = top_categories(ref, cfg)
-    snapshot = _report(cfg, predictions, labelled).run(
+    calibration = calibration or reference_calibration(cfg, reference, model_version)
+    limits = thresholds(cfg, predictions, calibration)
+    snapshot = _report(cfg, predictions, labelled, limits).run(
         Dataset.from_pandas(_prepared(cur, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         Dataset.from_pandas(_prepared(ref, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         timestamp=when, tags=["monitor"], metadata={"window": window, "model_version": model_version},
@@ -245,6 +296,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         quality[task.name] = {
             "metric": metric, "reference": float(ref_value), "current": current_value,
             "relative_change": relative_change(metric, current_value, float(ref_value)),
+            "baseline": baseline_quality(task, ref, cur).get(metric, math.nan) if has_labels(task, ref) else math.nan,
             "rows": int(cur[label_column(task.name)].notna().sum()),
         }
 
@@ -253,6 +305,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     snapshot.save_json(str(out_dir / SNAPSHOT_JSON))
     snapshot.save_html(str(out_dir / SNAPSHOT_HTML))
     features = cfg.features.names
+    by_name = {**{f: f for f in features}, **{t: c for t, c in predictions.items()}}
     summary = MonitorSummary(
         model_version=model_version, window=window,
         rows_reference=len(reference), rows_current=len(current), sampled_reference=len(ref),
@@ -263,7 +316,8 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         prediction_scores={t: scores[c] for t, c in predictions.items()},
         quality=quality, snapshot_json=str(out_dir / SNAPSHOT_JSON), snapshot_html=str(out_dir / SNAPSHOT_HTML),
         methods=methods, quality_reference="model test metrics" if reference_quality else "reference sample",
-        timestamp=when.isoformat(),
+        timestamp=when.isoformat(), thresholds={name: limits[column][1] for name, column in by_name.items()},
+        context_features=list(cfg.monitoring.context_features),
     )
     if workspace is not None:
         summary.snapshot_id = add_snapshot(Path(workspace), cfg, snapshot, summary)

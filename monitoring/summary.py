@@ -20,19 +20,22 @@ class MonitorSummary:
     rows_current: int
     sampled_reference: int  # after sampling
     sampled_current: int
-    drift_share: float  # share of features drifted (Evidently's dataset drift)
+    drift_share: float  # share of the non-context features drifted (Evidently's dataset drift)
     dataset_drift: bool  # drift_share >= monitoring.drift_share
-    drifted_features: list[str]
+    drifted_features: list[str]  # past their calibrated threshold (context features included)
     feature_scores: dict[str, float]  # Evidently's drift score per feature (p-value or distance, see methods)
     drifted_predictions: list[str]  # tasks whose monitored prediction column drifted
     prediction_scores: dict[str, float]  # task -> drift score of its monitored column
-    quality: dict[str, dict[str, Any]]  # task -> metric, reference, current, relative_change (+ = better), rows
+    # task -> metric, reference, current, relative_change (+ = better), baseline (trivial model, same rows), rows
+    quality: dict[str, dict[str, Any]]
     snapshot_json: str
     snapshot_html: str
     methods: dict[str, str] = field(default_factory=dict)  # column -> drift method (and threshold)
     quality_reference: str = "reference sample"  # where the reference quality comes from
     timestamp: str = ""  # the window's start (the snapshot's time on the dashboard)
     snapshot_id: str | None = None  # in the Workspace, when one was given
+    thresholds: dict[str, float] = field(default_factory=dict)  # feature or task -> calibrated drift threshold
+    context_features: list[str] = field(default_factory=list)  # monitored, outside the drift share and "*"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, allow_nan=True)

@@ -19,7 +19,8 @@ from components.config import ProjectConfig
 from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
-from monitoring.drift import monitor
+from monitoring.calibration import Calibration, save_calibration, stored_calibration
+from monitoring.drift import monitor, reference_calibration
 from monitoring.summary import MonitorSummary
 
 LOG_KEYS = ["request_id", "record_index"]
@@ -39,6 +40,16 @@ def champion_model(cfg: ProjectConfig) -> Champion:
     if found is None:
         raise LookupError(f"no champion for '{cfg.registry.model_name}' in the model store: run `mtlops run` first")
     return Champion(str(found.tag), Path(found.path), found.info.metadata.get("metrics", {}).get("test", {}))
+
+
+def model_calibration(cfg: ProjectConfig, folder: Path, model_version: str, reference: pd.DataFrame) -> Calibration:
+    """The drift thresholds stored with the model (`calibration.json` beside its reference);
+    calibrated and stored on first use, or again when the calibration settings changed."""
+    found = stored_calibration(folder, cfg, model_version)
+    if found is None:
+        found = reference_calibration(cfg, reference, model_version)
+        save_calibration(folder, found)
+    return found
 
 
 def window_bounds(window: str) -> tuple[datetime, datetime]:
@@ -97,7 +108,8 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
     if current.empty:
         raise ValueError(f"no records in window {window}")
     return monitor(cfg, reference, current, out_dir, window=window, model_version=champ.tag,
-                   sample_size=sample_size, workspace=workspace, reference_quality=champ.test_metrics or None)
+                   sample_size=sample_size, workspace=workspace, reference_quality=champ.test_metrics or None,
+                   calibration=model_calibration(cfg, champ.folder, champ.tag, reference))
 
 
 def previous_month(timestamp: str) -> str:

@@ -75,6 +75,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
     log, and every promotion is reloaded into it; otherwise the champion scores offline."""
     from monitoring.dashboard import add_alert_marker
     from monitoring.drift import monitor
+    from monitoring.windows import model_calibration
 
     name, primary = cfg.registry.model_name, cfg.primary_task.name
     initial = registry.champion(name)
@@ -94,6 +95,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         reference = pd.read_parquet(Path(champion.path) / REFERENCE_FILE)
         summary = monitor(cfg, reference, current, out_dir / "reports" / month, window=month,
                           model_version=str(champion.tag), workspace=workspace,
+                          calibration=model_calibration(cfg, Path(champion.path), str(champion.tag), reference),
                           reference_quality=champion.info.metadata.get("metrics", {}).get("test"))
         alert = decide(cfg, summary, end, alert_log)
         if alert is not None:

@@ -66,6 +66,25 @@ def test_each_rule_alerts_and_a_quiet_window_does_not() -> None:
     assert reasons_to_alert(cfg, Report(rows_current=999, drift_share=1.0)) == []  # too few rows to judge
 
 
+def test_defaults_watch_every_task_and_every_non_context_feature() -> None:
+    """The default policy: each task's predictions, each feature but the context ones, each task's
+    metric vs the champion's (its own tolerance) and vs the trivial baseline on the same rows."""
+    cfg = config_with(FLIGHTS, alerts={"min_rows": 1000}, monitoring={"context_features": ["temp"]})
+    assert "dep_delay" in reasons_to_alert(cfg, Report(drifted_predictions=["dep_delay"]))[0]
+    assert reasons_to_alert(cfg, Report(drifted_features=["temp"])) == []  # context: shown, not alerting
+    assert "distance" in reasons_to_alert(cfg, Report(drifted_features=["distance", "temp"]))[0]
+    assert cfg.alert_tolerance("air_time") == 0.10  # the task's tolerance
+    assert cfg.alert_tolerance("arr_delayed") == 0.03 and cfg.alert_tolerance("cancelled") == 0.05  # metric_drop; task
+    worse = Report(quality={"air_time": {"reference": 10.3, "current": 11.5, "baseline": 70.0}})
+    assert reasons_to_alert(cfg, worse) == ["air_time mae 10.3000 -> 11.5000 (-11.7%, alert at -10%)"]
+    held = Report(quality={"air_time": {"reference": 10.3, "current": 11.0, "baseline": 70.0}})
+    assert reasons_to_alert(cfg, held) == []
+    # Sep-Nov on dep_delay: better than the champion's June MAE, worse than the constant median
+    useless = Report(quality={"dep_delay": {"reference": 23.9, "current": 20.0, "baseline": 19.5}})
+    assert reasons_to_alert(cfg, useless) == ["dep_delay mae 20.0000 is no better than the trivial baseline's "
+                                              "19.5000 on the same window"]
+
+
 def test_cooldown_in_data_time_and_webhook_only_for_acting_alerts(tmp_path: Path,
                                                                   receiver: tuple[str, list[dict]]) -> None:
     url, got = receiver
@@ -100,7 +119,19 @@ def test_a_receiver_that_is_down_does_not_stop_monitoring(tmp_path: Path) -> Non
     ({"action": "page-someone"}, "alerts.action"),
     ({"webhook": "ftp://x"}, "alerts.webhook"),
     ({"cooldown_days": -1}, "alerts.cooldown_days"),
+    ({"below_baseline": "sometimes"}, "alerts.below_baseline"),
 ])
 def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name: str) -> None:
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
         config_with(FLIGHTS, alerts=alerts)
+
+
+@pytest.mark.parametrize(("monitoring", "field_name"), [
+    ({"context_features": ["no_such_feature"]}, "monitoring.context_features"),
+    ({"calibration_quantile": 1.0}, "monitoring.calibration_quantile"),
+    ({"calibration_blocks": 1}, "monitoring.calibration_blocks"),
+    ({"calibration_draws": 2}, "monitoring.calibration_draws"),
+])
+def test_bad_calibration_settings_are_config_errors_naming_the_field(monitoring: dict, field_name: str) -> None:
+    with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
+        config_with(FLIGHTS, monitoring=monitoring)
