@@ -28,8 +28,15 @@ $(LINT_VENV)/bin/checkov:
 	$(LINT_VENV)/bin/pip install --quiet --upgrade pip
 	$(LINT_VENV)/bin/pip install --quiet checkov==3.3.30
 
+# schemathesis (OpenAPI fuzzing of the live service) pins its own hypothesis and friends: its own venv
+SCHEMATHESIS_VENV ?= .venv-schemathesis
+$(SCHEMATHESIS_VENV)/bin/st:
+	$(PYTHON) -m venv $(SCHEMATHESIS_VENV)
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --upgrade pip
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet schemathesis==4.32.5
+
 ## test: lint, then the whole test suite (what CI runs)
-test: $(BIN)/.installed $(LINT_VENV)/bin/checkov
+test: $(BIN)/.installed $(LINT_VENV)/bin/checkov $(SCHEMATHESIS_VENV)/bin/st
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -134,7 +134,12 @@ class OpenApiDocument:
         for item in doc.get("paths", {}).values():
             op = item.get("post")
             if op and "requestBody" in op:
-                op["requestBody"]["content"]["application/json"]["schema"]["additionalProperties"] = False
+                op["requestBody"]["required"] = True
+                body = op["requestBody"]["content"]["application/json"]["schema"]
+                body["additionalProperties"] = False
+                for prop in body.get("properties", {}).values():
+                    if "default" in prop and prop["default"] is None:  # BentoML drops the null of Optional
+                        prop["nullable"] = True
                 op["responses"] = {"200": op["responses"]["200"], **{
                     code: {"description": why, "content": {"application/json": {"schema": ERROR_REF}}}
                     for code, why in errors.items()}}
