@@ -1,31 +1,35 @@
-"""Serving benchmark: one multi-head service vs K single-task services, on loopback.
+"""Serving benchmark: `mtlops serve` against its limits, and one multi-head service vs K single-task ones.
 
     python benchmarks/serving.py            # 8 s per cell
     python benchmarks/serving.py --quick    # 3 s per cell
 
-Trains (briefly: serving speed does not depend on accuracy) one flights model with
-all K=4 heads and K single-task models of the same architecture, registers them in
-a throw-away model store, starts `mtlops serve` for each, and drives them with a
-bounded async httpx load generator (bounded in time and in requests). For the K
-single-task setup one "request" asks all K services concurrently, as a client that
-needs every prediction must; its latency is that of the slowest answer.
-
-Also: ONNX Runtime vs PyTorch eager for the same model in-process (1 thread each),
-and the resident memory of the service process trees. Prints tables and writes
-benchmarks/results/serving.md.
+Trains (briefly: serving speed does not depend on accuracy) one flights model with all K=4 heads and
+K single-task models of the same architecture, registers them in a throw-away model store, and
+measures in the same run, on the same model:
+  (a) in-process ONNX Runtime (the limit: `session.run` in a loop, 1 thread),
+  (b) the bare floor server (benchmarks/floor_server.py: Starlette + uvicorn, same JSON, same
+      encoder, same ONNX session, nothing else; as many workers as `mtlops serve`),
+  (c) `mtlops serve` (default workers = cores),
+  (d) K single-task `mtlops serve`s loaded at once (a client needing every answer waits for the
+      slowest: its throughput is the slowest service's),
+at concurrency 1, 8, 32 x batch 1, 64, loaded by `wrk` (a native generator; `apt-get install -y wrk`)
+bounded in time, on loopback. Also where the time of one request goes (in-process, per stage), and
+the resident memory of each server's process tree. Prints tables and writes benchmarks/results/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serving` is the
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import psutil
 import torch
+from pydantic import create_model
 from rich.console import Console
 from rich.table import Table
 
@@ -44,17 +50,30 @@ from components import registry
 from components.config import ProjectConfig, config_to_yaml, load_config
 from components.data import load_source, sample_rows, select_window, with_labels
 from components.export import export_onnx
+from components.features import SPEC_FILE, FeatureSpec
 from components.inference import ONNX_FILE, onnx_session
 from components.stl import single_task_config
-from components.train import load_trained, to_tensors, train
+from components.train import train
 from serving.client import to_records
-from serving.launch import ServerProcess
+from serving.launch import ServerProcess, free_port
+from serving.runtime import ServedModel, record_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
 BATCHES = (1, 64)
 console = Console(width=140)
+WRK_SCRIPT = """
+local f = io.open(os.getenv("BODY_FILE"), "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, '
+    .. '"p50": %f, "p95": %f, "p99": %f}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
 
 
 @dataclass
@@ -90,44 +109,34 @@ def build_model(cfg: ProjectConfig, frame: pd.DataFrame, work: Path) -> Path:
     return model_dir
 
 
-def payloads(frame: pd.DataFrame, cfg: ProjectConfig, batch: int, n: int = 32) -> list[bytes]:
+def write_bodies(frame: pd.DataFrame, cfg: ProjectConfig, work: Path) -> dict[int, Path]:
     rows = to_records(frame, cfg.features.names)
-    return [json.dumps({"records": rows[i * batch:(i + 1) * batch]}).encode() for i in range(n)]
+    paths = {}
+    for batch in BATCHES:
+        paths[batch] = work / f"body-{batch}.json"
+        paths[batch].write_text(json.dumps({"records": rows[:batch]}))
+    return paths
 
 
-async def drive(urls: list[str], bodies: list[bytes], concurrency: int, batch: int, seconds: float,
-                max_requests: int) -> Cell:
-    latencies: list[float] = []
-    failed = 0
-    limits = httpx.Limits(max_connections=concurrency * len(urls) + 4)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        stop_at = time.perf_counter() + seconds
+def wrk(urls: list[str], body: Path, concurrency: int, seconds: float, script: Path) -> list[dict]:
+    """One wrk per URL, all at once; each result as wrk's Lua `done` printed it."""
+    procs = [subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "10s",
+                               "-s", str(script), u + "/predict"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "BODY_FILE": str(body)}) for u in urls]
+    out = []
+    for p in procs:
+        text = p.communicate(timeout=seconds + 60)[0]
+        out.append(json.loads(next(line[4:] for line in text.splitlines() if line.startswith("WRK "))))
+    return out
 
-        async def worker(k: int) -> None:
-            nonlocal failed
-            i = k
-            while time.perf_counter() < stop_at and len(latencies) + failed < max_requests:
-                body = bodies[i % len(bodies)]
-                i += concurrency
-                t0 = time.perf_counter()
-                try:
-                    answers = await asyncio.gather(*(client.post(u + "/predict", content=body,
-                                                                 headers={"content-type": "application/json"})
-                                                     for u in urls))
-                except httpx.TransportError:  # a dropped connection is a failed request, not a crash
-                    failed += 1
-                    continue
-                if all(a.status_code == 200 for a in answers):
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    failed += 1
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    q = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
-    return Cell("", concurrency, batch, len(latencies), failed, len(latencies) * batch / elapsed, *q)
+def cell(label: str, results: list[dict], concurrency: int, batch: int) -> Cell:
+    """The slowest service decides (for one service, that one)."""
+    slow = min(results, key=lambda r: r["requests"] / r["duration_us"])
+    return Cell(label, concurrency, batch, slow["requests"], sum(r["errors"] + r["non2xx"] for r in results),
+                slow["requests"] * batch / (slow["duration_us"] / 1e6),
+                max(r["p50"] for r in results) / 1000, max(r["p95"] for r in results) / 1000,
+                max(r["p99"] for r in results) / 1000)
 
 
 def tree_rss_mib(pid: int) -> float:
@@ -136,24 +145,37 @@ def tree_rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
 
 
-def run_setup(label: str, configs: list[Path], frame: pd.DataFrame, cfg: ProjectConfig, work: Path,
-              seconds: float, max_requests: int) -> tuple[list[Cell], float]:
-    servers = [ServerProcess(c, work / f"{c.stem}.out", env={"MTLOPS_ORT_THREADS": "1"}, max_rows=max(BATCHES),
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def load_cells(label: str, urls: list[str], bodies: dict[int, Path], seconds: float, script: Path) -> list[Cell]:
+    cells = []
+    for batch in BATCHES:
+        wrk(urls, bodies[batch], 1, 1, script)  # warm-up
+        for c in CONCURRENCY:
+            cells.append(cell(label, wrk(urls, bodies[batch], c, seconds, script), c, batch))
+            last = cells[-1]
+            console.print(f"  {label} c={c} batch={batch}: {last.records_per_s:,.0f} records/s, "
+                          f"p50 {last.p50_ms:.2f} ms, p99 {last.p99_ms:.1f} ms, {last.failed} failed")
+    return cells
+
+
+def run_mtlops(label: str, configs: list[Path], bodies: dict[int, Path], work: Path, seconds: float,
+               script: Path) -> tuple[list[Cell], float]:
+    servers = [ServerProcess(c, work / f"{c.stem}.out", max_rows=max(BATCHES),
                              prediction_log=work / f"{c.stem}-predictions") for c in configs]
     try:
         for s in servers:
             s.wait_ready()
-        urls = [s.url for s in servers]
-        cells = []
-        for batch in BATCHES:
-            bodies = payloads(frame, cfg, batch)
-            asyncio.run(drive(urls, bodies, 1, batch, 1.0, 50))  # warm-up
-            for c in CONCURRENCY:
-                cell = asyncio.run(drive(urls, bodies, c, batch, seconds, max_requests))
-                cell.setup = label
-                cells.append(cell)
-                console.print(f"  {label} c={c} batch={batch}: {cell.records_per_s:,.0f} records/s, "
-                              f"p99 {cell.p99_ms:.1f} ms, {cell.failed} failed")
+        cells = load_cells(label, [s.url for s in servers], bodies, seconds, script)
         rss = sum(tree_rss_mib(s.proc.pid) for s in servers)
     finally:
         for s in servers:
@@ -161,66 +183,116 @@ def run_setup(label: str, configs: list[Path], frame: pd.DataFrame, cfg: Project
     return cells, rss
 
 
-def onnx_vs_eager(model_dir: Path, onnx_dir: Path, frame: pd.DataFrame, repeats: int) -> list[tuple[int, float, float]]:
-    torch.set_num_threads(1)
-    model, spec, _ = load_trained(model_dir)
-    model.eval()
+def run_floor(onnx_dir: Path, bodies: dict[int, Path], work: Path, seconds: float,
+              script: Path) -> tuple[list[Cell], float]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "floor_server.py"), str(onnx_dir),
+                             "--port", str(port), "--workers", str(os.cpu_count() or 1)],
+                            stdout=(work / "floor.out").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        cells = load_cells("floor", [f"http://127.0.0.1:{port}"], bodies, seconds, script)
+        rss = tree_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return cells, rss
+
+
+def timed_us(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def request_profile(onnx_dir: Path, bodies: dict[int, Path], repeats: int) -> list[tuple[int, dict[str, float]]]:
+    """Median µs of each stage of one /predict, in-process, as the service runs them (1 ORT thread)."""
+    spec = FeatureSpec.load(onnx_dir / SPEC_FILE)
+    served = ServedModel("bench", onnx_dir, spec)
     session = onnx_session(onnx_dir / ONNX_FILE, threads=1)
+    encoder = spec.record_encoder()
+    request_model = create_model("Input", records=(list[record_model(spec)], ...))  # type: ignore[valid-type]
     out = []
     for batch in BATCHES:
-        data = to_tensors(frame.head(batch), spec)
-        feeds = {"numeric": data.numeric.numpy(), "categorical": data.categorical.numpy()}
-
-        def timed(fn) -> float:  # type: ignore[no-untyped-def]
-            for _ in range(20):
-                fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times) * 1e6
-
-        with torch.inference_mode():
-            eager = timed(lambda d=data: model(d.numeric, d.categorical))
-        ort = timed(lambda f=feeds: session.run(None, f))
-        out.append((batch, ort, eager))
+        raw = bodies[batch].read_bytes()
+        parsed = request_model.model_validate_json(raw)
+        rows = [vars(r) for r in parsed.records]
+        numeric, categorical, _ = encoder.encode(rows)
+        feeds = {"numeric": numeric, "categorical": categorical}
+        outs = session.run(None, feeds)
+        stacked = np.concatenate([o.reshape(batch, -1) for o in outs], axis=1)
+        answer = {"predictions": served.outputs(stacked, None)}
+        out.append((batch, {
+            "parse + validate (pydantic)": timed_us(lambda r=raw: request_model.model_validate_json(r), repeats),
+            "encode (RecordEncoder)": timed_us(lambda r=rows: encoder.encode(r), repeats),
+            "ONNX Runtime": timed_us(lambda f=feeds: session.run(None, f), repeats),
+            "format outputs": timed_us(lambda s=stacked: served.outputs(s, None), repeats),
+            "JSON encode (orjson)": timed_us(lambda a=answer: orjson.dumps(a), repeats),
+        }))
     return out
 
 
-def markdown(cells: list[Cell], k: int, rss: dict[str, float], infer: list[tuple[int, float, float]],
+def markdown(cells: list[Cell], k: int, rss: dict[str, float], profile: list[tuple[int, dict[str, float]]],
              args: argparse.Namespace) -> str:
+    by = {(c.setup, c.concurrency, c.batch): c for c in cells}
+    ort_us = {b: stages["ONNX Runtime"] for b, stages in profile}
     lines = [f"# Serving benchmark ({'quick' if args.quick else 'full'})", "",
              f"Command: `python benchmarks/serving.py{' --quick' if args.quick else ''}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-             f"torch {torch.__version__}; load generator on the same machine; ONNX Runtime 1 thread per service.",
-             "", f"## One multi-head service vs K={k} single-task services (a request needs all K answers)", "",
-             "| concurrency | batch | multi-head rec/s | K single rec/s | ratio | multi p50/p95/p99 ms "
-             "| K single p50/p95/p99 ms | failed |", "|---|---|---|---|---|---|---|---|"]
-    multi = {(c.concurrency, c.batch): c for c in cells if c.setup == "multi-head"}
-    single = {(c.concurrency, c.batch): c for c in cells if c.setup != "multi-head"}
-    for key, m in multi.items():
-        s = single[key]
-        lines.append(f"| {key[0]} | {key[1]} | {m.records_per_s:,.0f} | {s.records_per_s:,.0f} | "
-                     f"{m.records_per_s / s.records_per_s:.2f}× | {m.p50_ms:.1f} / {m.p95_ms:.1f} / {m.p99_ms:.1f} | "
-                     f"{s.p50_ms:.1f} / {s.p95_ms:.1f} / {s.p99_ms:.1f} | {m.failed + s.failed} |")
-    lines += ["", "## Memory (resident, whole process tree)", "", "| setup | RSS MiB |", "|---|---|"]
+             f"torch {torch.__version__}; load generator (`wrk`, 1 thread) on the same machine; "
+             f"{os.cpu_count()} workers per server, ONNX Runtime 1 thread per worker; "
+             f"load average at start {args.load_at_start}.", "",
+             "## `mtlops serve` vs the bare floor server vs in-process ONNX Runtime", "",
+             "In-process ORT is one thread calling `session.run` in a loop (the limit of one core).", "",
+             "| concurrency | batch | in-process ORT rec/s | floor rec/s | mtlops rec/s | floor / mtlops "
+             "| floor p50/p95/p99 ms | mtlops p50/p95/p99 ms | failed (floor, mtlops) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in CONCURRENCY:
+        for b in BATCHES:
+            f, m = by[("floor", c, b)], by[("mtlops", c, b)]
+            lines.append(f"| {c} | {b} | {b / ort_us[b] * 1e6:,.0f} | {f.records_per_s:,.0f} | {m.records_per_s:,.0f} "
+                         f"| {f.records_per_s / m.records_per_s:.2f}× | {f.p50_ms:.2f} / {f.p95_ms:.2f} / "
+                         f"{f.p99_ms:.1f} | {m.p50_ms:.2f} / {m.p95_ms:.2f} / {m.p99_ms:.1f} "
+                         f"| {f.failed}, {m.failed} |")
+    lines += ["", f"## One multi-head service vs K={k} single-task services (a client needs all K answers)", "",
+              "All K services are loaded at once; the slowest one's rate is the client's.", "",
+              "| concurrency | batch | multi-head rec/s | K single rec/s | ratio | multi p50/p99 ms "
+              "| K single p50/p99 ms (slowest) | failed |", "|---|---|---|---|---|---|---|---|"]
+    for c in CONCURRENCY:
+        for b in BATCHES:
+            m, s = by[("mtlops", c, b)], by[("single", c, b)]
+            lines.append(f"| {c} | {b} | {m.records_per_s:,.0f} | {s.records_per_s:,.0f} | "
+                         f"{m.records_per_s / s.records_per_s:.2f}× | {m.p50_ms:.2f} / {m.p99_ms:.1f} | "
+                         f"{s.p50_ms:.2f} / {s.p99_ms:.1f} | {m.failed + s.failed} |")
+    lines += ["", "## Memory (resident, whole process tree)", "", "| server | RSS MiB |", "|---|---|"]
     lines += [f"| {name} | {v:,.0f} |" for name, v in rss.items()]
-    lines += ["", "## In-process inference, multi-head model (median µs per call, 1 thread)", "",
-              "| batch | ONNX Runtime | PyTorch eager | speed-up |", "|---|---|---|---|"]
-    lines += [f"| {b} | {o:.0f} | {e:.0f} | {e / o:.1f}× |" for b, o, e in infer]
+    lines += ["", "## Where one request's time goes (in-process, median µs per stage, 1 thread)", "",
+              "| stage | " + " | ".join(f"batch {b}" for b, _ in profile) + " |",
+              "|---|" + "---|" * len(profile)]
+    for stage in profile[0][1]:
+        lines.append(f"| {stage} | " + " | ".join(f"{stages[stage]:,.0f}" for _, stages in profile) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{sum(st.values()):,.0f}**" for _, st in profile) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s per cell instead of 8")
-    parser.add_argument("--max-requests", type=int, default=20_000, help="bound per cell")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`")
+    args.load_at_start = f"{os.getloadavg()[0]:.2f}"
     seconds = 3.0 if args.quick else 8.0
 
     work = Path(tempfile.mkdtemp(prefix="mtlops-bench-work-"))
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
     multi_cfg = flights_config(None, "bench-multi")
     df = load_source(multi_cfg.data)
     df = with_labels(sample_rows(df[df[multi_cfg.data.time_column] < "2013-07-01"].reset_index(drop=True), 0.1, 0),
@@ -231,25 +303,27 @@ def main() -> None:
     for t in tasks:
         build_model(flights_config(t, f"bench-single-{t.replace('_', '-')}"), df, work)
     test = select_window(df, multi_cfg.data.time_column, "2013-06-01", "2013-07-01").reset_index(drop=True)
+    bodies = write_bodies(test, multi_cfg, work)
+    onnx_dir = multi_dir.parent / "onnx"
 
-    cells, rss = [], {}
-    m_cells, rss["multi-head service"] = run_setup("multi-head", [work / "bench-multi.yaml"], test, multi_cfg, work,
-                                                   seconds, args.max_requests)
-    s_cells, rss[f"{len(tasks)} single-task services"] = run_setup(
-        "single", [work / f"bench-single-{t.replace('_', '-')}.yaml" for t in tasks], test, multi_cfg, work,
-        seconds, args.max_requests)
-    cells = m_cells + s_cells
-    infer = onnx_vs_eager(multi_dir, multi_dir.parent / "onnx", test, repeats=300 if args.quick else 1000)
+    rss = {}
+    profile = request_profile(onnx_dir, bodies, repeats=300 if args.quick else 1000)
+    floor, rss["floor server"] = run_floor(onnx_dir, bodies, work, seconds, script)
+    mtlops, rss["mtlops serve (multi-head)"] = run_mtlops("mtlops", [work / "bench-multi.yaml"], bodies, work,
+                                                          seconds, script)
+    single, rss[f"{len(tasks)} single-task mtlops serves"] = run_mtlops(
+        "single", [work / f"bench-single-{t.replace('_', '-')}.yaml" for t in tasks], bodies, work, seconds, script)
+    cells = floor + mtlops + single
 
-    text = markdown(cells, len(tasks), rss, infer, args)
+    text = markdown(cells, len(tasks), rss, profile, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    table = Table(title="serving: records/s and p99 (ms)")
-    for col in ("setup", "concurrency", "batch", "records/s", "p50", "p95", "p99", "failed"):
+    table = Table(title="serving: records/s and latency (ms)")
+    for col in ("server", "concurrency", "batch", "records/s", "p50", "p95", "p99", "failed"):
         table.add_column(col, justify="right")
     for c in cells:
-        table.add_row(c.setup, str(c.concurrency), str(c.batch), f"{c.records_per_s:,.0f}", f"{c.p50_ms:.1f}",
-                      f"{c.p95_ms:.1f}", f"{c.p99_ms:.1f}", str(c.failed))
+        table.add_row(c.setup, str(c.concurrency), str(c.batch), f"{c.records_per_s:,.0f}", f"{c.p50_ms:.2f}",
+                      f"{c.p95_ms:.2f}", f"{c.p99_ms:.1f}", str(c.failed))
     console.print(table)
     console.print(text)
 
