@@ -368,7 +368,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
               help="Prediction log folder (parquet parts by date), read by monitoring.")] = Path("predictions"),
           max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024,
           workers: Annotated[int, typer.Option(help="Worker processes, each with its own ONNX session "
-                                                    "(default: the CPU core count).")] = 0,
+                                                    "(default: the usable CPUs, a container's limit).")] = 0,
           max_batch_size: Annotated[int, typer.Option(help="Most rows in one ONNX call when concurrent "
                                                            "requests are merged.")] = 1024,
           max_latency_ms: Annotated[float, typer.Option(help="How long a queued request waits for others to join "
@@ -383,7 +383,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
     import os
 
     cfg = _load(config)
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     workers = workers or cores
     env = {**os.environ, "MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_MAX_ROWS": str(max_rows),
            "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve()), "MTLOPS_WORKERS": str(workers),
@@ -394,6 +394,20 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MultiTaskModelService",
            "--host", host, "--port", str(port), "--working-dir", str(project)]
     os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM drains and flushes the log)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: the container's CPU limit (cgroup v2 `cpu.max`) where one is set,
+    else the affinity mask — `os.cpu_count()` would count the node's cores inside a pod."""
+    import math
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 @app.command()
