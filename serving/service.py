@@ -49,6 +49,20 @@ class ServiceMetrics:
             ["model_version"], multiprocess_mode="livemax")
         self.reloads = bentoml.metrics.Counter("mtlops_reloads", "Reload attempts by outcome", ["outcome"])
         self.current: str | None = None
+        self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once (not per request)
+
+    def answered(self, tag: str, tasks: list[str], records: int, oov: dict[str, int]) -> None:
+        for task in tasks:
+            self._child(self.predictions, "task", task, tag).inc(records)
+        for feature, count in oov.items():
+            if count:
+                self._child(self.oov, "feature", feature, tag).inc(count)
+
+    def _child(self, metric: Any, label: str, value: str, tag: str) -> Any:
+        key = (label, value, tag)
+        if key not in self._children:
+            self._children[key] = metric.labels(**{label: value, "model_version": tag})
+        return self._children[key]
 
     def serving(self, tag: str) -> None:
         if self.current and self.current != tag:
@@ -150,11 +164,8 @@ class MultiTaskModelService:
             raise
         self.healthy = True
         names = list(dict.fromkeys(tasks)) if tasks else [t.name for t in model.served.spec.targets]
-        for name in names:
-            self.metrics.predictions.labels(task=name, model_version=model.tag).inc(len(rows))
-        for feature, count in zip(model.encoder.categorical_names, oov.tolist(), strict=True):
-            if count:
-                self.metrics.oov.labels(feature=feature, model_version=model.tag).inc(count)
+        self.metrics.answered(model.tag, names, len(rows), dict(zip(model.encoder.categorical_names, oov.tolist(),
+                                                                    strict=True)))
         request_id = uuid.uuid4().hex
         if self.log:
             self.log.append(ServedBatch(request_id, datetime.now(UTC), model.served, rows, stacked))
