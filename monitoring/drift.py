@@ -9,7 +9,8 @@ once known, label columns `label__<task>`. One Evidently `Report` computes
   overridable per column in `monitoring:`; categoricals over the reference's most frequent
   values plus an OTHER bucket) and the dataset drift share;
 - prediction drift per task, on the task's monitored column (`monitored_column`);
-- per-task quality when the current window has labels (`TaskQuality`, this module's metric, which
+- per-task quality estimated without labels (`monitoring.estimation`: CBPE, DLE) and, once the
+  window has labels, the realized quality (`TaskQuality`, this module's metric, which
   scores with `components.metrics.task_metrics`, the numbers the promotion gate uses).
 
 Both windows are sampled to `sample_size` rows (Evidently is slow on large tables, upstream
@@ -38,6 +39,7 @@ from components.metrics import baseline_raw, relative_change, task_metrics
 from components.predictions import monitored_column
 from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import add_snapshot
+from monitoring.estimation import estimate_quality
 from monitoring.summary import MonitorSummary, window_start
 
 DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
@@ -315,6 +317,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         drifted_predictions=[t for t, c in predictions.items() if c in drifted],
         prediction_scores={t: scores[c] for t, c in predictions.items()},
         quality=quality, snapshot_json=str(out_dir / SNAPSHOT_JSON), snapshot_html=str(out_dir / SNAPSHOT_HTML),
+        estimated=estimate_quality(cfg, ref, cur),
         methods=methods, quality_reference="model test metrics" if reference_quality else "reference sample",
         timestamp=when.isoformat(), thresholds={name: limits[column][1] for name, column in by_name.items()},
         context_features=list(cfg.monitoring.context_features),

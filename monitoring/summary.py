@@ -30,6 +30,7 @@ class MonitorSummary:
     quality: dict[str, dict[str, Any]]
     snapshot_json: str
     snapshot_html: str
+    estimated: dict[str, float] = field(default_factory=dict)  # task -> its metric estimated without labels
     methods: dict[str, str] = field(default_factory=dict)  # column -> drift method (and threshold)
     quality_reference: str = "reference sample"  # where the reference quality comes from
     timestamp: str = ""  # the window's start (the snapshot's time on the dashboard)

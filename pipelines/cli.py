@@ -18,12 +18,14 @@ from components.config import ConfigError, ProjectConfig, config_to_yaml, load_c
 from components.validate import DataValidationError
 
 if TYPE_CHECKING:
+    from monitoring.summary import MonitorSummary
     from pipelines.cluster import ClusterSettings
 
 app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=200)  # messages beside a --json answer on stdout
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Project YAML.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Repository root holding data/ and .dvc/.")]
@@ -474,9 +476,22 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
             workspace: Annotated[Path | None, typer.Option(help="Evidently Workspace (default: the config's "
                                                                 "monitoring.workspace).")] = None,
             sample_size: Annotated[int | None, typer.Option(help="Rows per window (default: the config's).")] = None,
+            alert_log: Annotated[Path, typer.Option(help="JSONL alert log the policy appends to.")] = Path(
+                "runs/monitor/alerts.jsonl"),
+            act: Annotated[bool, typer.Option("--act", help="On an acting alert with `alerts.action: retrain`, run "
+                                                            "the retraining pipeline on the window.")] = False,
+            pipeline_root: Annotated[Path, typer.Option(help="With --act: where kfp.local writes artifacts.")] = Path(
+                "runs/kfp"),
+            kfp_host: Annotated[str | None, typer.Option(help="With --act: submit the retraining to this Kubeflow "
+                                                              "Pipelines API instead.")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False) -> None:
-    """Drift (features, task outputs) and, with labels, per-task quality of the champion on a window (Evidently)."""
-    from monitoring.windows import monitor_window
+    """Drift (features, task outputs), estimated and, with labels, realized per-task quality of the champion on a
+    window (Evidently); then the alert policy: alert log, webhook, dashboard marker, and with --act retraining."""
+    import pandas as pd
+
+    from monitoring.alerts import decide
+    from monitoring.dashboard import add_alert_marker
+    from monitoring.windows import monitor_window, window_bounds
 
     cfg = _load(config)
     if not window or data == (log is not None):
@@ -491,28 +506,54 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
     except (LookupError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
+    start, end = window_bounds(window)
+    alert = decide(cfg, s, pd.Timestamp(end), alert_log)
+    if alert is not None:
+        add_alert_marker(workspace or Path(cfg.monitoring.workspace), cfg, window, "; ".join(alert.reasons))
     if as_json:
         sys.stdout.write(s.to_json() + "\n")
+    else:
+        _print_monitor(s, window, time.perf_counter() - t0)
+    say = console.print if not as_json else err_console.print
+    if alert is None:
+        say("no alert")
         return
-    table = Table(title=f"{window} vs the reference of {s.model_version} ({time.perf_counter() - t0:.0f}s)",
+    state = "suppressed (cool-down)" if alert.suppressed else f"{alert.action}, webhook {alert.webhook_status or '—'}"
+    say(f"[yellow]ALERT[/yellow] {window}: {state} (log {alert_log})")
+    for reason in alert.reasons:
+        say(f"  - {reason}")
+    if act and alert.acts and cfg.alerts.action == "retrain":
+        from pipelines.retrain import retrain
+
+        out = retrain(cfg, root, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", pipeline_root, kfp_host)
+        say(f"retraining: {out.status} {out.tag or out.run_id or ''} {out.error or ''}")
+        raise typer.Exit(1 if out.status == "failed" else 0)
+
+
+def _print_monitor(s: MonitorSummary, window: str, seconds: float) -> None:
+    table = Table(title=f"{window} vs the reference of {s.model_version} ({seconds:.0f}s)",
                   caption=f"rows {s.rows_current:,} current / {s.rows_reference:,} reference, compared "
                           f"{s.sampled_current:,} / {s.sampled_reference:,} (sampled); report {s.snapshot_html}")
-    for col in ("column", "kind", "drift score", "method", "drifted"):
+    for col in ("column", "kind", "drift score", "calibrated threshold", "method", "drifted"):
         table.add_column(col)
     for f, score in sorted(s.feature_scores.items(), key=lambda kv: kv[0] not in s.drifted_features):
-        table.add_row(f, "feature", f"{score:.4f}", s.methods.get(f, ""), "yes" if f in s.drifted_features else "")
+        kind = "context feature" if f in s.context_features else "feature"
+        table.add_row(f, kind, f"{score:.4f}", _fmt(s.thresholds.get(f, float("nan"))), s.methods.get(f, ""),
+                      "yes" if f in s.drifted_features else "")
     for task, score in s.prediction_scores.items():
-        table.add_row(task, "prediction", f"{score:.4f}", "", "yes" if task in s.drifted_predictions else "")
+        table.add_row(task, "prediction", f"{score:.4f}", _fmt(s.thresholds.get(task, float("nan"))), "",
+                      "yes" if task in s.drifted_predictions else "")
     console.print(table)
     console.print(f"drift share {s.drift_share:.2f} ({'dataset drift' if s.dataset_drift else 'no dataset drift'})")
-    if s.quality:
-        q = Table(title=f"per-task quality (reference: {s.quality_reference})")
-        for col in ("task", "metric", "reference", "current", "change (+ = better)", "labelled rows"):
-            q.add_column(col)
-        for task, v in s.quality.items():
-            q.add_row(task, v["metric"], _fmt(v["reference"]), _fmt(v["current"]), f"{v['relative_change']:+.1%}",
-                      f"{v['rows']:,}")
-        console.print(q)
+    q = Table(title=f"per-task quality (reference: {s.quality_reference}; estimated: CBPE/DLE, no labels)")
+    for col in ("task", "estimated", "reference", "realized", "change (+ = better)", "trivial baseline",
+                "labelled rows"):
+        q.add_column(col)
+    for task, estimate in s.estimated.items():
+        v = s.quality.get(task)
+        q.add_row(task, _fmt(estimate), *((_fmt(v["reference"]), _fmt(v["current"]), f"{v['relative_change']:+.1%}",
+                                          _fmt(v["baseline"]), f"{v['rows']:,}") if v else ("",) * 5))
+    console.print(q)
 
 
 @app.command()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -52,3 +56,23 @@ def flights_frame(flights_cfg: ProjectConfig) -> pd.DataFrame:
 def window(df: pd.DataFrame, cfg: ProjectConfig, name: str) -> pd.DataFrame:
     w = getattr(cfg.data.windows, name)
     return select_window(df, cfg.data.time_column, w.start, w.end)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A real HTTP webhook receiver on a free port: its URL and the JSON bodies it got."""
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", got
+    server.shutdown()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -31,25 +28,6 @@ class Report:
 
 POLICY = {"drift_share": 0.4, "features": ["distance", "carrier"], "prediction_drift": ["arr_delayed"],
           "metric_drop": {"arr_delayed": 0.03}, "cooldown_days": 45, "min_rows": 1000, "action": "retrain"}
-
-
-@pytest.fixture
-def receiver() -> tuple[str, list[dict]]:
-    got: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", got
-    server.shutdown()
 
 
 def test_each_rule_alerts_and_a_quiet_window_does_not() -> None:

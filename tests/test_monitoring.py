@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,13 +26,17 @@ from components.export import export_onnx
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame, write_reference
 from components.train import train
-from monitoring.alerts import reasons_to_alert
+from monitoring.alerts import read_alerts, reasons_to_alert
 from monitoring.calibration import CALIBRATION_FILE, Calibration
-from monitoring.drift import monitor
+from monitoring.drift import monitor, sample, task_quality
 from monitoring.summary import MonitorSummary
 from monitoring.windows import model_calibration
 from tests.conftest import FLIGHTS, config_with, raw_config, window
 
+# estimated (CBPE/DLE, no labels) vs realized quality on a no-drift window: within 10 % (relative) or 4
+# standard errors, whichever is larger. The estimators learn from the reference's rows and the realized
+# metric comes from the window's, so the error is that of a difference of two samples (bootstrap of both)
+EST_TOLERANCE, EST_STANDARD_ERRORS = 0.10, 4.0
 MAX_FALSE_ALARMS = 1  # of 20 features, at thresholds calibrated at the 0.99 quantile of the reference's variation
 
 
@@ -101,6 +106,19 @@ def test_no_drift_window_raises_no_alert(model, held_out, tmp_path: Path) -> Non
     assert s.sampled_current == min(4000, len(held_out)) and s.rows_current == len(held_out)
     assert s.sampled_reference == 4000 and s.rows_reference == 5000
     assert s.quality_reference == "model test metrics" and set(s.quality) == {t.name for t in cfg.tasks}
+    current = sample(scored(onnx_dir, held_out, cfg), 4000, 0)  # the rows the monitor compared
+    reference = sample(pd.read_parquet(onnx_dir / REFERENCE_FILE), 4000, 0)
+    rng = np.random.default_rng(0)
+
+    def standard_error(task: str, metric: str, frame: pd.DataFrame) -> float:
+        spec = cfg.task(task)
+        return float(np.std([task_quality(spec, frame.iloc[rng.integers(0, len(frame), len(frame))])[metric]
+                             for _ in range(50)]))
+
+    for task, q in s.quality.items():  # estimated before the labels, realized after
+        se = np.hypot(standard_error(task, q["metric"], current), standard_error(task, q["metric"], reference))
+        allowed = max(EST_TOLERANCE * abs(q["current"]), EST_STANDARD_ERRORS * se)
+        assert abs(s.estimated[task] - q["current"]) <= allowed, (task, s.estimated[task], q["current"], allowed)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["drifted_features"] == s.drifted_features and Path(s.snapshot_html).stat().st_size > 10_000
     assert MonitorSummary.from_json(s.to_json()) == s
@@ -156,6 +174,9 @@ def test_label_shift_with_stable_features_is_caught_only_by_quality(model, held_
     q = after.quality["arr_delayed"]
     assert q["metric"] == "roc_auc" and q["current"] < 0.5 < q["reference"] and q["relative_change"] < -0.1
     assert reasons_to_alert(cfg, before) == []  # before the labels arrive: nothing to see
+    # the estimate cannot see a concept change (features and outputs unchanged): it stays where it was
+    assert after.estimated["arr_delayed"] == pytest.approx(before.estimated["arr_delayed"])
+    assert after.estimated["arr_delayed"] > 0.5 > q["current"]
     reasons = reasons_to_alert(cfg, after)
     assert not [r for r in reasons if r.startswith(("drift share", "watched", "predictions"))], reasons
     flipped = [r for r in reasons if r.startswith("arr_delayed roc_auc")]
@@ -163,6 +184,18 @@ def test_label_shift_with_stable_features_is_caught_only_by_quality(model, held_
     weak = {t for t, q in after.quality.items() if q["metric"] == "mae" and q["current"] >= q["baseline"]}
     assert {r.split()[0] for r in reasons} - {"arr_delayed"} <= weak  # the other tasks: only the test model's own
     # weakness (no better than the median), which the no-drift window shows as well
+
+
+def test_expected_roc_auc_with_certain_labels_is_the_roc_auc() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from monitoring.estimation import expected_roc_auc
+
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(500), 1)  # many ties
+    y = (rng.random(500) < score).astype(float)
+    assert expected_roc_auc(score, y) == pytest.approx(roc_auc_score(y, score))
+    assert expected_roc_auc(score, np.full(500, 0.3)) == pytest.approx(0.5)  # labels independent of the score
 
 
 def test_per_column_method_from_the_config(model, held_out, tmp_path: Path) -> None:
@@ -207,10 +240,11 @@ def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame,
     assert list((tmp_path / "ws").rglob("*.json"))  # the snapshot went into the workspace
 
 
-def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_frame: pd.DataFrame,
+def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_frame: pd.DataFrame, receiver,
                                                                  tmp_path: Path) -> None:
     """`mtlops monitor --log DIR --labels-file F`: the served records of a month, their outcomes
-    joined by request id and record index; reference quality is the champion's stored test metrics."""
+    joined by request id and record index; reference quality is the champion's stored test metrics;
+    the alert policy is evaluated, logged and posted to the webhook."""
     from typer.testing import CliRunner
 
     from components.predictions import write_log_part
@@ -225,12 +259,21 @@ def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_
     labels = logged[["request_id", "record_index"]].assign(
         **{label_column(t.name): rows[label_column(t.name)].to_numpy() for t in cfg.tasks})
     labels.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "labels.parquet")  # any order: joined by key
-    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    url, posted = receiver
+    with_hook = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"webhook": url, "action": "alert"})})
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(with_hook))
     result = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "cfg.yaml"), "--window", "2013-06",
                                       "--log", str(tmp_path / "log"), "--labels-file", str(tmp_path / "labels.parquet"),
-                                      "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws"), "--json"])
+                                      "--out", str(tmp_path / "out"), "--workspace", str(tmp_path / "ws"), "--json",
+                                      "--alert-log", str(tmp_path / "alerts.jsonl")])
     assert result.exit_code == 0, result.output
-    s = MonitorSummary.from_json(result.output)
+    s = MonitorSummary.from_json(result.stdout)
+    # the policy ran: what it finds is in the alert log, the webhook got it, the dashboard marks it
+    reasons = reasons_to_alert(with_hook, s)
+    logged_alerts = read_alerts(tmp_path / "alerts.jsonl")
+    assert [a.reasons for a in logged_alerts] == ([reasons] if reasons else [])
+    assert [p["reasons"] for p in posted] == ([reasons] if reasons else [])
+    assert ("ALERT 2013-06" in result.stderr) == bool(reasons) and set(s.estimated) == {t.name for t in cfg.tasks}
     assert s.rows_current == len(rows) and s.quality_reference == "model test metrics"
     champion_test = registry.champion(cfg.registry.model_name).info.metadata["metrics"]["test"]  # type: ignore[union-attr]
     for t in cfg.tasks:  # June is the model's test window: the log's quality equals its stored test metric
