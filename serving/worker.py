@@ -43,7 +43,6 @@ class LoadedModel:
         self.encoder: RecordEncoder = served.spec.record_encoder()
         try:
             self.session = onnx_session(served.path / ONNX_FILE, ort_threads or None)
-            self.output_names = [o.name for o in self.session.get_outputs()]
             out = self.run(*self.encoder.encode(warm_up_records(served.spec))[:2])
         except Exception as exc:
             raise ModelLoadError(f"{served.tag}: ONNX session failed ({type(exc).__name__}: {exc})") from exc
@@ -83,8 +82,7 @@ class MicroBatcher:
         self.max_latency_s = max_latency_ms / 1000
         self.pending: list[_Pending] = []
         self.rows_pending = 0
-        self.scheduled = False
-        self.calls = 0
+        self.scheduled: asyncio.Handle | None = None
 
     async def infer(self, model: LoadedModel, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -93,16 +91,15 @@ class MicroBatcher:
         self.rows_pending += len(numeric)
         if self.rows_pending >= self.max_batch_size:
             self._dispatch()
-        elif not self.scheduled:
-            self.scheduled = True
-            if self.max_latency_s > 0:
-                loop.call_later(self.max_latency_s, self._dispatch)
-            else:
-                loop.call_soon(self._dispatch)
+        elif self.scheduled is None:
+            self.scheduled = (loop.call_later(self.max_latency_s, self._dispatch) if self.max_latency_s > 0
+                              else loop.call_soon(self._dispatch))
         return await item.future
 
     def _dispatch(self) -> None:
-        pending, self.pending, self.rows_pending, self.scheduled = self.pending, [], 0, False
+        if self.scheduled is not None:  # a full batch goes early: its timer must not cut the next one short
+            self.scheduled.cancel()
+        pending, self.pending, self.rows_pending, self.scheduled = self.pending, [], 0, None
         # requests encoded by different versions (a swap in between) never share a call
         by_model: dict[int, list[_Pending]] = {}
         for p in pending:
@@ -119,7 +116,6 @@ class MicroBatcher:
                 self._run(batch)
 
     def _run(self, batch: list[_Pending]) -> None:
-        self.calls += 1
         try:
             if len(batch) == 1:
                 outs = [batch[0].model.run(batch[0].numeric, batch[0].categorical)]
