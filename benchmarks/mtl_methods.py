@@ -197,8 +197,8 @@ def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
         params = {"objective": LGBM_OBJECTIVE[task.loss], "learning_rate": 0.1, "num_leaves": 63,  # type: ignore[index]
                   "min_child_samples": 50, "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8,
                   "seed": seed, "num_threads": threads, "verbosity": -1, "max_cat_to_onehot": 8}
-        if task.type == "multiclass":
-            params["num_class"] = len(target.classes)
+        if target.width > 1:
+            params["num_class"] = target.width
         booster = lgb.train(params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
                             valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
                             callbacks=[lgb.early_stopping(50, verbose=False)])

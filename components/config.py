@@ -191,7 +191,7 @@ class TaskSpec(Strict):
     primary: bool = False
     loss: str | None = None
     metric: str | None = None
-    classes: list[str] | None = None  # multiclass: fixed class order (default: sorted labels of train)
+    classes: list[str] | None = None  # multiclass / ordinal: fixed class order (multiclass default: sorted labels)
     threshold: float = Field(0.5, gt=0, lt=1)  # binary decision threshold at serving time
     tolerance: float | None = Field(None, ge=0)  # allowed relative metric drop at the promotion gate
 
@@ -208,15 +208,12 @@ class TaskSpec(Strict):
         if loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss '{loss}' (known: {sorted(LOSS_NAMES)})")
         if loss not in kind.losses:
-            raise ValueError(f"loss '{loss}' does not fit a {self.type} task")
+            raise ValueError(f"loss '{loss}' does not fit {kind.article} task")
         if metric not in METRIC_DIRECTIONS:
             raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRIC_DIRECTIONS)})")
         if metric not in kind.metrics:
-            raise ValueError(f"metric '{metric}' does not fit a {self.type} task")
-        if self.type == "binary" and self.label.op in ("bins",):
-            raise ValueError("a binary task cannot use op 'bins'")
-        if self.type == "multiclass" and self.label.op not in ("identity", "bins"):
-            raise ValueError("a multiclass task needs op 'identity' or 'bins'")
+            raise ValueError(f"metric '{metric}' does not fit {kind.article} task")
+        kind.check(self)
         object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "metric", metric)
         return self

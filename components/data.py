@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import DataSpec, DeriveSpec, LabelSpec, ProjectConfig, RdatasetsTable, TaskSpec
+from components.tasks import kind_of
 
 LABEL_PREFIX = "label__"
 _FREQ = {"month": "M", "year": "Y"}
@@ -107,7 +108,7 @@ def derive_label(df: pd.DataFrame, task: TaskSpec) -> pd.Series:
     if spec.op == "is_null":
         return col.isna().astype("float64")
     if spec.op == "identity":
-        if task.type == "multiclass":
+        if kind_of(task).class_labels:
             return col.astype("string").astype(object).where(col.notna(), None)
         return pd.to_numeric(col, errors="raise").astype("float64")
     if spec.op == "bins":

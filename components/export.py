@@ -2,8 +2,8 @@
 
 Inputs: `numeric` float32 [batch, 2 * n_numeric] and `categorical` int64
 [batch, n_categorical], both from the `FeatureSpec`. Outputs: one tensor per
-task, named after it: logits (binary [batch], multiclass [batch, C]) or values
-in original units (regression [batch]).
+task, named after it: logits (binary [batch], multiclass [batch, C], ordinal cumulative
+[batch, C - 1]) or values in original units (regression [batch]).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from components.architectures import Architecture
 from components.features import FeatureSpec
 from components.inference import ONNX_FILE, OnnxModel
+from components.tasks import kind_of
 from components.train import CONFIG, SPEC, SUMMARY, WEIGHTS, load_trained, to_tensors
 
 PARITY_FILE = "parity.json"
@@ -36,7 +37,7 @@ class ExportModule(nn.Module):
         super().__init__()
         self.model = model
         self.task_names = model.task_names
-        scale = [(t.std, t.mean) if t.type == "regression" else (1.0, 0.0) for t in spec.targets]
+        scale = [kind_of(t).output_scale(t) for t in spec.targets]
         self.register_buffer("scale", torch.tensor([s for s, _ in scale], dtype=torch.float32))
         self.register_buffer("shift", torch.tensor([m for _, m in scale], dtype=torch.float32))
 
@@ -91,9 +92,7 @@ def check_parity(model_dir: Path, onnx_dir: Path, test: pd.DataFrame, rows: int,
     got = OnnxModel(onnx_dir).predict_arrays(data.numeric.numpy(), data.categorical.numpy())
     diffs = {}
     for t in spec.targets:
-        onnx_out = got[t.name]
-        if t.type == "regression":
-            onnx_out = (onnx_out - t.mean) / t.std
+        onnx_out = kind_of(t).to_raw(t, got[t.name])
         diffs[t.name] = float(np.max(np.abs(onnx_out - expected[t.name].numpy()))) if len(data) else 0.0
     report = ParityReport(len(data), atol, diffs, all(d <= atol for d in diffs.values()))
     (Path(onnx_dir) / PARITY_FILE).write_text(json.dumps(asdict(report), indent=1))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from components.config import ProjectConfig
 from components.data import label_column
-from components.tasks import head_width
+from components.tasks import head_width, kind_of
 
 SPEC_FILE = "feature_spec.json"
 OOV_INDEX = 0  # unseen or rare category
@@ -54,7 +54,7 @@ class Vocabulary:
 class TargetSpec:
     name: str
     type: str
-    classes: list[str] = field(default_factory=list)  # multiclass only
+    classes: list[str] = field(default_factory=list)  # class-label types (multiclass, ordinal) only
     mean: float = 0.0  # regression: heads predict (y - mean) / std
     std: float = 1.0
     threshold: float = 0.5  # binary decision threshold
@@ -91,20 +91,7 @@ class FeatureSpec:
             # sort by frequency, then value, so the vocabulary is deterministic
             values = sorted(counts.index.tolist(), key=lambda v: (-counts[v], v))
             categorical.append(Vocabulary(f.name, values, f.allow_null))
-        targets = []
-        for t in cfg.tasks:
-            y = train[label_column(t.name)]
-            if t.type == "multiclass":
-                classes = list(t.classes) if t.classes else sorted(y.dropna().astype(str).unique().tolist())
-                if t.label.op == "bins" and not t.classes:
-                    classes = list(t.label.names or [str(i) for i in range(len(t.label.edges or []) + 1)])
-                targets.append(TargetSpec(t.name, t.type, classes=classes))
-            elif t.type == "regression":
-                yv = y.astype("float64")
-                std = float(np.nanstd(yv))
-                targets.append(TargetSpec(t.name, t.type, mean=float(np.nanmean(yv)), std=std if std > 1e-12 else 1.0))
-            else:
-                targets.append(TargetSpec(t.name, t.type, threshold=t.threshold))
+        targets = [TargetSpec(t.name, t.type, **kind_of(t).fit(t, train[label_column(t.name)])) for t in cfg.tasks]
         return cls(numeric, categorical, targets)
 
     # --- transforming ----------------------------------------------------
@@ -145,18 +132,8 @@ class FeatureSpec:
 
     def transform_targets(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Float targets with NaN where the label is missing (masked in the loss).
-        Multiclass targets are class indices, regression targets standardised."""
-        out = {}
-        for t in self.targets:
-            y = df[label_column(t.name)]
-            if t.type == "multiclass":
-                lookup = {c: float(i) for i, c in enumerate(t.classes)}
-                out[t.name] = y.dropna().astype(str).map(lookup).reindex(y.index).to_numpy(np.float32)
-            elif t.type == "regression":
-                out[t.name] = ((y.astype("float64").to_numpy() - t.mean) / t.std).astype(np.float32)
-            else:
-                out[t.name] = y.astype("float64").to_numpy().astype(np.float32)
-        return out
+        Class labels are class indices, regression targets standardised."""
+        return {t.name: kind_of(t).encode(t, df[label_column(t.name)]) for t in self.targets}
 
     def record_encoder(self) -> RecordEncoder:
         return RecordEncoder(self)

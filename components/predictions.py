@@ -22,8 +22,7 @@ import pandas as pd
 from components.config import ProjectConfig
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
-from components.tasks import label_output_column, proba_column, value_column
-from components.tasks import monitored_column as tasks_monitored_column
+from components.tasks import kind_of
 
 if TYPE_CHECKING:
     from components.inference import OnnxModel
@@ -33,17 +32,8 @@ REFERENCE_FILE = "reference.parquet"  # stored with every exported model: what m
 REFERENCE_ROWS = 5000
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x.astype(np.float64), -50, 50)))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def monitored_column(target: TargetSpec) -> str:
-    return tasks_monitored_column(target.name, target.type)
+    return kind_of(target).monitored_column(target.name)
 
 
 def task_columns(
@@ -53,20 +43,8 @@ def task_columns(
     wanted = set(tasks or raw)
     cols: dict[str, np.ndarray] = {}
     for t in spec.targets:
-        if t.name not in wanted:
-            continue
-        out = raw[t.name]
-        if t.type == "binary":
-            p = sigmoid(out)
-            cols[proba_column(t.name)] = p
-            cols[label_output_column(t.name)] = (p >= t.threshold).astype(np.int64)
-        elif t.type == "multiclass":
-            p = softmax(out)
-            cols[label_output_column(t.name)] = np.asarray(t.classes, dtype=object)[p.argmax(axis=1)]
-            for i, c in enumerate(t.classes):
-                cols[proba_column(t.name, c)] = p[:, i]
-        else:
-            cols[value_column(t.name)] = out.astype(np.float64)
+        if t.name in wanted:
+            cols |= kind_of(t).columns(t, raw[t.name])
     return cols
 
 

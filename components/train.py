@@ -19,7 +19,6 @@ from typing import ClassVar, cast
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,6 +30,7 @@ from components.metrics import is_better, task_metrics
 from components.mt2st import Mt2stSchedule
 from components.rep_mtl import rep_mtl_loss
 from components.strategies import Weighting, make_strategy
+from components.tasks import kind_of
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
@@ -76,17 +76,7 @@ def masked_loss(task: TaskSpec, pred: torch.Tensor, y: torch.Tensor) -> torch.Te
     """Mean loss over the rows that have a label for this task."""
     mask = ~torch.isnan(y)
     y0 = torch.where(mask, y, torch.zeros_like(y))
-    pred = pred.float()
-    if task.loss == "bce":
-        loss = F.binary_cross_entropy_with_logits(pred, y0, reduction="none")
-    elif task.loss == "cross_entropy":
-        loss = F.cross_entropy(pred, y0.long(), reduction="none")
-    elif task.loss == "huber":
-        loss = F.huber_loss(pred, y0, reduction="none", delta=1.0)
-    elif task.loss == "l1":
-        loss = F.l1_loss(pred, y0, reduction="none")
-    else:
-        loss = F.mse_loss(pred, y0, reduction="none")
+    loss = kind_of(task).loss(task.loss, pred.float(), y0)  # type: ignore[arg-type]
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
 

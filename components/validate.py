@@ -11,6 +11,7 @@ from pandas.api import types as ptypes
 
 from components.config import ProjectConfig
 from components.data import label_column
+from components.tasks import kind_of
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def validate_frame(df: pd.DataFrame, cfg: ProjectConfig) -> list[Check]:
             continue
         y = df[col].dropna()
         distinct = y.nunique()
-        need = 1 if t.type == "regression" else 2
+        need = kind_of(t).min_distinct_labels
         add("label", t.name, len(y) > 0 and distinct >= need,
             f"{len(y):,} labelled rows ({len(y) / max(len(df), 1):.1%}), {distinct} distinct values (need >= {need})")
     return report

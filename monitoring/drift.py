@@ -37,6 +37,7 @@ from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import baseline_raw, relative_change, task_metrics
 from components.predictions import monitored_column
+from components.tasks import kind_of
 from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import add_snapshot
 from monitoring.estimation import estimate_quality
@@ -50,30 +51,23 @@ OTHER = "(other)"  # categorical values outside the reference's top values
 # --- per-task quality ------------------------------------------------------------
 
 
-def _target(task: TaskSpec, frame: pd.DataFrame) -> TargetSpec:
+def _target(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> TargetSpec:
     """The task as `task_metrics` sees it, for outputs already in the user's units
-    (regression mean 0 / std 1; multiclass classes in the log's column order)."""
-    prefix = f"{task.name}__proba__"
-    classes = [c.removeprefix(prefix) for c in frame.columns if c.startswith(prefix)]
+    (regression mean 0 / std 1; classes in the log's column order)."""
+    classes = kind_of(task).classes_in(task.name, frame.columns)
     return TargetSpec(task.name, task.type, classes=classes, threshold=task.threshold)
 
 
 def _raw_outputs(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
     """Logged predictions back to raw head outputs (logits / log-probabilities / values)."""
-    if target.type == "binary":
-        p = np.clip(frame[f"{target.name}__proba"].to_numpy(np.float64), 1e-12, 1 - 1e-12)
-        return np.log(p / (1 - p))
-    if target.type == "multiclass":
-        p = frame[[f"{target.name}__proba__{c}" for c in target.classes]].to_numpy(np.float64)
-        return np.log(np.clip(p, 1e-12, 1))
-    return frame[f"{target.name}__value"].to_numpy(np.float64)
+    return kind_of(target).from_columns(target, frame)
 
 
 def _labels(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
     return FeatureSpec([], [], [target]).transform_targets(frame)[target.name].astype(np.float64)
 
 
-def task_quality(task: TaskSpec, frame: pd.DataFrame) -> dict[str, float]:
+def task_quality(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> dict[str, float]:
     """`task_metrics` (what the gate uses) on a prediction-log frame with the task's label column."""
     target = _target(task, frame)
     return task_metrics(target, _raw_outputs(target, frame), _labels(target, frame), standardised=False)
@@ -87,7 +81,7 @@ def baseline_quality(task: TaskSpec, reference: pd.DataFrame, current: pd.DataFr
     return task_metrics(target, baseline_raw(target, _labels(target, reference), len(y)), y, standardised=False)
 
 
-def has_labels(task: TaskSpec, frame: pd.DataFrame) -> bool:
+def has_labels(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> bool:
     col = label_column(task.name)
     return col in frame.columns and bool(frame[col].notna().any())
 
@@ -106,8 +100,7 @@ class TaskQuality(SingleValueMetric):
 class TaskQualityCalculation(SingleValueCalculation[TaskQuality]):
     def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
         m = self.metric
-        task = TaskSpec(name=m.task, type=m.task_type, label={"column": m.task}, metric=m.metric,  # type: ignore[arg-type]
-                        threshold=m.threshold)
+        task = TargetSpec(m.task, m.task_type, threshold=m.threshold)
 
         def value(data: Dataset | None) -> SingleValue | None:
             if data is None:
@@ -165,7 +158,7 @@ def _data_definition(cfg: ProjectConfig, predictions: dict[str, str]) -> DataDef
     numeric = [f.name for f in cfg.features.numeric]
     categorical = [f.name for f in cfg.features.categorical]
     for t in cfg.tasks:
-        (categorical if t.type == "multiclass" else numeric).append(predictions[t.name])
+        (categorical if kind_of(t).monitored_is_categorical else numeric).append(predictions[t.name])
     return DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
 
 
@@ -187,8 +180,7 @@ def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, st
     an OTHER bucket: a long tail (tailnum: ~4,000 aircraft) compared value by value on a few
     thousand rows reads as drift from sampling noise alone (see the README's Monitoring section)."""
     labels = [label_column(t.name) for t in cfg.tasks if label_column(t.name) in frame.columns]
-    probas = [c for t in cfg.tasks if t.type == "multiclass" for c in frame.columns
-              if c.startswith(f"{t.name}__proba__")]
+    probas = [c for t in cfg.tasks for c in kind_of(t).extra_columns(t.name, frame.columns)]
     out = frame[[*cfg.features.names, *predictions.values(), *probas, *labels]].copy()
     for f in cfg.features.categorical:
         text = _as_text(out[f.name])

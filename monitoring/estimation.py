@@ -11,7 +11,7 @@ client; the two estimators are ~100 lines):
   (positive, negative) pairs ranked right, `sum_i p_i * sum_{j ranked below i} (1 - p_j)` over
   `sum p * sum (1 - p)`; accuracy: the expected share of correct decisions at the task's threshold;
   log loss: the cross-entropy of the model's probabilities against the calibrated ones.
-  Multiclass: expected accuracy from the calibrated top-class confidence.
+  Multiclass and ordinal: expected accuracy from the calibrated confidence in the predicted class.
 - **DLE** (direct loss estimation), regression: a gradient-boosted regressor learns the model's
   absolute (MAE) or squared (RMSE) error on the reference from the features and the prediction;
   its mean on the current window is the estimate.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,19 @@ from sklearn.isotonic import IsotonicRegression
 from components.config import ProjectConfig, TaskSpec
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
+from components.tasks import ClassLabels, kind_of
 
 
 def _proba(task: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
     return frame[f"{task.name}__proba"].to_numpy(np.float64)
+
+
+def _confidence(task: TaskSpec, classes: list[str], frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A class-label task's logged probability of its predicted class, and that class's index."""
+    kind = cast(ClassLabels, kind_of(task))
+    probs = kind.logged_probabilities(TargetSpec(task.name, task.type, classes=classes), frame)
+    predicted = kind.predicted(probs)
+    return probs[np.arange(len(probs)), predicted], predicted
 
 
 def expected_roc_auc(score: np.ndarray, p: np.ndarray) -> float:
@@ -78,11 +87,10 @@ class TaskEstimator:
                 return float(np.mean(np.where(decided, p, 1 - p)))
             qc = np.clip(q, 1e-12, 1 - 1e-12)
             return float(np.mean(-(p * np.log(qc) + (1 - p) * np.log(1 - qc))))  # log_loss
-        if t.type == "multiclass":
+        if kind_of(t).class_labels:
             if metric != "accuracy":
-                return math.nan  # macro F1 and log loss are not estimated
-            confidence = frame[[f"{t.name}__proba__{c}" for c in self.classes]].to_numpy(np.float64).max(axis=1)
-            return float(np.mean(self.model.predict(confidence)))
+                return math.nan  # the other metrics of class labels are not estimated
+            return float(np.mean(self.model.predict(_confidence(t, self.classes, frame)[0])))
         loss = np.clip(self.model.predict(_regression_inputs(cfg, t, frame, self.codes)), 0, None)
         return float(np.mean(loss)) if metric == "mae" else float(np.sqrt(np.mean(loss)))
 
@@ -119,14 +127,13 @@ def fit_estimators(cfg: ProjectConfig, reference: pd.DataFrame, seed: int = 0) -
         if t.type == "binary":
             model: Any = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(_proba(t, ref), y)
             out[t.name] = TaskEstimator(t, model, [], {})
-        elif t.type == "multiclass":
-            prefix = f"{t.name}__proba__"
-            classes = [c.removeprefix(prefix) for c in ref.columns if c.startswith(prefix)]
+        elif kind_of(t).class_labels:
+            classes = kind_of(t).classes_in(t.name, ref.columns)
             target = TargetSpec(t.name, t.type, classes=classes)
             index = FeatureSpec([], [], [target]).transform_targets(ref)[t.name].astype(np.float64)
-            probs = ref[[prefix + c for c in classes]].to_numpy(np.float64)
-            correct = (probs.argmax(axis=1) == index).astype(np.float64)
-            model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(probs.max(axis=1), correct)
+            confidence, predicted = _confidence(t, classes, ref)
+            correct = (predicted == index).astype(np.float64)
+            model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(confidence, correct)
             out[t.name] = TaskEstimator(t, model, classes, {})
         else:
             err = y - ref[f"{t.name}__value"].to_numpy(np.float64)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
 from components.features import SPEC_FILE, FeatureSpec, NumericStats
 from components.inference import ONNX_FILE
-from components.predictions import sigmoid, softmax
+from components.tasks import kind_of
 
 
 class ModelLoadError(RuntimeError):
@@ -100,18 +100,9 @@ class ServedModel:
             start += width
             if tasks and t.name not in tasks:
                 continue
-            if t.type == "binary":
-                p = sigmoid(block[:, 0])
-                for rec, pi in zip(per_record, p.tolist(), strict=True):
-                    rec[t.name] = {"probability": pi, "label": int(pi >= t.threshold)}
-            elif t.type == "multiclass":
-                p = softmax(block)
-                for rec, row in zip(per_record, p.tolist(), strict=True):
-                    rec[t.name] = {"label": t.classes[int(np.argmax(row))],
-                                   "probabilities": dict(zip(t.classes, row, strict=True))}
-            else:
-                for rec, v in zip(per_record, block[:, 0].tolist(), strict=True):
-                    rec[t.name] = {"value": v}
+            kind = kind_of(t)
+            for rec, answer in zip(per_record, kind.answers(t, kind.block(block)), strict=True):
+                rec[t.name] = answer
         return per_record
 
     def raw_outputs(self, stacked: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,7 +110,7 @@ class ServedModel:
         out, start = {}, 0
         for t, width in zip(self.spec.targets, self.head_widths, strict=True):
             block = stacked[:, start:start + width]
-            out[t.name] = block if t.type == "multiclass" else block[:, 0]
+            out[t.name] = kind_of(t).block(block)
             start += width
         return out
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from components.tasks import kind_of
 from serving.guards import BodyLimit, JsonOnly, OpenApiDocument, error_body
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.runtime import ModelLoadError, ServingSettings, load_champion, record_model, task_name_type
@@ -75,8 +76,7 @@ async def model_info(request: Request) -> JSONResponse:
     m = bentoml.get_current_service().model.served
     return JSONResponse({
         "model_version": m.tag,
-        "tasks": [{"name": t.name, "type": t.type, **({"classes": t.classes} if t.classes else {}),
-                   **({"threshold": t.threshold} if t.type == "binary" else {})} for t in m.spec.targets],
+        "tasks": [{"name": t.name, "type": t.type, **kind_of(t).settings(t)} for t in m.spec.targets],
         "features": {"numeric": [{"name": n.name, "allow_null": n.allow_null, "min": n.min, "max": n.max,
                                   "integer": n.integer} for n in m.spec.numeric],
                      "categorical": [{"name": c.name, "allow_null": c.allow_null, "vocabulary_size": len(c.values)}

@@ -30,7 +30,7 @@ def _broken(mutate) -> str:  # type: ignore[no-untyped-def]
     [
         (lambda r: r["training"].update(epochz=3), "training.epochz", "unknown field"),
         (lambda r: r["training"].update(epochs="many"), "training.epochs", "integer"),
-        (lambda r: r["tasks"][1].update(type="ordinal"), "tasks[1].type", "binary"),
+        (lambda r: r["tasks"][1].update(type="survival"), "tasks[1].type", "binary"),
         (lambda r: r["tasks"][0].update(metric="mae"), "tasks[0]", "does not fit a binary task"),
         (lambda r: r["tasks"][0].update(primary=False), "<root>", "primary"),
         (lambda r: r["data"]["windows"]["test"].update(start="2013-05-15"), "data.windows", "time-ordered"),

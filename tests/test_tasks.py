@@ -1,31 +1,44 @@
 """`components.tasks` is the one description of the task types: what config validation accepts per type is
-what the metrics compute and the trainer's losses implement, and the monitored column is one the
-prediction log has."""
+what the metrics compute and the trainer's losses implement, the monitored column is one the prediction log
+has, and logged columns read back to the outputs they came from. The ordinal type, added by that module
+alone, trains, exports to ONNX with parity and is answered by the service's decoding on a real table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from components.config import ProjectConfig, TaskSpec, parse_config
+from components.data import load_source, with_labels
+from components.export import check_parity, export_onnx
 from components.features import FeatureSpec, TargetSpec
-from components.metrics import task_metrics
-from components.predictions import monitored_column, task_columns
-from components.tasks import LOSS_NAMES, TASK_KINDS, head_width
+from components.inference import OnnxModel
+from components.metrics import baseline_raw, task_metrics
+from components.predictions import monitored_column, prediction_frame, task_columns
+from components.tasks import LOSS_NAMES, TASK_KINDS, Ordinal, head_width, kind_of
+from components.train import masked_loss, train
+from monitoring.drift import task_quality
+from serving.runtime import ServedModel
+from serving.worker import LoadedModel
+from tests.conftest import TXHOUSING, raw_config, window
 
 CLASSES = ["low", "mid", "high"]
 
 
 def _target(task_type: str) -> TargetSpec:
-    return TargetSpec("t", task_type, classes=CLASSES if task_type == "multiclass" else [])
+    return TargetSpec("t", task_type, classes=CLASSES if TASK_KINDS[task_type].class_labels else [])
 
 
 def _outputs(task_type: str, rows: int = 64) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     width = head_width(task_type, len(CLASSES))
     raw = rng.normal(size=(rows, width)) if width > 1 else rng.normal(size=rows)
-    y = rng.integers(0, width if width > 1 else 2, size=rows).astype(np.float64)
-    return raw, y
+    labels = len(CLASSES) if TASK_KINDS[task_type].class_labels else 2
+    return raw, rng.integers(0, labels, size=rows).astype(np.float64)
 
 
 @pytest.mark.parametrize("task_type", sorted(TASK_KINDS))
@@ -42,16 +55,113 @@ def test_the_monitored_column_is_written_to_the_prediction_log(task_type: str) -
     assert monitored_column(target) in task_columns(FeatureSpec([], [], [target]), {"t": raw})
 
 
+@pytest.mark.parametrize("task_type", sorted(TASK_KINDS))
+def test_logged_columns_read_back_to_the_metrics_of_the_raw_outputs(task_type: str) -> None:
+    """Monitoring scores the prediction log; it must get the numbers the gate gets from the raw outputs
+    (regression: the log is in original units, here mean 0 / std 1)."""
+    target = _target(task_type)
+    raw, y = _outputs(task_type)
+    kind = kind_of(target)
+    frame = pd.DataFrame(kind.columns(target, raw))
+    assert kind.classes_in("t", frame.columns) == target.classes
+    back = kind.from_columns(target, frame)
+    for name, value in task_metrics(target, raw, y).items():
+        assert task_metrics(target, back, y)[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+
+
+@pytest.mark.parametrize("task_type", sorted(TASK_KINDS))
+def test_the_service_answers_what_the_prediction_log_holds(task_type: str) -> None:
+    target = _target(task_type)
+    raw, _ = _outputs(task_type, rows=8)
+    kind = kind_of(target)
+    cols = kind.columns(target, raw)
+    for i, answer in enumerate(kind.answers(target, raw)):
+        if "label" in answer:
+            assert answer["label"] == cols["t__label"][i]
+        for cls, p in answer.get("probabilities", {}).items():
+            assert p == pytest.approx(cols[f"t__proba__{cls}"][i])
+        assert answer.get("probability", answer.get("value", 0.0)) == pytest.approx(
+            cols.get("t__proba", cols.get("t__value", np.zeros(8)))[i])
+
+
+@pytest.mark.parametrize("task_type", sorted(TASK_KINDS))
+def test_the_trivial_baseline_has_the_heads_shape(task_type: str) -> None:
+    target = _target(task_type)
+    raw, y = _outputs(task_type)
+    assert baseline_raw(target, y, 5).shape == ((5,) if raw.ndim == 1 else (5, raw.shape[1]))
+
+
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_every_loss_name_is_a_different_loss_in_the_trainer(loss: str) -> None:
     """`masked_loss` dispatches on the loss name; a name it does not know must not fall through silently."""
-    from components.config import TaskSpec
-    from components.train import masked_loss
-
     task_type = next(t for t, k in TASK_KINDS.items() if loss in k.losses)
-    pred = torch.tensor([[2.0, -1.0, 0.5]] * 4) if task_type == "multiclass" else torch.tensor([2.0, -1.0, 0.5, 3.0])
-    y = torch.tensor([0.0, 1.0, 2.0, 1.0]) if task_type == "multiclass" else torch.tensor([0.0, 1.0, 1.0, 0.0])
-    spec = TaskSpec(name="t", type=task_type, label={"column": "t"}, loss=loss)  # type: ignore[arg-type]
-    values = {other: float(masked_loss(spec.model_copy(update={"loss": other}), pred, y))
+    raw, y = _outputs(task_type, rows=4)
+    classes = {"classes": CLASSES} if TASK_KINDS[task_type].class_labels else {}
+    spec = TaskSpec(name="t", type=task_type, label={"column": "t"}, loss=loss, **classes)  # type: ignore[arg-type]
+    pred, target = torch.from_numpy(raw).float(), torch.from_numpy(y).float()
+    values = {other: float(masked_loss(spec.model_copy(update={"loss": other}), pred, target))
               for other in TASK_KINDS[task_type].losses}
+    assert all(np.isfinite(list(values.values())))
     assert len(set(values.values())) == len(values)  # each name computes its own loss
+
+
+def test_ordinal_probabilities_are_a_distribution_whose_median_is_the_label() -> None:
+    kind = Ordinal()
+    raw = np.array([[3.0, -3.0], [-2.0, 2.0], [4.0, 3.0], [-5.0, -6.0]])  # row 1: thresholds out of order
+    p = kind.probabilities(raw)
+    assert np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
+    assert kind.predicted(p).tolist() == [1, 0, 2, 0]  # row 1: P(y > 1) is capped at P(y > 0) < 0.5
+
+
+def test_ordinal_loss_grows_with_the_distance_to_the_true_class() -> None:
+    """A miss by two classes costs more than a miss by one: what makes it ordinal, not multiclass."""
+    pred = torch.tensor([[6.0, 6.0]])  # confidently the top class
+    losses = [float(Ordinal().loss("cumulative_bce", pred, torch.tensor([y]))) for y in (2.0, 1.0, 0.0)]
+    assert losses[0] < losses[1] < losses[2]
+
+
+def test_an_ordinal_task_from_identity_needs_its_class_order() -> None:
+    with pytest.raises(ValueError, match="needs 'classes', in order"):
+        TaskSpec(name="t", type="ordinal", label={"column": "t"})
+    with pytest.raises(ValueError, match="ordinal task needs op"):
+        TaskSpec(name="t", type="ordinal", label={"column": "t", "op": "gt", "value": 1})
+
+
+@pytest.fixture(scope="module")
+def ordinal_cfg() -> ProjectConfig:
+    """txhousing with its price band as an ordinal task (low < mid < high), no code change."""
+    raw = raw_config(TXHOUSING)
+    raw["tasks"] = [{**t, "type": "ordinal", "metric": "class_mae"} if t["name"] == "price_band" else t
+                    for t in raw["tasks"]]
+    raw["training"] |= {"epochs": 4, "threads": 2}
+    return parse_config(raw, str(TXHOUSING))
+
+
+def test_an_ordinal_task_trains_exports_and_is_served_end_to_end(ordinal_cfg: ProjectConfig, tmp_path: Path) -> None:
+    frame = with_labels(load_source(ordinal_cfg.data), ordinal_cfg)
+    train_df, val_df, test_df = (window(frame, ordinal_cfg, w) for w in ("train", "validation", "test"))
+    result = train(ordinal_cfg, train_df, val_df, tmp_path / "model", progress=False)
+    export_onnx(result.out_dir, tmp_path / "onnx", train_df)
+    assert check_parity(result.out_dir, tmp_path / "onnx", test_df, rows=512, atol=1e-4).ok
+
+    onnx = OnnxModel(tmp_path / "onnx")
+    spec = onnx.spec
+    target = next(t for t in spec.targets if t.name == "price_band")
+    assert target.type == "ordinal" and target.classes == ["low", "mid", "high"] and target.width == 2
+    raw = onnx.predict_frame(test_df)
+    y = spec.transform_targets(test_df)["price_band"]
+    got = task_metrics(target, raw["price_band"], y, standardised=False)
+    trivial = task_metrics(target, baseline_raw(target, spec.transform_targets(train_df)["price_band"], len(y)), y)
+    assert got["class_mae"] < trivial["class_mae"]  # held-out, later years: it learned the order
+
+    # the service's path: one ONNX call stacked over all heads, decoded per task
+    served = ServedModel("ordinal-test", tmp_path / "onnx", spec)
+    numeric, categorical = spec.transform_numeric(test_df), spec.transform_categorical(test_df)[0]
+    answers = served.outputs(LoadedModel(served).run(numeric, categorical), ["price_band"])
+    logged = prediction_frame(spec, raw)
+    assert [a["price_band"]["label"] for a in answers] == logged["price_band__label"].tolist()
+    assert set(answers[0]["price_band"]["probabilities"]) == set(target.classes)
+    # and monitoring reads the logged columns back to the same quality
+    labelled = pd.concat([logged, test_df[["label__price_band"]].reset_index(drop=True)], axis=1)
+    task = next(t for t in ordinal_cfg.tasks if t.name == "price_band")
+    assert task_quality(task, labelled)["class_mae"] == pytest.approx(got["class_mae"])
