@@ -3,10 +3,11 @@
 What it measures:
 
 1. Hot-loop throughput (training samples/s) of the config's model on CPU with torch using all cores: the
-   trainer's own `components.train.train_step` over batches drawn as `train` draws them (randperm indexing of
-   in-memory tensors, forward, masked per-task losses, the strategy's backward, AdamW step), at the config's
-   batch size and at 512 and 8192. A few warm-up steps are discarded, then each batch size is timed for a
-   fixed wall time. Also the end-to-end `components.train.train` samples/s over 2 epochs (per-epoch
+   trainer's own epoch loop `components.train.run_epoch` over batches drawn as `train` draws them (randperm
+   indexing of in-memory tensors, forward, masked per-task losses, the strategy's backward, AdamW step), next to
+   a bare hand-written loop on the same model and batches (`bare_loop`: the floor), at the config's batch size
+   and at 512 and 8192. A few warm-up steps are discarded, then whole epochs are timed for at least a fixed wall
+   time. Also the end-to-end `components.train.train` samples/s over 2 epochs (per-epoch
    validation and checkpointing included), and the peak RSS of this process. The target is 50,000
    samples/s for the default MLP.
 2. Seconds per kfp.local step of `mtlops run`: parsed from a saved log (`--pipeline-log PATH`), or from a fresh
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,9 @@ from components.architectures.hps import HardSharingModel
 from components.config import ProjectConfig, config_to_yaml, load_config
 from components.data import load_source, select_window, with_labels
 from components.features import FeatureSpec
-from components.strategies import make_strategy
-from components.train import TensorData, make_autocast, to_tensors, train, train_step
+from components.strategies import Weighting, make_strategy
+from components.tasks import kind_of
+from components.train import TensorData, epoch_batches, make_autocast, run_epoch, to_tensors, train
 
 TARGET_SAMPLES_PER_S = 50_000
 EXTRA_BATCH_SIZES = (512, 8192)
@@ -88,50 +90,69 @@ def verdict(samples_per_s: float) -> str:
     return "[green]PASS[/green]" if samples_per_s >= TARGET_SAMPLES_PER_S else "[red]MISS[/red]"
 
 
-def batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Row indices batch after batch, epoch after epoch, drawn as `train` draws them."""
-    steps = (n + batch_size - 1) // batch_size
-    epoch = 0
-    while True:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for s in range(steps):
-            yield perm[s * batch_size:(s + 1) * batch_size]
-        epoch += 1
-
-
-def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size: int, seconds: float) -> LoopResult:
-    """Train a fresh model for `WARMUP_STEPS` untimed steps, then for at least `seconds` of timed steps."""
+def _fresh(cfg: ProjectConfig, spec: FeatureSpec) -> tuple[HardSharingModel, torch.optim.AdamW, Weighting]:
     tc = cfg.training
     torch.manual_seed(tc.seed)
     model = HardSharingModel(spec, cfg.model)
-    task_names = model.task_names
-    task_specs = {t.name: t for t in cfg.tasks}
-    strategy = make_strategy(task_names, tc.strategy).attach(model)  # as the trainer does: Jacobian methods need it
+    strategy = make_strategy(model.task_names, tc.strategy).attach(model)
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
-    loss_sums = {name: torch.zeros(()) for name in task_names}
     model.train()
+    return model, optimizer, strategy
 
-    autocast = make_autocast(torch.device("cpu"))
 
-    def step(idx: torch.Tensor) -> int:
-        losses = train_step(model, strategy, optimizer, data, idx, task_specs, autocast)
-        for name in task_names:
-            loss_sums[name] += losses[name].detach()
-        return len(idx)
-
-    draw = batches(len(data), batch_size, tc.seed)
-    for _ in range(WARMUP_STEPS):
-        step(next(draw))
+def timed_epochs(epoch: Callable[[list[torch.Tensor]], float], n: int, batch_size: int, seed: int,
+                 seconds: float) -> LoopResult:
+    """`WARMUP_STEPS` untimed steps, then whole epochs (batches drawn as `train` draws them) until `seconds` have
+    passed. `epoch(batches)` trains on them and returns the sum over tasks of the mean loss."""
+    cpu = torch.device("cpu")
+    warm_up = epoch_batches(n, batch_size, seed * 100_003, cpu)[:WARMUP_STEPS]
+    loss_steps = epoch(warm_up) * len(warm_up)
     steps = samples = 0
-    elapsed = 0.0
+    elapsed, e = 0.0, 1
     t0 = time.perf_counter()
     while elapsed < seconds:
-        samples += step(next(draw))
-        steps += 1
+        batches = epoch_batches(n, batch_size, seed * 100_003 + e, cpu)
+        loss_steps += epoch(batches) * len(batches)
+        steps, samples, e = steps + len(batches), samples + sum(len(b) for b in batches), e + 1
         elapsed = time.perf_counter() - t0
-    mean_loss = float(sum(loss_sums.values())) / (WARMUP_STEPS + steps)
-    return LoopResult(batch_size, steps, samples, elapsed, mean_loss)
+    return LoopResult(batch_size, steps, samples, elapsed, loss_steps / (len(warm_up) + steps))
+
+
+def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size: int, seconds: float) -> LoopResult:
+    """The trainer's own epoch loop (`components.train.run_epoch`) on a fresh model."""
+    model, optimizer, strategy = _fresh(cfg, spec)
+    tasks = {t.name: t for t in cfg.tasks}
+    autocast = make_autocast(torch.device("cpu"))
+
+    def epoch(batches: list[torch.Tensor]) -> float:
+        return sum(run_epoch(model, strategy, optimizer, data, tasks, batches, autocast).train_loss.values())
+
+    return timed_epochs(epoch, len(data), batch_size, cfg.training.seed, seconds)
+
+
+def bare_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size: int, seconds: float) -> LoopResult:
+    """The floor on the same model and batches: a hand-written loop with the task losses inlined (each target
+    cleaned and masked once, before the loop), their plain sum, backward and AdamW; no strategy, no dicts of
+    losses kept. What the trainer's loop costs on top of it is the overhead to explain."""
+    model, optimizer, _ = _fresh(cfg, spec)
+    losses = {t.name: (kind_of(t), t.loss) for t in cfg.tasks}
+    targets = {name: torch.nan_to_num(y) for name, y in data.targets.items()}
+    counts = {name: (~torch.isnan(y)).float() for name, y in data.targets.items()}
+
+    def epoch(batches: list[torch.Tensor]) -> float:
+        total = torch.zeros(())
+        for idx in batches:
+            out = model(data.numeric[idx], data.categorical[idx])
+            loss = sum((kind.loss(name_, out[name], targets[name][idx]) * counts[name][idx]).sum()
+                       / counts[name][idx].sum().clamp_min(1) for name, (kind, name_) in losses.items())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            total += loss.detach()  # type: ignore[union-attr]
+        return float(total) / max(len(batches), 1)
+
+    return timed_epochs(epoch, len(data), batch_size, cfg.training.seed, seconds)
 
 
 def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
@@ -164,16 +185,21 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
     sizes = [cfg.training.batch_size] if quick else sorted({cfg.training.batch_size, *EXTRA_BATCH_SIZES})
     seconds = QUICK_TIMED_S if quick else TIMED_S
     table = Table(title=f"hot loop: forward + masked losses + backward + AdamW ({WARMUP_STEPS} warm-up steps, "
-                        f"≥ {seconds:.0f} s timed)")
-    for col in ("batch size", "steps", "seconds", "ms/step", "samples/s", "target", "result", "mean loss"):
+                        f"whole epochs for ≥ {seconds:.0f} s)")
+    for col in ("batch size", "loop", "steps", "seconds", "ms/step", "samples/s", "vs bare", "target", "result",
+                "mean loss"):
         table.add_column(col, justify="right")
     for bs in sizes:
-        r = hot_loop(cfg, spec, data, bs, seconds)
         label = f"{bs} (config)" if bs == cfg.training.batch_size else str(bs)
-        table.add_row(label, str(r.steps), f"{r.seconds:.2f}", f"{1000 * r.seconds / r.steps:.1f}",
-                      f"{r.samples_per_s:,.0f}", f"≥ {TARGET_SAMPLES_PER_S:,}", verdict(r.samples_per_s),
-                      f"{r.mean_loss:.4f}")
-    table.caption = "mean loss: sum over tasks of the masked losses, averaged over all steps run"
+        bare = bare_loop(cfg, spec, data, bs, seconds)
+        for name, r in (("trainer", hot_loop(cfg, spec, data, bs, seconds)), ("bare", bare)):
+            table.add_row(label if name == "trainer" else "", name, str(r.steps), f"{r.seconds:.2f}",
+                          f"{1000 * r.seconds / r.steps:.1f}", f"{r.samples_per_s:,.0f}",
+                          f"{r.samples_per_s / bare.samples_per_s:.2f}x", f"≥ {TARGET_SAMPLES_PER_S:,}",
+                          verdict(r.samples_per_s), f"{r.mean_loss:.4f}")
+    table.caption = (f"trainer: components.train.run_epoch with the config's strategy ({cfg.training.strategy.name}); "
+                     "bare: the same model and batches in a hand-written loop (benchmarks/train_throughput.py "
+                     "bare_loop). Mean loss: sum over tasks of the masked losses, averaged over all steps run")
     console.print(table)
 
     e2e_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": E2E_EPOCHS})})

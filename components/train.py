@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, cast
@@ -194,6 +195,98 @@ class TrainState:
         torch.set_rng_state(checkpoint["rng"])
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                  world: int = 1) -> list[torch.Tensor]:
+    """Row indices of one epoch, batch by batch: a permutation drawn from `seed` alone (so a resumed run draws the
+    same batches), each rank taking its `rank::world` share of every batch."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+    return [perm[s:s + batch_size][rank::world] for s in range(0, n, batch_size)]
+
+
+@dataclass
+class EpochStats:
+    train_loss: dict[str, float]  # mean per-task loss over the epoch's steps
+    flops: float  # training FLOPs of the epoch (0 when not counted)
+
+
+def run_epoch(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
+              tasks: dict[str, TaskSpec], batches: list[torch.Tensor], autocast: torch.autocast, *,
+              active: list[str] | None = None, loss_weights: Callable[[float], dict[str, float]] | None = None,
+              rep_mtl: RepMtlSpec | None = None, first_step: int = 0, world: int = 1,
+              flops_per_sample: dict[str, float] | None = None, step_model: Architecture | None = None,
+              on_step: Callable[[], None] | None = None) -> EpochStats:
+    """The one training loop (`train`, PBT and the throughput benchmark run it): `train_step` on every batch.
+
+    `loss_weights(fraction of the epoch done)` scales each loss (MT2ST's γ). With `flops_per_sample`, the first
+    step of a phase not in it (its set of active heads) runs eagerly under `FlopCounterMode` and its FLOPs per
+    sample are recorded there; dynamo meeting the counter's dispatch mode would skip the model for good, and
+    FLOPs are counted on the eager ops anyway. `step_model` (a `torch.compile`d model) runs the other steps.
+    The losses stay on the device until the epoch ends (no host sync per step)."""
+    names = active or model.task_names
+    phase = "+".join(names)
+    sums = {name: torch.zeros((), device=data.numeric.device) for name in names}
+    flops = 0.0
+    for s, idx in enumerate(batches):
+        counter = None
+        if flops_per_sample is not None and phase not in flops_per_sample:
+            counter = FlopCounterMode(display=False)
+        with counter or contextlib.nullcontext():
+            losses = train_step(step_model if step_model is not None and counter is None else model, strategy,
+                                optimizer, data, idx, tasks, autocast, active=active, rep_mtl=rep_mtl, world=world,
+                                scale=loss_weights(s / len(batches)) if loss_weights else None, step=first_step + s)
+        if counter is not None:
+            flops_per_sample[phase] = counter.get_total_flops() / len(idx)  # type: ignore[index]
+        if flops_per_sample is not None:
+            flops += flops_per_sample[phase] * len(idx)
+        for name in names:
+            sums[name] += losses[name].detach()
+        if on_step is not None:
+            on_step()
+    return EpochStats({name: float(v) / max(len(batches), 1) for name, v in sums.items()}, flops)
+
+
+def _checkpoint_to_resume(path: Path, cfg: ProjectConfig, resume: bool) -> dict | None:
+    ckpt = torch.load(path, weights_only=True) if resume and path.exists() else None
+    if ckpt and ckpt["config"] != config_to_yaml(cfg):
+        raise ValueError(f"{path} was written by a run with a different config: "
+                         "resume with the same config, or train without --resume")
+    return ckpt
+
+
+def _feature_spec(cfg: ProjectConfig, train_df: pd.DataFrame, ckpt: dict | None) -> FeatureSpec:
+    """The resumed run's spec, the warm start's (its weights index the old vocabularies: new values go
+    out-of-vocabulary), or a new one fitted on the training window."""
+    if ckpt:
+        return FeatureSpec.from_json(ckpt["feature_spec"])
+    if cfg.training.warm_start:
+        return FeatureSpec.load(Path(cfg.training.warm_start) / SPEC)
+    return FeatureSpec.fit(train_df, cfg)
+
+
+def _progress(enabled: bool) -> Progress:
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    return Progress(*columns, disable=not enabled, transient=False)
+
+
+def _record_epoch(state: TrainState, epoch: int, active: list[str], train_loss: dict[str, float],
+                  val: dict[str, dict[str, float]], primary: TaskSpec) -> tuple[bool, bool]:
+    """Early stopping, MT2ST's plateau watch and the history line of one epoch: (the primary metric improved,
+    MT2ST switches to the primary task alone)."""
+    metric = val[primary.name][primary.metric]  # type: ignore[index]
+    improved = state.best_epoch < 0 or is_better(primary.metric, metric, state.best_metric)  # type: ignore[arg-type]
+    if improved:
+        state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+        state.best_state = copy.deepcopy(state.model.state_dict())
+    else:
+        state.bad_epochs += 1
+    switched = state.schedule.observe(epoch, improved)
+    state.history.append({"epoch": epoch + 1, "tasks": active, "loss_weights": state.schedule.loss_weights(epoch),
+                          "train_loss": train_loss, "validation": val})
+    state.epoch = epoch
+    return improved, switched
+
+
 def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
           resume: bool = False, progress: bool = True) -> TrainResult:
     tc = cfg.training
@@ -206,103 +299,72 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
+    # resume or warm start
     ckpt_path = out_dir / CHECKPOINT
-    ckpt = torch.load(ckpt_path, weights_only=True) if resume and ckpt_path.exists() else None
-    if ckpt and ckpt["config"] != config_to_yaml(cfg):
-        raise ValueError(f"{ckpt_path} was written by a run with a different config: "
-                         "resume with the same config, or train without --resume")
-    warm = Path(tc.warm_start) if tc.warm_start and not ckpt else None
-    if ckpt:
-        spec = FeatureSpec.from_json(ckpt["feature_spec"])
-    elif warm:  # the warm-start weights index the old vocabularies: keep them (new values go out-of-vocabulary)
-        spec = FeatureSpec.load(warm / SPEC)
-    else:
-        spec = FeatureSpec.fit(train_df, cfg)
+    ckpt = _checkpoint_to_resume(ckpt_path, cfg, resume)
+    spec = _feature_spec(cfg, train_df, ckpt)
     spec.save(out_dir / SPEC)
     (out_dir / CONFIG).write_text(config_to_yaml(cfg))
-
-    train_t = to_tensors(train_df, spec).to(device)
-    val_t = to_tensors(val_df, spec).to(device)
+    train_t, val_t = to_tensors(train_df, spec).to(device), to_tensors(val_df, spec).to(device)
     model = build_model(spec, cfg.model)
-    if warm:
-        model.load_state_dict(torch.load(warm / WEIGHTS, weights_only=True))
+    if tc.warm_start and not ckpt:
+        model.load_state_dict(torch.load(Path(tc.warm_start) / WEIGHTS, weights_only=True))
     model = model.to(device)
     if world > 1:
         distributed.broadcast_parameters(model)
-    step_model = torch.compile(model) if tc.compile else model
-    task_names = model.task_names
-    task_specs = {t.name: t for t in cfg.tasks}
-    strategy = make_strategy(task_names, tc.strategy).attach(model)
+    step_model = cast(Architecture, torch.compile(model)) if tc.compile else None
+    strategy = make_strategy(model.task_names, tc.strategy).attach(model)
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     primary = cfg.primary_task
-    state = TrainState(model, optimizer, strategy, Mt2stSchedule(tc.mt2st, task_names, primary.name))
+    state = TrainState(model, optimizer, strategy, Mt2stSchedule(tc.mt2st, model.task_names, primary.name))
     schedule = state.schedule
     if ckpt:
         state.restore(ckpt)
         if progress:
             print(f"resuming from {ckpt_path} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
 
-    n = len(train_t)
-    steps = (n + tc.batch_size - 1) // tc.batch_size
+    tasks = {t.name: t for t in cfg.tasks}
     autocast = make_autocast(device)
+    steps = (len(train_t) + tc.batch_size - 1) // tc.batch_size
     t0, seen = time.perf_counter(), 0
-    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with _progress(progress) as bar:
         for epoch in range(state.epoch + 1, tc.epochs):
             if epoch == schedule.switch_epoch:
                 state.bad_epochs = 0  # the single-task phase gets its own early-stopping patience
             if state.bad_epochs >= tc.early_stopping_patience:
                 break
-            model.train()
             active = schedule.active_tasks(epoch)
-            phase = "+".join(active)
-            # seeded per epoch, so a resumed run draws the same batches
-            gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
-            perm = torch.randperm(n, generator=gen).to(device)
-            loss_sums = {name: torch.zeros((), device=device) for name in active}
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
-            for s in range(steps):
-                idx = perm[s * tc.batch_size:(s + 1) * tc.batch_size][rank::world]
-                counter = FlopCounterMode(display=False) if phase not in state.flops_per_sample else None
-                # the counted step runs eagerly: dynamo meeting the counter's dispatch mode would skip the model
-                # for good, and FLOPs are counted on the eager ops anyway
-                with counter or contextlib.nullcontext():
-                    losses = train_step(step_model if counter is None else model, strategy, optimizer, train_t, idx,
-                                        task_specs, autocast, active=active, rep_mtl=tc.rep_mtl, world=world,
-                                        scale=schedule.loss_weights(epoch + s / steps), step=epoch * steps + s)
-                if counter is not None:
-                    state.flops_per_sample[phase] = counter.get_total_flops() / len(idx)
-                state.train_flops += state.flops_per_sample[phase] * len(idx)
-                for name in active:
-                    loss_sums[name] += losses[name].detach()
-                bar.advance(job)
-            seen += n
+            model.train()
+            stats = run_epoch(
+                model, strategy, optimizer, train_t, tasks,
+                epoch_batches(len(train_t), tc.batch_size, tc.seed * 100_003 + epoch, device, rank, world),
+                autocast, active=active, loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done),
+                rep_mtl=tc.rep_mtl, first_step=epoch * steps, world=world,
+                flops_per_sample=state.flops_per_sample, step_model=step_model,
+                on_step=lambda job=job: bar.advance(job))
+            state.train_flops += stats.flops
+            seen += len(train_t)
             strategy.epoch_end()
-            train_loss = {name: float(v) / steps for name, v in loss_sums.items()}
             val = evaluate_tensors(model, val_t, spec.targets)
-            metric = val[primary.name][primary.metric]
-            improved = state.best_epoch < 0 or is_better(primary.metric, metric, state.best_metric)
-            if improved:
-                state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
-                state.best_state = copy.deepcopy(model.state_dict())
-            else:
-                state.bad_epochs += 1
-            if schedule.observe(epoch, improved) and progress:
+            improved, switched = _record_epoch(state, epoch, active, stats.train_loss, val, primary)
+            if switched and progress:
                 print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
-            state.history.append({"epoch": epoch + 1, "tasks": active, "loss_weights": schedule.loss_weights(epoch),
-                                  "train_loss": train_loss, "validation": val})
+            metric = val[primary.name][primary.metric]  # type: ignore[index]
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
-            state.epoch = epoch
             _atomic_save({**state.to_checkpoint(), "feature_spec": spec.to_json(), "config": config_to_yaml(cfg)},
                          ckpt_path)
+    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, world)
 
-    wall = time.perf_counter() - t0
+
+def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, seen: int, device: torch.device,
+            world: int) -> TrainResult:
+    """The best epoch's weights into the model and `model.pt`, and the run's summary."""
     assert state.best_state is not None, "no epoch was trained"
-    model.load_state_dict(state.best_state)
+    state.model.load_state_dict(state.best_state)
     torch.save(state.best_state, out_dir / WEIGHTS)
-    history = state.history
+    history, schedule = state.history, state.schedule
     result = TrainResult(out_dir, state.best_epoch + 1, len(history), history[state.best_epoch]["validation"],
                          history, samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall,
                          train_flops=state.train_flops, switch_epoch=schedule.switch_epoch)
@@ -310,7 +372,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
         "train_flops": state.train_flops * world, "flops_per_sample": state.flops_per_sample,
-        "switch_epoch": schedule.switch_epoch, "world_size": world, "compiled": tc.compile,
+        "switch_epoch": schedule.switch_epoch, "world_size": world, "compiled": cfg.training.compile,
         "history": history,
     }, indent=1))
     return result

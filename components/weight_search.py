@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from components.architectures import Architecture, build_model
 from components.config import ProjectConfig, parse_config
@@ -27,12 +26,13 @@ from components.metrics import is_better
 from components.strategies import make_strategy
 from components.train import (
     TensorData,
+    epoch_batches,
     evaluate_tensors,
     make_autocast,
     pick_device,
+    run_epoch,
     to_tensors,
     train,
-    train_step,
 )
 
 
@@ -118,24 +118,20 @@ def initial_weights(names: list[str], population: int, rng: random.Random) -> li
 
 def train_epochs(member: Member, cfg: ProjectConfig, train_t: TensorData, epochs: int, seed: int,
                  count_flops: bool = False) -> float:
-    """Train `member` for `epochs` with its static weights; FLOPs per sample of one step when `count_flops`."""
+    """Train `member` for `epochs` with its static weights (the trainer's epoch loop); FLOPs per sample of one
+    step when `count_flops`."""
     names = [t.name for t in cfg.tasks]
     tasks = {t.name: t for t in cfg.tasks}
     strategy = make_strategy(names, with_static_weights(cfg, member.weights).training.strategy).attach(member.model)
-    autocast = make_autocast(train_t.numeric.device)
+    device = train_t.numeric.device
+    autocast = make_autocast(device)
     member.model.train()
-    flops, n, batch = 0.0, len(train_t), cfg.training.batch_size
+    flops: dict[str, float] | None = {} if count_flops else None
     for e in range(epochs):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + e)).to(train_t.numeric.device)
-        for s in range(0, n, batch):
-            idx = perm[s:s + batch]
-            if count_flops and not flops:
-                with FlopCounterMode(display=False) as counter:
-                    train_step(member.model, strategy, member.optimizer, train_t, idx, tasks, autocast)
-                flops = counter.get_total_flops() / len(idx)
-            else:
-                train_step(member.model, strategy, member.optimizer, train_t, idx, tasks, autocast)
-    return flops
+        run_epoch(member.model, strategy, member.optimizer, train_t, tasks,
+                  epoch_batches(len(train_t), cfg.training.batch_size, seed * 7919 + e, device), autocast,
+                  flops_per_sample=flops)
+    return next(iter(flops.values()), 0.0) if flops else 0.0
 
 
 def new_member(cfg: ProjectConfig, spec: FeatureSpec, weights: dict[str, float], device: torch.device) -> Member:
