@@ -1,10 +1,20 @@
-"""Data-parallel training under `torchrun` (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU.
+"""Data-parallel training under `torchrun` (WORLD_SIZE > 1) through torch's `DistributedDataParallel`: NCCL on
+GPUs, gloo on CPU.
 
-Every rank draws the same shuffled batch and trains on its `rank::world` share of it; gradients are averaged
-across ranks after the strategy's backward and before the optimizer step. The averaging is done here rather
-than by `DistributedDataParallel`'s reducer because two strategies write gradients outside its view: torchjd's
-aggregators set `.grad` from a Jacobian, and Rep-MTL differentiates through `torch.autograd.grad` with
-`create_graph=True`, which DDP does not support. The result is the same synchronous update DDP makes.
+Every rank draws the same shuffled batch and trains on its `rank::world` share of it. DDP starts every rank from
+rank 0's weights and, for a strategy that makes one backward pass of one weighted sum (`ew`, `static`, `uw`,
+`dwa`), all-reduces the model's gradients during that pass, bucket by bucket, overlapping the backward. A step it
+cannot see runs the bare model (DDP's reducer only waits for a backward after its own forward) and its gradients
+are averaged here after the strategy's backward, as one flat buffer:
+
+- Jacobian methods (`pcgrad`, `upgrad`, `mgda`, `cagrad`) differentiate each task's loss on its own
+  (`torch.autograd.grad`, which DDP's reducer does not see). Their per-task gradients (the Jacobian) are
+  averaged across ranks *before* the aggregator combines them, so every rank aggregates the Jacobian of the
+  whole batch — averaging the aggregated updates instead would not be the same (the aggregators are not linear).
+- Rep-MTL differentiates through `torch.autograd.grad(create_graph=True)`, and an architecture `penalty`
+  (`shared_private`) is a second backward pass: both need gradients averaged after all passes.
+
+A strategy's own parameters (`uw`'s log-variances) live outside the model and are averaged here too.
 """
 
 from __future__ import annotations
@@ -14,6 +24,10 @@ import os
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.parallel import DistributedDataParallel
+
+from components.architectures import Architecture
+from components.strategies import Weighting
 
 
 def world_size() -> int:
@@ -37,19 +51,37 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def broadcast_parameters(model: torch.nn.Module) -> None:
-    """Start every rank from rank 0's weights."""
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, src=0)
-
-
-def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """All-reduce the gradients that exist, as one flat buffer (one collective per step)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+def average(tensors: list[torch.Tensor]) -> None:
+    """All-reduce `tensors` in place to their mean over the ranks, as one flat buffer (one collective)."""
+    if not tensors:
         return
-    flat = _flatten_dense_tensors(grads)
+    flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat)
-    flat /= world
-    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(synced)
+    flat /= dist.get_world_size()
+    for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
+        tensor.copy_(synced)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients that exist."""
+    average([p.grad for p in params if p.grad is not None])
+
+
+class DataParallel:
+    """The model under `DistributedDataParallel` and how one step's gradients reach every rank (see above)."""
+
+    def __init__(self, model: Architecture, strategy: Weighting, device: torch.device, rep_mtl: bool,
+                 subsets: bool) -> None:
+        self.world = dist.get_world_size()
+        # heads left out of a step (MT2ST's single-task phase) get no gradient: DDP must look for them
+        self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                           find_unused_parameters=subsets)
+        self.ddp_reduces = strategy.single_backward and not rep_mtl and model.penalty(model.task_names) is None
+        self.sync = "ddp" if self.ddp_reduces else "after backward"
+        # DDP's forward prepares its reducer for one backward pass; the other steps run the bare model
+        self.forward_model: torch.nn.Module = self.ddp if self.ddp_reduces else model
+        strategy.data_parallel(average)
+
+    def finish(self, model_params: list[torch.nn.Parameter], strategy_params: list[torch.nn.Parameter]) -> None:
+        """After the strategy's backward: average what DDP did not."""
+        average_gradients(strategy_params if self.ddp_reduces else [*model_params, *strategy_params])

@@ -100,18 +100,21 @@ def evaluate_tensors(model: Architecture, data: TensorData, targets: list[Target
 def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
                idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
                active: list[str] | None = None, scale: dict[str, float] | None = None,
-               rep_mtl: RepMtlSpec | None = None, step: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+               rep_mtl: RepMtlSpec | None = None, step: int = 0,
+               parallel: distributed.DataParallel | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
 
     Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
     AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
     adds the Rep-MTL regulariser on the shared representation (the config allows it on a
     `SharedRepresentation` architecture only). The architecture's `penalty` is added, and with
-    `alternating_groups` only group `step % len(groups)` is updated. With `world` > 1 the gradients are
-    averaged across the data-parallel ranks before the step."""
+    `alternating_groups` only group `step % len(groups)` is updated. With `parallel` (several ranks) the forward
+    goes through `DistributedDataParallel` where it reduces the gradients, and the rest is averaged before the
+    step (`components.distributed`)."""
     with autocast:
         if rep_mtl is None:
-            out = model(data.numeric[idx], data.categorical[idx], tasks=active)
+            forward = parallel.forward_model if parallel is not None else model
+            out = forward(data.numeric[idx], data.categorical[idx], tasks=active)
         else:
             shared = cast(SharedRepresentation, model)
             z = shared.encode(data.numeric[idx], data.categorical[idx])
@@ -130,8 +133,8 @@ def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.
             if i != step % len(groups):
                 for p in group:
                     p.grad = None  # AdamW skips parameters without a gradient
-    if world > 1:
-        distributed.average_gradients([p for group in optimizer.param_groups for p in group["params"]], world)
+    if parallel is not None:
+        parallel.finish(list(model.parameters()), strategy.parameters())
     optimizer.step()
     return losses
 
@@ -212,7 +215,7 @@ class EpochStats:
 def run_epoch(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
               tasks: dict[str, TaskSpec], batches: list[torch.Tensor], autocast: torch.autocast, *,
               active: list[str] | None = None, loss_weights: Callable[[float], dict[str, float]] | None = None,
-              rep_mtl: RepMtlSpec | None = None, first_step: int = 0, world: int = 1,
+              rep_mtl: RepMtlSpec | None = None, first_step: int = 0, parallel: distributed.DataParallel | None = None,
               flops_per_sample: dict[str, float] | None = None, step_model: Architecture | None = None,
               on_step: Callable[[], None] | None = None) -> EpochStats:
     """The one training loop (`train`, PBT and the throughput benchmark run it): `train_step` on every batch.
@@ -232,8 +235,9 @@ def run_epoch(model: Architecture, strategy: Weighting, optimizer: torch.optim.O
             counter = FlopCounterMode(display=False)
         with counter or contextlib.nullcontext():
             losses = train_step(step_model if step_model is not None and counter is None else model, strategy,
-                                optimizer, data, idx, tasks, autocast, active=active, rep_mtl=rep_mtl, world=world,
-                                scale=loss_weights(s / len(batches)) if loss_weights else None, step=first_step + s)
+                                optimizer, data, idx, tasks, autocast, active=active, rep_mtl=rep_mtl,
+                                scale=loss_weights(s / len(batches)) if loss_weights else None, step=first_step + s,
+                                parallel=parallel)
         if counter is not None:
             flops_per_sample[phase] = counter.get_total_flops() / len(idx)  # type: ignore[index]
         if flops_per_sample is not None:
@@ -310,10 +314,13 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     if tc.warm_start and not ckpt:
         model.load_state_dict(torch.load(Path(tc.warm_start) / WEIGHTS, weights_only=True))
     model = model.to(device)
-    if world > 1:
-        distributed.broadcast_parameters(model)
+    if world > 1 and tc.compile:
+        raise ValueError("training.compile is not supported with several ranks (WORLD_SIZE > 1) yet: "
+                         "set it to false for a distributed run")
     step_model = cast(Architecture, torch.compile(model)) if tc.compile else None
     strategy = make_strategy(model.task_names, tc.strategy).attach(model)
+    parallel = distributed.DataParallel(model, strategy, device, rep_mtl=tc.rep_mtl is not None,
+                                        subsets=tc.mt2st is not None) if world > 1 else None
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
     primary = cfg.primary_task
@@ -341,7 +348,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 model, strategy, optimizer, train_t, tasks,
                 epoch_batches(len(train_t), tc.batch_size, tc.seed * 100_003 + epoch, device, rank, world),
                 autocast, active=active, loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done),
-                rep_mtl=tc.rep_mtl, first_step=epoch * steps, world=world,
+                rep_mtl=tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
                 flops_per_sample=state.flops_per_sample, step_model=step_model,
                 on_step=lambda job=job: bar.advance(job))
             state.train_flops += stats.flops
@@ -355,16 +362,17 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
             _atomic_save({**state.to_checkpoint(), "feature_spec": spec.to_json(), "config": config_to_yaml(cfg)},
                          ckpt_path)
-    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, world)
+    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, parallel)
 
 
 def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, seen: int, device: torch.device,
-            world: int) -> TrainResult:
+            parallel: distributed.DataParallel | None) -> TrainResult:
     """The best epoch's weights into the model and `model.pt`, and the run's summary."""
     assert state.best_state is not None, "no epoch was trained"
     state.model.load_state_dict(state.best_state)
     torch.save(state.best_state, out_dir / WEIGHTS)
     history, schedule = state.history, state.schedule
+    world = parallel.world if parallel is not None else 1
     result = TrainResult(out_dir, state.best_epoch + 1, len(history), history[state.best_epoch]["validation"],
                          history, samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall,
                          train_flops=state.train_flops, switch_epoch=schedule.switch_epoch)
@@ -373,6 +381,7 @@ def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, s
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
         "train_flops": state.train_flops * world, "flops_per_sample": state.flops_per_sample,
         "switch_epoch": schedule.switch_epoch, "world_size": world, "compiled": cfg.training.compile,
+        "gradient_sync": parallel.sync if parallel is not None else None,
         "history": history,
     }, indent=1))
     return result

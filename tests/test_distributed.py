@@ -1,13 +1,17 @@
-"""Data-parallel training under torchrun: 2 CPU processes over gloo end with identical weights."""
+"""Data-parallel training under torchrun: 2 CPU processes over gloo end with identical weights, whether
+DistributedDataParallel reduces the gradients (one weighted sum) or a Jacobian method averages its per-task
+gradients before aggregating them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from components.config import config_to_yaml
@@ -24,16 +28,18 @@ train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.
 """
 
 
-def test_two_gloo_ranks_end_with_identical_weights(flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "sync", "port"), [("uw", "ddp", 29517), ("pcgrad", "after backward", 29518)])
+def test_two_gloo_ranks_end_with_identical_weights(strategy: str, sync: str, port: int, flights_frame: pd.DataFrame,
+                                                   tmp_path: Path) -> None:
     cfg = config_with(FLIGHTS, model={"hidden": [32]},
-                      training={"epochs": 2, "threads": 1, "batch_size": 512, "strategy": {"name": "uw"}})
+                      training={"epochs": 2, "threads": 1, "batch_size": 512, "strategy": {"name": strategy}})
     (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
     window(flights_frame, cfg, "train").iloc[::4].to_parquet(tmp_path / "train.parquet")
     window(flights_frame, cfg, "validation").iloc[::4].to_parquet(tmp_path / "val.parquet")
     (tmp_path / "child.py").write_text(_CHILD)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          str(tmp_path / "child.py"), str(tmp_path / "cfg.yaml"), str(tmp_path / "train.parquet"),
          str(tmp_path / "val.parquet"), str(tmp_path / "out")],
         env=env, capture_output=True, text=True, timeout=600)
@@ -43,5 +49,5 @@ def test_two_gloo_ranks_end_with_identical_weights(flights_frame: pd.DataFrame, 
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    summary = (tmp_path / "out" / "train_summary.json").read_text()
-    assert '"world_size": 2' in summary
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["gradient_sync"] == sync

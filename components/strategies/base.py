@@ -8,6 +8,8 @@ look at history (DWA) keep their state here, so checkpoints can resume them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -15,6 +17,9 @@ from components.config import StrategySpec
 
 
 class Weighting(ABC):
+    # one backward pass of one weighted sum of the losses: DistributedDataParallel can reduce its gradients
+    single_backward: ClassVar[bool] = True
+
     def __init__(self, task_names: list[str], spec: StrategySpec) -> None:
         self.task_names = task_names
         self.spec = spec
@@ -27,6 +32,11 @@ class Weighting(ABC):
         """Called once by the trainer before the optimizer is built: strategies with learnable state move it to
         the model's device; Jacobian methods keep the parameters whose Jacobian they aggregate."""
         return self
+
+    def data_parallel(self, average: Callable[[list[torch.Tensor]], None]) -> None:
+        """Called when several ranks train together: `average` all-reduces tensors to their mean over the ranks
+        (for a strategy that combines per-task gradients before they become the update)."""
+        return None
 
     def epoch_end(self) -> None:
         """Called by the trainer after each epoch (strategies that look at epoch history)."""
