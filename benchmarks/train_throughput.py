@@ -10,7 +10,8 @@ What it measures:
    time. Also the end-to-end `components.train.train` samples/s over 2 epochs (per-epoch
    validation and checkpointing included), and the peak RSS of this process. The target is 50,000
    samples/s for the default MLP.
-2. Seconds per kfp.local step of `mtlops run`: parsed from a saved log (`--pipeline-log PATH`), or from a fresh
+2. Seconds per kfp.local step of `mtlops run`: parsed from kfp.local's log (`--pipeline-log PATH`: a run
+   folder's `kfp.log`, or a saved `mtlops run --verbose` output), or from a fresh
    end-to-end `mtlops data build` + `mtlops run` in a temporary git repository (`--run-pipeline`), which also
    reports each command's wall time and the peak RSS of the child process tree.
 
@@ -42,6 +43,7 @@ from components.features import FeatureSpec
 from components.strategies import Weighting, make_strategy
 from components.tasks import kind_of
 from components.train import TensorData, epoch_batches, make_autocast, run_epoch, to_tensors, train
+from pipelines.steplog import LOG_FILE
 
 TARGET_SAMPLES_PER_S = 50_000
 EXTRA_BATCH_SIZES = (512, 8192)
@@ -103,19 +105,21 @@ def _fresh(cfg: ProjectConfig, spec: FeatureSpec) -> tuple[HardSharingModel, tor
 
 def timed_epochs(epoch: Callable[[list[torch.Tensor]], float], n: int, batch_size: int, seed: int,
                  seconds: float) -> LoopResult:
-    """`WARMUP_STEPS` untimed steps, then whole epochs (batches drawn as `train` draws them) until `seconds` have
-    passed. `epoch(batches)` trains on them and returns the sum over tasks of the mean loss."""
+    """`WARMUP_STEPS` untimed steps, then whole epochs (batches drawn as `train` draws them), at least one, until
+    `seconds` have passed. `epoch(batches)` trains on them and returns the sum over tasks of the mean loss."""
     cpu = torch.device("cpu")
     warm_up = epoch_batches(n, batch_size, seed * 100_003, cpu)[:WARMUP_STEPS]
     loss_steps = epoch(warm_up) * len(warm_up)
     steps = samples = 0
-    elapsed, e = 0.0, 1
+    e = 1
     t0 = time.perf_counter()
-    while elapsed < seconds:
+    while True:
         batches = epoch_batches(n, batch_size, seed * 100_003 + e, cpu)
         loss_steps += epoch(batches) * len(batches)
         steps, samples, e = steps + len(batches), samples + sum(len(b) for b in batches), e + 1
         elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            break
     return LoopResult(batch_size, steps, samples, elapsed, loss_steps / (len(warm_up) + steps))
 
 
@@ -279,8 +283,9 @@ def run_pipeline(console: Console, config: Path) -> None:
         subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
         common = ["--config", str(cfg_path), "--root", str(tmp)]
         build_s, _, build_rss = run_child([str(MTLOPS), "data", "build", *common], tmp, env)
-        run_s, log, run_rss = run_child([str(MTLOPS), "run", *common, "--pipeline-root", str(tmp / "runs" / "kfp")],
-                                        tmp, env)
+        run_s, _, run_rss = run_child([str(MTLOPS), "run", *common, "--pipeline-root", str(tmp / "runs" / "kfp")],
+                                      tmp, env)
+        log = next((tmp / "runs" / "kfp").glob(f"*/{LOG_FILE}")).read_text(errors="replace")  # kfp.local's output
 
     steps = parse_pipeline_log(log)
     console.print(steps_table(steps, f"mtlops run ({cfg.data.name}): seconds per kfp.local step"))

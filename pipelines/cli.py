@@ -83,16 +83,19 @@ def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 @app.command()
 def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes artifacts.")] = Path("runs/kfp"),
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show kfp.local's own output too.")] = False,
         ) -> None:
-    """Run the whole training pipeline locally (kfp.local, no cluster)."""
-    from pipelines.local import run_local
+    """Run the whole training pipeline locally (kfp.local, no cluster): a line per step, then the results."""
+    from pipelines.local import PipelineFailed, run_local
 
     cfg = _load(config)
     t0 = time.perf_counter()
     try:
-        result = run_local(cfg, root, pipeline_root)
-    except Exception as err:  # kfp.local raises its own error type; the step's log is above
-        console.print(f"[red]pipeline failed: {err}[/red]")
+        result = run_local(cfg, root, pipeline_root, verbose=verbose)
+    except PipelineFailed as err:
+        if not verbose:
+            console.print(err.output, markup=False, highlight=False)
+        console.print(f"[red]pipeline failed: {err}[/red]\nkfp.local's log: {err.log}")
         raise typer.Exit(1) from None
     console.print(metrics_table(cfg, result.metrics, f"test window {cfg.data.windows.test.start:%Y-%m-%d} .. "
                                                      f"{cfg.data.windows.test.end:%Y-%m-%d}"))
@@ -101,7 +104,8 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
     console.print(f"registered [bold]{result.tag}[/bold]: {verdict}")
     for reason in d["reasons"]:
         console.print(f"  - {reason}")
-    table = Table(title=f"artifacts ({time.perf_counter() - t0:.0f}s)", caption=f"run folder: {result.run_dir}")
+    table = Table(title=f"artifacts ({time.perf_counter() - t0:.0f}s)",
+                  caption=f"run folder: {result.run_dir}; kfp.local's log: <run folder>/{result.log.name}")
     table.add_column("step/output")
     table.add_column("path")
     for name in result.artifacts:

@@ -1,8 +1,12 @@
-"""Run a pipeline (training by default) on this machine through `kfp.local`, or compile it."""
+"""Run a pipeline (training by default) on this machine through `kfp.local`, or compile it.
+
+kfp.local prints every step's executor input and output JSON and its log (~1,000 lines for the training
+pipeline): that goes to `kfp.log` in the run folder, and the terminal gets one line per step (`step_lines`)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +16,7 @@ from kfp import compiler
 
 from components.config import ProjectConfig, config_to_yaml
 from components.versioning import git_revision
+from pipelines.steplog import LOG_FILE, failed_step_output, step_lines
 from pipelines.training import build_pipeline
 
 
@@ -23,18 +28,30 @@ class LocalRun:
     decision: dict
     metrics: dict
 
+    @property
+    def log(self) -> Path:
+        return self.run_dir / LOG_FILE
 
-def _newest_run(pipeline_root: Path, before: set[Path]) -> Path:
+
+class PipelineFailed(RuntimeError):
+    """A step failed: which one, its part of kfp.local's log, and where the whole log is."""
+
+    def __init__(self, step: str | None, output: str, log: Path, cause: Exception) -> None:
+        super().__init__(f"step {step or '(unknown)'} failed: {cause}")
+        self.step, self.output, self.log = step, output, log
+
+
+def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
     runs = [p for p in pipeline_root.iterdir() if p.is_dir() and p not in before]
-    if not runs:
-        raise RuntimeError(f"kfp.local wrote no run folder under {pipeline_root}")
-    return max(runs, key=lambda p: p.stat().st_mtime)
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
 def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
-              builder: Callable[[], Callable[..., Any]] = build_pipeline, **arguments: str) -> LocalRun:
+              builder: Callable[[], Callable[..., Any]] = build_pipeline, verbose: bool = False,
+              **arguments: str) -> LocalRun:
     """Execute every step as a subprocess of this Python (SubprocessRunner, no docker).
-    `builder` makes the pipeline (training by default); `arguments` are its extra parameters."""
+    `builder` makes the pipeline (training by default); `arguments` are its extra parameters. kfp.local's output
+    goes to the run folder's `kfp.log` (and to the terminal too with `verbose`); raises `PipelineFailed`."""
     import warnings
 
     from kfp import local
@@ -48,9 +65,19 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     pipeline = builder()
-    task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
-                    git_revision=git_revision(data_root), **arguments)
+    log = pipeline_root / f".{uuid.uuid4().hex}.{LOG_FILE}"  # the run folder is named by kfp once it starts
+    try:
+        with step_lines(log, verbose) as steps:
+            task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
+                            git_revision=git_revision(data_root), **arguments)
+    except Exception as err:
+        run_dir = _newest_run(pipeline_root, before)
+        kept = log.rename(run_dir / LOG_FILE) if run_dir else log
+        raise PipelineFailed(steps.failed, failed_step_output(kept, steps.failed), kept, err) from err
     run_dir = _newest_run(pipeline_root, before)
+    if run_dir is None:
+        raise RuntimeError(f"kfp.local wrote no run folder under {pipeline_root}")
+    log.rename(run_dir / LOG_FILE)
     artifacts = {str(p.relative_to(run_dir)): p for p in sorted(run_dir.glob("*/*"))
                  if p.name not in ("executor_output.json", "Output")}
     decision = json.loads(next(run_dir.glob("register*/decision")).read_text())

@@ -27,6 +27,7 @@ from components.train import WEIGHTS, load_trained
 from components.versioning import data_version, dvc_md5
 from pipelines.local import run_local
 from pipelines.retrain import retrain
+from pipelines.steplog import ANSI, LOG_FILE
 from tests.conftest import FLIGHTS, TXHOUSING, config_with, raw_config
 
 MTLOPS = [sys.executable, "-m", "pipelines.cli"]
@@ -67,8 +68,15 @@ def test_pipeline_trains_exports_and_registers_with_lineage(flights_repo: tuple[
     out = mtlops("run", "--config", str(cfg_path), "--root", str(root), "--pipeline-root", str(root / "runs"),
                  cwd=root).stdout
     assert "promoted to champion" in out and "arr_delayed (primary)" in out
+    steps = ["ingest-op", "validate-op", "split-op", "train-op", "export-op", "evaluate-op", "register-op"]
+    step_lines = [line.split() for line in out.splitlines() if line.startswith("SUCCESS ")]
+    assert sorted(line[1] for line in step_lines) == sorted(steps)  # one line per step, with its time
+    assert all(line[-1] == "s" and float(line[-2]) > 0 for line in step_lines)
+    assert "Executing task" not in out and "executorInput" not in out and "parameterValues" not in out
 
     run_dir = next((root / "runs").iterdir())
+    kfp_log = ANSI.sub("", (run_dir / LOG_FILE).read_text())  # kfp.local's own output went to the run folder
+    assert all(f"Executing task '{step}'" in kfp_log for step in steps)
     onnx_dir = next(run_dir.glob("export-op/onnx_model"))
     for name in ("model.onnx", "feature_spec.json", "config.yaml", "parity.json"):
         assert (onnx_dir / name).is_file(), name
