@@ -48,6 +48,7 @@ from pipelines.steplog import LOG_FILE
 TARGET_SAMPLES_PER_S = 50_000
 EXTRA_BATCH_SIZES = (512, 8192)
 WARMUP_STEPS = 5
+ROUNDS = 3  # turns of the trainer's and the bare loop, taken alternately
 TIMED_S, QUICK_TIMED_S = 3.0, 1.0
 E2E_EPOCHS = 2
 MTLOPS = Path(sys.executable).with_name("mtlops")
@@ -159,8 +160,24 @@ def bare_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_siz
     return timed_epochs(epoch, len(data), batch_size, cfg.training.seed, seconds)
 
 
-def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
-    threads = os.cpu_count() or 1
+def _sum(runs: list[LoopResult]) -> LoopResult:
+    steps = sum(r.steps for r in runs)
+    return LoopResult(runs[0].batch_size, steps, sum(r.samples for r in runs), sum(r.seconds for r in runs),
+                      sum(r.mean_loss * r.steps for r in runs) / steps)
+
+
+def interleaved(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size: int,
+                seconds: float) -> tuple[LoopResult, LoopResult]:
+    """(trainer, bare), each timed in `ROUNDS` turns taken alternately, so that load which comes and goes during
+    the run falls on both alike."""
+    hot, bare = [], []
+    for r in range(ROUNDS):
+        for loop, runs in ((hot_loop, hot), (bare_loop, bare))[::1 if r % 2 else -1]:
+            runs.append(loop(cfg, spec, data, batch_size, seconds))
+    return _sum(hot), _sum(bare)
+
+
+def throughput(console: Console, cfg: ProjectConfig, quick: bool, threads: int) -> None:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     df = with_labels(load_source(cfg.data), cfg)
@@ -175,7 +192,7 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
     setup = Table(title="setup")
     setup.add_column("item")
     setup.add_column("value", justify="right")
-    for item, value in (("torch", torch.__version__), ("torch threads (all cores)", str(torch.get_num_threads())),
+    for item, value in (("torch", torch.__version__), ("torch threads", str(torch.get_num_threads())),
                         ("model", f"{cfg.model.trunk} {cfg.model.hidden}, {n_params:,} params"),
                         ("numeric / categorical inputs", f"{data.numeric.shape[1]} / {data.categorical.shape[1]}"),
                         ("tasks", ", ".join(t.name for t in cfg.tasks)),
@@ -188,15 +205,15 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool) -> None:
 
     sizes = [cfg.training.batch_size] if quick else sorted({cfg.training.batch_size, *EXTRA_BATCH_SIZES})
     seconds = QUICK_TIMED_S if quick else TIMED_S
-    table = Table(title=f"hot loop: forward + masked losses + backward + AdamW ({WARMUP_STEPS} warm-up steps, "
-                        f"whole epochs for ≥ {seconds:.0f} s)")
+    table = Table(title=f"hot loop: forward + masked losses + backward + AdamW ({ROUNDS} alternate turns of "
+                        f"{WARMUP_STEPS} warm-up steps and whole epochs for ≥ {seconds / ROUNDS:.1f} s)")
     for col in ("batch size", "loop", "steps", "seconds", "ms/step", "samples/s", "vs bare", "target", "result",
                 "mean loss"):
         table.add_column(col, justify="right")
     for bs in sizes:
         label = f"{bs} (config)" if bs == cfg.training.batch_size else str(bs)
-        bare = bare_loop(cfg, spec, data, bs, seconds)
-        for name, r in (("trainer", hot_loop(cfg, spec, data, bs, seconds)), ("bare", bare)):
+        hot, bare = interleaved(cfg, spec, data, bs, seconds / ROUNDS)
+        for name, r in (("trainer", hot), ("bare", bare)):
             table.add_row(label if name == "trainer" else "", name, str(r.steps), f"{r.seconds:.2f}",
                           f"{1000 * r.seconds / r.steps:.1f}", f"{r.samples_per_s:,.0f}",
                           f"{r.samples_per_s / bare.samples_per_s:.2f}x", f"≥ {TARGET_SAMPLES_PER_S:,}",
@@ -305,6 +322,8 @@ def run_pipeline(console: Console, config: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/flights.yaml"), help="project YAML")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads (default: all cores; 1 is steadier on a loaded machine)")
     parser.add_argument("--quick", action="store_true",
                         help=f"time {QUICK_TIMED_S:.0f} s per batch size, only the config's batch size")
     parser.add_argument("--pipeline-log", type=Path, metavar="PATH",
@@ -314,7 +333,7 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    throughput(console, load_config(args.config), args.quick)
+    throughput(console, load_config(args.config), args.quick, args.threads)
     if args.pipeline_log:
         steps = parse_pipeline_log(args.pipeline_log.read_text(errors="replace"))
         if not steps:
