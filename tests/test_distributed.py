@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: 2 CPU processes over gloo end with identical weights, whether
-DistributedDataParallel reduces the gradients (one weighted sum) or a Jacobian method averages its per-task
-gradients before aggregating them."""
+DistributedDataParallel reduces the gradients (one weighted sum, also with heads left out after an MT2ST
+switch), a Jacobian method averages its per-task gradients before aggregating them, or Rep-MTL's double
+backprop is averaged after the backward."""
 
 from __future__ import annotations
 
@@ -28,11 +29,17 @@ train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.
 """
 
 
-@pytest.mark.parametrize(("strategy", "sync", "port"), [("uw", "ddp", 29517), ("pcgrad", "after backward", 29518)])
-def test_two_gloo_ranks_end_with_identical_weights(strategy: str, sync: str, port: int, flights_frame: pd.DataFrame,
+@pytest.mark.parametrize(("training", "sync", "port"), [
+    ({"strategy": {"name": "uw"}}, "ddp", 29517),
+    ({"strategy": {"name": "pcgrad"}}, "after backward", 29518),
+    # after the switch only the primary head is computed: DDP must find the unused heads
+    ({"mt2st": {"switch": {"epoch": 1}}}, "ddp", 29519),
+    ({"rep_mtl": {"lambda_tsr": 0.1, "lambda_csa": 0.1}}, "after backward", 29520),  # double backprop
+], ids=["uw", "pcgrad", "mt2st-switch", "rep-mtl"])
+def test_two_gloo_ranks_end_with_identical_weights(training: dict, sync: str, port: int, flights_frame: pd.DataFrame,
                                                    tmp_path: Path) -> None:
     cfg = config_with(FLIGHTS, model={"hidden": [32]},
-                      training={"epochs": 2, "threads": 1, "batch_size": 512, "strategy": {"name": strategy}})
+                      training={"epochs": 2, "threads": 1, "batch_size": 512, **training})
     (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
     window(flights_frame, cfg, "train").iloc[::4].to_parquet(tmp_path / "train.parquet")
     window(flights_frame, cfg, "validation").iloc[::4].to_parquet(tmp_path / "val.parquet")
