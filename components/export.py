@@ -3,7 +3,8 @@
 Inputs: `numeric` float32 [batch, 2 * n_numeric] and `categorical` int64
 [batch, n_categorical], both from the `FeatureSpec`. Outputs: one tensor per
 task, named after it: logits (binary [batch], multiclass [batch, C], ordinal cumulative
-[batch, C - 1]) or values in original units (regression [batch]).
+[batch, C - 1]) or values in original units (regression [batch]: the task's target transform inverted in
+the graph).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class ExportModule(nn.Module):
         scale = [kind_of(t).output_scale(t) for t in spec.targets]
         self.register_buffer("scale", torch.tensor([s for s, _ in scale], dtype=torch.float32))
         self.register_buffer("shift", torch.tensor([m for _, m in scale], dtype=torch.float32))
+        self.expm1 = [kind_of(t).output_expm1(t) for t in spec.targets]  # a log1p target back to its units
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(numeric, categorical)
-        return tuple(out[name] * self.scale[i] + self.shift[i] for i, name in enumerate(self.task_names))
+        values = [out[name] * self.scale[i] + self.shift[i] for i, name in enumerate(self.task_names)]
+        return tuple(torch.expm1(v) if log else v for v, log in zip(values, self.expm1, strict=True))
 
 
 class ParityError(RuntimeError):

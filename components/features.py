@@ -44,6 +44,7 @@ class Vocabulary:
     name: str
     values: list[str]  # index = FIRST_VALUE_INDEX + position
     allow_null: bool
+    null_index: int = NULL_INDEX  # OOV_INDEX for `nulls: unknown`: a null looks like an unseen value
 
     @property
     def size(self) -> int:
@@ -55,9 +56,10 @@ class TargetSpec:
     name: str
     type: str
     classes: list[str] = field(default_factory=list)  # class-label types (multiclass, ordinal) only
-    mean: float = 0.0  # regression: heads predict (y - mean) / std
+    mean: float = 0.0  # regression: heads predict (f(y) - mean) / std, f the task's transform
     std: float = 1.0
     threshold: float = 0.5  # binary decision threshold
+    transform: str = "standardize"  # regression: standardize (f = identity) | log1p (f = log1p) | none
 
     @property
     def width(self) -> int:
@@ -90,7 +92,8 @@ class FeatureSpec:
                 counts = counts.iloc[: f.max_categories]
             # sort by frequency, then value, so the vocabulary is deterministic
             values = sorted(counts.index.tolist(), key=lambda v: (-counts[v], v))
-            categorical.append(Vocabulary(f.name, values, f.allow_null))
+            categorical.append(Vocabulary(f.name, values, f.allow_null,
+                                          NULL_INDEX if f.nulls == "own" else OOV_INDEX))
         targets = [TargetSpec(t.name, t.type, **kind_of(t).fit(t, train[label_column(t.name)])) for t in cfg.tasks]
         return cls(numeric, categorical, targets)
 
@@ -123,7 +126,7 @@ class FeatureSpec:
             s = df[v.name]
             isnull = s.isna().to_numpy()
             idx = s.astype(str).map(lookup).fillna(OOV_INDEX).to_numpy(np.int64)
-            idx[isnull] = NULL_INDEX
+            idx[isnull] = v.null_index
             oov[v.name] = int(((idx == OOV_INDEX) & ~isnull).sum())
             cols.append(idx)
         if not cols:
@@ -172,6 +175,7 @@ class RecordEncoder:
         self.mean = np.array([n.mean for n in spec.numeric], dtype=np.float64)
         self.std = np.array([n.std for n in spec.numeric], dtype=np.float64)
         self.lookups = [{val: FIRST_VALUE_INDEX + i for i, val in enumerate(c.values)} for c in spec.categorical]
+        self.null_indices = [c.null_index for c in spec.categorical]
 
     def encode(self, records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(numeric float32 [n, 2 * n_numeric], categorical int64 [n, n_categorical],
@@ -184,11 +188,12 @@ class RecordEncoder:
         numeric = np.concatenate([z, null], axis=1).astype(np.float32)
         categorical = np.empty((n, len(self.categorical_names)), dtype=np.int64)
         oov = np.zeros(len(self.categorical_names), dtype=np.int64)
-        for j, (name, lookup) in enumerate(zip(self.categorical_names, self.lookups, strict=True)):
+        for j, (name, lookup, null_index) in enumerate(zip(self.categorical_names, self.lookups, self.null_indices,
+                                                           strict=True)):
             for i, r in enumerate(records):
                 v = r[name]
                 if v is None:
-                    categorical[i, j] = NULL_INDEX
+                    categorical[i, j] = null_index
                     continue
                 idx = lookup.get(v if isinstance(v, str) else str(v), OOV_INDEX)
                 categorical[i, j] = idx

@@ -10,8 +10,8 @@ from components.tasks import higher_is_better, kind_of
 
 def task_metrics(target: TargetSpec, raw: np.ndarray, y: np.ndarray, standardised: bool = True) -> dict[str, float]:
     """Metrics for one task on the labelled rows. `y` is the transformed target
-    (class index, 0/1, or standardised value); `raw` the head output — for
-    regression standardised unless `standardised=False` (ONNX outputs)."""
+    (class index, 0/1, or the head's scale of a value); `raw` the head output — for
+    regression on the head's scale unless `standardised=False` (ONNX outputs, original units)."""
     mask = ~np.isnan(y)
     raw, y = raw[mask], y[mask]
     out: dict[str, float] = {"n": float(mask.sum())}

@@ -104,12 +104,14 @@ def score_frame(model: OnnxModel, df: pd.DataFrame, model_version: str, tasks: l
 
 def write_reference(model: OnnxModel, train: pd.DataFrame, cfg: ProjectConfig, model_version: str = "reference",
                     rows: int = REFERENCE_ROWS) -> Path:
-    """A seeded sample of the training window scored by the model, in the prediction log's
-    format plus the time column and every task's label (`label__<task>`), saved beside the graph."""
-    sample = train.sample(n=min(rows, len(train)), random_state=cfg.training.seed).sort_values(
-        cfg.data.time_column, kind="stable")
+    """A seeded sample of the training split scored by the model, in the prediction log's
+    format plus the time column (if any) and every task's label (`label__<task>`), saved beside the graph."""
+    sample = train.sample(n=min(rows, len(train)), random_state=cfg.training.seed)
+    time = [cfg.data.time_column] if cfg.data.time_column else []  # no time column: the sample's own order
+    if time:
+        sample = sample.sort_values(time, kind="stable")
     scored = score_frame(model, sample, model_version)
-    extra = [cfg.data.time_column, *(label_column(t.name) for t in cfg.tasks)]
+    extra = [*time, *(label_column(t.name) for t in cfg.tasks)]
     frame = pd.concat([scored, sample[extra].reset_index(drop=True)], axis=1)
     path = model.dir / REFERENCE_FILE
     frame.to_parquet(path, index=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.columns import check_columns
 from components.config import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
 from components.data import (
     load_source,
@@ -20,7 +21,7 @@ from components.data import (
     partitions_for,
     read_window,
     sample_rows,
-    select_window,
+    split_assignment,
     with_labels,
     write_partitions,
 )
@@ -36,17 +37,19 @@ def ingest(config_yaml: str, data_root: str, out_path: str, git_revision: str = 
     """Read the DVC-tracked partitions covering all windows, derive labels, write one
     parquet. Returns lineage: the DVC md5 of every partition read and the git revision."""
     cfg = _cfg(config_yaml)
+    check_columns(cfg, Path(data_root), "<pipeline parameter config_yaml>")
     w = cfg.data.windows
-    df, lineage = _read_versioned(cfg, Path(data_root), pd.Timestamp(w.train.start), pd.Timestamp(w.test.end))
+    bounds = (pd.Timestamp(w.train.start), pd.Timestamp(w.test.end)) if w else (None, None)
+    df, lineage = _read_versioned(cfg, Path(data_root), *bounds)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out_path, index=False)
     return {**lineage, "rows": len(df), "git_revision": git_revision}
 
 
-def _read_versioned(cfg: ProjectConfig, root: Path, start: pd.Timestamp,
-                    end: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
-    """The DVC-tracked partitions covering [start, end) (pulled if absent), sampled, labelled;
-    with the md5 of every partition read."""
+def _read_versioned(cfg: ProjectConfig, root: Path, start: pd.Timestamp | None,
+                    end: pd.Timestamp | None) -> tuple[pd.DataFrame, dict]:
+    """The DVC-tracked partitions covering [start, end) (every partition without bounds), pulled if
+    absent, sampled, labelled; with the md5 of every partition read."""
     part_dir = partition_dir(cfg, root)
     paths = partitions_for(cfg, part_dir, start, end)
     absent = [p for p in paths if not p.exists() and Path(str(p) + ".dvc").exists()]
@@ -68,6 +71,11 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
     from components.registry import champion
 
     cfg = _cfg(config_yaml)
+    if cfg.data.split.method != "time":
+        raise ValueError(f"continual retraining takes a new time window, and data.split is "
+                         f"'{cfg.data.split.method}': rebuild the data (`mtlops data build`) and run the training "
+                         "pipeline (`mtlops run`): its gate compares the challenger with the champion on the "
+                         "test split")
     current = champion(cfg.registry.model_name)
     r, w, time = cfg.retraining, cfg.data.windows, cfg.data.time_column
     start, end = pd.Timestamp(new_start), pd.Timestamp(new_end)
@@ -112,17 +120,19 @@ def validate(config_yaml: str, dataset_path: str, report_path: str) -> dict:
 
 
 def split(config_yaml: str, dataset_path: str, train_path: str, validation_path: str, test_path: str) -> dict:
-    """Time-ordered windows, never shuffled across time."""
+    """Rows to train / validation / test by `data.split`; a time split keeps time order, never shuffled across time."""
     cfg = _cfg(config_yaml)
     df = pd.read_parquet(dataset_path)
+    side = split_assignment(df, cfg)
     counts = {}
-    for name, window, path in (("train", cfg.data.windows.train, train_path),
-                               ("validation", cfg.data.windows.validation, validation_path),
-                               ("test", cfg.data.windows.test, test_path)):
-        part = select_window(df, cfg.data.time_column, window.start, window.end)
+    for name, path in (("train", train_path), ("validation", validation_path), ("test", test_path)):
+        part = df[(side == name).to_numpy()].reset_index(drop=True)
         if part.empty:
-            raise ValueError(f"the {name} window [{window.start}, {window.end}) has no rows")
-        part.sort_values(cfg.data.time_column, kind="stable").to_parquet(path, index=False)
+            where = getattr(cfg.data.windows, name) if cfg.data.windows else cfg.data.split
+            raise ValueError(f"the {name} split has no rows ({where})")
+        if cfg.data.time_column:
+            part = part.sort_values(cfg.data.time_column, kind="stable")
+        part.to_parquet(path, index=False)
         counts[name] = len(part)
     return counts
 

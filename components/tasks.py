@@ -48,6 +48,7 @@ class Target(Protocol):
     mean: float
     std: float
     threshold: float
+    transform: str
 
 
 class LabelledTask(Protocol):
@@ -57,6 +58,7 @@ class LabelledTask(Protocol):
     type: str
     classes: list[str] | None
     threshold: float
+    transform: str
 
     @property
     def label(self) -> Any: ...
@@ -144,6 +146,10 @@ class TaskKind:
     def output_scale(self, target: Target) -> tuple[float, float]:
         return 1.0, 0.0
 
+    def output_expm1(self, target: Target) -> bool:
+        """Whether the ONNX graph applies exp(x) - 1 after the scale (a target trained on log(1 + y))."""
+        return False
+
     def to_raw(self, target: Target, output: np.ndarray) -> np.ndarray:
         """An ONNX output back to the raw head output."""
         scale, shift = self.output_scale(target)
@@ -194,7 +200,7 @@ class Binary(TaskKind):
     losses = ("bce",)
     metrics = ("roc_auc", "log_loss", "accuracy")
     monitored = "proba"
-    label_ops = ("identity", "gt", "ge", "lt", "le", "eq", "is_null")
+    label_ops = ("identity", "gt", "ge", "lt", "le", "eq", "in", "not_in", "between", "not", "is_null")
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
         return {"threshold": task.threshold}
@@ -382,7 +388,8 @@ class Ordinal(ClassLabels):
 
 
 class Regression(TaskKind):
-    """Heads predict the standardised value (y - mean) / std; the ONNX graph outputs original units."""
+    """Heads predict the standardised value (f(y) - mean) / std, f the task's `transform` (the identity, or
+    log(1 + y) for `log1p`; `none`: mean 0, std 1); the ONNX graph inverts it and outputs original units."""
 
     name = "regression"
     losses = ("mse", "huber", "l1")
@@ -391,12 +398,29 @@ class Regression(TaskKind):
     min_distinct_labels = 1
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
-        yv = y.astype("float64")
+        yv = y.astype("float64").to_numpy()
+        if task.transform == "none":
+            return {"transform": task.transform}
+        if task.transform == "log1p":
+            bad = int((yv <= -1).sum())
+            if bad:
+                raise ValueError(f"task '{task.name}': transform 'log1p' needs labels above -1, and {bad:,} "
+                                 "training labels are not")
+            yv = np.log1p(yv)
         std = float(np.nanstd(yv))
-        return {"mean": float(np.nanmean(yv)), "std": std if std > 1e-12 else 1.0}
+        return {"mean": float(np.nanmean(yv)), "std": std if std > 1e-12 else 1.0, "transform": task.transform}
+
+    def to_head(self, target: Target, y: np.ndarray) -> np.ndarray:
+        """Values in the column's units -> the head's scale."""
+        return ((np.log1p(y) if target.transform == "log1p" else y) - target.mean) / target.std
+
+    def from_head(self, target: Target, raw: np.ndarray) -> np.ndarray:
+        """The head's scale -> the column's units (what the ONNX graph computes)."""
+        v = raw * target.std + target.mean
+        return np.expm1(v) if target.transform == "log1p" else v
 
     def encode(self, target: Target, y: pd.Series) -> np.ndarray:
-        return ((y.astype("float64").to_numpy() - target.mean) / target.std).astype(np.float32)
+        return self.to_head(target, y.astype("float64").to_numpy()).astype(np.float32)
 
     def loss(self, name: str, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -410,8 +434,14 @@ class Regression(TaskKind):
     def output_scale(self, target: Target) -> tuple[float, float]:
         return target.std, target.mean
 
+    def output_expm1(self, target: Target) -> bool:
+        return target.transform == "log1p"
+
+    def to_raw(self, target: Target, output: np.ndarray) -> np.ndarray:
+        return self.to_head(target, output.astype(np.float64))
+
     def scores(self, target: Target, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        err = (raw.astype(np.float64) - y) * target.std
+        err = self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
         return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
 
     def baseline(self, target: Target, y_train: np.ndarray, n: int) -> np.ndarray:

@@ -10,7 +10,8 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from components.config import ProjectConfig
-from components.data import label_column
+from components.data import label_column, split_assignment
+from components.leakage import leakage_scores
 from components.tasks import kind_of
 
 
@@ -44,11 +45,17 @@ def validate_frame(df: pd.DataFrame, cfg: ProjectConfig) -> list[Check]:
 
     add("rows", "<table>", len(df) > 0, f"{len(df):,} rows")
     tcol = cfg.data.time_column
-    if tcol not in df.columns:
+    if tcol and tcol not in df.columns:
         add("schema", tcol, False, "time column missing")
-    else:
+    elif tcol:
         add("dtype", tcol, ptypes.is_datetime64_any_dtype(df[tcol]), f"{df[tcol].dtype} (expected datetime)")
         add("nulls", tcol, df[tcol].notna().all(), f"{df[tcol].isna().sum():,} nulls (none allowed)")
+    scol = cfg.data.split_column
+    if scol and scol not in df.columns:
+        add("schema", scol, False, f"split column missing (split '{cfg.data.split.method}')")
+    elif scol:
+        add("nulls", scol, df[scol].notna().all(), f"{df[scol].isna().sum():,} nulls (none allowed: "
+            f"split '{cfg.data.split.method}' hashes it)")
 
     for f in cfg.features.numeric:
         if f.name not in df.columns:
@@ -90,7 +97,27 @@ def validate_frame(df: pd.DataFrame, cfg: ProjectConfig) -> list[Check]:
         need = kind_of(t).min_distinct_labels
         add("label", t.name, len(y) > 0 and distinct >= need,
             f"{len(y):,} labelled rows ({len(y) / max(len(df), 1):.1%}), {distinct} distinct values (need >= {need})")
+    if all(c.ok for c in report):  # scored only on data that has every column, typed as declared
+        report += leakage_checks(df, cfg)
     return report
+
+
+def leakage_checks(df: pd.DataFrame, cfg: ProjectConfig) -> list[Check]:
+    """Per task, the best single feature on the training split (ok unless it leaks), and one failed
+    check per leaking feature that `leakage.allow_leaky` does not keep."""
+    scores = leakage_scores(df[(split_assignment(df, cfg) == "train").to_numpy()], cfg)
+    checks = []
+    for task in cfg.tasks:
+        mine = sorted((s for s in scores if s.task == task.name), key=lambda s: -s.skill)
+        for s in mine:
+            if s.leaks or s is mine[0]:
+                kept = f"; allowed: {s.allowed}" if s.allowed else ""
+                purity = f", null rows {s.null_purity:.1%} one class" if s.null_purity else ""
+                checks.append(Check("leakage", s.feature, not s.leaks or s.allowed is not None,
+                                    f"-> {s.task}: skill {s.skill:.3f} alone, {s.lead:+.3f} vs the next-best "
+                                    f"feature{purity} (max {cfg.leakage.max_skill}, lead {cfg.leakage.max_lead}, "
+                                    f"null purity {cfg.leakage.max_null_purity}){kept}"))
+    return checks
 
 
 def _null_check(add, name: str, s: pd.Series, allow_null: bool, max_share: float) -> None:  # type: ignore[no-untyped-def]

@@ -32,9 +32,15 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Repository root holding d
 DEFAULT_CONFIG = Path("configs/flights.yaml")
 
 
-def _load(path: Path) -> ProjectConfig:
+def _load(path: Path, root: Path | None = None) -> ProjectConfig:
+    """The validated config; with `root`, also every column it names checked against the data's schema."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if root is not None:
+            from components.columns import check_columns
+
+            check_columns(cfg, root, str(path))
+        return cfg
     except ConfigError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
@@ -42,6 +48,16 @@ def _load(path: Path) -> ProjectConfig:
 
 def _fmt(v: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def test_split_title(cfg: ProjectConfig) -> str:
+    """What the test metrics were measured on: the time window, or the share of a random / hash / group split."""
+    w = cfg.data.windows
+    if w is not None:
+        return f"test window {w.test.start:%Y-%m-%d} .. {w.test.end:%Y-%m-%d}"
+    split = cfg.data.split
+    on = f" of {cfg.data.split_column}" if cfg.data.split_column else f", seed {split.seed}"
+    return f"test split: {split.test:.0%} of the rows ({split.method}{on})"
 
 
 def metrics_table(cfg: ProjectConfig, metrics: dict, title: str) -> Table:
@@ -62,10 +78,10 @@ def metrics_table(cfg: ProjectConfig, metrics: dict, title: str) -> Table:
 @data_app.command("build")
 def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
                track: Annotated[bool, typer.Option(help="Version with DVC and push to the remote.")] = True) -> None:
-    """Materialise the config's source into monthly parquet partitions, tracked by DVC."""
+    """Materialise the config's source into parquet partitions (by month, year, or one file), tracked by DVC."""
     from components.steps import build_dataset
 
-    cfg = _load(config)
+    cfg = _load(config, root)
     t0 = time.perf_counter()
     with console.status(f"building {cfg.data.name} partitions"):
         md5s = build_dataset(cfg, root, track=track)
@@ -76,7 +92,8 @@ def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         table.add_row(path, md5 or "(not tracked)")
     console.print(table)
     if track:
-        console.print(f"DVC remote: {cfg.data.dvc_remote}. Commit the .dvc pointers: "
+        console.print(f"DVC remote: {cfg.data.dvc_remote}. The .dvc pointers are staged; commit them so a model's "
+                      f"lineage names a clean git revision (not <rev>-dirty): "
                       f"git commit -m 'data: {cfg.data.name}' {cfg.data.dir}/")
 
 
@@ -88,7 +105,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
     """Run the whole training pipeline locally (kfp.local, no cluster): a line per step, then the results."""
     from pipelines.local import PipelineFailed, run_local
 
-    cfg = _load(config)
+    cfg = _load(config, root)
     t0 = time.perf_counter()
     try:
         result = run_local(cfg, root, pipeline_root, verbose=verbose)
@@ -97,8 +114,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
             console.print(err.output, markup=False, highlight=False)
         console.print(f"[red]pipeline failed: {err}[/red]\nkfp.local's log: {err.log}")
         raise typer.Exit(1) from None
-    console.print(metrics_table(cfg, result.metrics, f"test window {cfg.data.windows.test.start:%Y-%m-%d} .. "
-                                                     f"{cfg.data.windows.test.end:%Y-%m-%d}"))
+    console.print(metrics_table(cfg, result.metrics, test_split_title(cfg)))
     d = result.decision
     verdict = "[green]promoted to champion[/green]" if d["promoted"] else "[yellow]rejected (champion kept)[/yellow]"
     console.print(f"registered [bold]{result.tag}[/bold]: {verdict}")
@@ -236,7 +252,7 @@ def train(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
     """Ingest, validate, split and train in this process: the training step alone, for iteration."""
     from components import steps
 
-    cfg = _load(config)
+    cfg = _load(config, root)
     text = config_to_yaml(cfg)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -77,6 +77,10 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
     from monitoring.drift import monitor
     from monitoring.windows import model_calibration
 
+    if not cfg.data.time_column:
+        raise ValueError("mtlops simulate replays the data month by month and needs data.time_column; without one, "
+                         "monitor the live service's prediction log (`mtlops monitor`: windows by request time, "
+                         "the training split as reference)")
     name, primary = cfg.registry.model_name, cfg.primary_task.name
     initial = registry.champion(name)
     if initial is None:

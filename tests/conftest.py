@@ -26,6 +26,7 @@ from components.data import load_source, sample_rows, select_window, with_labels
 ROOT = Path(__file__).resolve().parents[1]
 FLIGHTS = ROOT / "configs" / "flights.yaml"
 TXHOUSING = ROOT / "configs" / "txhousing.yaml"
+DIAMONDS = ROOT / "configs" / "diamonds.yaml"  # no time column
 
 
 def raw_config(path: Path = FLIGHTS) -> dict:

