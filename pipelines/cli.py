@@ -92,9 +92,9 @@ def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         table.add_row(path, md5 or "(not tracked)")
     console.print(table)
     if track:
-        console.print(f"DVC remote: {cfg.data.dvc_remote}. The .dvc pointers are staged; commit them so a model's "
-                      f"lineage names a clean git revision (not <rev>-dirty): "
-                      f"git commit -m 'data: {cfg.data.name}' {cfg.data.dir}/")
+        console.print(f"DVC remote: {cfg.data.dvc_remote}")
+        console.print(f"The .dvc pointers are staged: commit them so a model's lineage names a clean git revision "
+                      f"(not <rev>-dirty): git commit -m 'data: {cfg.data.name}' {cfg.data.dir}/")
 
 
 @app.command()

@@ -5,14 +5,12 @@ by the real BentoML server, equal to offline scoring."""
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from components import registry
 from components.config import load_config
@@ -23,7 +21,7 @@ from pipelines.local import run_local
 from serving.client import to_records
 from serving.launch import ServerProcess
 from tests.conftest import DIAMONDS, raw_config
-from tests.test_pipeline_e2e import mtlops
+from tests.test_pipeline_e2e import mtlops, repo_with_data
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +32,9 @@ def _repo(root: Path, split: dict, model_name: str) -> Path:
     raw["data"].update(sample_fraction=0.15, dvc_remote=str(root.parent / f"{model_name}-remote"), split=split)
     raw["training"].update(epochs=4, threads=2)
     raw["registry"]["model_name"] = model_name
-    cfg_path = root / "configs" / "diamonds.yaml"
-    cfg_path.parent.mkdir()
-    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"]):
-        subprocess.run(cmd, cwd=root, check=True)
-    out = mtlops("data", "build", "--config", str(cfg_path), "--root", str(root), cwd=root)
-    assert "1 partitions" in out.stdout and "data/diamonds/all.parquet" in out.stdout
-    assert "commit them so a model's lineage names a clean git revision" in out.stdout
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-qm", "data"], cwd=root, check=True)
+    cfg_path, built = repo_with_data(root, raw, "diamonds")
+    assert "1 partitions" in built and "data/diamonds/all.parquet" in built
+    assert "The .dvc pointers are staged: commit them so a model's lineage names a clean git revision" in built
     return cfg_path
 
 

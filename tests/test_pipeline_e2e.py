@@ -42,6 +42,21 @@ def mtlops(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
+def repo_with_data(root: Path, raw: dict, name: str) -> tuple[Path, str]:
+    """A git repo at `root` with the config `raw` as configs/<name>.yaml, its data built by `mtlops data
+    build` (DVC-tracked, pushed) and committed. Returns the config's path and what the build printed."""
+    cfg_path = root / "configs" / f"{name}.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    out = mtlops("data", "build", "--config", str(cfg_path), "--root", str(root), cwd=root)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "data"], cwd=root, check=True)
+    return cfg_path, out.stdout
+
+
 @pytest.fixture(scope="module")
 def flights_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A git repo with a small-slice flights config, its data built, DVC-tracked and committed."""
@@ -50,16 +65,8 @@ def flights_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     raw["data"].update(sample_fraction=0.15, dvc_remote=str(root.parent / "remote"))
     raw["training"].update(epochs=2, threads=2)
     raw["registry"]["model_name"] = "e2e-flights"
-    cfg_path = root / "configs" / "quick.yaml"
-    cfg_path.parent.mkdir()
-    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"]):
-        subprocess.run(cmd, cwd=root, check=True)
-    out = mtlops("data", "build", "--config", str(cfg_path), "--root", str(root), cwd=root)
-    assert "12 partitions" in out.stdout
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-qm", "data"], cwd=root, check=True)
+    cfg_path, built = repo_with_data(root, raw, "quick")
+    assert "12 partitions" in built
     return root, cfg_path
 
 
