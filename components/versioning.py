@@ -35,11 +35,15 @@ def ensure_dvc_repo(root: Path, remote: str) -> None:
         _dvc(["init", "-q"] if is_git_repo(root) else ["init", "-q", "--no-scm"], root)
         if is_git_repo(root):
             _dvc(["config", "core.autostage", "true"], root)
-    remote_path = Path(os.path.expanduser(remote))
-    if not remote_path.is_absolute():
-        remote_path = (root / remote_path).resolve()
+    remote_path = local_remote_path(root, remote)
     remote_path.mkdir(parents=True, exist_ok=True)
     _dvc(["remote", "add", "-f", "-d", "local", str(remote_path)], root)
+
+
+def local_remote_path(root: Path, remote: str) -> Path:
+    """The folder a config's local DVC remote names (`~` expanded, relative to `root`)."""
+    path = Path(os.path.expanduser(remote))
+    return path if path.is_absolute() else (root / path).resolve()
 
 
 def track_files(root: Path, paths: list[Path], push: bool = True) -> dict[str, str]:

@@ -101,14 +101,21 @@ def data_build(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes artifacts.")] = Path("runs/kfp"),
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show kfp.local's own output too.")] = False,
+        runner: Annotated[str, typer.Option(help="subprocess: every step in this Python; docker: every step "
+                                                 "in a container of the component image.")] = "subprocess",
+        image: Annotated[str | None, typer.Option(help="The component image for --runner docker "
+                                                       "(default: $MTLOPS_IMAGE).")] = None,
         ) -> None:
     """Run the whole training pipeline locally (kfp.local, no cluster): a line per step, then the results."""
     from pipelines.local import PipelineFailed, run_local
 
+    if runner not in ("subprocess", "docker"):
+        console.print(f"[red]--runner: expected 'subprocess' or 'docker', got {runner!r}[/red]")
+        raise typer.Exit(2)
     cfg = _load(config, root)
     t0 = time.perf_counter()
     try:
-        result = run_local(cfg, root, pipeline_root, verbose=verbose)
+        result = run_local(cfg, root, pipeline_root, verbose=verbose, runner=runner, image=image)  # type: ignore[arg-type]
     except PipelineFailed as err:
         if not verbose:
             console.print(err.output, markup=False, highlight=False)

@@ -6,18 +6,23 @@ pipeline): that goes to `kfp.log` in the run folder, and the terminal gets one l
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kfp import compiler
 
 from components.config import ProjectConfig, config_to_yaml
-from components.versioning import git_revision
+from components.versioning import REMOTE_URL_ENV, git_revision, local_remote_path
 from pipelines.steplog import LOG_FILE, failed_step_output, step_lines
-from pipelines.training import build_pipeline
+from pipelines.training import build_pipeline, images
+
+Runner = Literal["subprocess", "docker"]
+IMAGE_USER = 10001  # the component image's user (infra/docker/Dockerfile)
 
 
 @dataclass
@@ -47,9 +52,10 @@ def _newest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
 
 
 def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
-              builder: Callable[[], Callable[..., Any]] = build_pipeline, verbose: bool = False,
-              **arguments: str) -> LocalRun:
-    """Execute every step as a subprocess of this Python (SubprocessRunner, no docker).
+              builder: Callable[..., Callable[..., Any]] = build_pipeline, verbose: bool = False,
+              runner: Runner = "subprocess", image: str | None = None, **arguments: str) -> LocalRun:
+    """Execute every step as a subprocess of this Python (SubprocessRunner), or with runner="docker" as a
+    container of the component image (`image`, default $MTLOPS_IMAGE).
     `builder` makes the pipeline (training by default); `arguments` are its extra parameters. kfp.local's output
     goes to the run folder's `kfp.log` (and to the terminal too with `verbose`); raises `PipelineFailed`."""
     import warnings
@@ -61,14 +67,22 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
 
     pipeline_root = pipeline_root.resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
+    step_data_root = data_root.resolve()
+    if runner == "docker":
+        image = image or images()[0]
+        step_data_root = stage_data_pointers(data_root.resolve(), pipeline_root / ".data")
+        local.init(runner=docker_runner(cfg, data_root.resolve(), pipeline_root), pipeline_root=str(pipeline_root),
+                   raise_on_error=True)
+        pipeline = builder(image=image, gpu_image=image)
+    else:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+                   raise_on_error=True)
+        pipeline = builder()
     before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=True)
-    pipeline = builder()
     log = pipeline_root / f".{uuid.uuid4().hex}.{LOG_FILE}"  # the run folder is named by kfp once it starts
     try:
         with step_lines(log, verbose) as steps:
-            task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(data_root.resolve()),
+            task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(step_data_root),
                             git_revision=git_revision(data_root), **arguments)
     except Exception as err:
         run_dir = _newest_run(pipeline_root, before)
@@ -83,6 +97,49 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
     decision = json.loads(next(run_dir.glob("register*/decision")).read_text())
     metrics = json.loads(next(run_dir.glob("evaluate*/metrics_json")).read_text())
     return LocalRun(tag=str(task.output), run_dir=run_dir, artifacts=artifacts, decision=decision, metrics=metrics)
+
+
+def stage_data_pointers(data_root: Path, stage: Path) -> Path:
+    """A git-less project folder for containerized steps, as in the image: `.dvc/config` and the
+    `.dvc` pointers of `data_root` only. The steps `dvc pull` those versions into it from the
+    mounted remote; its DVC cache is kept between runs, pulled data never (a pointer may change)."""
+    shutil.rmtree(stage / "data", ignore_errors=True)
+    (stage / ".dvc").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(data_root / ".dvc" / "config", stage / ".dvc" / "config")
+    for pointer in data_root.glob("data/**/*.dvc"):
+        target = stage / pointer.relative_to(data_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(pointer, target)
+    return stage
+
+
+def docker_runner(cfg: ProjectConfig, data_root: Path, pipeline_root: Path):  # type: ignore[no-untyped-def]
+    """kfp.local's DockerRunner with what a step may see: the pipeline root and the model store
+    (read-write), the DVC remote (read-only, named by $MTLOPS_DVC_REMOTE_URL), at the same paths
+    as here; no network. Steps run as this user, or as the image's user where this is root (then
+    the writable mounts are handed to it): never as root."""
+    from docker.types import Mount
+    from kfp import local
+
+    model_store = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser().resolve()
+    remote = local_remote_path(data_root, cfg.data.dvc_remote)
+    model_store.mkdir(parents=True, exist_ok=True)
+    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (IMAGE_USER, IMAGE_USER)
+    if os.getuid() == 0:
+        for folder in (pipeline_root, model_store):
+            _chown_tree(folder, uid, gid)
+    env = {"BENTOML_HOME": str(model_store), REMOTE_URL_ENV: str(remote)}
+    if uid != IMAGE_USER:
+        env["HOME"] = "/tmp"  # a user the image does not know has no home
+    mounts = [Mount(str(model_store), str(model_store), type="bind"),
+              Mount(str(remote), str(remote), type="bind", read_only=True)]
+    return local.DockerRunner(mounts=mounts, environment=env, user=f"{uid}:{gid}", network_mode="none")
+
+
+def _chown_tree(folder: Path, uid: int, gid: int) -> None:
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            os.chown(path, uid, gid)
 
 
 def compile_pipeline(path: Path) -> Path:
