@@ -571,6 +571,11 @@ class MonitoringSpec(Strict):
     # seasonal or shared-context features (hourly weather of an airport): monitored and shown, calibrated
     # like the others, but left out of the drift share and of `alerts.features: ["*"]`
     context_features: list[str] = []
+    # the window's realized metric comes with a bootstrap interval (`quality_draws` resamples of its
+    # labelled rows, two-sided `quality_confidence`): a metric drop alerts only when the interval's
+    # favourable end is past the tolerance too, so a small window's sampling noise does not alert
+    quality_confidence: float = Field(0.95, ge=0, lt=1)  # 0: the point value alone decides
+    quality_draws: int = Field(200, ge=10)
 
     @field_validator("method")
     @classmethod
@@ -676,9 +681,11 @@ class ProjectConfig(Strict):
         unknown = sorted(set(self.alerts.features) - {"*"} - set(self.features.names))
         if unknown:
             raise ValueError(f"alerts.features names unknown features: {unknown}")
-        unknown = sorted((set(self.alerts.prediction_drift) - {"*"} | set(self.alerts.metric_drop)) - set(names))
-        if unknown:
-            raise ValueError(f"alerts name unknown tasks: {unknown}")
+        for key, named in (("prediction_drift", set(self.alerts.prediction_drift) - {"*"}),
+                           ("metric_drop", set(self.alerts.metric_drop))):
+            unknown = sorted(named - set(names))
+            if unknown:
+                raise ValueError(f"alerts.{key} names unknown tasks: {unknown} (tasks: {names})")
         unknown = sorted(set(self.monitoring.context_features) - set(self.features.names))
         if unknown:
             raise ValueError(f"monitoring.context_features names unknown features: {unknown}")

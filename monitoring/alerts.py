@@ -31,6 +31,8 @@ class WindowReport(Protocol):
     drifted_features: list[str]
     drifted_predictions: list[str]
     quality: dict[str, dict[str, float]]
+    estimated: dict[str, float]
+    estimated_reference: dict[str, float]
 
 
 @dataclass
@@ -50,10 +52,14 @@ class Alert:
 
 
 def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
-    """Every rule of the policy the window breaks (empty: no alert): the drift share, each
-    watched feature and each watched task's predictions past their calibrated thresholds, and
-    per task (once labels are known) a metric drop vs the champion's held-out metric beyond the
-    task's tolerance, or a metric worse than the trivial baseline's on the same rows."""
+    """Every rule of the policy the window breaks (empty: no alert): the drift share, each watched
+    feature past its calibrated threshold, and per task its quality — once labels are known, a
+    metric drop vs the champion's held-out metric beyond the task's tolerance even at the
+    favourable end of the window's bootstrap interval, or a metric worse than the trivial
+    baseline's on the same rows; before that, the estimated metric (CBPE / DLE) dropping beyond
+    the tolerance. A watched task's prediction drift alerts unless the task's quality, realized or
+    estimated, is known to hold: drift is the proxy for a quality that cannot be judged, and a
+    seasonal shift of the predictions that leaves the metric where it was is no alert."""
     policy = cfg.alerts
     if report.rows_current < policy.min_rows:
         return []
@@ -65,25 +71,49 @@ def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
     watched = sorted(features & set(report.drifted_features))
     if watched:
         reasons.append(f"watched features drifted: {', '.join(watched)}")
+    quality_reasons, quality_holds = [], set()
+    for task in cfg.tasks:
+        found, judged = _quality_reasons(cfg, task.name, task.metric or "", report)
+        quality_reasons += found
+        if judged and not found:
+            quality_holds.add(task.name)
     tasks = {t.name for t in cfg.tasks} if "*" in policy.prediction_drift else set(policy.prediction_drift)
-    drifted = sorted(tasks & set(report.drifted_predictions))
+    drifted = [t.name for t in cfg.tasks if t.name in tasks - quality_holds and t.name in report.drifted_predictions]
     if drifted:
         reasons.append(f"predictions drifted: {', '.join(drifted)}")
-    for task in cfg.tasks:
-        q = report.quality.get(task.name)
-        if not q or not math.isfinite(q.get("current", math.nan)):
-            continue
-        metric, current = task.metric or "", q["current"]
+    return reasons + quality_reasons
+
+
+def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> tuple[list[str], bool]:
+    """The task's quality rules the window breaks, and whether its quality could be judged at all
+    (realized from labels, else estimated)."""
+    tolerance = cfg.alert_tolerance(task)
+    q = report.quality.get(task)
+    if q and math.isfinite(q.get("current", math.nan)):
+        reasons, current = [], q["current"]
         if math.isfinite(q.get("reference", math.nan)):
-            change, tolerance = relative_change(metric, current, q["reference"]), cfg.alert_tolerance(task.name)
-            if change <= -tolerance:
-                reasons.append(f"{task.name} {metric} {q['reference']:.4f} -> {current:.4f} "
-                               f"({change:+.1%}, alert at -{tolerance:.0%})")
+            change = relative_change(metric, current, q["reference"])
+            # the window's interval end that is best for the model: sampling noise alone cannot explain a
+            # drop that is past the tolerance even there
+            ends = [x for x in (q.get("ci_low", current), q.get("ci_high", current)) if math.isfinite(x)] or [current]
+            favourable = max(ends, key=lambda x: relative_change(metric, x, q["reference"]))
+            if relative_change(metric, favourable, q["reference"]) <= -tolerance:
+                interval = "" if favourable == current else f", {favourable:.4f} at the interval's favourable end"
+                reasons.append(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
+                               f"({change:+.1%}, alert at -{tolerance:.0%}{interval})")
         baseline = q.get("baseline", math.nan)
-        if policy.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
-            reasons.append(f"{task.name} {metric} {current:.4f} is no better than the trivial baseline's "
+        if cfg.alerts.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
+            reasons.append(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
                            f"{baseline:.4f} on the same window")
-    return reasons
+        return reasons, True
+    estimate, reference = report.estimated.get(task, math.nan), report.estimated_reference.get(task, math.nan)
+    if not (math.isfinite(estimate) and math.isfinite(reference)):
+        return [], False
+    change = relative_change(metric, estimate, reference)
+    if change <= -tolerance:
+        return [f"{task} {metric} estimated {reference:.4f} -> {estimate:.4f} ({change:+.1%}, alert at "
+                f"-{tolerance:.0%}; labels not yet known)"], True
+    return [], True
 
 
 def read_alerts(log: Path) -> list[Alert]:

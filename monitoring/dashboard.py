@@ -9,6 +9,7 @@ follows the features that drift most in the latest window.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,52 @@ class AlertRaisedCalculation(SingleValueCalculation[AlertRaised]):
         return f"alert: {self.metric.reason}"
 
 
+class RecordedValue(SingleValueMetric):
+    """A number the monitor computed outside Evidently's own metrics, stored in the snapshot so a
+    panel can plot it next to Evidently's (its result is a plain `SingleValue`: `evidently ui`
+    reads it without importing this module)."""
+
+    recorded: float
+
+
+class EstimatedQuality(RecordedValue):
+    """A task's metric estimated before its labels (monitoring.estimation: CBPE / DLE)."""
+
+    task: str
+    metric: str
+
+
+class EstimatedQualityCalculation(SingleValueCalculation[EstimatedQuality]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        return self.result(self.metric.recorded), None
+
+    def display_name(self) -> str:
+        return f"{self.metric.task}: {self.metric.metric} estimated (no labels)"
+
+
+class DriftThreshold(RecordedValue):
+    """The calibrated drift threshold of a column (monitoring.calibration) in this window's run."""
+
+    column: str
+
+
+class DriftThresholdCalculation(SingleValueCalculation[DriftThreshold]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        return self.result(self.metric.recorded), None
+
+    def display_name(self) -> str:
+        return f"{self.metric.column}: calibrated drift threshold"
+
+
+def recorded_values(cfg: ProjectConfig, estimated: dict[str, float],
+                    thresholds: dict[str, float]) -> list[RecordedValue]:
+    """The dashboard's extra series for one run: each task's estimated metric, each compared
+    column's calibrated drift threshold (non-finite values left out)."""
+    return [*(EstimatedQuality(task=t.name, metric=t.metric or "", recorded=estimated[t.name]) for t in cfg.tasks
+              if math.isfinite(estimated.get(t.name, math.nan))),
+            *(DriftThreshold(column=c, recorded=v) for c, v in thresholds.items() if math.isfinite(v))]
+
+
 def project(workspace: Path, name: str) -> tuple[Workspace, Project]:
     """The workspace folder and the model's project in it, created on first use."""
     workspace.mkdir(parents=True, exist_ok=True)
@@ -66,15 +113,20 @@ def _panels(cfg: ProjectConfig, top_features: list[str]) -> list[tuple[str, Any]
         line_plot_panel("Drift score of the top features", [
             PanelMetric(legend=f, metric="ValueDrift", metric_labels={"column": f}, tags=["monitor"])
             for f in top_features], description="features with the highest score in the latest window", size="half"),
-        line_plot_panel("Drift of each task's predictions", [
-            PanelMetric(legend=t.name, metric="ValueDrift",
-                        metric_labels={"column": monitored_column(TargetSpec(t.name, t.type))}, tags=["monitor"])
-            for t in tasks], size="full"),
+        *(line_plot_panel(f"Prediction drift: {t.name} vs its calibrated threshold", [
+            PanelMetric(legend="drift score", metric="ValueDrift", metric_labels={"column": column}, tags=["monitor"]),
+            PanelMetric(legend="calibrated threshold", metric="DriftThreshold", metric_labels={"column": column},
+                        tags=["monitor"])],
+            description=f"{column}: drifted when the score passes the threshold learned on the reference",
+            size="half") for t, column in ((t, monitored_column(TargetSpec(t.name, t.type))) for t in tasks)),
     ]
     quality = [
-        line_plot_panel(f"Quality: {t.name} ({t.metric})", [PanelMetric(
-            legend=t.metric, metric="TaskQuality", metric_labels={"task": t.name}, tags=["monitor"])],
-            description="on the window's labelled rows, once labels arrive", size="half")
+        line_plot_panel(f"Quality: {t.name} ({t.metric}), estimated vs realized", [
+            PanelMetric(legend="estimated (no labels)", metric="EstimatedQuality", metric_labels={"task": t.name},
+                        tags=["monitor"]),
+            PanelMetric(legend="realized", metric="TaskQuality", metric_labels={"task": t.name}, tags=["monitor"])],
+            description="estimated from features and predictions (CBPE / DLE); realized once labels arrive",
+            size="half")
         for t in tasks
     ]
     quality.append(bar_plot_panel("Alerts", [PanelMetric(legend="alert", metric="AlertRaised", tags=["alert"])],

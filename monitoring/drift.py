@@ -39,7 +39,7 @@ from components.metrics import baseline_raw, relative_change, task_metrics
 from components.predictions import monitored_column
 from components.tasks import kind_of
 from monitoring.calibration import Calibration, calibrate
-from monitoring.dashboard import add_snapshot
+from monitoring.dashboard import RecordedValue, add_snapshot, recorded_values
 from monitoring.estimation import estimate_quality
 from monitoring.summary import MonitorSummary, window_start
 
@@ -71,6 +71,24 @@ def task_quality(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> dict[str, 
     """`task_metrics` (what the gate uses) on a prediction-log frame with the task's label column."""
     target = _target(task, frame)
     return task_metrics(target, _raw_outputs(target, frame), _labels(target, frame), standardised=False)
+
+
+def quality_interval(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence: float,
+                     seed: int = 0) -> tuple[float, float]:
+    """The two-sided `confidence` percentile bootstrap interval of the task's gated metric over the
+    labelled rows of `frame` (`draws` resamples): how far the window's metric moves by sampling alone."""
+    metric = task.metric or ""
+    target = _target(task, frame)
+    raw, y = _raw_outputs(target, frame), _labels(target, frame)
+    raw, y = raw[~np.isnan(y)], y[~np.isnan(y)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(y), len(y))
+        values.append(task_metrics(target, raw[rows], y[rows], standardised=False).get(metric, math.nan))
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def baseline_quality(task: TaskSpec, reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, float]:
@@ -206,7 +224,7 @@ def thresholds(cfg: ProjectConfig, predictions: dict[str, str],
 
 
 def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list[TaskSpec],
-            limits: dict[str, tuple[str, float]]) -> Report:
+            limits: dict[str, tuple[str, float]], recorded: list[RecordedValue]) -> Report:
     """Watched features in the `DataDriftPreset` (so its drift share counts them only), context
     features and task predictions as single `ValueDrift`s; every column at its calibrated threshold."""
     mon = cfg.monitoring
@@ -220,7 +238,7 @@ def _report(cfg: ProjectConfig, predictions: dict[str, str], quality_tasks: list
         items.append(ValueDrift(column=column, method=limits[column][0], threshold=limits[column][1]))
     for t in quality_tasks:
         items.append(TaskQuality(task=t.name, task_type=t.type, metric=t.metric or "", threshold=t.threshold))
-    return Report(items, include_tests=True)
+    return Report([*items, *recorded], include_tests=True)
 
 
 def _method_name(method: str) -> str:
@@ -268,7 +286,9 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     top = top_categories(ref, cfg)
     calibration = calibration or reference_calibration(cfg, reference, model_version)
     limits = thresholds(cfg, predictions, calibration)
-    snapshot = _report(cfg, predictions, labelled, limits).run(
+    estimated, estimated_reference = estimate_quality(cfg, ref, cur)
+    recorded = recorded_values(cfg, estimated, {column: limit for column, (_, limit) in limits.items()})
+    snapshot = _report(cfg, predictions, labelled, limits, recorded).run(
         Dataset.from_pandas(_prepared(cur, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         Dataset.from_pandas(_prepared(ref, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         timestamp=when, tags=["monitor"], metadata={"window": window, "model_version": model_version},
@@ -287,9 +307,13 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         if ref_value is None:
             ref_value = task_quality(task, ref).get(metric, math.nan) if has_labels(task, ref) else math.nan
         current_value = float(m["value"])
+        mon = cfg.monitoring
+        low, high = (quality_interval(task, cur, mon.quality_draws, mon.quality_confidence, seed)
+                     if mon.quality_confidence > 0 else (current_value, current_value))
         quality[task.name] = {
             "metric": metric, "reference": float(ref_value), "current": current_value,
             "relative_change": relative_change(metric, current_value, float(ref_value)),
+            "ci_low": low, "ci_high": high,
             "baseline": baseline_quality(task, ref, cur).get(metric, math.nan) if has_labels(task, ref) else math.nan,
             "rows": int(cur[label_column(task.name)].notna().sum()),
         }
@@ -309,7 +333,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         drifted_predictions=[t for t, c in predictions.items() if c in drifted],
         prediction_scores={t: scores[c] for t, c in predictions.items()},
         quality=quality, snapshot_json=str(out_dir / SNAPSHOT_JSON), snapshot_html=str(out_dir / SNAPSHOT_HTML),
-        estimated=estimate_quality(cfg, ref, cur),
+        estimated=estimated, estimated_reference=estimated_reference,
         methods=methods, quality_reference="model test metrics" if reference_quality else "reference sample",
         timestamp=when.isoformat(), thresholds={name: limits[column][1] for name, column in by_name.items()},
         context_features=list(cfg.monitoring.context_features),

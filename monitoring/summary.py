@@ -26,11 +26,14 @@ class MonitorSummary:
     feature_scores: dict[str, float]  # Evidently's drift score per feature (p-value or distance, see methods)
     drifted_predictions: list[str]  # tasks whose monitored prediction column drifted
     prediction_scores: dict[str, float]  # task -> drift score of its monitored column
-    # task -> metric, reference, current, relative_change (+ = better), baseline (trivial model, same rows), rows
+    # task -> metric, reference, current, relative_change (+ = better), ci_low / ci_high (bootstrap interval of
+    # current), baseline (trivial model, same rows), rows
     quality: dict[str, dict[str, Any]]
     snapshot_json: str
     snapshot_html: str
     estimated: dict[str, float] = field(default_factory=dict)  # task -> its metric estimated without labels
+    # task -> the same estimator on the reference it was fitted on: what `estimated` is compared with
+    estimated_reference: dict[str, float] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)  # column -> drift method (and threshold)
     quality_reference: str = "reference sample"  # where the reference quality comes from
     timestamp: str = ""  # the window's start (the snapshot's time on the dashboard)

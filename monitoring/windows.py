@@ -19,7 +19,9 @@ from components.config import ProjectConfig
 from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
+from monitoring.alerts import Alert, decide
 from monitoring.calibration import Calibration, save_calibration, stored_calibration
+from monitoring.dashboard import add_alert_marker
 from monitoring.drift import monitor, reference_calibration
 from monitoring.summary import MonitorSummary
 
@@ -110,6 +112,16 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
     return monitor(cfg, reference, current, out_dir, window=window, model_version=champ.tag,
                    sample_size=sample_size, workspace=workspace, reference_quality=champ.test_metrics or None,
                    calibration=model_calibration(cfg, champ.folder, champ.tag, reference))
+
+
+def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert_log: Path,
+                 workspace: Path | None = None) -> Alert | None:
+    """The alert policy on a monitored window (`monitoring.alerts.decide`: alert log, cool-down,
+    webhook), the alert marked on the dashboard when there is one; what `mtlops monitor` runs."""
+    alert = decide(cfg, summary, pd.Timestamp(window_bounds(window)[1]), alert_log)
+    if alert is not None and workspace is not None:
+        add_alert_marker(workspace, cfg, window, "; ".join(alert.reasons))
+    return alert
 
 
 def previous_month(timestamp: str) -> str:

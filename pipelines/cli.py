@@ -514,11 +514,7 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
             as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False) -> None:
     """Drift (features, task outputs), estimated and, with labels, realized per-task quality of the champion on a
     window (Evidently); then the alert policy: alert log, webhook, dashboard marker, and with --act retraining."""
-    import pandas as pd
-
-    from monitoring.alerts import decide
-    from monitoring.dashboard import add_alert_marker
-    from monitoring.windows import monitor_window, window_bounds
+    from monitoring.windows import apply_policy, monitor_window, window_bounds
 
     cfg = _load(config)
     if not window or data == (log is not None):
@@ -534,9 +530,7 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
     start, end = window_bounds(window)
-    alert = decide(cfg, s, pd.Timestamp(end), alert_log)
-    if alert is not None:
-        add_alert_marker(workspace or Path(cfg.monitoring.workspace), cfg, window, "; ".join(alert.reasons))
+    alert = apply_policy(cfg, s, window, alert_log, workspace or Path(cfg.monitoring.workspace))
     if as_json:
         sys.stdout.write(s.to_json() + "\n")
     else:
@@ -573,12 +567,14 @@ def _print_monitor(s: MonitorSummary, window: str, seconds: float) -> None:
     console.print(table)
     console.print(f"drift share {s.drift_share:.2f} ({'dataset drift' if s.dataset_drift else 'no dataset drift'})")
     q = Table(title=f"per-task quality (reference: {s.quality_reference}; estimated: CBPE/DLE, no labels)")
-    for col in ("task", "estimated", "reference", "realized", "change (+ = better)", "trivial baseline",
-                "labelled rows"):
+    for col in ("task", "estimated", "reference", "realized [bootstrap interval]", "change (+ = better)",
+                "trivial baseline", "labelled rows"):
         q.add_column(col)
     for task, estimate in s.estimated.items():
         v = s.quality.get(task)
-        q.add_row(task, _fmt(estimate), *((_fmt(v["reference"]), _fmt(v["current"]), f"{v['relative_change']:+.1%}",
+        interval = f" [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]" if v and "ci_low" in v else ""
+        q.add_row(task, _fmt(estimate), *((_fmt(v["reference"]), _fmt(v["current"]) + interval,
+                                          f"{v['relative_change']:+.1%}",
                                           _fmt(v["baseline"]), f"{v['rows']:,}") if v else ("",) * 5))
     console.print(q)
 

@@ -23,6 +23,8 @@ class Report:
     drifted_features: list[str] = field(default_factory=list)
     drifted_predictions: list[str] = field(default_factory=list)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    estimated: dict[str, float] = field(default_factory=dict)
+    estimated_reference: dict[str, float] = field(default_factory=dict)
     model_version: str = "flights-mtl:v1"
 
 
@@ -63,6 +65,39 @@ def test_defaults_watch_every_task_and_every_non_context_feature() -> None:
                                               "19.5000 on the same window"]
 
 
+def test_a_drop_within_the_windows_sampling_noise_does_not_alert_and_a_real_one_does() -> None:
+    """The metric rule reads the window's bootstrap interval: a small window whose ROC-AUC is 4%
+    under the champion's but whose interval reaches back within the tolerance is noise; the same
+    drop on a window large enough to pin it down alerts, naming the interval's end."""
+    cfg = config_with(FLIGHTS, alerts=POLICY)
+    noisy = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "ci_low": 0.66, "ci_high": 0.72}})
+    assert reasons_to_alert(cfg, noisy) == []
+    pinned = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "ci_low": 0.685, "ci_high": 0.695}})
+    assert reasons_to_alert(cfg, pinned) == ["arr_delayed roc_auc 0.7200 -> 0.6900 (-4.2%, alert at -3%, 0.6950 at "
+                                             "the interval's favourable end)"]
+    # MAE: lower is better, so the favourable end is the low one
+    mae = Report(quality={"air_time": {"reference": 10.0, "current": 12.0, "ci_low": 10.5, "ci_high": 13.0}})
+    assert reasons_to_alert(cfg, mae) == []
+
+
+def test_prediction_drift_alerts_only_while_the_tasks_quality_is_not_known_to_hold() -> None:
+    """June, the champion's own test month: summer moves the delay predictions past their calibrated
+    threshold while ROC-AUC stays where it was. Known-good quality (realized, or estimated before the
+    labels) silences the task's prediction drift; an estimated drop alerts before the labels arrive."""
+    cfg = config_with(FLIGHTS, alerts={"min_rows": 1000})
+    drifted = {"drifted_predictions": ["arr_delayed", "dep_delay"]}
+    realized_holds = Report(**drifted, quality={"arr_delayed": {"reference": 0.72, "current": 0.72, "baseline": 0.5}})
+    assert reasons_to_alert(cfg, realized_holds) == ["predictions drifted: dep_delay"]  # dep_delay: not judged
+    estimate_holds = Report(**drifted, estimated={"arr_delayed": 0.76, "dep_delay": 21.7},
+                            estimated_reference={"arr_delayed": 0.75, "dep_delay": 21.0})
+    assert reasons_to_alert(cfg, estimate_holds) == []
+    estimate_drops = Report(**drifted, estimated={"arr_delayed": 0.70, "dep_delay": 21.7},
+                            estimated_reference={"arr_delayed": 0.75, "dep_delay": 21.0})
+    assert reasons_to_alert(cfg, estimate_drops) == [
+        "predictions drifted: arr_delayed",
+        "arr_delayed roc_auc estimated 0.7500 -> 0.7000 (-6.7%, alert at -3%; labels not yet known)"]
+
+
 def test_cooldown_in_data_time_and_webhook_only_for_acting_alerts(tmp_path: Path,
                                                                   receiver: tuple[str, list[dict]]) -> None:
     url, got = receiver
@@ -93,7 +128,11 @@ def test_a_receiver_that_is_down_does_not_stop_monitoring(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("alerts", "field_name"), [
     ({"features": ["no_such_feature"]}, "alerts.features"),
     ({"metric_drop": {"arr_delayed": 1.5}}, "alerts.metric_drop"),
-    ({"metric_drop": {"nope": 0.1}}, "alerts name unknown tasks"),
+    ({"metric_drop": {"nope": 0.1}}, "alerts.metric_drop names unknown tasks"),
+    ({"prediction_drift": ["nope"]}, "alerts.prediction_drift names unknown tasks"),
+    ({"min_rows": 0}, "alerts.min_rows"),
+    ({"drift_share": 1.5}, "alerts.drift_share"),
+    ({"no_such_rule": 1}, "alerts.no_such_rule"),
     ({"action": "page-someone"}, "alerts.action"),
     ({"webhook": "ftp://x"}, "alerts.webhook"),
     ({"cooldown_days": -1}, "alerts.cooldown_days"),
@@ -109,6 +148,8 @@ def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name:
     ({"calibration_quantile": 1.0}, "monitoring.calibration_quantile"),
     ({"calibration_blocks": 1}, "monitoring.calibration_blocks"),
     ({"calibration_draws": 2}, "monitoring.calibration_draws"),
+    ({"quality_confidence": 1.0}, "monitoring.quality_confidence"),
+    ({"quality_draws": 1}, "monitoring.quality_draws"),
 ])
 def test_bad_calibration_settings_are_config_errors_naming_the_field(monitoring: dict, field_name: str) -> None:
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):

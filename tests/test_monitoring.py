@@ -4,19 +4,23 @@ kfp component run through kfp.local against the real model store."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from components import registry
 from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
@@ -96,6 +100,8 @@ def test_no_drift_window_raises_no_alert(model, held_out, tmp_path: Path) -> Non
     no_baseline = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"below_baseline": False})})
     reasons = reasons_to_alert(no_baseline, s)
     assert reasons == [], "\n".join([*reasons, json.dumps(s.quality)])
+    before_labels = reasons_to_alert(cfg, replace(s, quality={}))  # estimates only, against their own reference
+    assert before_labels == [], (before_labels, s.estimated, s.estimated_reference)
     weak = [t for t, q in s.quality.items() if q["current"] >= q["baseline"] and q["metric"] == "mae"]
     assert [r.split()[0] for r in reasons_to_alert(cfg, s)] == weak  # only tasks truly no better than the median
     assert len(s.drifted_features) <= MAX_FALSE_ALARMS, s.feature_scores
@@ -363,17 +369,21 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
             time.sleep(0.5)
         driver = webdriver.Chrome(service=Service(chromedriver), options=options)
         driver.get(f"http://127.0.0.1:{port}/projects/{proj.id}")
-        titles = ["Share of drifted features", "Drift score of the top features", "Drift of each task's predictions",
-                  *(f"Quality: {t.name} ({t.metric})" for t in cfg.tasks)]
+        # per task: its prediction drift next to the calibrated threshold, its metric estimated and realized
+        paired = [*(f"Prediction drift: {t.name} vs its calibrated threshold" for t in cfg.tasks),
+                  *(f"Quality: {t.name} ({t.metric}), estimated vs realized" for t in cfg.tasks)]
+        titles = ["Share of drifted features", "Drift score of the top features", *paired]
 
-        def cards_with_points(d: webdriver.Chrome) -> dict[str, int]:
+        def cards_with_points(d: webdriver.Chrome) -> dict[str, tuple[int, int]]:
+            """Panel title -> (distinct windows on the x axis, points drawn), once every panel has them."""
             points = {}
             for card in d.find_elements(By.CSS_SELECTOR, ".MuiCard-root"):
                 title = next((t for t in titles if t in card.text), None)
                 if title:
                     marks = card.find_elements(By.CSS_SELECTOR, "circle.MuiMarkElement-root")
-                    points[title] = len({m.get_attribute("cx") for m in marks})  # distinct windows on the x axis
-            return points if len(points) == len(titles) and min(points.values()) >= 2 else {}
+                    points[title] = (len({m.get_attribute("cx") for m in marks}), len(marks))
+            ready = len(points) == len(titles) and min(x for x, _ in points.values()) >= 2
+            return points if ready and min(points[t][1] for t in paired) >= 4 else {}
 
         try:
             points = WebDriverWait(driver, 90, poll_frequency=1).until(cards_with_points)
@@ -381,6 +391,16 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
         assert set(points) == set(titles)  # every panel, with a point at each monitored window
+        assert all(points[t][1] >= 2 * points[t][0] for t in paired)  # two series each: both lines are drawn
+        for card in driver.find_elements(By.CSS_SELECTOR, ".MuiCard-root"):  # what a person sees of the new panels
+            title = next((t for t in paired if t in card.text), None)
+            if title is None:
+                continue
+            driver.execute_script("arguments[0].scrollIntoView(true);", card)
+            image = Image.open(io.BytesIO(card.screenshot_as_png)).convert("RGB")
+            colours = {c for _, c in image.getcolors(maxcolors=1 << 20) or []}
+            assert image.width > 200 and image.height > 150 and len(colours) > 20, (title, image.size, len(colours))
+            image.save(ARTIFACTS / f"panel-{'-'.join(re.findall(r'[a-z_]+', title.lower())[:4])}.png")
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "Alerts" in body and "2013-05-01" in body and "2013-06-01" in body
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
