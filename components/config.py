@@ -542,13 +542,26 @@ class AlertPolicy(Strict):
 
 
 class RetrainingSpec(Strict):
-    """Continual retraining: warm start from the champion, rehearse old data, gate on old and new."""
+    """Continual retraining: when a retrain runs (`trigger`), what it trains on (`train_on`), and the
+    gate's held-out rows. Every policy keeps the forgetting guard (the config's test window).
 
-    replay_rows: int = Field(50_000, ge=0)  # sample of data before the new window, trained on again
+    `train_on`: `warm_replay` warm-starts from the champion on the new window plus a replay sample of
+    older rows; `sliding` trains from scratch on the last `sliding_months` months; `expanding` trains
+    from scratch on everything so far. `trigger`: `never`, `scheduled` (after every month), or `alert`
+    (when the alert policy acts and `alerts.action` is `retrain`)."""
+
+    trigger: Literal["never", "scheduled", "alert"] = "alert"
+    train_on: Literal["warm_replay", "sliding", "expanding"] = "warm_replay"
+    sliding_months: int = Field(3, ge=1)  # `sliding`: months of data, the new window included
+    replay_rows: int = Field(50_000, ge=0)  # `warm_replay`: sample of data before the new window, trained on again
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)  # of the new window, by time
-    new_test_fraction: float = Field(0.25, gt=0, lt=0.5)  # of the new window, by time: the gate's new rows
-    warm_start: bool = True
+    new_test_fraction: float = Field(0.25, gt=0, lt=0.5)  # of the new window, by time: the gate's new rows,
+    # after every row the challenger trained on, and never seen by the champion
     epochs: int | None = Field(None, ge=1)  # default: training.epochs
+
+    @property
+    def warm_start(self) -> bool:
+        return self.train_on == "warm_replay"
 
 
 class MonitoringSpec(Strict):

@@ -65,9 +65,12 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
                       validation_path: str, new_test_path: str, old_test_path: str,
                       git_revision: str = "unknown") -> dict:
     """The data of one continual retraining: the new window split by time into train /
-    validation / new test, plus a replay sample of older rows, plus the old held-out window
-    (the config's test window, never replayed) on which the gate checks for forgetting.
-    Returns (under `config_yaml`) the config the run trains with: warm start from the champion."""
+    validation / new test, plus older rows as `retraining.train_on` says (a replay sample, the
+    last months, or everything), plus the old held-out window (the config's test window, never
+    trained on) on which the gate checks for forgetting. The new test rows come after every row
+    the challenger trains on, and the champion predates the new window: the gate scores both
+    models on rows neither has seen.
+    Returns (under `config_yaml`) the config the run trains with (warm start for `warm_replay`)."""
     from components.registry import champion
 
     cfg = _cfg(config_yaml)
@@ -86,18 +89,22 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
     t = df[time]
     in_old_test = (t >= pd.Timestamp(w.test.start)) & (t < pd.Timestamp(w.test.end))
     history = df[(t < start) & ~in_old_test]
-    replay = history.sample(n=min(r.replay_rows, len(history)), random_state=cfg.training.seed)
+    if r.train_on == "warm_replay":
+        history = history.sample(n=min(r.replay_rows, len(history)), random_state=cfg.training.seed)
+    elif r.train_on == "sliding":
+        history = history[history[time] >= end - pd.DateOffset(months=r.sliding_months)]
     new = df[(t >= start) & (t < end)].sort_values(time, kind="stable")
     a = int(len(new) * (1 - r.validation_fraction - r.new_test_fraction))
     b = int(len(new) * (1 - r.new_test_fraction))
-    parts = {"train": pd.concat([replay, new.iloc[:a]]).sort_values(time, kind="stable"),
+    parts = {"train": pd.concat([history, new.iloc[:a]]).sort_values(time, kind="stable"),
              "validation": new.iloc[a:b], "new_test": new.iloc[b:], "old_test": df[in_old_test]}
     for name, path in (("train", train_path), ("validation", validation_path), ("new_test", new_test_path),
                        ("old_test", old_test_path)):
         if parts[name].empty:
             raise ValueError(f"continual retraining: the {name} part is empty (new window {new_start}..{new_end})")
         parts[name].to_parquet(path, index=False)
-    return {**lineage, "git_revision": git_revision, "replay_rows": len(replay),
+    return {**lineage, "git_revision": git_revision, "train_on": r.train_on,
+            "replay_rows": len(history) if r.train_on == "warm_replay" else None,
             "rows": {k: len(v) for k, v in parts.items()},
             "warm_start": str(current.tag) if current and r.warm_start else None,
             "config_yaml": config_to_yaml(continual_config(cfg, current.path if current else None))}

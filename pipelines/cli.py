@@ -355,15 +355,28 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              months: Annotated[str, typer.Option(help="First and last month, YYYY-MM..YYYY-MM.")] = "2013-07..2013-12",
              out: Annotated[Path, typer.Option(help="Reports, workspace, alerts, timeline.")] = Path("runs/simulate"),
              serve: Annotated[bool, typer.Option(help="Score through a live `mtlops serve` (else offline).")] = False,
+             policy: Annotated[str | None, typer.Option(
+                 help="Compare retraining policies, comma-separated: never, <trigger>/<train_on> (trigger: "
+                      "scheduled|alert; train_on: warm_replay|sliding|expanding), or `all`.")] = None,
+             seeds: Annotated[str, typer.Option(help="With --policy: seeds, comma-separated.")] = "0,1,2",
+             quick: Annotated[bool, typer.Option(
+                 help="With --policy: Jul-Sep, 4 policies, a quarter of the rows, 3 epochs, 5,000-row "
+                      "monitoring samples.")] = False,
              ) -> None:
-    """Replay months of traffic: score, monitor, alert, retrain, gate — and compare the primary
-    metric of the never-retrained model with the continually retrained one."""
+    """Replay months of traffic: score, monitor, alert, retrain (as `retraining.trigger` and
+    `train_on` say), gate — and compare each task's metric of the never-retrained model with the
+    served one. With --policy: the replay once per policy and seed, one table and one plot."""
+    import dataclasses
+
     import pandas as pd
 
     from pipelines.simulate import LiveService, timeline_markdown, timeline_plot
     from pipelines.simulate import simulate as run_simulation
 
     cfg = _load(config)
+    if policy is not None or quick:
+        _compare_policies(cfg, root, months, out, policy, seeds, quick)
+        return
     first, last = months.split("..")
     names = [str(m) for m in pd.period_range(first, last, freq="M")]
     if not serve:
@@ -382,11 +395,46 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
             rows = run_simulation(cfg, root, names, out, service=LiveService(server.url, out / "predictions", token))
         finally:
             server.stop()
+    (out / "rows.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
     text = timeline_markdown(rows, cfg)
     (out / "timeline.md").write_text(text)
     plot = timeline_plot(rows, cfg, out / "timeline.png")
     console.print(text)
     console.print(f"timeline: {out / 'timeline.md'}, plot: {plot}, alerts: {out / 'alerts.jsonl'}")
+
+
+def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, policy: str | None, seeds: str,
+                      quick: bool) -> None:
+    import pandas as pd
+
+    from pipelines.policy_replay import (
+        DEFAULT_POLICIES,
+        QUICK_POLICIES,
+        RetrainPolicy,
+        policy_markdown,
+        policy_plot,
+        replay_policies,
+    )
+
+    overrides = None
+    if quick:
+        months = "2013-07..2013-09"
+        overrides = {"data": {"sample_fraction": 0.25}, "training": {"epochs": 3},
+                     "retraining": {"replay_rows": 12_500},
+                     "monitoring": {"sample_size": 5000, "calibration_draws": 50}}
+    names = policy.split(",") if policy and policy != "all" else list(QUICK_POLICIES if quick else DEFAULT_POLICIES)
+    try:
+        policies = [RetrainPolicy.parse(n) for n in names]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--policy") from exc
+    first, last = months.split("..")
+    month_names = [str(m) for m in pd.period_range(first, last, freq="M")]
+    records = replay_policies(cfg, root, month_names, policies, [int(s) for s in seeds.split(",")], out, overrides)
+    text = policy_markdown(records, cfg)
+    (out / "policies.md").write_text(text)
+    plot = policy_plot(records, cfg, out / "policies.png")
+    console.print(text)
+    console.print(f"table: {out / 'policies.md'}, plot: {plot}, runs: {out}/seed-*/")
 
 
 @app.command()

@@ -1,10 +1,11 @@
-"""The retraining pipeline: prepare (new window + replay + old held-out) -> validate -> train
-(warm start from the champion) -> evaluate -> export -> register behind the continual gate.
+"""The retraining pipeline: prepare (new window + older rows + old held-out) -> validate -> train
+-> evaluate -> export -> register behind the continual gate.
 
 The steps after `prepare` are the training pipeline's own components; what makes a run
-continual is its data and its config, both from `prepare`: it finds the current champion and
-hands the later steps a config that warm-starts from it (`training.warm_start`). The gate
-checks the new window and the old one (no forgetting).
+continual is its data and its config, both from `prepare`: it finds the current champion, picks
+the older rows `retraining.train_on` asks for, and hands the later steps a config that
+warm-starts from the champion (`training.warm_start`) when that is `warm_replay`. The gate checks
+the new window's last rows (after every training row) and the old window (no forgetting).
 """
 
 # no `from __future__ import annotations`: kfp reads the annotations as types
@@ -26,8 +27,8 @@ def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, g
 
     out = prepare_continual(config_yaml, data_root, new_start, new_end, train.path, validation.path,
                             new_test.path, old_test.path, git_revision)
-    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "replay_rows")
-                           if out[k] is not None})
+    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "train_on",
+                                               "replay_rows") if out[k] is not None})
     if out["warm_start"]:
         train.metadata["warm_start"] = out["warm_start"]
     for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
@@ -40,8 +41,8 @@ def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_js
                           decision: Output[Artifact]) -> str:
     from components.steps import register_model
 
-    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "replay_rows",
-                                                  "warm_start")}
+    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "train_on",
+                                                  "replay_rows", "warm_start")}
     out = register_model(config_yaml, onnx_model.path, metrics_json.path, new_test.path, lineage, decision.path,
                          old_test_path=old_test.path)
     decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})

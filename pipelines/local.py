@@ -32,6 +32,7 @@ class LocalRun:
     artifacts: dict[str, Path]  # "<task>/<output>" -> path
     decision: dict
     metrics: dict
+    train_metrics: dict  # the train step's Metrics artifact: epochs, wall_s, train_flops, validation.*
 
     @property
     def log(self) -> Path:
@@ -96,7 +97,10 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
                  if p.name not in ("executor_output.json", "Output")}
     decision = json.loads(next(run_dir.glob("register*/decision")).read_text())
     metrics = json.loads(next(run_dir.glob("evaluate*/metrics_json")).read_text())
-    return LocalRun(tag=str(task.output), run_dir=run_dir, artifacts=artifacts, decision=decision, metrics=metrics)
+    train_out = json.loads(next(run_dir.glob("train*/executor_output.json")).read_text())
+    train_metrics = train_out["artifacts"]["train_metrics"]["artifacts"][0]["metadata"]
+    return LocalRun(tag=str(task.output), run_dir=run_dir, artifacts=artifacts, decision=decision, metrics=metrics,
+                    train_metrics=train_metrics)
 
 
 def stage_data_pointers(data_root: Path, stage: Path) -> Path:

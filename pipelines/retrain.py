@@ -30,6 +30,8 @@ class RetrainOutcome:
     error: str | None = None
     run_id: str | None = None  # cluster runs
     seconds: float = 0.0
+    train_flops: float = 0.0
+    gate: dict = field(default_factory=dict)  # {"challenger"|"champion": {"new.<task>"|"old.<task>": metric}}
 
 
 def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, pipeline_root: Path,
@@ -49,7 +51,8 @@ def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, p
                               seconds=time.perf_counter() - t0)
     d = run.decision
     return RetrainOutcome("promoted" if d["promoted"] else "rejected", before, run.tag, d["reasons"],
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, train_flops=run.train_metrics.get("train_flops", 0.0),
+                          gate={k: d.get(k, {}) for k in ("challenger", "champion")})
 
 
 def _submit(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, before: str | None,

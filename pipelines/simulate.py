@@ -4,13 +4,14 @@ For each month: the champion scores it (through the live service and its predict
 `--serve`, else offline in the same format), the monitor
 compares it with the champion's reference (the month's labels are taken as arrived by its end,
 so quality is checked too), the alert policy decides, a retrain runs through kfp.local when
-the policy says so, and the gate promotes or rejects. Alongside, the never-retrained initial
-model scores every month: the headline is the primary metric of both, month by month.
+`retraining.trigger` says so (every month, on an acting alert, or never), and the gate promotes or
+rejects. Alongside, the never-retrained initial model scores every month: the headline is each
+task's metric of both, month by month. `pipelines/policy_replay.py` runs this per policy and seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from components.config import ProjectConfig
 from components.data import label_column, partition_dir, read_window, with_labels
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame
-from monitoring.alerts import decide
+from monitoring.alerts import Alert, decide
 from pipelines.retrain import retrain
 from serving.client import reload, score_through_service
 
@@ -42,8 +43,17 @@ class MonthRow:
     alert: str  # "" | "alert" | "suppressed (cool-down)"
     retrain: str  # "" | promoted | rejected | failed
     champion: str  # version serving after this month
-    primary_never_retrained: float
-    primary_served: float  # the champion that served this month
+    never_retrained: dict[str, float]  # task -> metric of the initial model on this month
+    served: dict[str, float]  # task -> metric of the champion that served this month
+    train_flops: float = 0.0  # spent by this month's retrain
+    retrain_s: float = 0.0
+    gate: dict = field(default_factory=dict)  # the retrain's gate scores (new rows and old window)
+
+
+def should_retrain(cfg: ProjectConfig, alert: Alert | None) -> bool:
+    trigger = cfg.retraining.trigger
+    return trigger == "scheduled" or (trigger == "alert" and alert is not None and alert.acts
+                                      and cfg.alerts.action == "retrain")
 
 
 def month_frame(cfg: ProjectConfig, data_root: Path, month: str) -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
@@ -81,7 +91,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         raise ValueError("mtlops simulate replays the data month by month and needs data.time_column; without one, "
                          "monitor the live service's prediction log (`mtlops monitor`: windows by request time, "
                          "the training split as reference)")
-    name, primary = cfg.registry.model_name, cfg.primary_task.name
+    name = cfg.registry.model_name
     initial = registry.champion(name)
     if initial is None:
         raise RuntimeError(f"no champion for {name}: run `mtlops run` first")
@@ -105,19 +115,21 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         if alert is not None:
             add_alert_marker(workspace, cfg, month, "; ".join(alert.reasons))
         outcome = None
-        if alert is not None and alert.acts and cfg.alerts.action == "retrain":
+        # the last month's retrain would serve a month outside the replay
+        if month != months[-1] and should_retrain(cfg, alert):
             outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp")
             if service and outcome.status == "promoted":
                 answer = reload(service.url, service.admin_token)
                 if answer.status_code != 200 or answer.json()["model_version"] != outcome.tag:
                     raise RuntimeError(f"the service did not take {outcome.tag}: {answer.status_code} {answer.text}")
-        served = registry.score(cfg, Path(champion.path), df)[primary]
-        never = registry.score(cfg, Path(initial.path), df)[primary]
         row = MonthRow(month, len(df), summary.drift_share, len(summary.drifted_features),
                        ", ".join(summary.drifted_predictions), "" if alert is None else
                        ("suppressed (cool-down)" if alert.suppressed else "alert"),
-                       outcome.status if outcome else "", str(registry.champion(name).tag).split(":")[-1], never,
-                       served)
+                       outcome.status if outcome else "", str(registry.champion(name).tag).split(":")[-1],
+                       never_retrained=registry.score(cfg, Path(initial.path), df),
+                       served=registry.score(cfg, Path(champion.path), df),
+                       train_flops=outcome.train_flops if outcome else 0.0,
+                       retrain_s=outcome.seconds if outcome else 0.0, gate=outcome.gate if outcome else {})
         rows.append(row)
         if progress:
             print(f"{month}: {asdict(row)}", flush=True)
@@ -125,14 +137,14 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
 
 
 def timeline_markdown(rows: list[MonthRow], cfg: ProjectConfig) -> str:
-    metric = cfg.primary_task.metric
+    metric, primary = cfg.primary_task.metric, cfg.primary_task.name
     lines = ["| month | rows | drift share | drifted features | drifted predictions | alert | retrain "
              f"| champion after | {cfg.primary_task.name} {metric}: never retrained | served (continual) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.month} | {r.rows:,} | {r.drift_share:.0%} | {r.drifted_features} | "
                      f"{r.drifted_predictions or '—'} | {r.alert or '—'} | {r.retrain or '—'} | {r.champion} | "
-                     f"{r.primary_never_retrained:.4f} | {r.primary_served:.4f} |")
+                     f"{r.never_retrained[primary]:.4f} | {r.served[primary]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,8 +164,9 @@ def timeline_plot(rows: list[MonthRow], cfg: ProjectConfig, path: Path) -> Path:
     top.set_ylabel("share of drifted features")
     top.set_title("monthly drift (red: alert)")
     metric = f"{cfg.primary_task.name} {cfg.primary_task.metric}"
-    bottom.plot(months, [r.primary_never_retrained for r in rows], "o--", label="never retrained")
-    bottom.plot(months, [r.primary_served for r in rows], "o-", label="continually retrained (served)")
+    primary = cfg.primary_task.name
+    bottom.plot(months, [r.never_retrained[primary] for r in rows], "o--", label="never retrained")
+    bottom.plot(months, [r.served[primary] for r in rows], "o-", label="continually retrained (served)")
     bottom.set_ylabel(metric)
     bottom.legend()
     fig.tight_layout()

@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from components import registry
-from components.config import load_config
+from components.config import ProjectConfig, config_to_yaml, load_config, parse_config
 from components.data import select_window, with_labels
 from components.export import export_onnx
 from components.features import SPEC_FILE
 from components.predictions import REFERENCE_FILE, REFERENCE_ROWS
-from components.train import WEIGHTS, load_trained
+from components.steps import prepare_continual
+from components.train import WEIGHTS, load_trained, train
 from components.versioning import data_version, dvc_md5
 from pipelines.local import run_local
 from pipelines.retrain import retrain
@@ -229,3 +230,106 @@ def test_a_failed_retrain_leaves_the_champion_serving(flights_repo: tuple[Path, 
     out = retrain(load_config(cfg_path), root, "2014-01-01", "2014-02-01", root / "runs-failed")  # no such data
     assert out.status == "failed" and out.error and out.tag is None
     assert str(registry.champion(champion.tag.name).tag) == str(champion.tag)
+
+
+def _with(cfg: ProjectConfig, **sections: dict) -> ProjectConfig:
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    for name, fields in sections.items():
+        raw[name].update(fields)
+    return parse_config(raw, "<test>")
+
+
+@pytest.mark.parametrize("train_on", ["warm_replay", "sliding", "expanding"])
+def test_retraining_data_per_policy_keeps_the_gate_rows_after_every_training_row(
+        flights_repo: tuple[Path, Path], tmp_path: Path, train_on: str) -> None:
+    root, cfg_path = flights_repo
+    champion = _champion_of(cfg_path, root)
+    cfg = _with(load_config(cfg_path), retraining={"train_on": train_on, "replay_rows": 2000, "sliding_months": 2})
+    paths = {k: str(tmp_path / f"{k}.parquet") for k in ("train", "validation", "new_test", "old_test")}
+    out = prepare_continual(config_to_yaml(cfg), str(root), "2013-09-01", "2013-10-01", paths["train"],
+                            paths["validation"], paths["new_test"], paths["old_test"])
+    parts = {k: pd.read_parquet(p) for k, p in paths.items()}
+    time, ids = cfg.data.time_column, cfg.data.id_column
+    train_t = parts["train"][time]
+    assert parts["new_test"][time].min() >= max(train_t.max(), parts["validation"][time].max())
+    assert not set(parts["new_test"][ids]) & set(parts["train"][ids])
+    assert not (train_t.between(pd.Timestamp("2013-06-01"), pd.Timestamp("2013-07-01"), inclusive="left")).any()
+    history = parts["train"][train_t < pd.Timestamp("2013-09-01")]
+    if train_on == "warm_replay":
+        assert len(history) == out["replay_rows"] == 2000 and out["warm_start"] == str(champion.tag)
+    elif train_on == "sliding":  # the new month and the one before it
+        assert history[time].min() >= pd.Timestamp("2013-08-01") and out["warm_start"] is None
+    else:  # everything since the training window began, the old test window excepted
+        assert history[time].min() < pd.Timestamp("2013-01-08") and out["warm_start"] is None
+        assert history[time].dt.month.nunique() == 7
+    assert parse_config(yaml.safe_load(out["config_yaml"]), "<out>").training.warm_start == (
+        champion.path if train_on == "warm_replay" else None)
+
+
+def test_the_gate_rejects_a_challenger_that_only_wins_on_its_own_training_rows(
+        flights_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    """An overfit challenger beats the champion on the rows it trained on and loses on the later
+    held-out rows: the continual gate scores the later rows, so it is rejected and the champion
+    keeps serving."""
+    root, cfg_path = flights_repo
+    champion = _champion_of(cfg_path, root)
+    cfg = load_config(cfg_path)
+    july = with_labels(pd.read_parquet(root / "data" / "flights" / "2013-07.parquet"), cfg)
+    july = july.sort_values(cfg.data.time_column, kind="stable").reset_index(drop=True)
+    seen, later = july.iloc[: int(len(july) * 0.6)].sample(n=300, random_state=0), july.iloc[int(len(july) * 0.75):]
+    june = with_labels(pd.read_parquet(root / "data" / "flights" / "2013-06.parquet"), cfg)
+    overfit = _with(cfg, training={"epochs": 60, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0,
+                                   "early_stopping_patience": 60, "warm_start": champion.path},
+                    model={"dropout": 0.0})
+    train(overfit, seen, seen, tmp_path / "model", progress=False)  # "validated" on its own rows
+    export_onnx(tmp_path / "model", tmp_path / "onnx", seen)
+    primary = cfg.primary_task.name
+    wins = [registry.score(cfg, folder, seen)[primary] for folder in (tmp_path / "onnx", Path(champion.path))]
+    assert wins[0] > wins[1], wins  # it does win where it trained
+
+    tag = registry.register(tmp_path / "onnx", cfg, {}, {"test": "overfit"})
+    decision = registry.promote_if_better(cfg, tag, later, june)
+    assert not decision.promote
+    assert any(r.startswith(f"primary [new window, {len(later):,} rows]") and "WORSE" in r for r in decision.reasons)
+    assert bentoml.models.get(tag).info.labels["stage"] == "rejected"
+    assert str(registry.champion(cfg.registry.model_name).tag) == str(champion.tag)
+
+
+def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_repo: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """`mtlops simulate --policy` on two tiny months, every trigger and every `train_on` at least once:
+    each policy replays from its own copy of the seed's initial model store, retrains through the real
+    retraining pipeline, and lands in one table."""
+    root, cfg_path = flights_repo
+    cheap = _with(load_config(cfg_path), monitoring={"sample_size": 3000, "calibration_draws": 20})
+    small_path = tmp_path / "policies.yaml"
+    small_path.write_text(config_to_yaml(cheap))
+    out = tmp_path / "policies"
+    policies = "never,scheduled/sliding,scheduled/expanding,alert/warm_replay"
+    result = mtlops("simulate", "--config", str(small_path), "--root", str(root), "--months", "2013-07..2013-08",
+                    "--policy", policies, "--seeds", "0", "--out", str(out), cwd=root).stdout
+    records = json.loads((out / "records.json").read_text())
+    assert [r["policy"] for r in records] == policies.split(",")
+    by_policy = {r["policy"]: r["rows"] for r in records}
+    assert [row["month"] for row in by_policy["never"]] == ["2013-07", "2013-08"]
+    assert all(row["retrain"] == "" for row in by_policy["never"])
+    alerted = by_policy["alert/warm_replay"][0]["alert"] == "alert"
+    for name, retrained in (("scheduled/sliding", True), ("scheduled/expanding", True),
+                            ("alert/warm_replay", alerted)):
+        july, august = by_policy[name]
+        assert july["served"] == by_policy["never"][0]["served"]  # July is served by the same initial model
+        assert august["retrain"] == "", "the last month's retrain would serve outside the replay"
+        if not retrained:
+            assert july["retrain"] == ""
+            continue
+        assert july["retrain"] in ("promoted", "rejected") and july["train_flops"] > 0, (name, july)
+        assert {"new.arr_delayed", "old.arr_delayed"} <= july["gate"]["challenger"].keys()
+        if july["retrain"] == "rejected":
+            assert august["served"] == by_policy["never"][1]["served"]
+        store = out / "seed-0" / name.replace("/", "-") / "store" / "models" / cheap.registry.model_name
+        lineages = [yaml.safe_load(p.read_text())["metadata"]["lineage"] for p in store.glob("*/model.yaml")]
+        retrains = [x for x in lineages if "train_on" in x]
+        assert len(retrains) == 1 and retrains[0]["train_on"] == name.split("/")[1], lineages
+        assert ("warm_start" in retrains[0]) == (name == "alert/warm_replay")
+    assert "| scheduled/sliding |" in (out / "policies.md").read_text() and (out / "policies.png").stat().st_size
+    assert "months worse than never" in result
