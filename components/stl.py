@@ -22,6 +22,9 @@ def single_task_config(cfg: ProjectConfig, task: str) -> ProjectConfig:
     keep = {*cfg.features.names, task}
     for key in ("per_column_method", "per_column_threshold"):
         raw["monitoring"][key] = {k: v for k, v in raw["monitoring"][key].items() if k in keep}
+    if "leakage" in raw:  # a kept leak of another task does not concern this one
+        raw["leakage"]["allow_leaky"] = [a for a in raw["leakage"].get("allow_leaky", [])
+                                         if a.get("task") in (None, task)]
     return parse_config(raw, f"<single-task {task}>")
 
 
