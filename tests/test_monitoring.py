@@ -229,6 +229,8 @@ def test_monitor_component_through_kfp_local(model, flights_frame: pd.DataFrame,
     from pipelines.monitoring import build_monitoring_pipeline
 
     cfg, _ = model
+    # the step alone: an alert only logs here (the retraining branch has its own test in test_pipeline_e2e)
+    cfg = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"action": "alert"})})
     month = flights_frame[flights_frame[cfg.data.time_column] >= "2013-06-01"]
     # the partition as `mtlops data build` writes it: source columns, from which labels are derived
     source = month.assign(arr_delay=month[label_column("arr_delayed")] * 30, dep_delay=month[label_column("dep_delay")],

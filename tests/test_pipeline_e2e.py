@@ -333,3 +333,48 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
         assert ("warm_start" in retrains[0]) == (name == "alert/warm_replay")
     assert "| scheduled/sliding |" in (out / "policies.md").read_text() and (out / "policies.png").stat().st_size
     assert "months worse than never" in result
+
+
+def test_the_monitoring_pipeline_retrains_in_its_dsl_if_branch_only_when_the_alert_acts(
+        flights_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    """The recurring run's pipeline through kfp.local: monitor -> policy -> `dsl.If` retraining.
+    July's served traffic carries a unit bug (`distance` × 10): the first run alerts and its
+    branch registers a challenger trained on July; the second, inside the cool-down, only logs."""
+    from kfp import local
+
+    from components.inference import OnnxModel
+    from components.predictions import score_frame, write_log_part
+    from monitoring.alerts import read_alerts
+    from monitoring.windows import champion_model
+    from pipelines.monitoring import build_monitoring_pipeline
+
+    root, cfg_path = flights_repo
+    _champion_of(cfg_path, root)
+    cfg = _with(load_config(cfg_path), retraining={"replay_rows": 3000},
+                alerts={"action": "retrain", "cooldown_days": 30, "features": ["distance"]})
+    champ = champion_model(cfg)
+    july = pd.read_parquet(root / "data" / "flights" / "2013-07.parquet")
+    faulty = july.assign(distance=july["distance"] * 10)
+    write_log_part(score_frame(OnnxModel(champ.folder), faulty, champ.tag).assign(
+        timestamp=pd.Timestamp("2013-07-15", tz="UTC")), tmp_path / "log")
+    versions = {str(m.tag) for m in bentoml.models.list(cfg.registry.model_name)}
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    pipeline = build_monitoring_pipeline(scheduled=False)
+    args = {"config_yaml": config_to_yaml(cfg), "window": "2013-07", "data_root": str(root),
+            "prediction_log": str(tmp_path / "log"), "workspace": str(tmp_path / "ws"),
+            "alert_log": str(tmp_path / "alerts.jsonl"), "git_revision": "test"}
+    pipeline(**args)
+    alerts = read_alerts(tmp_path / "alerts.jsonl")
+    assert len(alerts) == 1 and alerts[0].acts, alerts
+    assert any("distance" in r for r in alerts[0].reasons), alerts[0].reasons
+    new = {str(m.tag) for m in bentoml.models.list(cfg.registry.model_name)} - versions
+    assert len(new) == 1, new  # the branch ran: one challenger, promoted or rejected by the gate
+    challenger = bentoml.models.get(new.pop())
+    assert challenger.info.metadata["lineage"]["warm_start"] == champ.tag
+    assert challenger.info.metadata["gate"]["challenger"]
+
+    pipeline(**args)  # the same window again: inside the cool-down
+    alerts = read_alerts(tmp_path / "alerts.jsonl")
+    assert len(alerts) == 2 and alerts[1].suppressed and not alerts[1].acts
+    assert len(bentoml.models.list(cfg.registry.model_name)) == len(versions) + 1  # the branch was skipped
