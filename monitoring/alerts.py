@@ -50,6 +50,11 @@ class Alert:
     def acts(self) -> bool:
         return not self.suppressed
 
+    @property
+    def retrains(self) -> bool:
+        """An acting alert of a policy whose action is to retrain."""
+        return self.acts and self.action == "retrain"
+
 
 def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
     """Every rule of the policy the window breaks (empty: no alert): the drift share, each watched

@@ -591,7 +591,7 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
     say(f"[yellow]ALERT[/yellow] {window}: {state} (log {alert_log})")
     for reason in alert.reasons:
         say(f"  - {reason}")
-    if act and alert.acts and cfg.alerts.action == "retrain":
+    if act and alert.retrains:
         from pipelines.retrain import retrain
 
         out = retrain(cfg, root, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", pipeline_root, kfp_host)

@@ -79,7 +79,7 @@ def policy_op(config_yaml: str, summary_json: str, data_root: str, alert_log: st
         return "none"
     if alert.suppressed:
         return "suppressed"
-    return "retrain" if alert.acts and cfg.alerts.action == "retrain" and data_root else "alert"
+    return "retrain" if alert.retrains and data_root else "alert"
 
 
 def window_dates_op(summary_json: str) -> NamedTuple("WindowDates", [("new_start", str), ("new_end", str)]):

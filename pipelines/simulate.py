@@ -52,8 +52,7 @@ class MonthRow:
 
 def should_retrain(cfg: ProjectConfig, alert: Alert | None) -> bool:
     trigger = cfg.retraining.trigger
-    return trigger == "scheduled" or (trigger == "alert" and alert is not None and alert.acts
-                                      and cfg.alerts.action == "retrain")
+    return trigger == "scheduled" or (trigger == "alert" and alert is not None and alert.retrains)
 
 
 def month_frame(cfg: ProjectConfig, data_root: Path, month: str) -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
