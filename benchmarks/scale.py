@@ -35,6 +35,7 @@ Run from the repository root: `.venv/bin/python benchmarks/scale.py [--quick]`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -213,7 +214,8 @@ def month_rows(source: Path, time_column: str) -> pd.Series:
 
 
 def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, epochs: int,
-             console: Console) -> list[StepResult]:
+             console: Console) -> tuple[list[StepResult], float]:
+    """The steps' results at k times the reference, and the trainer's own samples/s (train_summary.json)."""
     root = base / f"x{k}"
     root.mkdir()
     source = base / f"flights_x{k}.parquet"  # outside the repo: it is the user's table, not a git file
@@ -251,7 +253,9 @@ def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, ep
     wall, peak, sampler = run_measured([str(MTLOPS), "run", *common, "--pipeline-root", str(root / "runs" / "kfp")],
                                        root, env, log)
     results.append(StepResult("mtlops run (whole pipeline)", k, all_windows, wall, peak))
-    kfp_log = next((root / "runs" / "kfp").glob("*/kfp.log")).read_text(errors="replace")
+    run_dir = next((root / "runs" / "kfp").iterdir())
+    kfp_log = (run_dir / "kfp.log").read_text(errors="replace")
+    trainer_rate = json.loads((run_dir / "train-op" / "model" / "train_summary.json").read_text())["samples_per_s"]
     for step, (seconds, step_peak) in kfp_step_peaks(kfp_log, sampler).items():
         results.append(StepResult(f"  {step}", k, rows_for.get(step, all_windows), seconds, step_peak))
 
@@ -266,7 +270,7 @@ def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, ep
     scored = int(per_month.reindex(SCORED_MONTHS).fillna(0).sum())
     results.append(StepResult(f"batch scoring {SCORED_MONTHS[0]}..{SCORED_MONTHS[-1]}", k, scored, wall, peak))
     source.unlink()
-    return results
+    return results, trainer_rate
 
 
 def batch_score(config: Path, root: Path, log_dir: Path) -> None:
@@ -299,6 +303,8 @@ def results_table(results: list[StepResult], title: str) -> tuple[Table, list[li
     header = ["step"] + [f"{k}x {c}" for k in sizes for c in ("rows", "s", "rows/s", "peak RSS MiB")]
     header += [f"b time {a}x→{b}x" for a, b in pairwise(sizes)]
     header += [f"b RSS {a}x→{b}x" for a, b in pairwise(sizes)]
+    spans = [(sizes[0], sizes[-1])] if len(sizes) > 2 else []  # the whole range: one noisy size weighs less
+    header += [f"b time {a}x→{b}x" for a, b in spans]
     header += [f"RSS at {EXTRAPOLATE_TO}x GiB (extrapolated)"]
     rows = []
     for step in steps:
@@ -310,6 +316,8 @@ def results_table(results: list[StepResult], title: str) -> tuple[Table, list[li
         pairs = [(by.get((step, a)), by.get((step, b))) for a, b in pairwise(sizes)]
         row += [f"{exponent(a, b, 'seconds'):.2f}" if a and b else "—" for a, b in pairs]
         row += [f"{exponent(a, b, 'peak_rss'):.2f}" if a and b else "—" for a, b in pairs]
+        ends = [(by.get((step, a)), by.get((step, b))) for a, b in spans]
+        row += [f"{exponent(a, b, 'seconds'):.2f}" if a and b else "—" for a, b in ends]
         last = pairs[-1] if pairs else (None, None)
         if last[0] and last[1]:
             b_rss = max(exponent(last[0], last[1], "peak_rss"), 1.0)  # never extrapolate below linear
@@ -342,7 +350,8 @@ def plot(results: list[StepResult], path: Path) -> None:
     colours = plt.get_cmap("tab20").colors
     for i, step in enumerate(dict.fromkeys(r.step for r in results)):
         rs = sorted((r for r in results if r.step == step), key=lambda r: r.scale)
-        style = dict(linestyle="--" if step.startswith("  ") else "-", marker="o", color=colours[2 * (i % 10)])
+        colour = colours[(2 * i) % 20 + i // 10]  # the dark shades first, then the light ones
+        style = dict(linestyle="--" if step.startswith("  ") else "-", marker="o", color=colour)
         ax_t.plot([r.rows for r in rs], [r.seconds for r in rs], label=step.strip(), **style)
         ax_m.plot([r.rows for r in rs], [r.peak_rss / GIB for r in rs], label=step.strip(), **style)
     for ax, what in ((ax_t, "wall seconds"), (ax_m, "peak RSS GiB (largest process)")):
@@ -359,8 +368,10 @@ def plot(results: list[StepResult], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_results(results: list[StepResult], out: Path, title: str, command: str, machine: str) -> Table:
+def write_results(results: list[StepResult], out: Path, title: str, command: str, machine: str,
+                  trainer_rates: dict[int, float]) -> Table:
     table, lines = results_table(results, title)
+    rates = "; ".join(f"{k}x {v:,.0f}" for k, v in sorted(trainer_rates.items()))
     text = (f"# scale.py: the lifecycle at {', '.join(f'{k}x' for k in sorted({r.scale for r in results}))} "
             f"the reference flights table\n\n{title}\n\nCommand: `{command}`\n\nMachine: {machine}\n\n"
             f"{markdown(lines)}\n\n"
@@ -369,6 +380,8 @@ def write_results(results: list[StepResult], out: Path, title: str, command: str
             "month; batch scoring: Jul-Dec). b: growth exponent between neighbouring sizes (value ∝ rows^b). "
             "Peak RSS: largest single process (per kfp step: sampled every 0.1 s). RSS at 64x: the last "
             f"exponent (at least 1) applied to the largest size, compared with {MEMORY_LIMIT_GIB} GiB.\n\n"
+            f"The trainer's own samples/s (train_summary.json: the epoch loop alone, per sample the same work at "
+            f"every size), a gauge of how much of the two cores the run had: {rates}.\n\n"
             f"![cost against rows]({out.with_suffix('.png').name})\n")
     out.with_suffix(".md").write_text(text)
     plot(results, out.with_suffix(".png"))
@@ -408,15 +421,18 @@ def main() -> None:
              f"labels attached, monitoring.sample_size {cfg.monitoring.sample_size:,}")
     command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
     results: list[StepResult] = []
+    trainer_rates: dict[int, float] = {}
     base_ctx = tempfile.TemporaryDirectory(prefix="mtlops-scale-") if args.keep is None else None
     base = Path(base_ctx.name) if base_ctx else args.keep
     base.mkdir(parents=True, exist_ok=True)
     try:
         for k in sizes:
             t0 = time.perf_counter()
-            results += run_size(k, reference, cfg, base, args.epochs, console)
+            size_results, trainer_rates[k] = run_size(k, reference, cfg, base, args.epochs, console)
+            results += size_results
             console.print(f"{k}x done in {time.perf_counter() - t0:.0f} s (logs: {base}/x{k}.log)")
-            table = write_results(results, out, title, command, machine)  # after every size: a cut run keeps it
+            # after every size, so that a cut run keeps what it measured
+            table = write_results(results, out, title, command, machine, trainer_rates)
     finally:
         if base_ctx:
             base_ctx.cleanup()

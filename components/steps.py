@@ -16,14 +16,13 @@ import pandas as pd
 from components.columns import check_columns
 from components.config import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
 from components.data import (
-    load_source,
+    build_partitions,
     partition_dir,
     partitions_for,
     read_window,
     sample_rows,
     split_assignment,
     with_labels,
-    write_partitions,
 )
 from components.validate import report_to_dicts, validate_or_raise
 from components.versioning import data_version, dvc_md5, ensure_dvc_repo, pull, track_files
@@ -201,8 +200,7 @@ def build_dataset(cfg: ProjectConfig, root: Path, track: bool = True) -> dict[st
     """Materialise the source into monthly partitions and version them with DVC
     (init once, one .dvc pointer per partition, push to the default remote).
     Returns {partition path: md5}."""
-    df = load_source(cfg.data, root)
-    paths = write_partitions(df, cfg, partition_dir(cfg, root))
+    paths = build_partitions(cfg, root, partition_dir(cfg, root))
     if not track:
         return {str(p.relative_to(root)): "" for p in paths}
     ensure_dvc_repo(root, cfg.data.dvc_remote)

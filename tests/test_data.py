@@ -193,6 +193,37 @@ def test_arithmetic_datetime_and_cyclical_derives(tmp_path: Path) -> None:
         load_source(bad, tmp_path)
 
 
+def test_streamed_build_writes_the_partitions_the_whole_table_gives(tmp_path: Path) -> None:
+    """`data build` streams a parquet source a part at a time: the same files, byte for byte, as partitioning the
+    whole table: rows sorted by time within a month as the whole table sorts them (ties in source order), ids
+    numbered in time order across months, rows without a time left out, a string column null in a whole part."""
+    from components.data import build_partitions, load_source, write_partitions
+
+    rng = np.random.default_rng(0)
+    n = 500
+    day = rng.integers(0, 120, n)  # Jan-Apr 2024, unsorted, with ties
+    source = pd.DataFrame({
+        "when": [None if i % 97 == 0 else str(pd.Timestamp("2024-01-01") + pd.Timedelta(days=int(d)))
+                 for i, d in enumerate(day)],
+        "km": rng.integers(0, 50, n).astype(float),
+        "minutes": rng.integers(1, 90, n),
+        "station": [None if i < 60 else f"s{i % 7}" for i in range(n)],  # the first part's are all null
+    })
+    source.to_parquet(tmp_path / "rides.parquet", index=False)
+    cfg = parse_config({**raw_config(DIAMONDS), "data": {
+        "name": "rides", "time_column": "at", "id_column": "ride_id", "split": "random",
+        "partition": "month", "source": {"kind": "parquet", "path": "rides.parquet", "derive": [
+            {"name": "at", "op": "datetime", "source": "when"},
+            {"name": "speed", "op": "ratio", "sources": ["km", "minutes"]}], "drop": ["when"]}}})
+    whole = write_partitions(load_source(cfg.data, tmp_path), cfg, tmp_path / "whole")
+    streamed = build_partitions(cfg, tmp_path, tmp_path / "streamed", rows=60)  # 9 parts
+    assert [p.name for p in streamed] == [p.name for p in whole] == [f"2024-0{m}.parquet" for m in range(1, 5)]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(whole, streamed, strict=True))
+    rows = pd.concat([pd.read_parquet(p) for p in streamed], ignore_index=True)
+    assert rows["ride_id"].tolist() == list(range(len(rows))) and len(rows) == n - len(range(0, n, 97))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rides.parquet", "streamed", "whole"]  # no spill left
+
+
 def test_random_hash_and_group_splits(diamonds: pd.DataFrame) -> None:
     from components.data import split_assignment
 
