@@ -47,6 +47,7 @@ from components.weight_search import population_based_training
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+TOWER = 32  # units of a task tower (model.head_hidden): Rep-MTL needs towers on hps, EW+towers is its baseline
 
 
 @dataclass
@@ -116,7 +117,12 @@ def methods(cfg: ProjectConfig) -> dict[str, dict]:
         "MT2ST-Diminish": {"mt2st": {"diminish": diminish}},
         "MT2ST-Switch": {"mt2st": {"switch": {"epoch": half}}},
         "MT2ST-Diminish+Switch": {"mt2st": {"diminish": diminish, "switch": {"epoch": half}}},
-        "Rep-MTL": {"rep_mtl": {"lambda_tsr": 1.0, "lambda_csa": 1.0, "tau": 0.5}},
+        "MT2ST-Switch+towers": {"model": {"head_hidden": TOWER}, "mt2st": {"switch": {"epoch": half}}},
+        "EW+towers": {"model": {"head_hidden": TOWER}, "strategy": {"name": "ew"}},
+        "EW+periodic": {"model": {"numeric_embedding": "periodic"}, "strategy": {"name": "ew"}},
+        "EW+periodic+towers": {"model": {"numeric_embedding": "periodic", "head_hidden": TOWER},
+                               "strategy": {"name": "ew"}},
+        "Rep-MTL": {"model": {"head_hidden": TOWER}, "rep_mtl": {"lambda_tsr": 1.0, "lambda_csa": 1.0, "tau": 0.5}},
         "MMoE": {"model": {"architecture": "mmoe", "experts": 4, "hidden": [128, 64]}},
         "shared_private": {"model": {"architecture": "shared_private", "private_hidden": [64]}},
     }

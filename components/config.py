@@ -398,12 +398,19 @@ class ModelSpec(Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     max_embedding_dim: int = Field(32, ge=1)
     head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
+    numeric_embedding: Literal["none", "periodic"] = "none"  # periodic: PLR(lite) embeddings of numeric features
+    numeric_frequencies: int = Field(16, ge=1)  # periodic: learned frequencies per numeric feature
+    numeric_embedding_dim: int = Field(8, ge=1)  # periodic: width of each numeric feature's embedding
+    numeric_sigma: float = Field(0.1, gt=0)  # periodic: std of the frequencies' initialisation
 
     @model_validator(mode="after")
     def _attention_heads(self) -> ModelSpec:
         if self.architecture == "ft_transformer" and self.token_dim % self.attention_heads:
             raise ValueError(f"token_dim ({self.token_dim}) must be a multiple of attention_heads "
                              f"({self.attention_heads})")
+        if self.architecture == "ft_transformer" and self.numeric_embedding != "none":
+            raise ValueError("numeric_embedding: ft_transformer already makes each numeric feature a token of its own "
+                             "(set numeric_embedding: none)")
         return self
 
     @field_validator("architecture")
@@ -683,6 +690,10 @@ class ProjectConfig(Strict):
         if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
             raise ValueError("training.rep_mtl needs a model with a shared representation "
                              f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
+        if self.training.rep_mtl and self.model.architecture == "hps" and not self.model.head_hidden:
+            raise ValueError("training.rep_mtl on model.architecture hps needs task towers (model.head_hidden > 0): "
+                             "with linear heads each task's saliency on the trunk is its residual times its head's "
+                             "weights, one scalar per sample, so Rep-MTL can only reshape the heads")
         if self.data.time_column and self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         unknown = sorted({a.feature for a in self.leakage.allow_leaky} - set(self.features.names))

@@ -4,8 +4,11 @@ Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk
 unit is a position with one channel). The saliencies are computed with `create_graph=True`, so the regulariser's
 gradient reaches the trunk (double backprop).
 
-- TSR: P_{b,p,t} = |Ŝ_{b,p,t}| / Σ_k |Ŝ_{b,p,k}| with Ŝ the channel-mean saliency; the mean entropy
-  −Σ_t P log P over samples and positions is penalised, so each position serves specific tasks.
+- TSR: Ŝ_{b,p,t} = the channel-mean |saliency|, first normalised over the positions of each (sample, task), then
+  P_{b,p,t} = Ŝ_{b,p,t} / Σ_k Ŝ_{b,p,k}; the mean entropy −Σ_t P log P over samples and positions is penalised,
+  so each position serves specific tasks. The per-task normalisation is the project's (the audit in
+  docs/methods.md): without it P is set by how large each task's loss gradient is, so the entropy falls when
+  one task fits *worse* (a bigger residual dominates every position) and the regulariser fights the losses.
 - CSA (product choice where the paper is not explicit): each (sample, task) saliency, flattened and
   L2-normalised, is an anchor; the other tasks' saliencies of the same sample are its positives, the same
   task's saliencies of the other samples its negatives; InfoNCE with cosine similarity and temperature τ.
@@ -30,7 +33,8 @@ def saliencies(losses: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor
 
 def tsr_loss(s: torch.Tensor) -> torch.Tensor:
     magnitude = s.abs().mean(dim=-1)  # [T, B, P]
-    p = magnitude / (magnitude.sum(dim=0, keepdim=True) + EPS)
+    where = magnitude / (magnitude.sum(dim=2, keepdim=True) + EPS)  # where each task reads, not how much
+    p = where / (where.sum(dim=0, keepdim=True) + EPS)
     return -(p * torch.log(p + EPS)).sum(dim=0).mean()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import onnx
@@ -19,12 +20,16 @@ from components.train import make_autocast, masked_loss, to_tensors, train, trai
 from tests.conftest import FLIGHTS, config_with, window
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_architecture_trains_and_exports_with_parity(architecture: str, flights_frame: pd.DataFrame,
+@pytest.mark.parametrize(("architecture", "options"), [
+    *((name, {}) for name in sorted(ARCHITECTURES)),
+    ("hps", {"numeric_embedding": "periodic", "numeric_frequencies": 4, "head_hidden": 8}),
+    ("shared_private", {"numeric_embedding": "periodic", "numeric_frequencies": 4}),
+], ids=[*sorted(ARCHITECTURES), "hps-periodic-towers", "shared_private-periodic"])
+def test_architecture_trains_and_exports_with_parity(architecture: str, options: dict, flights_frame: pd.DataFrame,
                                                      flights_cfg: ProjectConfig, tmp_path: Path) -> None:
     small = {"hidden": [32, 16], "experts": 3, "private_hidden": [8], "token_dim": 8, "attention_layers": 1,
              "attention_heads": 2}
-    cfg = config_with(FLIGHTS, model={"architecture": architecture, **small},
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, **small, **options},
                       training={"epochs": 3, "threads": 2, "batch_size": 256, "early_stopping_patience": 3})
     train_df = window(flights_frame, cfg, "train").iloc[::3]
     result = train(cfg, train_df, window(flights_frame, cfg, "validation").iloc[::3], tmp_path / "model",
@@ -42,6 +47,8 @@ def test_architecture_trains_and_exports_with_parity(architecture: str, flights_
 def test_unknown_architecture_and_rep_mtl_without_shared_representation_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"model\.architecture: unknown architecture 'nope'"):
         config_with(FLIGHTS, model={"architecture": "nope"})
+    with pytest.raises(ConfigError, match=r"numeric_embedding: ft_transformer"):
+        config_with(FLIGHTS, model={"architecture": "ft_transformer", "numeric_embedding": "periodic"})
     with pytest.raises(ConfigError, match=r"training\.rep_mtl needs"):
         config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}})
 
@@ -89,3 +96,22 @@ def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFram
     assert torch.isfinite(reg) and reg > 0
     reg.backward()
     assert model.numeric_weight.grad is not None and model.numeric_weight.grad.abs().sum() > 0
+
+
+def test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model(flights_frame: pd.DataFrame) -> None:
+    cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [2], "private_hidden": [3],
+                                      "similarity_penalty": 0.5})
+    spec = FeatureSpec.fit(window(flights_frame, cfg, "train").head(256), cfg)
+    model = build_model(spec, cfg.model)
+    tasks = [t.name for t in cfg.tasks]
+    betas = [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]] + [[0.0, 0.0]] * (len(tasks) - 3)
+    with torch.no_grad():
+        for name, beta in zip(tasks, betas, strict=True):
+            model.heads[name].weight[:, :2] = torch.tensor(beta)  # every output unit: β is their mean
+    # only the pair (0, 1) is similar: cos = 1/√2, ‖β_0 − β_1‖² = 1, counted once per ordering;
+    # (0, 2) and (1, 2) point apart (cos < 0) and are left alone, a zero β has no direction
+    assert model.penalty(tasks).item() == pytest.approx(0.5 * 2 * (1 / math.sqrt(2)) * 1.0, rel=1e-5)
+
+    encoders, heads = ({id(p) for p in group} for group in model.alternating_groups())
+    assert not encoders & heads
+    assert encoders | heads == {id(p) for p in model.parameters()}

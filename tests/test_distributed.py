@@ -38,7 +38,7 @@ train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.
 ], ids=["uw", "pcgrad", "mt2st-switch", "rep-mtl"])
 def test_two_gloo_ranks_end_with_identical_weights(training: dict, sync: str, port: int, flights_frame: pd.DataFrame,
                                                    tmp_path: Path) -> None:
-    cfg = config_with(FLIGHTS, model={"hidden": [32]},
+    cfg = config_with(FLIGHTS, model={"hidden": [32], "head_hidden": 8},  # towers: Rep-MTL needs them
                       training={"epochs": 2, "threads": 1, "batch_size": 512, **training})
     (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
     window(flights_frame, cfg, "train").iloc[::4].to_parquet(tmp_path / "train.parquet")

@@ -154,7 +154,7 @@ def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> N
 
 def test_rep_mtl_regulariser_is_finite_and_reaches_the_trunk(slices: tuple, tmp_path: Path) -> None:
     cfg = small_cfg(strategy={"name": "uw"}, epochs=2)
-    cfg = config_with(FLIGHTS, model={"hidden": [32, 16]},
+    cfg = config_with(FLIGHTS, model={"hidden": [32, 16], "head_hidden": 8},
                       training={**cfg.training.model_dump(), "rep_mtl": {"lambda_tsr": 1.1, "tau": 0.3}})
     spec = FeatureSpec.fit(slices[0], cfg)
     data = to_tensors(slices[0], spec)

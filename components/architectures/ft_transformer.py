@@ -2,7 +2,9 @@
 
 Every numeric input column (values and null indicators) becomes a token x·w_i + b_i, every categorical feature a
 token from its own embedding table, and a learned [CLS] token is prepended; pre-norm transformer blocks mix
-them. Z = the token outputs [B, 1 + F, D] (Rep-MTL's positions are these tokens); heads read the [CLS] token."""
+them; heads read the [CLS] token. Z (Rep-MTL's representation) = the tokens entering the last block,
+[B, 1 + F, D]: the heads read only [CLS], so on the last block's output every other token would have zero
+saliency and [CLS]'s would be g·w_t, one scalar per sample and task (docs/methods.md, the audit)."""
 
 from __future__ import annotations
 
@@ -47,11 +49,12 @@ class FTTransformerModel(SharedRepresentation):
         self.heads = make_heads(spec, cfg, dim)
 
     def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """Z: [B, 1 + F, D] token outputs."""
+        """Z: [B, 1 + F, D], the tokens entering the last block."""
         tokens = [numeric.unsqueeze(2) * self.numeric_weight + self.numeric_bias]
         tokens += [emb(categorical[:, i]).unsqueeze(1) for i, emb in enumerate(self.embeddings)]
         x = torch.cat([self.cls.expand(numeric.shape[0], -1, -1), *tokens], dim=1)
-        return self.norm(self.blocks(x))
+        return self.blocks[:-1](x)
 
     def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return {name: head_output(self.heads[name](z[:, 0])) for name in tasks or self.task_names}
+        cls = self.norm(self.blocks[-1](z))[:, 0]
+        return {name: head_output(self.heads[name](cls)) for name in tasks or self.task_names}

@@ -3,6 +3,8 @@ per task."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,16 +32,44 @@ class MlpTrunk(nn.Module):
         return self.net(x)
 
 
-def make_embeddings(spec: FeatureSpec, cfg: ModelSpec) -> tuple[nn.ModuleList, int]:
-    """One embedding per categorical feature, and the width of [numeric, embeddings]."""
+class PeriodicEmbedding(nn.Module):
+    """Numeric features as periodic embeddings ("PLR(lite)", Gorishniy et al., "On Embeddings for Numerical
+    Features in Tabular Deep Learning", 2022): each feature x_i becomes ReLU(W·[sin 2πc_i x_i, cos 2πc_i x_i] + b)
+    with k learned frequencies c_i ~ N(0, σ²) per feature and one linear map W shared by the features. An MLP
+    on raw standardised inputs fits smooth functions of each feature; the frequencies let it fit the sharp,
+    multi-modal ones (departure hour, distance bands) that trees find with a split."""
+
+    def __init__(self, features: int, frequencies: int, dim: int, sigma: float) -> None:
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(features, frequencies) * sigma)
+        self.linear = nn.Linear(2 * frequencies, dim)
+        self.out_dim = features * dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angle = 2 * math.pi * x.unsqueeze(2) * self.frequencies  # [B, features, k]
+        periodic = torch.cat([torch.sin(angle), torch.cos(angle)], dim=2)
+        return torch.relu(self.linear(periodic)).flatten(1)
+
+
+def make_embeddings(spec: FeatureSpec, cfg: ModelSpec) -> tuple[nn.ModuleList, nn.Module, int]:
+    """One embedding per categorical feature, the numeric features' embedding (`model.numeric_embedding`;
+    identity when `none`), and the width of [numeric, embeddings]."""
     embeddings = nn.ModuleList(
         nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
     )
-    return embeddings, spec.numeric_width + sum(e.embedding_dim for e in embeddings)
+    numeric: nn.Module = nn.Identity()
+    numeric_width = spec.numeric_width
+    if cfg.numeric_embedding == "periodic":
+        periodic = PeriodicEmbedding(spec.numeric_width, cfg.numeric_frequencies, cfg.numeric_embedding_dim,
+                                     cfg.numeric_sigma)
+        numeric, numeric_width = periodic, periodic.out_dim
+    return embeddings, numeric, numeric_width + sum(e.embedding_dim for e in embeddings)
 
 
-def embed(embeddings: nn.ModuleList, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-    return torch.cat([numeric] + [emb(categorical[:, i]) for i, emb in enumerate(embeddings)], dim=1)
+def embed(embeddings: nn.ModuleList, numeric_embedding: nn.Module, numeric: torch.Tensor,
+          categorical: torch.Tensor) -> torch.Tensor:
+    return torch.cat([numeric_embedding(numeric)] + [emb(categorical[:, i]) for i, emb in enumerate(embeddings)],
+                     dim=1)
 
 
 def make_heads(spec: FeatureSpec, cfg: ModelSpec, in_dim: int) -> nn.ModuleDict:

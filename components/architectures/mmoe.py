@@ -18,14 +18,14 @@ class MMoEModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings, in_dim = make_embeddings(spec, cfg)
+        self.embeddings, self.numeric_embedding, in_dim = make_embeddings(spec, cfg)
         self.experts = nn.ModuleList(MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout) for _ in range(cfg.experts))
         self.gates = nn.ModuleDict({name: nn.Linear(in_dim, cfg.experts) for name in self.task_names})
         self.heads = make_heads(spec, cfg, self.experts[0].out_dim)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        x = embed(self.embeddings, numeric, categorical)
+        x = embed(self.embeddings, self.numeric_embedding, numeric, categorical)
         experts = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, D]
         out = {}
         for name in tasks or self.task_names:

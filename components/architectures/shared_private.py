@@ -22,7 +22,7 @@ class SharedPrivateModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings, in_dim = make_embeddings(spec, cfg)
+        self.embeddings, self.numeric_embedding, in_dim = make_embeddings(spec, cfg)
         self.shared = MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout)
         self.private = nn.ModuleDict({name: MlpTrunk(in_dim, list(cfg.private_hidden), cfg.dropout)
                                       for name in self.task_names})
@@ -32,7 +32,7 @@ class SharedPrivateModel(Architecture):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        x = embed(self.embeddings, numeric, categorical)
+        x = embed(self.embeddings, self.numeric_embedding, numeric, categorical)
         z = self.shared(x)
         return {name: head_output(self.heads[name](torch.cat([z, self.private[name](x)], dim=1)))
                 for name in tasks or self.task_names}
@@ -51,5 +51,6 @@ class SharedPrivateModel(Architecture):
 
     def alternating_groups(self) -> list[list[nn.Parameter]]:
         """Parameters updated on even steps (encoders) and on odd steps (coefficients)."""
-        encoders = [*self.embeddings.parameters(), *self.shared.parameters(), *self.private.parameters()]
+        encoders = [*self.embeddings.parameters(), *self.numeric_embedding.parameters(), *self.shared.parameters(),
+                    *self.private.parameters()]
         return [encoders, list(self.heads.parameters())]

@@ -1,0 +1,87 @@
+"""Rep-MTL's parts on cases small enough to check by hand (docs/methods.md, "Rep-MTL" and its audit)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from components.config import ConfigError
+from components.rep_mtl import csa_loss, saliencies, tsr_loss
+from tests.conftest import FLIGHTS, config_with
+
+
+def test_saliency_is_each_samples_loss_gradient_on_z() -> None:
+    z = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]], requires_grad=True)
+    w1, w2 = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 2.0, 1.0])
+    losses = {"a": (z @ w1).mean(), "b": ((z @ w2) ** 2).mean()}
+    s = saliencies(losses, z)
+    assert s.shape == (2, 2, 3, 1)  # [tasks, samples, positions (MLP units), one channel]
+    batch = 2  # a batch-mean loss: each sample's saliency is its own gradient / B
+    assert torch.allclose(s[0, :, :, 0], w1.expand(2, 3) / batch)
+    expected_b = torch.stack([2 * (z[i] @ w2) * w2 / batch for i in range(2)]).detach()
+    assert torch.allclose(s[1, :, :, 0], expected_b)
+
+
+def test_tsr_is_the_mean_entropy_over_tasks_of_where_each_task_reads() -> None:
+    # one sample, two positions, two tasks: task a reads position 0 three times as much as position 1,
+    # task b reads only position 1; per-task shares q_a = (3/4, 1/4), q_b = (0, 1)
+    s = torch.tensor([[3.0, 1.0], [0.0, 5.0]]).reshape(2, 1, 2, 1)
+    p1 = (1 / 4) / (1 / 4 + 1)  # task a's share of position 1
+    expected = (0.0 + -(p1 * math.log(p1) + (1 - p1) * math.log(1 - p1))) / 2  # position 0: a alone
+    assert tsr_loss(s).item() == pytest.approx(expected, rel=1e-5)
+    assert tsr_loss(-s).item() == pytest.approx(expected, rel=1e-5)  # magnitudes: the sign does not matter
+
+
+def test_tsr_does_not_reward_a_task_for_fitting_worse() -> None:
+    """The audit's scale problem: P built from raw magnitudes is set by each task's residual, so the entropy
+    drops when one task's loss gradient grows. Normalised per task it depends only on where a task reads."""
+    s = torch.rand(2, 8, 5, 1) + 0.1
+    worse = s.clone()
+    worse[0] *= 30  # task 0's residuals 30x larger, same positions
+    assert tsr_loss(worse).item() == pytest.approx(tsr_loss(s).item(), rel=1e-5)
+
+    head = nn.Linear(5, 2)  # two linear heads on Z: saliency = residual x head weights
+    z = torch.randn(8, 5, requires_grad=True)
+    pred = head(z)
+    losses = {"a": ((pred[:, 0] - 1.0) ** 2).mean(), "b": ((pred[:, 1] + 2.0) ** 2).mean()}
+    reg = tsr_loss(saliencies(losses, z))
+    (grad_pred,) = torch.autograd.grad(reg, pred, retain_graph=True)
+    assert grad_pred.abs().max().item() < 1e-6  # no pull on the predictions themselves
+    reg.backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0  # only on where the heads read
+
+
+def test_tsr_gradient_separates_the_tasks_positions() -> None:
+    s = torch.tensor([[1.0, 0.9], [0.8, 1.0]]).reshape(2, 1, 2, 1).requires_grad_()
+    before = tsr_loss(s)
+    before.backward()
+    after = tsr_loss((s - 0.05 * s.grad).detach())  # one descent step
+    assert after < before
+
+
+def test_csa_is_infonce_over_two_tasks_and_two_samples() -> None:
+    # u[t, b]: unit saliencies of task t on sample b
+    u = torch.tensor([[[1.0, 0.0], [0.0, 1.0]],
+                      [[0.6, 0.8], [0.8, 0.6]]])
+    tau = 0.5
+    e = lambda a, b: math.exp(float(a @ b) / tau)  # noqa: E731
+    terms = []
+    for t in range(2):
+        for b in range(2):
+            pos = e(u[t, b], u[1 - t, b])  # the other task, same sample
+            neg = e(u[t, b], u[t, 1 - b])  # the same task, the other sample
+            terms.append(-math.log(pos / (pos + neg)))
+    expected = sum(terms) / 4
+    scaled = (u * torch.tensor([2.0, 7.0]).view(1, 2, 1)).unsqueeze(-1)  # L2-normalised inside: scale-free
+    assert csa_loss(scaled, tau, samples=2).item() == pytest.approx(expected, rel=1e-5)
+    assert csa_loss(scaled[:1], tau, samples=2).item() == 0.0  # one task: nothing to align
+
+
+def test_rep_mtl_on_hps_needs_task_towers() -> None:
+    with pytest.raises(ConfigError, match=r"model\.head_hidden"):
+        config_with(FLIGHTS, training={"rep_mtl": {}})
+    cfg = config_with(FLIGHTS, model={"head_hidden": 16}, training={"rep_mtl": {}})
+    assert cfg.training.rep_mtl is not None
