@@ -50,7 +50,7 @@ class SharedPrivateModel(Architecture):
         return self.penalty_weight * (affinity * distance).sum()
 
     def alternating_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters updated on even steps (encoders) and on odd steps (coefficients)."""
-        encoders = [*self.embeddings.parameters(), *self.numeric_embedding.parameters(), *self.shared.parameters(),
-                    *self.private.parameters()]
-        return [encoders, list(self.heads.parameters())]
+        """Parameters updated on even steps (encoders: everything but the heads) and on odd steps (coefficients)."""
+        heads = list(self.heads.parameters())
+        head_ids = {id(p) for p in heads}
+        return [[p for p in self.parameters() if id(p) not in head_ids], heads]
