@@ -336,6 +336,7 @@ def _free_port() -> int:
 def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_frame: pd.DataFrame, chromedriver: str,
                                                               tmp_path: Path) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -388,7 +389,10 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
             return points if ready and min(points[t][1] for t in paired) >= 4 else {}
 
         try:
-            points = WebDriverWait(driver, 90, poll_frequency=1).until(cards_with_points)
+            # the charts re-render while their data loads, so a card found one moment can be gone the next:
+            # a stale element means "not drawn yet", and the wait polls again
+            points = WebDriverWait(driver, 90, poll_frequency=1,
+                                   ignored_exceptions=(StaleElementReferenceException,)).until(cards_with_points)
         finally:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
