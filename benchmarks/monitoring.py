@@ -12,6 +12,12 @@ quality. A run includes the report, its JSON and HTML. Unsampled runs above `--u
 rows are skipped (upstream issue #1526 reports hours on large unsampled tables).
 Prints a table and writes benchmarks/results/monitoring.md.
 
+Also measures the bootstrap interval of each task's realized metric (`monitoring.quality_draws`
+resamples): every resample scored by its own metric call (`TaskKind.resampled` of the base class)
+against all resamples at once from row counts (the task type's override, what `monitor` runs), on
+the same resamples, with the largest difference between the two
+(benchmarks/results/monitoring_bootstrap.md; `--bootstrap-only` for just this, a minute).
+
 Also measures why categorical features are compared over their top values: the Jensen-Shannon
 distance between two disjoint samples of the same months, value by value vs top values + other
 (benchmarks/results/monitoring_category_noise.md; `--noise-only` for just this, seconds).
@@ -83,6 +89,41 @@ def category_noise(first: pd.DataFrame, cfg, console: Console, top: int) -> list
     return lines
 
 
+def bootstrap_table(cfg, current: pd.DataFrame, console: Console, sizes: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from components.tasks import TaskKind, kind_of
+    from monitoring.drift import _labels, _raw_outputs, _target
+
+    draws = cfg.monitoring.quality_draws
+    table = Table(title=f"bootstrap interval of the realized metric, {draws} resamples: seconds per task")
+    cols = ["task (metric)", "rows", "a metric call per resample", "row counts, all at once", "speed-up",
+            "largest difference"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for n in sizes:
+        frame = current.head(n)
+        for task in cfg.tasks:
+            target = _target(task, frame)
+            kind = kind_of(target)
+            raw, y = _raw_outputs(target, frame), _labels(target, frame)
+            raw, y = kind.to_raw(target, raw[~np.isnan(y)]), y[~np.isnan(y)]
+            rows = np.random.default_rng(0).integers(0, len(y), (draws, len(y)))
+            counts = np.stack([np.bincount(r, minlength=len(y)) for r in rows])
+            seconds, values = [], []
+            for how in (TaskKind.resampled, type(kind).resampled):
+                t0 = time.perf_counter()
+                values.append(how(kind, target, task.metric, raw, y, counts))
+                seconds.append(time.perf_counter() - t0)
+            row = [f"{task.name} ({task.metric})", f"{len(y):,}", f"{seconds[0]:.2f}", f"{seconds[1]:.3f}",
+                   f"{seconds[0] / seconds[1]:.0f}x", f"{np.nanmax(np.abs(values[0] - values[1])):.1e}"]
+            table.add_row(*row)
+            lines.append("| " + " | ".join(row) + " |")
+    console.print(table)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
@@ -90,6 +131,7 @@ def main() -> None:
     ap.add_argument("--unsampled-limit", type=int, default=300_000)
     ap.add_argument("--repeats", type=int, default=2, help="runs per cell; the fastest is reported")
     ap.add_argument("--noise-only", action="store_true", help="only the categorical no-drift noise table")
+    ap.add_argument("--bootstrap-only", action="store_true", help="only the bootstrap interval table")
     args = ap.parse_args()
     import yaml
 
@@ -101,11 +143,12 @@ def main() -> None:
         df = with_labels(load_source(cfg.data), cfg)
         t = cfg.data.time_column
         first, second = df[df[t] < "2013-07-01"], df[df[t] >= "2013-07-01"]
-    noise = category_noise(first, cfg, console, cfg.monitoring.top_categories)
     out = ROOT / "benchmarks" / "results"
-    (out / "monitoring_category_noise.md").write_text("\n".join(noise) + "\n")
-    if args.noise_only:
-        return
+    if not args.bootstrap_only:
+        noise = category_noise(first, cfg, console, cfg.monitoring.top_categories)
+        (out / "monitoring_category_noise.md").write_text("\n".join(noise) + "\n")
+        if args.noise_only:
+            return
     with console.status("training a 1-epoch model"):
         tmp = Path(tempfile.mkdtemp(prefix="mtlops-bench-monitoring-"))
         w = cfg.data.windows
@@ -119,6 +162,10 @@ def main() -> None:
         # half a year is ~170k flights: larger windows are drawn with replacement
         reference_all = scored(model, first.sample(n=top, replace=top > len(first), random_state=0), cfg)
         current_all = scored(model, second.sample(n=top, replace=top > len(second), random_state=1), cfg)
+    bootstrap = bootstrap_table(cfg, current_all, console, [5_000, DEFAULT_SAMPLE_SIZE])
+    (out / "monitoring_bootstrap.md").write_text("\n".join(bootstrap) + "\n")
+    if args.bootstrap_only:
+        return
 
     table = Table(title=f"seconds per monitor run, fastest of {args.repeats} ({len(cfg.features.names)} features, "
                         f"{len(cfg.tasks)} tasks, labels attached; {platform.machine()}, {os.cpu_count()} cores)")

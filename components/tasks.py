@@ -161,6 +161,15 @@ class TaskKind:
         """Every metric in `metrics` on labelled rows; `raw` in the head's units, `y` encoded."""
         raise NotImplementedError
 
+    def resampled(self, target: Target, metric: str, raw: np.ndarray, y: np.ndarray,
+                  counts: np.ndarray) -> np.ndarray:
+        """`metric` on each bootstrap resample of the labelled rows: `counts[d, i]` is how often resample
+        `d` drew row `i`. A kind whose metric is a weighted sum over rows overrides this with one matrix
+        product; this is the metric called once per resample."""
+        rows = np.arange(len(y))
+        return np.array([self.scores(target, raw[np.repeat(rows, c)], y[np.repeat(rows, c)]).get(metric, np.nan)
+                         for c in counts])
+
     def baseline(self, target: Target, y_train: np.ndarray, n: int) -> np.ndarray:
         """A trivial model's raw outputs for `n` rows, from the labelled training rows."""
         raise NotImplementedError
@@ -221,6 +230,25 @@ class Binary(TaskKind):
         return {"roc_auc": float(skm.roc_auc_score(y, p)) if both else float("nan"),
                 "log_loss": float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
                 "accuracy": float(np.mean((p >= target.threshold) == (y == 1)))}
+
+    def resampled(self, target: Target, metric: str, raw: np.ndarray, y: np.ndarray,
+                  counts: np.ndarray) -> np.ndarray:
+        if metric != "roc_auc":
+            return super().resampled(target, metric, raw, y, counts)
+        # ROC-AUC with weights: the chance that a positive outranks a negative, ties counting half,
+        # from the positives' and negatives' weights per distinct score (sorted once for all resamples)
+        p = sigmoid(raw.astype(np.float64))
+        order = np.argsort(p, kind="stable")
+        ranked = p[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        weights = counts[:, order].astype(np.float64)
+        positive = y[order] == 1
+        pos = np.add.reduceat(weights * positive, starts, axis=1)
+        neg = np.add.reduceat(weights * ~positive, starts, axis=1)
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        outranked = (pos * (np.cumsum(neg, axis=1) - 0.5 * neg)).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((n_pos > 0) & (n_neg > 0), outranked / (n_pos * n_neg), np.nan)
 
     def baseline(self, target: Target, y_train: np.ndarray, n: int) -> np.ndarray:
         p = np.clip(y_train.mean() if len(y_train) else 0.5, 1e-6, 1 - 1e-6)
@@ -443,6 +471,14 @@ class Regression(TaskKind):
     def scores(self, target: Target, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
         err = self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
         return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+
+    def resampled(self, target: Target, metric: str, raw: np.ndarray, y: np.ndarray,
+                  counts: np.ndarray) -> np.ndarray:
+        if metric not in ("mae", "rmse"):
+            return super().resampled(target, metric, raw, y, counts)
+        err = self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
+        mean = counts @ (np.abs(err) if metric == "mae" else err**2) / counts.sum(axis=1)
+        return mean if metric == "mae" else np.sqrt(mean)
 
     def baseline(self, target: Target, y_train: np.ndarray, n: int) -> np.ndarray:
         return np.full(n, np.median(y_train) if len(y_train) else 0.0)

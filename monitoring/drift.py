@@ -81,11 +81,13 @@ def quality_interval(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence
     target = _target(task, frame)
     raw, y = _raw_outputs(target, frame), _labels(target, frame)
     raw, y = raw[~np.isnan(y)], y[~np.isnan(y)]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(draws):
-        rows = rng.integers(0, len(y), len(y))
-        values.append(task_metrics(target, raw[rows], y[rows], standardised=False).get(metric, math.nan))
+    n = len(y)
+    if n == 0:
+        return math.nan, math.nan
+    rows = np.random.default_rng(seed).integers(0, n, (draws, n))
+    counts = np.bincount((rows + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
+    kind = kind_of(target)
+    values = kind.resampled(target, metric, kind.to_raw(target, raw), y, counts)
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
     return float(low), float(high)

@@ -91,6 +91,26 @@ def test_the_trivial_baseline_has_the_heads_shape(task_type: str) -> None:
     assert baseline_raw(target, y, 5).shape == ((5,) if raw.ndim == 1 else (5, raw.shape[1]))
 
 
+@pytest.mark.parametrize(("task_type", "metric"), [(k, m) for k in sorted(TASK_KINDS) for m in TASK_KINDS[k].metrics])
+def test_a_metric_over_bootstrap_counts_is_the_metric_of_each_resample(task_type: str, metric: str) -> None:
+    """The bootstrap interval of monitored quality scores every resample at once from row counts; each
+    value must be the metric of that resample's rows, ties between scores included."""
+    target = TargetSpec("t", task_type, classes=CLASSES if TASK_KINDS[task_type].class_labels else [],
+                        mean=0.4, std=2.0, transform="log1p")
+    raw, y = _outputs(task_type, rows=300)
+    raw = np.round(raw, 1)  # many ties: the rank metrics must count them as sklearn does
+    if task_type == "regression":
+        y = np.round(np.random.default_rng(1).normal(size=300), 1)
+    rows = np.random.default_rng(2).integers(0, len(y), (20, len(y)))
+    counts = np.stack([np.bincount(r, minlength=len(y)) for r in rows])
+    counts[0] = 0
+    counts[0, np.flatnonzero(y == y[0])] = 1  # a resample with one label only: ROC-AUC is undefined there
+    expected = [TASK_KINDS[task_type].scores(target, raw[np.repeat(np.arange(len(y)), c)],
+                                             y[np.repeat(np.arange(len(y)), c)]).get(metric) for c in counts]
+    got = TASK_KINDS[task_type].resampled(target, metric, raw, y, counts)
+    np.testing.assert_allclose(got, np.asarray(expected, dtype=np.float64), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_every_loss_name_is_a_different_loss_in_the_trainer(loss: str) -> None:
     """`masked_loss` dispatches on the loss name; a name it does not know must not fall through silently."""
