@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/flights.yaml
 
-.PHONY: run test lint compile bench bench-mtl clean
+.PHONY: run test lint compile bench bench-mtl bench-tune clean
 
 # GPU users: `make run TORCH_INDEX=<PyTorch CUDA wheel index>` installs a CUDA build of the pinned torch first.
 TORCH_INDEX ?=
@@ -96,6 +96,11 @@ MODE ?= --quick
 bench-mtl: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	nice $(BIN)/python benchmarks/mtl_methods.py $(MODE)
+
+## bench-tune: every method tuned with the same Optuna budget, then seeds of its best setting; MODE= for the full run
+bench-tune: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	nice $(BIN)/python benchmarks/tune_methods.py $(MODE)
 
 clean:
 	rm -rf runs build .pytest_cache .ruff_cache

@@ -153,15 +153,20 @@ def run_mtl(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, te
     return RunResult(test_metrics(work, cfg, test_df), result.wall_s, result.train_flops)
 
 
+def merged(runs: list[RunResult]) -> RunResult:
+    """The runs of one model per task as one run: every task's metric, the summed wall time and FLOPs (None when
+    any run's FLOPs were not counted)."""
+    metrics: dict[str, float] = {}
+    for run in runs:
+        metrics |= run.metrics
+    flops = None if any(r.flops is None for r in runs) else sum(r.flops or 0.0 for r in runs)
+    return RunResult(metrics, sum(r.wall_s for r in runs), flops)
+
+
 def run_stl(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
             work: Path) -> RunResult:
-    metrics, wall, flops = {}, 0.0, 0.0
-    for task in cfg.tasks:
-        one = run_mtl(single_task_config(cfg, task.name), train_df, val_df, test_df, work / task.name)
-        metrics |= one.metrics
-        wall += one.wall_s
-        flops += one.flops or 0.0
-    return RunResult(metrics, wall, flops)
+    return merged([run_mtl(single_task_config(cfg, t.name), train_df, val_df, test_df, work / t.name)
+                   for t in cfg.tasks])
 
 
 def run_pbt(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
@@ -178,12 +183,19 @@ def run_pbt(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, te
 
 LGBM_OBJECTIVE = {"bce": "binary", "mse": "regression", "l1": "regression_l1", "huber": "huber",
                   "cross_entropy": "multiclass"}
+# the untuned booster (canonical LightGBM names; the last four are LightGBM's own defaults, written out so a
+# tuning search starts from them: benchmarks/tune_methods.py)
+LGBM_PARAMS: dict[str, float | int] = {
+    "learning_rate": 0.1, "num_leaves": 63, "min_data_in_leaf": 50, "bagging_fraction": 0.8, "bagging_freq": 1,
+    "feature_fraction": 0.8, "max_cat_to_onehot": 8, "lambda_l2": 0.0, "min_data_per_group": 100,
+    "cat_smooth": 10.0, "max_cat_threshold": 32}
 
 
 def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
-                 seed: int, threads: int, rounds: int) -> RunResult:
+                 seed: int, threads: int, rounds: int, params: dict[str, float | int] | None = None) -> RunResult:
     """One gradient-boosted model per task on the same features (categoricals as LightGBM categories), early
-    stopping on the validation window, scored with the same metric code as the networks."""
+    stopping on the validation window, scored with the same metric code as the networks. `params` override
+    LGBM_PARAMS for every task."""
     import lightgbm as lgb
 
     spec = FeatureSpec.fit(train_df, cfg)
@@ -200,12 +212,11 @@ def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
     t0, metrics = time.perf_counter(), {}
     for task, target in zip(cfg.tasks, spec.targets, strict=True):
         tr, va = ~np.isnan(y_train[task.name]), ~np.isnan(y_val[task.name])
-        params = {"objective": LGBM_OBJECTIVE[task.loss], "learning_rate": 0.1, "num_leaves": 63,  # type: ignore[index]
-                  "min_child_samples": 50, "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8,
-                  "seed": seed, "num_threads": threads, "verbosity": -1, "max_cat_to_onehot": 8}
+        booster_params = {**LGBM_PARAMS, **(params or {}), "objective": LGBM_OBJECTIVE[task.loss],  # type: ignore[index]
+                          "seed": seed, "num_threads": threads, "verbosity": -1}
         if target.width > 1:
-            params["num_class"] = target.width
-        booster = lgb.train(params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
+            booster_params["num_class"] = target.width
+        booster = lgb.train(booster_params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
                             valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
                             callbacks=[lgb.early_stopping(50, verbose=False)])
         raw = booster.predict(x_test, raw_score=True, num_iteration=booster.best_iteration)
@@ -286,6 +297,28 @@ def plot(cfg: ProjectConfig, summaries: list[MethodSummary], path: Path, title: 
     plt.close(fig)
 
 
+def bench_config(base: ProjectConfig, epochs: int, threads: int, device: str) -> ProjectConfig:
+    """The config every method starts from: plain EW whatever the config's own default strategy is, no MT2ST
+    or Rep-MTL, the benchmark's epoch budget, threads and device."""
+    return with_training(base, epochs=epochs, threads=threads, strategy={"name": "ew"}, mt2st=None, rep_mtl=None,
+                         device=device)
+
+
+def load_windows(cfg: ProjectConfig, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A seeded row sample of the config's data, cut into its train, validation and test time windows."""
+    df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
+    w = cfg.data.windows
+    return tuple(select_window(df, cfg.data.time_column, x.start, x.end)  # type: ignore[return-value]
+                 for x in (w.train, w.validation, w.test))
+
+
+def machine(threads: int, device: str) -> str:
+    accelerator = torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else "CPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores (torch threads {threads}), "
+            f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}, "
+            f"{accelerator}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "flights.yaml"))
@@ -309,14 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or (4 if args.quick else base.training.epochs)
     out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
-    # every method starts from plain EW, whatever the config's own default strategy is
-    cfg = with_training(base, epochs=epochs, threads=args.threads, strategy={"name": "ew"}, mt2st=None,
-                        rep_mtl=None, device=args.device)
-
-    df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
-    w = cfg.data.windows
-    train_df, val_df, test_df = (select_window(df, cfg.data.time_column, x.start, x.end)
-                                 for x in (w.train, w.validation, w.test))
+    cfg = bench_config(base, epochs, args.threads, args.device)
+    train_df, val_df, test_df = load_windows(cfg, fraction)
 
     table = methods(cfg) | (mt2st_sweep(cfg) if args.mt2st_sweep else {})
     chosen = [m for m in table if args.only is None or m in args.only]
@@ -363,12 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - t0
 
     command = "python benchmarks/mtl_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    accelerator = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else "CPU"
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores (torch threads {args.threads}), "
-               f"{platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}, "
-               f"{accelerator}")
     header = (f"# MTL methods on `{Path(args.config).name}`\n\n"
-              f"Command: `{command.strip()}`  \nMachine: {machine}  \n"
+              f"Command: `{command.strip()}`  \nMachine: {machine(args.threads, args.device)}  \n"
               f"Data: {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} validation / "
               f"{len(test_df):,} test rows (time windows of the config), {epochs} epochs max, early stopping on "
               f"the primary validation metric, seeds 0..{args.seeds - 1}. Test metrics are mean ± std over seeds. "
