@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from components.config import ProjectConfig, parse_config
 from components.data import load_source, sample_rows, select_window, with_labels
@@ -319,6 +319,29 @@ def machine(threads: int, device: str) -> str:
             f"{accelerator}")
 
 
+def seed_runs(name: str, seeds: int, journal: RunJournal, run: Callable[[int], RunResult], bar: Progress,
+              job: TaskID) -> MethodSummary:
+    """`name` over seeds 0..seeds-1: each seed's run from the journal, or trained now and journaled."""
+    summary = MethodSummary(name)
+    for seed in range(seeds):
+        bar.update(job, description=f"{name} seed {seed}")
+        if (name, seed) not in journal.done:
+            journal.record(name, seed, run(seed))
+        summary.runs.append(journal.done[(name, seed)])
+        bar.advance(job)
+    return summary
+
+
+def results_header(title: str, script: str, argv: list[str] | None, threads: int, device: str, fraction: float,
+                   windows: tuple[pd.DataFrame, ...], epochs: int) -> str:
+    """The title, command, machine and data lines a results file opens with; the caller ends the data line."""
+    command = f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    rows = " / ".join(f"{len(df):,} {name}" for df, name in zip(windows, ("train", "validation", "test"), strict=True))
+    return (f"# {title}\n\nCommand: `{command.strip()}`  \nMachine: {machine(threads, device)}  \n"
+            f"Data: {fraction:.0%} row sample; {rows} rows (time windows of the config), {epochs} epochs max, "
+            f"early stopping on the primary validation metric")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "flights.yaml"))
@@ -379,22 +402,13 @@ def main(argv: list[str] | None = None) -> None:
     with Progress(*columns, console=console) as bar, tempfile.TemporaryDirectory(prefix="mtl-bench-") as tmp:
         job = bar.add_task("runs", total=len(runners) * args.seeds)
         for name, runner in runners.items():
-            summary = MethodSummary(name)
-            for seed in range(args.seeds):
-                bar.update(job, description=f"{name} seed {seed}")
-                if (name, seed) not in journal.done:
-                    journal.record(name, seed, runner(seed, Path(tmp) / f"{name}-{seed}"))
-                summary.runs.append(journal.done[(name, seed)])
-                bar.advance(job)
-            summaries.append(summary)
+            summaries.append(seed_runs(name, args.seeds, journal,
+                                       lambda seed, r=runner, n=name: r(seed, Path(tmp) / f"{n}-{seed}"), bar, job))
     total = time.perf_counter() - t0
 
-    command = "python benchmarks/mtl_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    header = (f"# MTL methods on `{Path(args.config).name}`\n\n"
-              f"Command: `{command.strip()}`  \nMachine: {machine(args.threads, args.device)}  \n"
-              f"Data: {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} validation / "
-              f"{len(test_df):,} test rows (time windows of the config), {epochs} epochs max, early stopping on "
-              f"the primary validation metric, seeds 0..{args.seeds - 1}. Test metrics are mean ± std over seeds. "
+    header = (results_header(f"MTL methods on `{Path(args.config).name}`", "mtl_methods.py", argv, args.threads,
+                             args.device, fraction, (train_df, val_df, test_df), epochs)
+              + f", seeds 0..{args.seeds - 1}. Test metrics are mean ± std over seeds. "
               f"Whole benchmark: {total / 60:.1f} min"
               + (f" ({resumed} runs taken from the journal `{journal_path.name}`)." if resumed else "."))
     text = markdown(cfg, summaries, header)

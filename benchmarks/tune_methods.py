@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import sys
 import tempfile
 import time
@@ -46,13 +45,14 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     RunResult,
     bench_config,
     load_windows,
-    machine,
     markdown,
     merged,
     methods,
     plot,
+    results_header,
     run_lightgbm,
     run_mtl,
+    seed_runs,
     with_training,
 )
 
@@ -236,8 +236,11 @@ def tune(candidate: Candidate, storage: Any, trials: int, settings: dict[str, ob
     if "settings" not in study.user_attrs:
         study.set_user_attr("settings", settings)
     elif study.user_attrs["settings"] != settings:
-        raise ValueError(f"study '{candidate.study}' in {storage} was run with other settings "
-                         f"({study.user_attrs['settings']}); use another --out or --fresh")
+        then = study.user_attrs["settings"]
+        changed = sorted(k for k in then.keys() | settings.keys() if then.get(k) != settings.get(k))
+        raise ValueError(f"study '{candidate.study}' in the journal was run with other settings: "
+                         + "; ".join(f"{k} {then.get(k)} then, {settings.get(k)} now" for k in changed)
+                         + ". Use another --out, or --fresh to start over")
     states = optuna.trial.TrialState
     if not any(t.state in (states.COMPLETE, states.WAITING) for t in study.trials):
         study.enqueue_trial(candidate.start)
@@ -351,22 +354,14 @@ def main(argv: list[str] | None = None) -> None:
         for name, group in table.items():
             best = {c.study: studies[c.study].best_params for c in group}
             journal = RunJournal(runs_path, settings | {"best": best})
-            summary = MethodSummary(name)
-            for seed in range(seeds):
-                bar.update(job, description=f"{name} best setting, seed {seed}")
-                if (name, seed) not in journal.done:
-                    journal.record(name, seed, merged([c.fit(best[c.study], test_df, seed) for c in group]))
-                summary.runs.append(journal.done[(name, seed)])
-                bar.advance(job)
-            summaries.append(summary)
+            summaries.append(seed_runs(name, seeds, journal, lambda seed, g=group, b=best:
+                                       merged([c.fit(b[c.study], test_df, seed) for c in g]), bar, job))
     total = time.perf_counter() - t0
 
-    command = "python benchmarks/tune_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    header = (f"# MTL methods on `{Path(args.config).name}`, each tuned with the same budget\n\n"
-              f"Command: `{command.strip()}`  \nMachine: {machine(args.threads, args.device)}  \n"
-              f"Data: {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} validation / "
-              f"{len(test_df):,} test rows (time windows of the config), {epochs} epochs max, early stopping on "
-              f"the validation window. Tuning: an Optuna TPE study of {trials} trials per model (a method's "
+    header = (results_header(f"MTL methods on `{Path(args.config).name}`, each tuned with the same budget",
+                             "tune_methods.py", argv, args.threads, args.device, fraction,
+                             (train_df, val_df, test_df), epochs)
+              + f". Tuning: an Optuna TPE study of {trials} trials per model (a method's "
               f"model; for STL and LightGBM each task's), scored on the validation window, trial 0 the untuned "
               f"setting of `mtl_methods.py`. Then each method's best setting with seeds 0..{seeds - 1} on the "
               f"test window: mean ± std over seeds. Whole run: {total / 60:.1f} min (journals "
