@@ -15,8 +15,10 @@ Prints a table and writes benchmarks/results/monitoring.md.
 Also measures the bootstrap interval of each task's realized metric (`monitoring.quality_draws`
 resamples): every resample scored by its own metric call (`TaskKind.resampled` of the base class)
 against all resamples at once from row counts (the task type's override, what `monitor` runs), on
-the same resamples, with the largest difference between the two
-(benchmarks/results/monitoring_bootstrap.md; `--bootstrap-only` for just this, a minute).
+the same resamples, with the largest difference between the two; and the seconds to fit the
+label-free quality estimators on one OpenMP thread and on all cores, as the machine is found and
+next to one busy process (a node shared with another job)
+(benchmarks/results/monitoring_bootstrap.md; `--quality-only` for just these, a few minutes).
 
 Also measures why categorical features are compared over their top values: the Jensen-Shannon
 distance between two disjoint samples of the same months, value by value vs top values + other
@@ -124,6 +126,59 @@ def bootstrap_table(cfg, current: pd.DataFrame, console: Console, sizes: list[in
     return lines
 
 
+def _busy() -> None:
+    while True:
+        pass
+
+
+def _fit_seconds(cfg, reference: pd.DataFrame, threads: int, out) -> None:  # type: ignore[no-untyped-def]
+    from threadpoolctl import threadpool_limits
+
+    from monitoring.estimation import fit_estimators
+
+    with threadpool_limits(threads):
+        t0 = time.perf_counter()
+        fit_estimators(cfg, reference)
+        out.put(time.perf_counter() - t0)
+
+
+def estimator_threads_table(cfg, reference: pd.DataFrame, console: Console,  # type: ignore[no-untyped-def]
+                            limit_s: float = 180) -> list[str]:
+    """Each fit in its own process, stopped after `limit_s` (a stalled fit is reported as such)."""
+    import multiprocessing
+
+    cores = os.cpu_count() or 1
+    cols = ["OpenMP threads", "machine", "seconds to fit the estimators"]
+    table = Table(title=f"label-free quality estimators on {len(reference):,} reference rows ({cores} cores)")
+    for col in cols:
+        table.add_column(col, justify="right")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for extra in (0, 1):  # a node shared with one other CPU-bound job
+        machine = "+1 busy process" if extra else "as found"
+        neighbours = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(extra)]
+        for p in neighbours:
+            p.start()
+        try:
+            for threads in (1, cores):
+                result: multiprocessing.Queue = multiprocessing.Queue()
+                fit = multiprocessing.Process(target=_fit_seconds, args=(cfg, reference, threads, result))
+                fit.start()
+                fit.join(limit_s)
+                if fit.is_alive():
+                    fit.terminate()
+                    seconds = f"> {limit_s:.0f} (stopped)"
+                else:
+                    seconds = f"{result.get():.2f}"
+                row = [str(threads), machine, seconds]
+                table.add_row(*row)
+                lines.append("| " + " | ".join(row) + " |")
+        finally:
+            for p in neighbours:
+                p.terminate()
+    console.print(table)
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
@@ -131,7 +186,8 @@ def main() -> None:
     ap.add_argument("--unsampled-limit", type=int, default=300_000)
     ap.add_argument("--repeats", type=int, default=2, help="runs per cell; the fastest is reported")
     ap.add_argument("--noise-only", action="store_true", help="only the categorical no-drift noise table")
-    ap.add_argument("--bootstrap-only", action="store_true", help="only the bootstrap interval table")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="only the bootstrap interval and quality-estimator tables")
     args = ap.parse_args()
     import yaml
 
@@ -144,7 +200,7 @@ def main() -> None:
         t = cfg.data.time_column
         first, second = df[df[t] < "2013-07-01"], df[df[t] >= "2013-07-01"]
     out = ROOT / "benchmarks" / "results"
-    if not args.bootstrap_only:
+    if not args.quality_only:
         noise = category_noise(first, cfg, console, cfg.monitoring.top_categories)
         (out / "monitoring_category_noise.md").write_text("\n".join(noise) + "\n")
         if args.noise_only:
@@ -163,8 +219,9 @@ def main() -> None:
         reference_all = scored(model, first.sample(n=top, replace=top > len(first), random_state=0), cfg)
         current_all = scored(model, second.sample(n=top, replace=top > len(second), random_state=1), cfg)
     bootstrap = bootstrap_table(cfg, current_all, console, [5_000, DEFAULT_SAMPLE_SIZE])
-    (out / "monitoring_bootstrap.md").write_text("\n".join(bootstrap) + "\n")
-    if args.bootstrap_only:
+    estimators = estimator_threads_table(cfg, reference_all.head(DEFAULT_SAMPLE_SIZE), console)
+    (out / "monitoring_bootstrap.md").write_text("\n".join([*bootstrap, "", *estimators]) + "\n")
+    if args.quality_only:
         return
 
     table = Table(title=f"seconds per monitor run, fastest of {args.repeats} ({len(cfg.features.names)} features, "

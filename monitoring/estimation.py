@@ -152,7 +152,15 @@ def estimate_quality(cfg: ProjectConfig, reference: pd.DataFrame,
                      current: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
     """Task -> its metric estimated without labels (CBPE / DLE, see above), on `current` and on
     `reference` itself: the estimate is compared with the estimator's own value on the rows it was
-    fitted on, so its in-sample optimism cancels out of the relative change."""
-    estimators = fit_estimators(cfg, reference)
-    return ({name: e.estimate(cfg, current) for name, e in estimators.items()},
-            {name: e.estimate(cfg, reference) for name, e in estimators.items()})
+    fitted on, so its in-sample optimism cancels out of the relative change.
+
+    One OpenMP thread: the monitor shares its node with other jobs, and there the gradient-boosted
+    fit's per-split barriers wait on descheduled threads (20k reference rows, 2 cores with two other jobs
+    running: 2.3 s on one thread, stopped after 180 s on two; `python benchmarks/monitoring.py
+    --quality-only`)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        estimators = fit_estimators(cfg, reference)
+        return ({name: e.estimate(cfg, current) for name, e in estimators.items()},
+                {name: e.estimate(cfg, reference) for name, e in estimators.items()})

@@ -26,6 +26,7 @@ from typing import Any, get_args
 import numpy as np
 
 from components.config import ProjectConfig, RetrainingSpec, config_to_yaml, parse_config
+from components.metrics import relative_change
 from components.tasks import higher_is_better
 from monitoring.calibration import CALIBRATION_FILE
 
@@ -170,6 +171,27 @@ def summarize(records: list[dict], cfg: ProjectConfig) -> tuple[list[dict], list
     return monthly, overall
 
 
+def forgetting(records: list[dict], cfg: ProjectConfig) -> list[dict]:
+    """Per policy, over the promotions of every seed: the worst relative change of a task's metric on
+    the old window (challenger vs the champion it replaced; positive is better) against that task's
+    tolerance: `margin` is change + tolerance, and the gate refuses a negative one."""
+    out = []
+    for policy in dict.fromkeys(r["policy"] for r in records):
+        promoted = [row["gate"] for r in records if r["policy"] == policy for row in r["rows"]
+                    if row["retrain"] == "promoted"]
+        worst = None
+        for gate in promoted:
+            for task in cfg.tasks:
+                key = f"old.{task.name}"
+                tolerance = task.tolerance if task.tolerance is not None else cfg.registry.default_tolerance
+                change = relative_change(task.metric, gate["challenger"][key], gate["champion"][key])
+                if worst is None or change + tolerance < worst["margin"]:
+                    worst = {"task": task.name, "change": change, "tolerance": tolerance,
+                             "margin": change + tolerance}
+        out.append({"policy": policy, "promotions": len(promoted), "worst": worst})
+    return out
+
+
 def _pm(value: tuple[float, float], digits: int = 4) -> str:
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
@@ -195,6 +217,13 @@ def policy_markdown(records: list[dict], cfg: ProjectConfig) -> str:
         lines.append(f"| {m['policy']} | {m['month']} | {cells} | {m['vs_never'][0]:+.4f} ± {m['vs_never'][1]:.4f} "
                      f"| {m['retrains']:.1f} | {m['alerts']:.1f} | {m['train_flops'] / 1e12:.2f} "
                      f"| {m['retrain_s']:.0f} |")
+    lines += ["", "Forgetting: over every promotion of every seed, the task whose metric on the old window moved "
+              "most against its tolerance (challenger vs the champion it replaced; positive is better).", "",
+              "| policy | promotions | worst old-window change | task | its tolerance |", "|---|---|---|---|---|"]
+    for f in forgetting(records, cfg):
+        w = f["worst"]
+        lines.append(f"| {f['policy']} | {f['promotions']} | " + ("— | — | — |" if w is None else
+                     f"{w['change']:+.2%} | {w['task']} | {w['tolerance']:.1%} |"))
     return "\n".join(lines) + "\n"
 
 
