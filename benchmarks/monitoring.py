@@ -95,7 +95,7 @@ def bootstrap_table(cfg, current: pd.DataFrame, console: Console, sizes: list[in
     import numpy as np
 
     from components.tasks import TaskKind, kind_of
-    from monitoring.drift import _labels, _raw_outputs, _target
+    from monitoring.drift import bootstrap_counts, labelled_raw
 
     draws = cfg.monitoring.quality_draws
     table = Table(title=f"bootstrap interval of the realized metric, {draws} resamples: seconds per task")
@@ -107,12 +107,9 @@ def bootstrap_table(cfg, current: pd.DataFrame, console: Console, sizes: list[in
     for n in sizes:
         frame = current.head(n)
         for task in cfg.tasks:
-            target = _target(task, frame)
+            target, raw, y = labelled_raw(task, frame)
             kind = kind_of(target)
-            raw, y = _raw_outputs(target, frame), _labels(target, frame)
-            raw, y = kind.to_raw(target, raw[~np.isnan(y)]), y[~np.isnan(y)]
-            rows = np.random.default_rng(0).integers(0, len(y), (draws, len(y)))
-            counts = np.stack([np.bincount(r, minlength=len(y)) for r in rows])
+            counts = bootstrap_counts(len(y), draws, 0)
             seconds, values = [], []
             for how in (TaskKind.resampled, type(kind).resampled):
                 t0 = time.perf_counter()

@@ -727,13 +727,17 @@ class ProjectConfig(Strict):
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
 
-    def alert_tolerance(self, task: str) -> float:
-        """The relative metric drop that alerts for `task`: alerts.metric_drop, else the task's
-        tolerance, else registry.default_tolerance."""
-        if task in self.alerts.metric_drop:
-            return self.alerts.metric_drop[task]
+    def gate_tolerance(self, task: str) -> float:
+        """The relative metric drop the promotion gate allows `task`: its tolerance, else
+        registry.default_tolerance."""
         tolerance = self.task(task).tolerance
         return tolerance if tolerance is not None else self.registry.default_tolerance
+
+    def alert_tolerance(self, task: str) -> float:
+        """The relative metric drop that alerts for `task`: alerts.metric_drop, else its gate tolerance."""
+        if task in self.alerts.metric_drop:
+            return self.alerts.metric_drop[task]
+        return self.gate_tolerance(task)
 
 
 def format_errors(err: ValidationError, source: str, what: str = "config") -> str:

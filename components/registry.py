@@ -92,7 +92,7 @@ def _check(cfg: ProjectConfig, new: dict[str, float], old: dict[str, float], win
             ok = change >= 0 or math.isclose(new[task.name], old[task.name], rel_tol=1e-9)
             reasons.append(f"primary {line} {'not worse' if ok else 'WORSE'}")
         else:
-            tol = task.tolerance if task.tolerance is not None else cfg.registry.default_tolerance
+            tol = cfg.gate_tolerance(task.name)
             ok = change >= -tol
             reasons.append(f"{line} {'within' if ok else 'BEYOND'} tolerance {tol:.1%}")
         promote = promote and ok

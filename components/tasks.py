@@ -468,15 +468,19 @@ class Regression(TaskKind):
     def to_raw(self, target: Target, output: np.ndarray) -> np.ndarray:
         return self.to_head(target, output.astype(np.float64))
 
+    def errors(self, target: Target, raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Prediction minus label, in the column's units."""
+        return self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
+
     def scores(self, target: Target, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        err = self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
+        err = self.errors(target, raw, y)
         return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
 
     def resampled(self, target: Target, metric: str, raw: np.ndarray, y: np.ndarray,
                   counts: np.ndarray) -> np.ndarray:
         if metric not in ("mae", "rmse"):
             return super().resampled(target, metric, raw, y, counts)
-        err = self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
+        err = self.errors(target, raw, y)
         mean = counts @ (np.abs(err) if metric == "mae" else err**2) / counts.sum(axis=1)
         return mean if metric == "mae" else np.sqrt(mean)
 

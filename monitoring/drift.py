@@ -73,21 +73,28 @@ def task_quality(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> dict[str, 
     return task_metrics(target, _raw_outputs(target, frame), _labels(target, frame), standardised=False)
 
 
+def labelled_raw(task: TaskSpec, frame: pd.DataFrame) -> tuple[TargetSpec, np.ndarray, np.ndarray]:
+    """The task, its raw head outputs and its encoded labels on the labelled rows of a prediction-log frame."""
+    target = _target(task, frame)
+    raw, y = _raw_outputs(target, frame), _labels(target, frame)
+    labelled = ~np.isnan(y)
+    return target, kind_of(target).to_raw(target, raw[labelled]), y[labelled]
+
+
+def bootstrap_counts(n: int, draws: int, seed: int) -> np.ndarray:
+    """[draws, n]: how often each of `draws` resamples of `n` rows (with replacement) drew each row."""
+    rows = np.random.default_rng(seed).integers(0, n, (draws, n))
+    return np.bincount((rows + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
+
+
 def quality_interval(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence: float,
                      seed: int = 0) -> tuple[float, float]:
     """The two-sided `confidence` percentile bootstrap interval of the task's gated metric over the
     labelled rows of `frame` (`draws` resamples): how far the window's metric moves by sampling alone."""
-    metric = task.metric or ""
-    target = _target(task, frame)
-    raw, y = _raw_outputs(target, frame), _labels(target, frame)
-    raw, y = raw[~np.isnan(y)], y[~np.isnan(y)]
-    n = len(y)
-    if n == 0:
+    target, raw, y = labelled_raw(task, frame)
+    if len(y) == 0:
         return math.nan, math.nan
-    rows = np.random.default_rng(seed).integers(0, n, (draws, n))
-    counts = np.bincount((rows + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
-    kind = kind_of(target)
-    values = kind.resampled(target, metric, kind.to_raw(target, raw), y, counts)
+    values = kind_of(target).resampled(target, task.metric or "", raw, y, bootstrap_counts(len(y), draws, seed))
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
     return float(low), float(high)

@@ -183,7 +183,7 @@ def forgetting(records: list[dict], cfg: ProjectConfig) -> list[dict]:
         for gate in promoted:
             for task in cfg.tasks:
                 key = f"old.{task.name}"
-                tolerance = task.tolerance if task.tolerance is not None else cfg.registry.default_tolerance
+                tolerance = cfg.gate_tolerance(task.name)
                 change = relative_change(task.metric, gate["challenger"][key], gate["champion"][key])
                 if worst is None or change + tolerance < worst["margin"]:
                     worst = {"task": task.name, "change": change, "tolerance": tolerance,
