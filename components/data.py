@@ -127,11 +127,16 @@ def _read_whole(spec: DataSpec, base_dir: Path) -> pd.DataFrame:
 
 def load_source(spec: DataSpec, base_dir: Path = Path(".")) -> pd.DataFrame:
     """The source table with joins, renames and derived columns applied."""
-    df = _shape(_read_whole(spec, base_dir), spec, _joined_tables(spec.source))
+    return _in_time_order(_shape(_read_whole(spec, base_dir), spec, _joined_tables(spec.source)), spec)
+
+
+def _in_time_order(df: pd.DataFrame, spec: DataSpec, first_id: int = 0) -> pd.DataFrame:
+    """Rows sorted by time (stable, so ties keep source order) and, where the source has no id column, numbered
+    from `first_id` in that order: a partition built alone gets the ids it has in the whole table."""
     if spec.time_column:
         df = df.sort_values([spec.time_column], kind="stable").reset_index(drop=True)
     if spec.id_column and spec.id_column not in df.columns:
-        df[spec.id_column] = np.arange(len(df))
+        df[spec.id_column] = np.arange(first_id, first_id + len(df))
     return df
 
 
@@ -188,13 +193,11 @@ def build_partitions(cfg: ProjectConfig, base_dir: Path, out_dir: Path, rows: in
                 path = Path(spill) / f"{period}-{i:06d}.parquet"
                 rows_of.reset_index(drop=True).to_parquet(path, index=False)
                 pieces.setdefault(period, []).append(path)
-        numbered = 0  # ids number the rows in time order across partitions, as `load_source` numbers them
+        numbered = 0
         paths = []
         for period in sorted(pieces):
-            df = pd.concat([pd.read_parquet(p) for p in pieces[period]], ignore_index=True)
-            df = df.sort_values([tcol], kind="stable").reset_index(drop=True)  # type: ignore[list-item]
-            if spec.id_column and spec.id_column not in df.columns:
-                df[spec.id_column] = np.arange(numbered, numbered + len(df))
+            df = _in_time_order(pd.concat([pd.read_parquet(p) for p in pieces[period]], ignore_index=True), spec,
+                                first_id=numbered)
             numbered += len(df)
             path = out_dir / f"{period}.parquet"
             df.to_parquet(path, index=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from components.architectures.base import SharedRepresentation
-from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
+from components.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
 
@@ -19,13 +19,13 @@ class HardSharingModel(SharedRepresentation):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings, self.numeric_embedding, in_dim = make_embeddings(spec, cfg)
-        self.trunk = MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout)
+        self.inputs = FeatureEmbedding(spec, cfg)
+        self.trunk = MlpTrunk(self.inputs.out_dim, list(cfg.hidden), cfg.dropout)
         self.heads = make_heads(spec, cfg, self.trunk.out_dim)
 
     def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """Z: the trunk's output, [batch, hidden[-1]] (Rep-MTL: each unit is a position)."""
-        return self.trunk(embed(self.embeddings, self.numeric_embedding, numeric, categorical))
+        return self.trunk(self.inputs(numeric, categorical))
 
     def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         return {name: head_output(self.heads[name](z)) for name in tasks or self.task_names}

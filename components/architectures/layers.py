@@ -51,25 +51,26 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(self.linear(periodic)).flatten(1)
 
 
-def make_embeddings(spec: FeatureSpec, cfg: ModelSpec) -> tuple[nn.ModuleList, nn.Module, int]:
-    """One embedding per categorical feature, the numeric features' embedding (`model.numeric_embedding`;
-    identity when `none`), and the width of [numeric, embeddings]."""
-    embeddings = nn.ModuleList(
-        nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
-    )
-    numeric: nn.Module = nn.Identity()
-    numeric_width = spec.numeric_width
-    if cfg.numeric_embedding == "periodic":
-        periodic = PeriodicEmbedding(spec.numeric_width, cfg.numeric_frequencies, cfg.numeric_embedding_dim,
-                                     cfg.numeric_sigma)
-        numeric, numeric_width = periodic, periodic.out_dim
-    return embeddings, numeric, numeric_width + sum(e.embedding_dim for e in embeddings)
+class FeatureEmbedding(nn.Module):
+    """[numeric, categorical] as one vector: the numeric features through `model.numeric_embedding` (as they are
+    when `none`), then one embedding per categorical feature. `out_dim` is its width."""
 
+    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
+        )
+        self.numeric: nn.Module = nn.Identity()
+        numeric_width = spec.numeric_width
+        if cfg.numeric_embedding == "periodic":
+            periodic = PeriodicEmbedding(spec.numeric_width, cfg.numeric_frequencies, cfg.numeric_embedding_dim,
+                                         cfg.numeric_sigma)
+            self.numeric, numeric_width = periodic, periodic.out_dim
+        self.out_dim = numeric_width + sum(e.embedding_dim for e in self.embeddings)
 
-def embed(embeddings: nn.ModuleList, numeric_embedding: nn.Module, numeric: torch.Tensor,
-          categorical: torch.Tensor) -> torch.Tensor:
-    return torch.cat([numeric_embedding(numeric)] + [emb(categorical[:, i]) for i, emb in enumerate(embeddings)],
-                     dim=1)
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.numeric(numeric)] + [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)],
+                         dim=1)
 
 
 def make_heads(spec: FeatureSpec, cfg: ModelSpec, in_dim: int) -> nn.ModuleDict:

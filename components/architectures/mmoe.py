@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from components.architectures.base import Architecture
-from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
+from components.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
 
@@ -18,14 +18,15 @@ class MMoEModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings, self.numeric_embedding, in_dim = make_embeddings(spec, cfg)
+        self.inputs = FeatureEmbedding(spec, cfg)
+        in_dim = self.inputs.out_dim
         self.experts = nn.ModuleList(MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout) for _ in range(cfg.experts))
         self.gates = nn.ModuleDict({name: nn.Linear(in_dim, cfg.experts) for name in self.task_names})
         self.heads = make_heads(spec, cfg, self.experts[0].out_dim)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        x = embed(self.embeddings, self.numeric_embedding, numeric, categorical)
+        x = self.inputs(numeric, categorical)
         experts = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, D]
         out = {}
         for name in tasks or self.task_names:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.architectures.base import Architecture
-from components.architectures.layers import MlpTrunk, embed, head_output, make_embeddings, make_heads
+from components.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
 
@@ -22,7 +22,8 @@ class SharedPrivateModel(Architecture):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
-        self.embeddings, self.numeric_embedding, in_dim = make_embeddings(spec, cfg)
+        self.inputs = FeatureEmbedding(spec, cfg)
+        in_dim = self.inputs.out_dim
         self.shared = MlpTrunk(in_dim, list(cfg.hidden), cfg.dropout)
         self.private = nn.ModuleDict({name: MlpTrunk(in_dim, list(cfg.private_hidden), cfg.dropout)
                                       for name in self.task_names})
@@ -32,7 +33,7 @@ class SharedPrivateModel(Architecture):
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        x = embed(self.embeddings, self.numeric_embedding, numeric, categorical)
+        x = self.inputs(numeric, categorical)
         z = self.shared(x)
         return {name: head_output(self.heads[name](torch.cat([z, self.private[name](x)], dim=1)))
                 for name in tasks or self.task_names}
