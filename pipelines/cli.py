@@ -362,6 +362,9 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              quick: Annotated[bool, typer.Option(
                  help="With --policy: Jul-Sep, 4 policies, a quarter of the rows, 3 epochs, 5,000-row "
                       "monitoring samples.")] = False,
+             jobs: Annotated[int | None, typer.Option(
+                 min=1, help="With --policy: replays run at once, each on cores/jobs threads "
+                             "[default: the cores, at most 4]")] = None,
              ) -> None:
     """Replay months of traffic: score, monitor, alert, retrain (as `retraining.trigger` and
     `train_on` say), gate — and compare each task's metric of the never-retrained model with the
@@ -375,7 +378,7 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
     cfg = _load(config)
     if policy is not None or quick:
-        _compare_policies(cfg, root, months, out, policy, seeds, quick)
+        _compare_policies(cfg, root, months, out, policy, seeds, quick, jobs)
         return
     first, last = months.split("..")
     names = [str(m) for m in pd.period_range(first, last, freq="M")]
@@ -404,13 +407,14 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
 
 def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, policy: str | None, seeds: str,
-                      quick: bool) -> None:
+                      quick: bool, jobs: int | None) -> None:
     import pandas as pd
 
     from pipelines.policy_replay import (
         DEFAULT_POLICIES,
         QUICK_POLICIES,
         RetrainPolicy,
+        available_cores,
         policy_markdown,
         policy_plot,
         replay_policies,
@@ -429,7 +433,8 @@ def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, po
         raise typer.BadParameter(str(exc), param_hint="--policy") from exc
     first, last = months.split("..")
     month_names = [str(m) for m in pd.period_range(first, last, freq="M")]
-    records = replay_policies(cfg, root, month_names, policies, [int(s) for s in seeds.split(",")], out, overrides)
+    records = replay_policies(cfg, root, month_names, policies, [int(s) for s in seeds.split(",")], out, overrides,
+                              jobs or min(4, available_cores()))
     text = policy_markdown(records, cfg)
     (out / "policies.md").write_text(text)
     plot = policy_plot(records, cfg, out / "policies.png")

@@ -3,7 +3,8 @@
 A policy is `never`, or `<trigger>/<train_on>` (`scheduled/sliding`, `alert/warm_replay`, ...;
 see `RetrainingSpec`). Each seed trains its own initial champion on the config's training window
 (`mtlops run`, seed `s`); each (seed, policy) then replays the months from a copy of that model
-store, in its own process (BentoML's store is per process, through `BENTOML_HOME`), so every
+store, in its own process (BentoML's store is per process, through `BENTOML_HOME`; `jobs` of them
+at once, which is how the replay uses a machine's cores: one replay is mostly single-threaded), so every
 policy starts from the same model and sees the same months. The table reports, per month and
 policy, the served model's metric per task (mean ± std over seeds), the retrains and alerts, and
 the training FLOPs and wall time spent; the summary counts the months where a policy is worse
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -67,8 +69,10 @@ class RetrainPolicy:
         return parse_config(raw, f"<policy {self.name}, seed {seed}>")
 
 
-def _mtlops(args: list[str], store: Path, log: Path) -> None:
+def _mtlops(args: list[str], store: Path, log: Path, threads: int | None) -> None:
     env = {**os.environ, "BENTOML_HOME": str(store), "COLUMNS": "160"}
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch, sklearn and numpy's pools: jobs × threads ≤ the cores
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                               env=env, check=False)
@@ -78,55 +82,90 @@ def _mtlops(args: list[str], store: Path, log: Path) -> None:
 
 def _keep_calibration(run_store: Path, initial_store: Path) -> None:
     """The first replay calibrated the initial model's drift thresholds (stored in its folder, see
-    monitoring/calibration.py): later policies copy a store that already has them."""
+    monitoring/calibration.py): later policies copy a store that already has them. Written under a temporary
+    name and renamed, so a replay copying the store meanwhile sees the file whole or not at all."""
     for version in (initial_store / "models").glob("*/*/"):
         found = run_store / version.relative_to(initial_store) / CALIBRATION_FILE
         if found.exists() and not (version / CALIBRATION_FILE).exists():
-            shutil.copy2(found, version / CALIBRATION_FILE)
+            partial = version / f".{CALIBRATION_FILE}.{os.getpid()}-{id(found)}"
+            shutil.copy2(found, partial)
+            os.replace(partial, version / CALIBRATION_FILE)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _initial_champion(cfg: ProjectConfig, seed: int, seed_dir: Path, data_root: Path,
+                      overrides: dict[str, dict[str, Any]] | None, threads: int | None) -> Path:
+    """The seed's initial champion (`mtlops run`), trained once: its model store."""
+    initial = seed_dir / "initial-store"
+    if not (seed_dir / "initial.done").exists():
+        shutil.rmtree(initial, ignore_errors=True)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        base = RetrainPolicy("never").config(cfg, seed, seed_dir / "evidently", overrides)
+        (seed_dir / "config.yaml").write_text(config_to_yaml(base))
+        _mtlops(["run", "--config", str(seed_dir / "config.yaml"), "--root", str(data_root),
+                 "--pipeline-root", str(seed_dir / "kfp")], initial, seed_dir / "initial.log", threads)
+        (seed_dir / "initial.done").touch()
+    return initial
+
+
+def _replay(cfg: ProjectConfig, seed: int, policy: RetrainPolicy, initial: Future[Path], run_dir: Path,
+            data_root: Path, months: list[str], overrides: dict[str, dict[str, Any]] | None,
+            threads: int | None) -> dict:
+    """One (seed, policy) replay from a copy of the seed's initial store (replayed once: a finished one is
+    read back): its record."""
+    if not (run_dir / "rows.json").exists():
+        store = initial.result()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        shutil.copytree(store, run_dir / "store")
+        (run_dir / "config.yaml").write_text(config_to_yaml(policy.config(cfg, seed, run_dir / "evidently",
+                                                                          overrides)))
+        t0 = time.perf_counter()
+        _mtlops(["simulate", "--config", str(run_dir / "config.yaml"), "--root", str(data_root),
+                 "--months", f"{months[0]}..{months[-1]}", "--out", str(run_dir)], run_dir / "store",
+                run_dir / "simulate.log", threads)
+        (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}")
+        _keep_calibration(run_dir / "store", store)
+    return {"seed": seed, "policy": policy.name, "wall_s": float((run_dir / "wall_s").read_text()),
+            "rows": json.loads((run_dir / "rows.json").read_text())}
 
 
 def replay_policies(cfg: ProjectConfig, data_root: Path, months: list[str], policies: list[RetrainPolicy],
-                    seeds: list[int], out_dir: Path, overrides: dict[str, dict[str, Any]] | None = None
-                    ) -> list[dict]:
-    """One record per (seed, policy): its month rows (`MonthRow` as dicts) and wall time."""
+                    seeds: list[int], out_dir: Path, overrides: dict[str, dict[str, Any]] | None = None,
+                    jobs: int = 1) -> list[dict]:
+    """One record per (seed, policy): its month rows (`MonthRow` as dicts) and wall time. `jobs` replays
+    run at once, each process on cores/jobs threads; a seed's replays start once its initial champion is
+    trained."""
     from rich.progress import Progress
 
     out_dir = out_dir.resolve()
-    records = []
-    with Progress() as progress:
-        job = progress.add_task("policy replay", total=len(seeds) * (1 + len(policies)))
-        for seed in seeds:
-            seed_dir = out_dir / f"seed-{seed}"
-            initial = seed_dir / "initial-store"
-            if not (seed_dir / "initial.done").exists():
-                shutil.rmtree(initial, ignore_errors=True)
-                seed_dir.mkdir(parents=True, exist_ok=True)
-                base = RetrainPolicy("never").config(cfg, seed, seed_dir / "evidently", overrides)
-                (seed_dir / "config.yaml").write_text(config_to_yaml(base))
-                progress.update(job, description=f"seed {seed}: initial champion")
-                _mtlops(["run", "--config", str(seed_dir / "config.yaml"), "--root", str(data_root),
-                         "--pipeline-root", str(seed_dir / "kfp")], initial, seed_dir / "initial.log")
-                (seed_dir / "initial.done").touch()
+    threads = max(1, available_cores() // jobs) if jobs > 1 else None
+    with Progress() as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
+        job = progress.add_task(f"policy replay, {jobs} at a time", total=len(seeds) * (1 + len(policies)))
+
+        def step_done(_: Future) -> None:
             progress.advance(job)
-            for policy in policies:
-                run_dir = seed_dir / policy.name.replace("/", "-")
-                progress.update(job, description=f"seed {seed}: {policy.name}")
-                if not (run_dir / "rows.json").exists():
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    run_dir.mkdir(parents=True)
-                    shutil.copytree(initial, run_dir / "store")
-                    (run_dir / "config.yaml").write_text(config_to_yaml(
-                        policy.config(cfg, seed, run_dir / "evidently", overrides)))
-                    t0 = time.perf_counter()
-                    _mtlops(["simulate", "--config", str(run_dir / "config.yaml"), "--root", str(data_root),
-                             "--months", f"{months[0]}..{months[-1]}", "--out", str(run_dir)],
-                            run_dir / "store", run_dir / "simulate.log")
-                    (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}")
-                    _keep_calibration(run_dir / "store", initial)
-                records.append({"seed": seed, "policy": policy.name,
-                                "wall_s": float((run_dir / "wall_s").read_text()),
-                                "rows": json.loads((run_dir / "rows.json").read_text())})
-                progress.advance(job)
+
+        initials: dict[int, Future[Path]] = {}
+        for seed in seeds:
+            initials[seed] = pool.submit(_initial_champion, cfg, seed, out_dir / f"seed-{seed}", data_root,
+                                         overrides, threads)
+            initials[seed].add_done_callback(step_done)
+        # submitted after every initial, so a worker that takes a replay finds its seed's initial started
+        replays = [pool.submit(_replay, cfg, seed, policy, initials[seed],
+                               out_dir / f"seed-{seed}" / policy.name.replace("/", "-"), data_root, months,
+                               overrides, threads)
+                   for seed in seeds for policy in policies]
+        for replay in replays:
+            replay.add_done_callback(step_done)
+        try:
+            records = [replay.result() for replay in replays]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
     (out_dir / "records.json").write_text(json.dumps(records, indent=1))
     return records
 

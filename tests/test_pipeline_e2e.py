@@ -299,7 +299,7 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
                                                                      tmp_path: Path) -> None:
     """`mtlops simulate --policy` on two tiny months, every trigger and every `train_on` at least once:
     each policy replays from its own copy of the seed's initial model store, retrains through the real
-    retraining pipeline, and lands in one table."""
+    retraining pipeline, and lands in one table; two replays run at once (`--jobs 2`)."""
     root, cfg_path = flights_repo
     cheap = _with(load_config(cfg_path), monitoring={"sample_size": 3000, "calibration_draws": 20})
     small_path = tmp_path / "policies.yaml"
@@ -307,7 +307,7 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
     out = tmp_path / "policies"
     policies = "never,scheduled/sliding,scheduled/expanding,alert/warm_replay"
     result = mtlops("simulate", "--config", str(small_path), "--root", str(root), "--months", "2013-07..2013-08",
-                    "--policy", policies, "--seeds", "0", "--out", str(out), cwd=root).stdout
+                    "--policy", policies, "--seeds", "0", "--jobs", "2", "--out", str(out), cwd=root).stdout
     records = json.loads((out / "records.json").read_text())
     assert [r["policy"] for r in records] == policies.split(",")
     by_policy = {r["policy"]: r["rows"] for r in records}
@@ -332,6 +332,11 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
         assert len(retrains) == 1 and retrains[0]["train_on"] == name.split("/")[1], lineages
         assert ("warm_start" in retrains[0]) == (name == "alert/warm_replay")
     assert "| scheduled/sliding |" in (out / "policies.md").read_text() and (out / "policies.png").stat().st_size
+    # a replay writes its config.yaml as it starts and wall_s as it ends: the first two both wait on the
+    # seed's initial champion, so with two workers they run side by side
+    spans = [tuple((out / "seed-0" / name.replace("/", "-") / f).stat().st_mtime for f in ("config.yaml", "wall_s"))
+             for name in policies.split(",")]
+    assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1], spans
     assert "months worse than never" in result
 
 
