@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from components.config import ProjectConfig, TaskSpec
 from components.data import label_column
@@ -38,6 +37,8 @@ class LeakScore:
 
 
 def _skill_binary(x: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score  # here: every pipeline step imports this module, few score leakage
+
     if len(np.unique(y)) < 2 or len(np.unique(x)) < 2:
         return 0.0
     return abs(2 * float(roc_auc_score(y, x)) - 1)
