@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -304,6 +305,17 @@ def bench_config(base: ProjectConfig, epochs: int, threads: int, device: str) ->
                          device=device)
 
 
+def model_overrides(pairs: list[str]) -> dict[str, object]:
+    """`--model FIELD=VALUE` pairs as model settings, each value read as YAML (32 -> int, [128, 64] -> list)."""
+    settings: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--model {pair!r}: write FIELD=VALUE, e.g. architecture=ft_transformer")
+        settings[name.strip()] = yaml.safe_load(value)
+    return settings
+
+
 def load_windows(cfg: ProjectConfig, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """A seeded row sample of the config's data, cut into its train, validation and test time windows."""
     df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
@@ -356,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mt2st-sweep", action="store_true", help="also run more MT2ST settings (see mt2st_sweep)")
     parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
     parser.add_argument("--fresh", action="store_true", help="ignore the run journal (<out>.runs.jsonl) and rerun all")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a `model:` setting under every method, e.g. architecture=ft_transformer or "
+                             "head_hidden=32 (YAML value; repeatable; a method's own model settings still apply)")
     args = parser.parse_args(argv)
 
     from components.config import load_config
@@ -366,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
     cfg = bench_config(base, epochs, args.threads, args.device)
+    model_settings = model_overrides(args.model)
+    if model_settings:
+        cfg = with_training(cfg, model=model_settings)
     train_df, val_df, test_df = load_windows(cfg, fraction)
 
     table = methods(cfg) | (mt2st_sweep(cfg) if args.mt2st_sweep else {})
@@ -391,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         journal_path.unlink(missing_ok=True)
     journal = RunJournal(journal_path, {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
                                         "pbt_population": args.pbt_population, "lightgbm_rounds": lgbm_rounds,
-                                        "device": args.device})
+                                        "device": args.device} | ({"model": model_settings} if model_settings else {}))
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
                   f"{epochs} epochs, {args.seeds} seeds, {len(runners)} methods")

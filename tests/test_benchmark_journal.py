@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 _spec = importlib.util.spec_from_file_location("mtl_methods", ROOT / "benchmarks" / "mtl_methods.py")
@@ -37,3 +39,10 @@ def test_method_summary_flops_is_the_seed_mean_or_none() -> None:
     nets = mtl_methods.MethodSummary("EW", [mtl_methods.RunResult({}, 1.0, 2e9), mtl_methods.RunResult({}, 1.0, 4e9)])
     assert nets.flops() == 3e9
     assert mtl_methods.MethodSummary("LightGBM", [mtl_methods.RunResult({}, 1.0, None)]).flops() is None
+
+
+def test_model_overrides_read_yaml_values_and_name_a_malformed_pair() -> None:
+    assert mtl_methods.model_overrides(["architecture=ft_transformer", "head_hidden=32", "hidden=[128, 64]"]) == {
+        "architecture": "ft_transformer", "head_hidden": 32, "hidden": [128, 64]}
+    with pytest.raises(SystemExit, match="'head_hidden: 32': write FIELD=VALUE"):
+        mtl_methods.model_overrides(["head_hidden: 32"])
