@@ -60,6 +60,10 @@ def _read_versioned(cfg: ProjectConfig, root: Path, start: pd.Timestamp | None,
     return df, {"data_version": data_version(md5s), "partitions": md5s}
 
 
+# what a continual run registers as its model's lineage, from `prepare_continual`'s output
+CONTINUAL_LINEAGE = ("data_version", "partitions", "git_revision", "train_on", "replay_rows", "warm_start")
+
+
 def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end: str, train_path: str,
                       validation_path: str, new_test_path: str, old_test_path: str,
                       git_revision: str = "unknown") -> dict:

@@ -365,6 +365,10 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              jobs: Annotated[int | None, typer.Option(
                  min=1, help="With --policy: replays run at once, each on cores/jobs threads "
                              "[default: the cores, at most 4]")] = None,
+             steps: Annotated[str | None, typer.Option(
+                 help="How a retrain runs the retraining pipeline: `kfp` (kfp.local, a process per step) or "
+                      "`in-process` (the same steps in the replay's Python) [default: kfp; with --policy "
+                      "in-process]")] = None,
              ) -> None:
     """Replay months of traffic: score, monitor, alert, retrain (as `retraining.trigger` and
     `train_on` say), gate — and compare each task's metric of the never-retrained model with the
@@ -376,14 +380,16 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
     from pipelines.simulate import LiveService, timeline_markdown, timeline_plot
     from pipelines.simulate import simulate as run_simulation
 
+    if steps not in (None, "kfp", "in-process"):
+        raise typer.BadParameter(f"expected kfp or in-process, got {steps!r}", param_hint="--steps")
     cfg = _load(config)
     if policy is not None or quick:
-        _compare_policies(cfg, root, months, out, policy, seeds, quick, jobs)
+        _compare_policies(cfg, root, months, out, policy, seeds, quick, jobs, steps or "in-process")
         return
     first, last = months.split("..")
     names = [str(m) for m in pd.period_range(first, last, freq="M")]
     if not serve:
-        rows = run_simulation(cfg, root, names, out)
+        rows = run_simulation(cfg, root, names, out, steps=steps or "kfp")  # type: ignore[arg-type]
     else:  # the whole system: months go through a live service, promotions are hot-swapped into it
         import secrets
 
@@ -395,7 +401,8 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
                                env={"MTLOPS_ADMIN_TOKEN": token})
         try:
             server.wait_ready()
-            rows = run_simulation(cfg, root, names, out, service=LiveService(server.url, out / "predictions", token))
+            rows = run_simulation(cfg, root, names, out, service=LiveService(server.url, out / "predictions", token),
+                                  steps=steps or "kfp")  # type: ignore[arg-type]
         finally:
             server.stop()
     (out / "rows.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
@@ -407,7 +414,7 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
 
 def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, policy: str | None, seeds: str,
-                      quick: bool, jobs: int | None) -> None:
+                      quick: bool, jobs: int | None, steps: str) -> None:
     import pandas as pd
 
     from pipelines.policy_replay import (
@@ -434,7 +441,7 @@ def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, po
     first, last = months.split("..")
     month_names = [str(m) for m in pd.period_range(first, last, freq="M")]
     records = replay_policies(cfg, root, month_names, policies, [int(s) for s in seeds.split(",")], out, overrides,
-                              jobs or min(4, available_cores()))
+                              jobs or min(4, available_cores()), steps)  # type: ignore[arg-type]
     text = policy_markdown(records, cfg)
     (out / "policies.md").write_text(text)
     plot = policy_plot(records, cfg, out / "policies.png")

@@ -6,14 +6,23 @@ continual is its data and its config, both from `prepare`: it finds the current 
 the older rows `retraining.train_on` asks for, and hands the later steps a config that
 warm-starts from the champion (`training.warm_start`) when that is `warm_replay`. The gate checks
 the new window's last rows (after every training row) and the old window (no forgetting).
+
+`run_in_process` runs the same steps, in the same order and with the same files between them, in
+this Python: kfp.local starts a Python per step, and at replay sizes those six starts (imports) cost
+more than the training, so the policy replay runs its retrains this way.
 """
 
 # no `from __future__ import annotations`: kfp reads the annotations as types
 
+import uuid
+from pathlib import Path
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
+from components.config import ProjectConfig, config_to_yaml
 from pipelines.cluster import ClusterSettings, apply_cluster_settings
+from pipelines.local import LocalRun
 from pipelines.training import component, evaluate_op, export_op, images, train_op, validate_op
 
 PIPELINE_NAME = "mtlops-retraining"
@@ -23,14 +32,11 @@ def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, g
                train: Output[Dataset], validation: Output[Dataset], new_test: Output[Dataset],
                old_test: Output[Dataset]) -> str:
     """Returns the config the later steps run with (warm start from the current champion)."""
-    from components.steps import prepare_continual
+    from components.steps import CONTINUAL_LINEAGE, prepare_continual
 
     out = prepare_continual(config_yaml, data_root, new_start, new_end, train.path, validation.path,
                             new_test.path, old_test.path, git_revision)
-    train.metadata.update({k: out[k] for k in ("data_version", "partitions", "git_revision", "train_on",
-                                               "replay_rows") if out[k] is not None})
-    if out["warm_start"]:
-        train.metadata["warm_start"] = out["warm_start"]
+    train.metadata.update({k: out[k] for k in CONTINUAL_LINEAGE if out[k] is not None})
     for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
         art.metadata["rows"] = out["rows"][name]
     return out["config_yaml"]
@@ -39,10 +45,9 @@ def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, g
 def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[Artifact],
                           train: Input[Dataset], new_test: Input[Dataset], old_test: Input[Dataset],
                           decision: Output[Artifact]) -> str:
-    from components.steps import register_model
+    from components.steps import CONTINUAL_LINEAGE, register_model
 
-    lineage = {k: train.metadata.get(k) for k in ("data_version", "partitions", "git_revision", "train_on",
-                                                  "replay_rows", "warm_start")}
+    lineage = {k: train.metadata.get(k) for k in CONTINUAL_LINEAGE}
     out = register_model(config_yaml, onnx_model.path, metrics_json.path, new_test.path, lineage, decision.path,
                          old_test_path=old_test.path)
     decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})
@@ -85,3 +90,30 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # ty
         return register_t.outputs["Output"]
 
     return retraining_pipeline
+
+
+def run_in_process(cfg: ProjectConfig, data_root: Path, pipeline_root: Path, new_start: str, new_end: str,
+                   git_revision: str = "unknown") -> LocalRun:
+    """`build_pipeline`'s steps called in this process, in its order, each output a file under a new run
+    folder in `pipeline_root`; no retries (a failing step raises). tests/test_pipeline_e2e.py checks that
+    it trains and gates the same challenger as kfp.local."""
+    from components import steps
+
+    run_dir = pipeline_root.resolve() / f"{PIPELINE_NAME}-in-process-{uuid.uuid4().hex[:8]}"
+    run_dir.mkdir(parents=True)
+    path = {name: str(run_dir / name) for name in ("train", "validation", "new_test", "old_test", "report",
+                                                     "model", "metrics_json", "onnx_model", "decision")}
+    config_yaml = config_to_yaml(cfg)
+    prepared = steps.prepare_continual(config_yaml, str(data_root.resolve()), new_start, new_end, path["train"],
+                                       path["validation"], path["new_test"], path["old_test"], git_revision)
+    run_config = prepared["config_yaml"]
+    steps.validate(config_yaml, path["train"], path["report"])
+    summary = steps.train_model(run_config, path["train"], path["validation"], path["model"])
+    metrics = steps.evaluate_model(path["model"], path["train"], path["new_test"], path["metrics_json"])
+    steps.export_model(run_config, path["model"], path["train"], path["new_test"], path["onnx_model"])
+    decision = steps.register_model(run_config, path["onnx_model"], path["metrics_json"], path["new_test"],
+                                    {k: prepared[k] for k in steps.CONTINUAL_LINEAGE}, path["decision"],
+                                    old_test_path=path["old_test"])
+    return LocalRun(tag=decision["tag"], run_dir=run_dir, artifacts={k: Path(v) for k, v in path.items()},
+                    decision=decision, metrics=metrics, train_metrics={"train_flops": summary["train_flops"],
+                                                                       "wall_s": summary["wall_s"]})

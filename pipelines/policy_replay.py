@@ -31,6 +31,7 @@ from components.config import ProjectConfig, RetrainingSpec, config_to_yaml, par
 from components.metrics import relative_change
 from components.tasks import higher_is_better
 from monitoring.calibration import CALIBRATION_FILE
+from pipelines.retrain import StepRunner
 
 TRIGGERS = get_args(RetrainingSpec.model_fields["trigger"].annotation)
 TRAIN_ON = get_args(RetrainingSpec.model_fields["train_on"].annotation)
@@ -113,7 +114,7 @@ def _initial_champion(cfg: ProjectConfig, seed: int, seed_dir: Path, data_root: 
 
 def _replay(cfg: ProjectConfig, seed: int, policy: RetrainPolicy, initial: Future[Path], run_dir: Path,
             data_root: Path, months: list[str], overrides: dict[str, dict[str, Any]] | None,
-            threads: int | None) -> dict:
+            threads: int | None, steps: StepRunner) -> dict:
     """One (seed, policy) replay from a copy of the seed's initial store (replayed once: a finished one is
     read back): its record."""
     if not (run_dir / "rows.json").exists():
@@ -125,7 +126,7 @@ def _replay(cfg: ProjectConfig, seed: int, policy: RetrainPolicy, initial: Futur
                                                                           overrides)))
         t0 = time.perf_counter()
         _mtlops(["simulate", "--config", str(run_dir / "config.yaml"), "--root", str(data_root),
-                 "--months", f"{months[0]}..{months[-1]}", "--out", str(run_dir)], run_dir / "store",
+                 "--months", f"{months[0]}..{months[-1]}", "--out", str(run_dir), "--steps", steps], run_dir / "store",
                 run_dir / "simulate.log", threads)
         (run_dir / "wall_s").write_text(f"{time.perf_counter() - t0:.1f}")
         _keep_calibration(run_dir / "store", store)
@@ -135,10 +136,10 @@ def _replay(cfg: ProjectConfig, seed: int, policy: RetrainPolicy, initial: Futur
 
 def replay_policies(cfg: ProjectConfig, data_root: Path, months: list[str], policies: list[RetrainPolicy],
                     seeds: list[int], out_dir: Path, overrides: dict[str, dict[str, Any]] | None = None,
-                    jobs: int = 1) -> list[dict]:
+                    jobs: int = 1, steps: StepRunner = "in-process") -> list[dict]:
     """One record per (seed, policy): its month rows (`MonthRow` as dicts) and wall time. `jobs` replays
     run at once, each process on cores/jobs threads; a seed's replays start once its initial champion is
-    trained."""
+    trained. `steps`: how each retrain runs the retraining pipeline (see `pipelines.retrain.retrain`)."""
     from rich.progress import Progress
 
     out_dir = out_dir.resolve()
@@ -157,7 +158,7 @@ def replay_policies(cfg: ProjectConfig, data_root: Path, months: list[str], poli
         # submitted after every initial, so a worker that takes a replay finds its seed's initial started
         replays = [pool.submit(_replay, cfg, seed, policy, initials[seed],
                                out_dir / f"seed-{seed}" / policy.name.replace("/", "-"), data_root, months,
-                               overrides, threads)
+                               overrides, threads, steps)
                    for seed in seeds for policy in policies]
         for replay in replays:
             replay.add_done_callback(step_done)

@@ -1,7 +1,7 @@
 """The retrain trigger: run the retraining pipeline for a new window, here or on a cluster.
 
-Locally it runs through kfp.local and waits; with a KFP host it submits the compiled pipeline
-with the same parameters and returns the run id. A failed run (an error, a parity failure)
+Locally it runs through kfp.local (or its steps in this process) and waits; with a KFP host it
+submits the compiled pipeline with the same parameters and returns the run id. A failed run (an error, a parity failure)
 or a gate rejection leaves the champion serving; the outcome says which.
 """
 
@@ -16,9 +16,10 @@ from typing import Any, Literal
 from components import registry
 from components.config import ProjectConfig, config_to_yaml
 from components.versioning import git_revision
-from pipelines.continual import build_pipeline
+from pipelines.continual import build_pipeline, run_in_process
 
 Status = Literal["promoted", "rejected", "failed", "submitted"]
+StepRunner = Literal["kfp", "in-process"]
 
 
 @dataclass
@@ -35,7 +36,9 @@ class RetrainOutcome:
 
 
 def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, pipeline_root: Path,
-            kfp_host: str | None = None, client: Any = None) -> RetrainOutcome:
+            kfp_host: str | None = None, client: Any = None, steps: StepRunner = "kfp") -> RetrainOutcome:
+    """`steps="in-process"` runs the pipeline's steps in this Python (`run_in_process`) instead of
+    one kfp.local process per step: the same run, without six Python starts."""
     current = registry.champion(cfg.registry.model_name)
     before = str(current.tag) if current else None
     t0 = time.perf_counter()
@@ -44,8 +47,11 @@ def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, p
     from pipelines.local import run_local
 
     try:
-        run = run_local(cfg, data_root, pipeline_root, builder=build_pipeline, new_start=new_start,
-                        new_end=new_end)
+        if steps == "in-process":
+            run = run_in_process(cfg, data_root, pipeline_root, new_start, new_end, git_revision(data_root))
+        else:
+            run = run_local(cfg, data_root, pipeline_root, builder=build_pipeline, new_start=new_start,
+                            new_end=new_end)
     except Exception as exc:  # kfp.local raises its own error types; the step's log is above
         return RetrainOutcome("failed", before, error=f"{type(exc).__name__}: {exc}",
                               seconds=time.perf_counter() - t0)

@@ -3,10 +3,11 @@
 For each month: the champion scores it (through the live service and its prediction log with
 `--serve`, else offline in the same format), the monitor
 compares it with the champion's reference (the month's labels are taken as arrived by its end,
-so quality is checked too), the alert policy decides, a retrain runs through kfp.local when
-`retraining.trigger` says so (every month, on an acting alert, or never), and the gate promotes or
-rejects. Alongside, the never-retrained initial model scores every month: the headline is each
-task's metric of both, month by month. `pipelines/policy_replay.py` runs this per policy and seed.
+so quality is checked too), the alert policy decides, a retrain runs through kfp.local (or its
+steps in this process: `steps`) when `retraining.trigger` says so (every month, on an acting alert,
+or never), and the gate promotes or rejects. Alongside, the never-retrained initial model scores
+every month: the headline is each task's metric of both, month by month.
+`pipelines/policy_replay.py` runs this per policy and seed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from components.data import label_column, partition_dir, read_window, with_label
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame
 from monitoring.alerts import Alert, decide
-from pipelines.retrain import retrain
+from pipelines.retrain import StepRunner, retrain
 from serving.client import reload, score_through_service
 
 
@@ -79,7 +80,8 @@ def through_service(service: LiveService, df: pd.DataFrame, cfg: ProjectConfig, 
 
 
 def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Path,
-             service: LiveService | None = None, progress: bool = True) -> list[MonthRow]:
+             service: LiveService | None = None, progress: bool = True,
+             steps: StepRunner = "kfp") -> list[MonthRow]:
     """With `service`, each month is scored by the live service and read back from its prediction
     log, and every promotion is reloaded into it; otherwise the champion scores offline."""
     from monitoring.dashboard import add_alert_marker
@@ -116,7 +118,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         outcome = None
         # the last month's retrain would serve a month outside the replay
         if month != months[-1] and should_retrain(cfg, alert):
-            outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp")
+            outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp", steps=steps)
             if service and outcome.status == "promoted":
                 answer = reload(service.url, service.admin_token)
                 if answer.status_code != 200 or answer.json()["model_version"] != outcome.tag:

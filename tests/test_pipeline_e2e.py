@@ -232,6 +232,27 @@ def test_a_failed_retrain_leaves_the_champion_serving(flights_repo: tuple[Path, 
     assert str(registry.champion(champion.tag.name).tag) == str(champion.tag)
 
 
+def test_a_retrain_in_process_trains_and_gates_the_challenger_kfp_local_does(flights_repo: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    """`steps="in-process"` (what the policy replay uses) calls the retraining pipeline's steps in this
+    Python: from scratch on the same rows it trains the same challenger as kfp.local, the gate scores it
+    the same, and it registers the same lineage."""
+    root, cfg_path = flights_repo
+    _champion_of(cfg_path, root)
+    cfg = _with(load_config(cfg_path), retraining={"train_on": "sliding", "sliding_months": 1})
+    runs = [retrain(cfg, root, "2013-08-01", "2013-09-01", tmp_path / steps, steps=steps)
+            for steps in ("kfp", "in-process")]
+    assert [r.status in ("promoted", "rejected") for r in runs] == [True, True], runs
+    kfp_run, in_process = runs
+    assert in_process.train_flops == kfp_run.train_flops > 0
+    assert in_process.gate["challenger"].keys() == kfp_run.gate["challenger"].keys()
+    for key, value in kfp_run.gate["challenger"].items():
+        assert in_process.gate["challenger"][key] == pytest.approx(value, rel=1e-6), key
+    lineage = [bentoml.models.get(r.tag).info.metadata["lineage"] for r in runs]
+    assert lineage[0] == lineage[1] and lineage[1]["train_on"] == "sliding"
+    assert [p.name.startswith("mtlops-retraining-in-process-") for p in (tmp_path / "in-process").iterdir()] == [True]
+
+
 def _with(cfg: ProjectConfig, **sections: dict) -> ProjectConfig:
     raw = cfg.model_dump(mode="json", exclude_none=True)
     for name, fields in sections.items():
@@ -307,7 +328,8 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
     out = tmp_path / "policies"
     policies = "never,scheduled/sliding,scheduled/expanding,alert/warm_replay"
     result = mtlops("simulate", "--config", str(small_path), "--root", str(root), "--months", "2013-07..2013-08",
-                    "--policy", policies, "--seeds", "0", "--jobs", "2", "--out", str(out), cwd=root).stdout
+                    "--policy", policies, "--seeds", "0", "--jobs", "2", "--steps", "kfp", "--out", str(out),
+                    cwd=root).stdout
     records = json.loads((out / "records.json").read_text())
     assert [r["policy"] for r in records] == policies.split(",")
     by_policy = {r["policy"]: r["rows"] for r in records}
