@@ -360,6 +360,9 @@ def test_simulate_compares_every_retraining_policy_through_kfp_local(flights_rep
              for name in policies.split(",")]
     assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1], spans
     assert "months worse than never" in result
+    bad = mtlops("simulate", "--config", str(small_path), "--policy", "never", "--steps", "docker", cwd=root,
+                 check=False)
+    assert bad.returncode == 2 and "--steps" in bad.stderr and "'docker'" in bad.stderr, bad.stderr
 
 
 def test_the_monitoring_pipeline_retrains_in_its_dsl_if_branch_only_when_the_alert_acts(
