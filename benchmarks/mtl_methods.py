@@ -305,13 +305,15 @@ def bench_config(base: ProjectConfig, epochs: int, threads: int, device: str) ->
                          device=device)
 
 
-def model_overrides(pairs: list[str]) -> dict[str, object]:
-    """`--model FIELD=VALUE` pairs as model settings, each value read as YAML (32 -> int, [128, 64] -> list)."""
+def setting_overrides(pairs: list[str], option: str = "model") -> dict[str, object]:
+    """`--model` / `--training` FIELD=VALUE pairs as settings of that config section, each value read as YAML
+    (32 -> int, [128, 64] -> list)."""
     settings: dict[str, object] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise SystemExit(f"--model {pair!r}: write FIELD=VALUE, e.g. architecture=ft_transformer")
+            example = "architecture=ft_transformer" if option == "model" else "batch_size=256"
+            raise SystemExit(f"--{option} {pair!r}: write FIELD=VALUE, e.g. {example}")
         settings[name.strip()] = yaml.safe_load(value)
     return settings
 
@@ -371,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="a `model:` setting under every method, e.g. architecture=ft_transformer or "
                              "head_hidden=32 (YAML value; repeatable; a method's own model settings still apply)")
+    parser.add_argument("--training", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a `training:` setting under every method, e.g. batch_size=256 or lr=0.001 (YAML "
+                             "value; repeatable; a method's own training settings still apply)")
     args = parser.parse_args(argv)
 
     from components.config import load_config
@@ -381,9 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
     cfg = bench_config(base, epochs, args.threads, args.device)
-    model_settings = model_overrides(args.model)
-    if model_settings:
-        cfg = with_training(cfg, model=model_settings)
+    model_settings, training_settings = setting_overrides(args.model), setting_overrides(args.training, "training")
+    if model_settings or training_settings:
+        cfg = with_training(cfg, model=model_settings or None, **training_settings)
     train_df, val_df, test_df = load_windows(cfg, fraction)
 
     table = methods(cfg) | (mt2st_sweep(cfg) if args.mt2st_sweep else {})
@@ -409,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         journal_path.unlink(missing_ok=True)
     journal = RunJournal(journal_path, {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
                                         "pbt_population": args.pbt_population, "lightgbm_rounds": lgbm_rounds,
-                                        "device": args.device} | ({"model": model_settings} if model_settings else {}))
+                                        "device": args.device} | ({"model": model_settings} if model_settings else {})
+                         | ({"training": training_settings} if training_settings else {}))
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "
                   f"{epochs} epochs, {args.seeds} seeds, {len(runners)} methods")

@@ -41,8 +41,12 @@ def test_method_summary_flops_is_the_seed_mean_or_none() -> None:
     assert mtl_methods.MethodSummary("LightGBM", [mtl_methods.RunResult({}, 1.0, None)]).flops() is None
 
 
-def test_model_overrides_read_yaml_values_and_name_a_malformed_pair() -> None:
-    assert mtl_methods.model_overrides(["architecture=ft_transformer", "head_hidden=32", "hidden=[128, 64]"]) == {
+def test_setting_overrides_read_yaml_values_and_name_a_malformed_pair() -> None:
+    assert mtl_methods.setting_overrides(["architecture=ft_transformer", "head_hidden=32", "hidden=[128, 64]"]) == {
         "architecture": "ft_transformer", "head_hidden": 32, "hidden": [128, 64]}
+    assert mtl_methods.setting_overrides(["batch_size=256", "lr=0.001"], "training") == {"batch_size": 256,
+                                                                                         "lr": 0.001}
     with pytest.raises(SystemExit, match="'head_hidden: 32': write FIELD=VALUE"):
-        mtl_methods.model_overrides(["head_hidden: 32"])
+        mtl_methods.setting_overrides(["head_hidden: 32"])
+    with pytest.raises(SystemExit, match="--training 'lr'"):
+        mtl_methods.setting_overrides(["lr"], "training")
