@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from components.validate import DataValidationError
 if TYPE_CHECKING:
     from monitoring.summary import MonitorSummary
     from pipelines.cluster import ClusterSettings
+    from pipelines.retrain import StepRunner
 
 app = typer.Typer(help="One multi-task model in production.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and version datasets.", no_args_is_help=True)
@@ -382,14 +383,16 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
     if steps not in (None, "kfp", "in-process"):
         raise typer.BadParameter(f"expected kfp or in-process, got {steps!r}", param_hint="--steps")
+    comparing = policy is not None or quick
+    runner = cast("StepRunner", steps or ("in-process" if comparing else "kfp"))
     cfg = _load(config)
-    if policy is not None or quick:
-        _compare_policies(cfg, root, months, out, policy, seeds, quick, jobs, steps or "in-process")
+    if comparing:
+        _compare_policies(cfg, root, months, out, policy, seeds, quick, jobs, runner)
         return
     first, last = months.split("..")
     names = [str(m) for m in pd.period_range(first, last, freq="M")]
     if not serve:
-        rows = run_simulation(cfg, root, names, out, steps=steps or "kfp")  # type: ignore[arg-type]
+        rows = run_simulation(cfg, root, names, out, steps=runner)
     else:  # the whole system: months go through a live service, promotions are hot-swapped into it
         import secrets
 
@@ -402,7 +405,7 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         try:
             server.wait_ready()
             rows = run_simulation(cfg, root, names, out, service=LiveService(server.url, out / "predictions", token),
-                                  steps=steps or "kfp")  # type: ignore[arg-type]
+                                  steps=runner)
         finally:
             server.stop()
     (out / "rows.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
@@ -414,7 +417,7 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
 
 
 def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, policy: str | None, seeds: str,
-                      quick: bool, jobs: int | None, steps: str) -> None:
+                      quick: bool, jobs: int | None, steps: StepRunner) -> None:
     import pandas as pd
 
     from pipelines.policy_replay import (
@@ -441,7 +444,7 @@ def _compare_policies(cfg: ProjectConfig, root: Path, months: str, out: Path, po
     first, last = months.split("..")
     month_names = [str(m) for m in pd.period_range(first, last, freq="M")]
     records = replay_policies(cfg, root, month_names, policies, [int(s) for s in seeds.split(",")], out, overrides,
-                              jobs or min(4, available_cores()), steps)  # type: ignore[arg-type]
+                              jobs or min(4, available_cores()), steps)
     text = policy_markdown(records, cfg)
     (out / "policies.md").write_text(text)
     plot = policy_plot(records, cfg, out / "policies.png")
