@@ -166,7 +166,7 @@ def quality_cell(s: MonitorSummary, task: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "flights.yaml")
-    ap.add_argument("--quick", action="store_true", help="3 no-drift samples, Jun-Jul, a 2-epoch model on 20%")
+    ap.add_argument("--quick", action="store_true", help="3 no-drift samples, Jun-Jul, a 2-epoch model on 20%%")
     ap.add_argument("--no-drift-seeds", type=int, default=None, help="no-drift samples (default 10, quick 3)")
     ap.add_argument("--window-rows", type=int, default=None,
                     help="rows per no-drift sample (default the config's monitoring.sample_size; quick 5,000)")

@@ -305,17 +305,37 @@ def bench_config(base: ProjectConfig, epochs: int, threads: int, device: str) ->
                          device=device)
 
 
+OPTION_EXAMPLES = {"model": "architecture=ft_transformer", "training": "batch_size=256", "min-frequency": "tailnum=30"}
+
+
 def setting_overrides(pairs: list[str], option: str = "model") -> dict[str, object]:
-    """`--model` / `--training` FIELD=VALUE pairs as settings of that config section, each value read as YAML
-    (32 -> int, [128, 64] -> list)."""
+    """`--model` / `--training` FIELD=VALUE (`--min-frequency` COLUMN=N) pairs as settings, each value read as
+    YAML (32 -> int, [128, 64] -> list)."""
     settings: dict[str, object] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            example = "architecture=ft_transformer" if option == "model" else "batch_size=256"
-            raise SystemExit(f"--{option} {pair!r}: write FIELD=VALUE, e.g. {example}")
+            raise SystemExit(f"--{option} {pair!r}: write FIELD=VALUE, e.g. {OPTION_EXAMPLES[option]}")
         settings[name.strip()] = yaml.safe_load(value)
     return settings
+
+
+def with_min_frequency(cfg: ProjectConfig, cutoffs: dict[str, object],
+                       option: str = "--min-frequency") -> ProjectConfig:
+    """`cfg` with `min_frequency` set on the named categorical features (`option` names the flag in an error)."""
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    known = {f["name"] for f in raw["features"]["categorical"]}
+    if missing := sorted(set(cutoffs) - known):
+        raise SystemExit(f"{option}: {missing} are not categorical features of the config (it has {sorted(known)})")
+    for f in raw["features"]["categorical"]:
+        f["min_frequency"] = cutoffs.get(f["name"], f["min_frequency"])
+    return parse_config(raw, "<min_frequency>")
+
+
+def config_key(path: str | Path, cfg: ProjectConfig) -> dict[str, object]:
+    """What a journal keys a config on: its file name and its categorical cut-offs, since a run at other cut-offs
+    trains other models (benchmarks/category_cutoff.py)."""
+    return {"config": Path(path).name, "min_frequency": {f.name: f.min_frequency for f in cfg.features.categorical}}
 
 
 def load_windows(cfg: ProjectConfig, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -373,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="a `model:` setting under every method, e.g. architecture=ft_transformer or "
                              "head_hidden=32 (YAML value; repeatable; a method's own model settings still apply)")
+    parser.add_argument("--min-frequency", action="append", default=[], metavar="COLUMN=N",
+                        help="a categorical feature's min_frequency over the config's, e.g. tailnum=30 (repeatable)")
     parser.add_argument("--training", action="append", default=[], metavar="FIELD=VALUE",
                         help="a `training:` setting under every method, e.g. batch_size=256 or lr=0.001 (YAML "
                              "value; repeatable; a method's own training settings still apply)")
@@ -380,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from components.config import load_config
 
-    base = load_config(args.config)
+    base = with_min_frequency(load_config(args.config), setting_overrides(args.min_frequency, "min-frequency"))
     fraction = args.fraction if args.fraction is not None else (0.1 if args.quick else 1.0)
     epochs = args.epochs or (4 if args.quick else base.training.epochs)
     out = Path(args.out) if args.out else RESULTS / f"mtl_methods{'_quick' if args.quick else ''}"
@@ -412,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     journal_path = out.parent / f"{out.name}.runs.jsonl"
     if args.fresh:
         journal_path.unlink(missing_ok=True)
-    journal = RunJournal(journal_path, {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
+    journal = RunJournal(journal_path, config_key(args.config, base) | {"fraction": fraction, "epochs": epochs,
                                         "pbt_population": args.pbt_population, "lightgbm_rounds": lgbm_rounds,
                                         "device": args.device} | ({"model": model_settings} if model_settings else {})
                          | ({"training": training_settings} if training_settings else {}))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.config import ProjectConfig, load_config, parse_config
 from components.data import label_column, load_source, select_window, with_labels
-from components.predictions import sigmoid
+from components.tasks import sigmoid
 from components.train import evaluate_tensors, load_trained, predict_raw, to_tensors, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,6 +44,7 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     RunJournal,
     RunResult,
     bench_config,
+    config_key,
     load_windows,
     markdown,
     merged,
@@ -53,11 +54,14 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     run_lightgbm,
     run_mtl,
     seed_runs,
+    setting_overrides,
+    with_min_frequency,
     with_training,
 )
 
 from components.config import ProjectConfig, TaskSpec, parse_config
 from components.stl import single_task_config
+from components.train import TrainingDiverged
 
 Value = int | float | str
 # --quick tunes one method of each family (and EW+towers, Rep-MTL's baseline), not the combined variants
@@ -253,15 +257,19 @@ def tune(candidate: Candidate, storage: Any, trials: int, settings: dict[str, ob
         trial.set_user_attr("wall_s", run.wall_s)
         return run.metrics[candidate.task.name]
 
-    done = sum(t.state == states.COMPLETE for t in study.trials)
+    # a setting that diverges is a failed trial of the budget (TPE then avoids its region), not the end of the study
+    done = sum(t.state in (states.COMPLETE, states.FAIL) for t in study.trials)
     on_trials(min(done, trials))
-    study.optimize(objective, n_trials=max(0, trials - done), callbacks=[lambda *_: on_trials(1)])
+    study.optimize(objective, n_trials=max(0, trials - done), callbacks=[lambda *_: on_trials(1)],
+                   catch=(TrainingDiverged,))
     return study
 
 
 def best_settings_table(table: dict[str, list[Candidate]], studies: dict[str, Any]) -> str:
     """Per tuned model: trials, the validation value of trial 0 (untuned) and of the best trial, the tuning wall
     time, and the best setting."""
+    import optuna
+
     lines = ["| model | validation metric | trials | untuned (trial 0) | best | tuning wall s | best setting |",
              "|---|---|---|---|---|---|---|"]
     for group in table.values():
@@ -272,7 +280,9 @@ def best_settings_table(table: dict[str, list[Candidate]], studies: dict[str, An
             untuned_cell = f"{untuned:.4f}" if untuned is not None else "n/a"
             params = ", ".join(f"{p.split('.')[-1]}={_fmt(v)}" for p, v in study.best_params.items())
             wall = sum(t.user_attrs.get("wall_s", 0.0) for t in done)
-            lines.append(f"| {c.study} | {c.task.name} {c.task.metric} | {len(done)} | {untuned_cell} | "
+            diverged = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+            trials = f"{len(done)}" + (f" + {diverged} diverged" if diverged else "")
+            lines.append(f"| {c.study} | {c.task.name} {c.task.metric} | {trials} | {untuned_cell} | "
                          f"{study.best_value:.4f} | {wall:.0f} | {params} |")
     return "\n".join(lines) + "\n"
 
@@ -307,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                         "default: every method, quick: QUICK_METHODS)")
     parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/...)")
     parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
+    parser.add_argument("--min-frequency", action="append", default=[], metavar="COLUMN=N",
+                        help="a categorical feature's min_frequency over the config's, e.g. tailnum=30 (repeatable)")
     parser.add_argument("--fresh", action="store_true", help="delete the journals (<out>.optuna.jsonl, "
                         "<out>.runs.jsonl) and start over")
     args = parser.parse_args(argv)
@@ -316,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     from components.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    base = load_config(args.config)
+    base = with_min_frequency(load_config(args.config), setting_overrides(args.min_frequency, "min-frequency"))
     fraction = args.fraction if args.fraction is not None else (0.1 if args.quick else 1.0)
     epochs = args.epochs or (4 if args.quick else base.training.epochs)
     trials = args.trials or (4 if args.quick else 30)
@@ -335,8 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         study_path.unlink(missing_ok=True)
         runs_path.unlink(missing_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study_path)))
-    settings: dict[str, object] = {"config": Path(args.config).name, "fraction": fraction, "epochs": epochs,
-                                   "lightgbm_rounds": lightgbm_rounds, "device": args.device}
+    settings: dict[str, object] = config_key(args.config, base) | {
+        "fraction": fraction, "epochs": epochs, "lightgbm_rounds": lightgbm_rounds, "device": args.device}
     models = sum(len(group) for group in table.values())
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation / {len(test_df):,} test rows, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -142,6 +143,11 @@ def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.
 def make_autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on GPU; plain fp32 on CPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class TrainingDiverged(ValueError):
+    """A task's training loss stopped being a finite number: the setting (learning rate, a regulariser's weight)
+    is too aggressive. Raised at the end of that epoch, before its weights can become the best epoch's."""
 
 
 @dataclass
@@ -351,6 +357,9 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 rep_mtl=tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
                 flops_per_sample=state.flops_per_sample, step_model=step_model,
                 on_step=lambda job=job: bar.advance(job))
+            if diverged := sorted(name for name, loss in stats.train_loss.items() if not math.isfinite(loss)):
+                raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the training loss of {diverged} is "
+                                       f"not finite (lr {tc.lr:g}); lower training.lr, or the regularisers' weights")
             state.train_flops += stats.flops
             seen += len(train_t)
             strategy.epoch_end()

@@ -50,3 +50,20 @@ def test_setting_overrides_read_yaml_values_and_name_a_malformed_pair() -> None:
         mtl_methods.setting_overrides(["head_hidden: 32"])
     with pytest.raises(SystemExit, match="--training 'lr'"):
         mtl_methods.setting_overrides(["lr"], "training")
+
+
+def test_runs_at_other_categorical_cutoffs_are_not_reused(tmp_path: Path) -> None:
+    from components.config import load_config
+    from tests.conftest import FLIGHTS
+
+    cfg = load_config(FLIGHTS)
+    earlier = mtl_methods.with_min_frequency(cfg, {"tailnum": 30, "flight_number": 30})
+    assert {f.name: f.min_frequency for f in earlier.features.categorical}["tailnum"] == 30
+    path = tmp_path / "bench.runs.jsonl"
+    mtl_methods.RunJournal(path, mtl_methods.config_key(FLIGHTS, earlier)).record(
+        "EW", 0, mtl_methods.RunResult({"arr_delayed": 0.72}, 15.0, 3.3e11))
+    assert mtl_methods.RunJournal(path, mtl_methods.config_key(FLIGHTS, earlier)).done
+    later = mtl_methods.with_min_frequency(cfg, {"tailnum": 200, "flight_number": 30})
+    assert mtl_methods.RunJournal(path, mtl_methods.config_key(FLIGHTS, later)).done == {}
+    with pytest.raises(SystemExit, match=r"--min-frequency: \['aircraft'\] are not categorical features"):
+        mtl_methods.with_min_frequency(cfg, {"aircraft": 30})

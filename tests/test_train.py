@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from components.config import ProjectConfig, config_to_yaml
-from components.train import CHECKPOINT, SUMMARY, WEIGHTS, train
+from components.train import CHECKPOINT, SUMMARY, WEIGHTS, TrainingDiverged, train
 from tests.conftest import FLIGHTS, config_with, window
 
 
@@ -27,6 +27,15 @@ def test_losses_fall_and_validation_beats_chance(flights_frame: pd.DataFrame, fl
     assert result.validation["air_time"]["mae"] < 30  # minutes; predicting the mean is ~75
     for name in (WEIGHTS, CHECKPOINT, SUMMARY, "feature_spec.json", "config.yaml"):
         assert (tmp_path / name).is_file()
+
+
+def test_a_diverging_setting_stops_with_an_error_naming_the_epoch_and_the_tasks(flights_frame: pd.DataFrame,
+                                                                                tmp_path: Path) -> None:
+    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2, "lr": 1e12})
+    train_df = window(flights_frame, cfg, "train").head(4000)
+    with pytest.raises(TrainingDiverged, match=r"training diverged in epoch 1: the training loss of \[.*'air_time'"):
+        train(cfg, train_df, window(flights_frame, cfg, "validation"), tmp_path, progress=False)
+    assert not (tmp_path / WEIGHTS).exists()  # no diverged weights are left to export
 
 
 _CHILD = """

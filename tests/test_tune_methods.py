@@ -104,3 +104,27 @@ def test_a_default_outside_a_range_is_clamped_and_one_outside_the_choices_is_sam
     hidden = tune.Knob("model.hidden", choices=("128-64",), layers=True)
     assert tune.start_values(dump(BASE), [lr, hidden]) == {"training.lr": 2e-3}  # the config's [256, 128]
     assert tune.start_values({"training": {"lr": 1e-4}}, [lr]) == {"training.lr": 1e-3}
+
+
+def test_a_diverging_trial_fails_within_the_budget_and_the_study_goes_on() -> None:
+    """The study loop with a stand-in `fit` (the real trainer's divergence error: tests/test_train.py)."""
+    import optuna
+
+    from components.train import TrainingDiverged
+
+    def fit(values: dict, window: object, seed: int) -> object:
+        if values["training.lr"] > 0.02:
+            raise TrainingDiverged("training diverged in epoch 1")
+        return mtl_methods.RunResult({BASE.primary_task.name: values["training.lr"]}, 1.0, None)
+
+    knobs = [tune.Knob("training.lr", 1e-3, 1e-1, log=True)]
+    candidate = tune.Candidate("lr-only", BASE.primary_task, knobs, {"training.lr": 0.05}, fit)
+    seen: list[int] = []
+    study = tune.tune(candidate, optuna.storages.InMemoryStorage(), 12, {"config": "test"}, None, seen.append)
+    states = [t.state for t in study.trials]
+    assert len(states) == 12 and sum(seen) == 12
+    assert states[0] == optuna.trial.TrialState.FAIL  # trial 0, the untuned 0.05, diverged
+    assert optuna.trial.TrialState.COMPLETE in states and study.best_value <= 0.02
+    failed = states.count(optuna.trial.TrialState.FAIL)
+    assert f"| {len(states) - failed} + {failed} diverged |" in tune.best_settings_table({"m": [candidate]},
+                                                                                          {"lr-only": study})
