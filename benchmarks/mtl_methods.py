@@ -192,36 +192,62 @@ LGBM_PARAMS: dict[str, float | int] = {
     "cat_smooth": 10.0, "max_cat_threshold": 32}
 
 
-def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
-                 seed: int, threads: int, rounds: int, params: dict[str, float | int] | None = None) -> RunResult:
-    """One gradient-boosted model per task on the same features (categoricals as LightGBM categories), early
-    stopping on the validation window, scored with the same metric code as the networks. `params` override
-    LGBM_PARAMS for every task."""
+@dataclass
+class LightGBMModels:
+    """One booster per task, trained on the features as LightGBM reads them: numeric columns as they are,
+    categoricals as pandas categories over the training window's values (unseen values are missing)."""
+
+    feature_names: list[str]
+    categories: dict[str, list[str]]  # a categorical column -> its LightGBM categories, in code order
+    boosters: dict[str, object]  # task -> lightgbm.Booster, early-stopped on the validation window
+
+    def frame(self, df: pd.DataFrame) -> pd.DataFrame:
+        x = df[self.feature_names].copy()
+        for c, values in self.categories.items():
+            x[c] = pd.Categorical(x[c].astype("string"), categories=values)
+        return x
+
+    def raw_scores(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        x = self.frame(df)
+        return {task: np.asarray(b.predict(x, raw_score=True, num_iteration=b.best_iteration))  # type: ignore[attr-defined]
+                for task, b in self.boosters.items()}
+
+
+def fit_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, seed: int, threads: int,
+                 rounds: int, params: dict[str, dict[str, float | int]] | None = None) -> LightGBMModels:
+    """A booster per task of `cfg`, early stopping on the validation window. `params` (task -> parameters)
+    override LGBM_PARAMS for that task."""
     import lightgbm as lgb
 
     spec = FeatureSpec.fit(train_df, cfg)
-    cats = [c.name for c in cfg.features.categorical]
-
-    def frame(df: pd.DataFrame) -> pd.DataFrame:
-        x = df[cfg.features.names].copy()
-        for c in cats:
-            x[c] = pd.Categorical(x[c].astype("string"), categories=sorted(train_df[c].dropna().astype(str).unique()))
-        return x
-
-    x_train, x_val, x_test = frame(train_df), frame(val_df), frame(test_df)
-    y_train, y_val, y_test = (spec.transform_targets(d) for d in (train_df, val_df, test_df))
-    t0, metrics = time.perf_counter(), {}
+    cats = {c.name: sorted(train_df[c.name].dropna().astype(str).unique()) for c in cfg.features.categorical}
+    models = LightGBMModels(cfg.features.names, cats, {})
+    x_train, x_val = models.frame(train_df), models.frame(val_df)
+    y_train, y_val = spec.transform_targets(train_df), spec.transform_targets(val_df)
     for task, target in zip(cfg.tasks, spec.targets, strict=True):
         tr, va = ~np.isnan(y_train[task.name]), ~np.isnan(y_val[task.name])
-        booster_params = {**LGBM_PARAMS, **(params or {}), "objective": LGBM_OBJECTIVE[task.loss],  # type: ignore[index]
+        booster_params = {**LGBM_PARAMS, **(params or {}).get(task.name, {}),
+                          "objective": LGBM_OBJECTIVE[task.loss],  # type: ignore[index]
                           "seed": seed, "num_threads": threads, "verbosity": -1}
         if target.width > 1:
             booster_params["num_class"] = target.width
-        booster = lgb.train(booster_params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
-                            valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
-                            callbacks=[lgb.early_stopping(50, verbose=False)])
-        raw = booster.predict(x_test, raw_score=True, num_iteration=booster.best_iteration)
-        metrics[task.name] = task_metrics(target, np.asarray(raw), y_test[task.name])[task.metric]  # type: ignore[index]
+        models.boosters[task.name] = lgb.train(
+            booster_params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
+            valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
+            callbacks=[lgb.early_stopping(50, verbose=False)])
+    return models
+
+
+def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df: pd.DataFrame,
+                 seed: int, threads: int, rounds: int, params: dict[str, float | int] | None = None) -> RunResult:
+    """One gradient-boosted model per task on the same features (`fit_lightgbm`), scored on `test_df` with the
+    same metric code as the networks. `params` override LGBM_PARAMS for every task."""
+    t0 = time.perf_counter()
+    models = fit_lightgbm(cfg, train_df, val_df, seed, threads, rounds, {t.name: params or {} for t in cfg.tasks})
+    spec = FeatureSpec.fit(train_df, cfg)
+    y_test, raw = spec.transform_targets(test_df), models.raw_scores(test_df)
+    metrics = {task.name: task_metrics(target, raw[task.name], y_test[task.name])[task.metric]  # type: ignore[index]
+               for task, target in zip(cfg.tasks, spec.targets, strict=True)}
     return RunResult(metrics, time.perf_counter() - t0, None)
 
 

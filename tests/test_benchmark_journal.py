@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("mtl_methods", ROOT / "benchmarks" / "mtl_methods.py")
-mtl_methods = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-sys.modules["mtl_methods"] = mtl_methods  # its dataclasses resolve their annotations through it
-_spec.loader.exec_module(mtl_methods)  # type: ignore[union-attr]
+mtl_methods = load_benchmark("mtl_methods")
 
 FULL = {"config": "flights.yaml", "fraction": 1.0, "epochs": 8, "lightgbm_rounds": 2000}
 

@@ -4,27 +4,15 @@ vocabulary, validation and test metrics, and resumes from its journal."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from components.config import load_config
-from tests.conftest import FLIGHTS, ROOT
+from tests.conftest import FLIGHTS, load_benchmark
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-mtl_methods = sys.modules.get("mtl_methods") or _load("mtl_methods")
-cutoff = _load("category_cutoff")
+mtl_methods = load_benchmark("mtl_methods")
+cutoff = load_benchmark("category_cutoff")
 
 
 def test_the_cutoff_lands_on_the_named_columns_only_and_an_unknown_column_is_named() -> None:

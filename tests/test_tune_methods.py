@@ -4,27 +4,15 @@ trial 0 is the untuned setting of mtl_methods.py, and a knob never switches on a
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from types import ModuleType
 
 import pytest
 
 from components.config import ProjectConfig, load_config
 from components.stl import single_task_config
-from tests.conftest import FLIGHTS, ROOT
+from tests.conftest import FLIGHTS, load_benchmark
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module  # dataclasses resolve their annotations through it; tune_methods imports mtl_methods
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-mtl_methods = sys.modules.get("mtl_methods") or _load("mtl_methods")
-tune = _load("tune_methods")
+mtl_methods = load_benchmark("mtl_methods")
+tune = load_benchmark("tune_methods")
 
 EPOCHS = 8
 BASE = mtl_methods.bench_config(load_config(FLIGHTS), EPOCHS, threads=1, device="cpu")
