@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                              (train_df, val_df, test_df), base.training.epochs)
               + f", seeds 0..{args.seeds - 1}, mean ± std over seeds. Training: "
               + ", ".join(f"{k}={v}" for k, v in base.training.model_dump(include={"lr", "weight_decay",
-                                                                                   "batch_size"}).items())
+                                                                                   "batch_size", "ema_decay"}).items())
               + f", dropout={base.model.dropout}, hidden={base.model.hidden}. "
               f"Whole sweep: {(time.perf_counter() - t0) / 60:.1f} min.")
     text = markdown(base, summaries, sizes, header)

@@ -513,6 +513,8 @@ class TrainingSpec(Strict):
     # continual retraining: start from this exported model folder's weights and FeatureSpec
     warm_start: str | None = None
     compile: bool = False  # torch.compile the model for the training steps (worth it on GPU)
+    # validate, keep and export an exponential moving average of the weights, updated after every step
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 class RegistrySpec(Strict):

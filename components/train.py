@@ -21,7 +21,7 @@ from typing import ClassVar, cast
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
 from components import distributed
@@ -187,6 +187,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     flops_per_sample: dict[str, float] = field(default_factory=dict)  # measured once per phase (set of heads)
     train_flops: float = 0.0
+    average: dict | None = None  # the weight average's tensors (`training.ema_decay`), shared with it
 
     STATEFUL: ClassVar[tuple[str, ...]] = ("model", "optimizer", "strategy", "schedule")  # through state_dict()
 
@@ -202,6 +203,25 @@ class TrainState:
             if f.name not in self.STATEFUL:
                 setattr(self, f.name, checkpoint[f.name])
         torch.set_rng_state(checkpoint["rng"])
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (`training.ema_decay`), updated after every optimizer
+    step; with it, the average is what is validated, kept as the best epoch's weights and exported. At a large
+    learning rate one step's weights carry that step's noise; their average over the last 1 / (1 - decay) steps
+    does not (docs/methods.md, "Averaging the weights"). Integer buffers are copied, not averaged."""
+
+    def __init__(self, model: Architecture, decay: float) -> None:
+        self.source, self.decay = model, decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, now in zip(self.model.state_dict().values(), self.source.state_dict().values(), strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(now, 1 - self.decay)
+            else:
+                avg.copy_(now)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
@@ -279,15 +299,16 @@ def _progress(enabled: bool) -> Progress:
     return Progress(*columns, disable=not enabled, transient=False)
 
 
-def _record_epoch(state: TrainState, epoch: int, active: list[str], train_loss: dict[str, float],
-                  val: dict[str, dict[str, float]], primary: TaskSpec) -> tuple[bool, bool]:
+def _record_epoch(state: TrainState, validated: Architecture, epoch: int, active: list[str],
+                  train_loss: dict[str, float], val: dict[str, dict[str, float]],
+                  primary: TaskSpec) -> tuple[bool, bool]:
     """Early stopping, MT2ST's plateau watch and the history line of one epoch: (the primary metric improved,
-    MT2ST switches to the primary task alone)."""
+    MT2ST switches to the primary task alone). `validated` (the model, or its weight average) scored `val`."""
     metric = val[primary.name][primary.metric]  # type: ignore[index]
     improved = state.best_epoch < 0 or is_better(primary.metric, metric, state.best_metric)  # type: ignore[arg-type]
     if improved:
         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
-        state.best_state = copy.deepcopy(state.model.state_dict())
+        state.best_state = copy.deepcopy(validated.state_dict())
     else:
         state.bad_epochs += 1
     switched = state.schedule.observe(epoch, improved)
@@ -336,6 +357,12 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         state.restore(ckpt)
         if progress:
             print(f"resuming from {ckpt_path} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
+    averaged = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
+    if averaged is not None:
+        if state.average is not None:
+            averaged.model.load_state_dict(state.average)
+        state.average = averaged.model.state_dict()  # the checkpoint saves the average as it moves
+    validated = averaged.model if averaged is not None else model
 
     tasks = {t.name: t for t in cfg.tasks}
     autocast = make_autocast(device)
@@ -349,6 +376,12 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 break
             active = schedule.active_tasks(epoch)
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
+
+            def after_step(job: TaskID = job) -> None:
+                if averaged is not None:
+                    averaged.update()
+                bar.advance(job)
+
             model.train()
             stats = run_epoch(
                 model, strategy, optimizer, train_t, tasks,
@@ -356,15 +389,15 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 autocast, active=active, loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done),
                 rep_mtl=tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
                 flops_per_sample=state.flops_per_sample, step_model=step_model,
-                on_step=lambda job=job: bar.advance(job))
+                on_step=after_step)
             if diverged := sorted(name for name, loss in stats.train_loss.items() if not math.isfinite(loss)):
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the training loss of {diverged} is "
                                        f"not finite (lr {tc.lr:g}); lower training.lr, or the regularisers' weights")
             state.train_flops += stats.flops
             seen += len(train_t)
             strategy.epoch_end()
-            val = evaluate_tensors(model, val_t, spec.targets)
-            improved, switched = _record_epoch(state, epoch, active, stats.train_loss, val, primary)
+            val = evaluate_tensors(validated, val_t, spec.targets)
+            improved, switched = _record_epoch(state, validated, epoch, active, stats.train_loss, val, primary)
             if switched and progress:
                 print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
             metric = val[primary.name][primary.metric]  # type: ignore[index]

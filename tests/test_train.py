@@ -65,8 +65,9 @@ def _epoch_in_checkpoint(path: Path) -> int:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(flights_frame: pd.DataFrame, tmp_path: Path) -> None:
     epochs = 6
+    # with a weight average: the checkpoint must carry it too, or the resumed run exports other weights
     cfg = config_with(FLIGHTS, training={"epochs": epochs, "threads": 1, "batch_size": 256, "seed": 7,
-                                         "early_stopping_patience": epochs})
+                                         "early_stopping_patience": epochs, "ema_decay": 0.9})
     (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
     window(flights_frame, cfg, "train").to_parquet(tmp_path / "train.parquet")
     window(flights_frame, cfg, "validation").to_parquet(tmp_path / "val.parquet")
@@ -91,7 +92,7 @@ def test_killed_run_resumes_to_the_same_weights(flights_frame: pd.DataFrame, tmp
     assert f"resuming from {ckpt} after epoch {killed_after + 1} of {epochs}" in log
 
     other = config_with(FLIGHTS, training={"epochs": epochs, "threads": 1, "batch_size": 512, "seed": 7,
-                                           "early_stopping_patience": epochs})
+                                           "early_stopping_patience": epochs, "ema_decay": 0.9})
     with pytest.raises(ValueError, match="different config"):
         train(other, pd.read_parquet(tmp_path / "train.parquet"), pd.read_parquet(tmp_path / "val.parquet"),
               tmp_path / "crashed", resume=True, progress=False)
@@ -154,15 +155,50 @@ def test_train_state_round_trips_through_a_weights_only_checkpoint(flights_frame
     saved.epoch, saved.best_epoch, saved.bad_epochs, saved.best_metric = 2, 1, 1, 0.7
     saved.best_state, saved.history = saved.model.state_dict(), [{"epoch": 1, "train_loss": {"a": 1.0}}]
     saved.flops_per_sample, saved.train_flops = {"all": 123.0}, 4.5e9
+    saved.average = {k: v + 1 for k, v in saved.model.state_dict().items()}
     torch.save(saved.to_checkpoint(), tmp_path / "state.pt")
 
     restored = fresh(1)
     restored.restore(torch.load(tmp_path / "state.pt", weights_only=True))
     again = restored.to_checkpoint()
     for key, value in saved.to_checkpoint().items():
-        if key in ("model", "best_state"):
+        if key in ("model", "best_state", "average"):
             assert all(torch.equal(value[k], again[key][k]) for k in value), key
         elif key == "rng":
             assert torch.equal(value, again[key])
         elif key != "optimizer":  # no steps taken: an empty AdamW state either way
             assert str(again[key]) == str(value), key
+
+
+def test_the_weight_average_moves_by_one_minus_decay_and_copies_integer_buffers() -> None:
+    from components.train import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    model.register_buffer("steps", torch.tensor(0))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    average = WeightAverage(model, decay=0.75)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[5.0, -2.0]]))
+        model.steps += 3
+    average.update()
+    torch.testing.assert_close(average.model.weight, torch.tensor([[2.0, 1.0]]))  # 0.75 * old + 0.25 * new
+    assert int(average.model.steps) == 3
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_with_ema_decay_the_average_is_validated_kept_and_exported(flights_frame: pd.DataFrame,
+                                                                   tmp_path: Path) -> None:
+    from components.train import evaluate_tensors, load_trained, to_tensors
+
+    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2, "batch_size": 512, "ema_decay": 0.9,
+                                         "early_stopping_patience": 2})
+    val_df = window(flights_frame, cfg, "validation")
+    result = train(cfg, window(flights_frame, cfg, "train"), val_df, tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    exported = torch.load(tmp_path / WEIGHTS, weights_only=True)
+    best = ckpt["average"] if result.best_epoch == 2 else ckpt["best_state"]
+    assert all(torch.equal(exported[k], best[k]) for k in exported)
+    assert any(not torch.equal(ckpt["average"][k], ckpt["model"][k]) for k in exported)  # not the last step's
+    model, spec, _ = load_trained(tmp_path)
+    assert evaluate_tensors(model, to_tensors(val_df, spec), spec.targets) == result.validation
