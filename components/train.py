@@ -209,17 +209,20 @@ class WeightAverage:
     """An exponential moving average of a model's weights (`training.ema_decay`), updated after every optimizer
     step; with it, the average is what is validated, kept as the best epoch's weights and exported. At a large
     learning rate one step's weights carry that step's noise; their average over the last 1 / (1 - decay) steps
-    does not (docs/methods.md, "Averaging the weights"). Integer buffers are copied, not averaged."""
+    does not (docs/methods.md, "Averaging the weights"). The decay warms up as min(decay, (1 + n) / (10 + n)) after
+    n updates, so a short run is not an average of its random start. Integer buffers are copied, not averaged."""
 
-    def __init__(self, model: Architecture, decay: float) -> None:
-        self.source, self.decay = model, decay
+    def __init__(self, model: Architecture, decay: float, updates: int = 0) -> None:
+        self.source, self.decay, self.updates = model, decay, updates
         self.model = copy.deepcopy(model).requires_grad_(False)
 
     @torch.no_grad()
     def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         for avg, now in zip(self.model.state_dict().values(), self.source.state_dict().values(), strict=True):
             if avg.is_floating_point():
-                avg.lerp_(now, 1 - self.decay)
+                avg.lerp_(now, 1 - decay)
             else:
                 avg.copy_(now)
 
@@ -357,7 +360,9 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         state.restore(ckpt)
         if progress:
             print(f"resuming from {ckpt_path} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
-    averaged = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
+    steps = (len(train_t) + tc.batch_size - 1) // tc.batch_size
+    # every epoch takes `steps` steps, so the finished epochs say how many updates a resumed average has had
+    averaged = WeightAverage(model, tc.ema_decay, (state.epoch + 1) * steps) if tc.ema_decay else None
     if averaged is not None:
         if state.average is not None:
             averaged.model.load_state_dict(state.average)
@@ -366,7 +371,6 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
     tasks = {t.name: t for t in cfg.tasks}
     autocast = make_autocast(device)
-    steps = (len(train_t) + tc.batch_size - 1) // tc.batch_size
     t0, seen = time.perf_counter(), 0
     with _progress(progress) as bar:
         for epoch in range(state.epoch + 1, tc.epochs):

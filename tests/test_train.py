@@ -170,21 +170,27 @@ def test_train_state_round_trips_through_a_weights_only_checkpoint(flights_frame
             assert str(again[key]) == str(value), key
 
 
-def test_the_weight_average_moves_by_one_minus_decay_and_copies_integer_buffers() -> None:
+def test_the_weight_average_warms_up_then_moves_by_one_minus_decay_and_copies_integer_buffers() -> None:
     from components.train import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     model.register_buffer("steps", torch.tensor(0))
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    average = WeightAverage(model, decay=0.75)  # type: ignore[arg-type]
+    average = WeightAverage(model, decay=0.75, updates=100)  # type: ignore[arg-type]  # warmed up: 101/110 > 0.75
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[5.0, -2.0]]))
         model.steps += 3
     average.update()
     torch.testing.assert_close(average.model.weight, torch.tensor([[2.0, 1.0]]))  # 0.75 * old + 0.25 * new
-    assert int(average.model.steps) == 3
+    assert int(average.model.steps) == 3 and average.updates == 101
     assert not any(p.requires_grad for p in average.model.parameters())
+
+    fresh = WeightAverage(model, decay=0.75)  # type: ignore[arg-type]  # first update: decay 1/10
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[15.0, -12.0]]))
+    fresh.update()
+    torch.testing.assert_close(fresh.model.weight, torch.tensor([[14.0, -11.0]]))  # 0.1 * old + 0.9 * new
 
 
 def test_with_ema_decay_the_average_is_validated_kept_and_exported(flights_frame: pd.DataFrame,
