@@ -35,6 +35,7 @@ from mtl_methods import (  # the sibling benchmark: its runner pieces and journa
     MethodSummary,
     RunJournal,
     RunResult,
+    beside,
     load_windows,
     results_header,
     seed_runs,
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
               + f", dropout={base.model.dropout}, hidden={base.model.hidden}. "
               f"Whole sweep: {(time.perf_counter() - t0) / 60:.1f} min.")
     text = markdown(base, summaries, sizes, header)
-    out.with_suffix(".md").write_text(text)
+    beside(out, ".md").write_text(text)
     table = Table(title=f"min_frequency of {', '.join(args.columns)}")
     for name in ("min_frequency", f"validation {base.primary_task.name}",
                  *(f"{t.name} {t.metric}" for t in base.tasks)):
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add_row(s.name, *(f"{s.mean(k):.4f}" for k in (VALIDATION + base.primary_task.name,
                                                              *(t.name for t in base.tasks))))
     console.print(table)
-    console.print(f"wrote {out.with_suffix('.md')}")
+    console.print(f"wrote {beside(out, '.md')}")
 
 
 if __name__ == "__main__":

@@ -364,6 +364,11 @@ def config_key(path: str | Path, cfg: ProjectConfig) -> dict[str, object]:
     return {"config": Path(path).name, "min_frequency": {f.name: f.min_frequency for f in cfg.features.categorical}}
 
 
+def beside(out: Path, suffix: str) -> Path:
+    """`<out><suffix>`: `--out` has no suffix of its own, so a dot in its name (`ema0.99`) stays in the name."""
+    return out.parent / f"{out.name}{suffix}"
+
+
 def load_windows(cfg: ProjectConfig, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """A seeded row sample of the config's data, cut into its train, validation and test time windows."""
     df = with_labels(sample_rows(load_source(cfg.data), fraction, seed=0), cfg)
@@ -484,10 +489,10 @@ def main(argv: list[str] | None = None) -> None:
               f"Whole benchmark: {total / 60:.1f} min"
               + (f" ({resumed} runs taken from the journal `{journal_path.name}`)." if resumed else "."))
     text = markdown(cfg, summaries, header)
-    out.with_suffix(".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
-    plot(cfg, summaries, out.with_suffix(".png"), f"{cfg.data.name}: {cfg.primary_task.name} vs training compute")
+    beside(out, ".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
+    plot(cfg, summaries, beside(out, ".png"), f"{cfg.data.name}: {cfg.primary_task.name} vs training compute")
     print(text)
-    console.print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    console.print(f"wrote {beside(out, '.md')} and {beside(out, '.png')}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from mtl_methods import (  # the sibling benchmark: data windows, the boosters, 
     RESULTS,
     ROOT,
     LightGBMModels,
+    beside,
     fit_lightgbm,
     load_windows,
     machine,
@@ -235,8 +236,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
             + "\n".join(lines) + "\n\n| model | " + " | ".join(heads) + " |\n" + "|---" * (len(heads) + 1) + "|\n"
             + "\n".join("| " + " | ".join(r) + " |" for r in rows_q) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    console.print(f"wrote {out.with_suffix('.md')}")
+    beside(out, ".md").write_text(text)
+    console.print(f"wrote {beside(out, '.md')}")
     return results
 
 

@@ -44,6 +44,7 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     RunJournal,
     RunResult,
     bench_config,
+    beside,
     config_key,
     load_windows,
     markdown,
@@ -380,11 +381,11 @@ def main(argv: list[str] | None = None) -> None:
               f"`{study_path.name}`, `{runs_path.name}`).")
     text = (markdown(cfg, summaries, header) + "\n## Best settings (validation window, seed 0)\n\n"
             + best_settings_table(table, studies) + "\n## Search spaces\n\n" + spaces_table(cfg, table))
-    out.with_suffix(".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
-    plot(cfg, summaries, out.with_suffix(".png"), f"{cfg.data.name}: tuned methods, {cfg.primary_task.name} "
+    beside(out, ".md").write_text(text + f"\n![primary metric vs training FLOPs]({out.name}.png)\n")
+    plot(cfg, summaries, beside(out, ".png"), f"{cfg.data.name}: tuned methods, {cfg.primary_task.name} "
          "vs training compute")
     print(text)
-    console.print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    console.print(f"wrote {beside(out, '.md')} and {beside(out, '.png')}")
 
 
 if __name__ == "__main__":

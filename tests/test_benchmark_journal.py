@@ -62,3 +62,7 @@ def test_runs_at_other_categorical_cutoffs_are_not_reused(tmp_path: Path) -> Non
     assert mtl_methods.RunJournal(path, mtl_methods.config_key(FLIGHTS, later)).done == {}
     with pytest.raises(SystemExit, match=r"--min-frequency: \['aircraft'\] are not categorical features"):
         mtl_methods.with_min_frequency(cfg, {"aircraft": 30})
+
+
+def test_an_out_name_with_a_dot_keeps_it() -> None:
+    assert mtl_methods.beside(Path("results/tuned_ema0.99"), ".md") == Path("results/tuned_ema0.99.md")
