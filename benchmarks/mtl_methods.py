@@ -37,7 +37,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from components.config import ProjectConfig, parse_config
+from components.config import ProjectConfig, TaskSpec, parse_config
 from components.data import load_source, sample_rows, select_window, with_labels
 from components.features import FeatureSpec
 from components.metrics import relative_change, task_metrics
@@ -199,6 +199,7 @@ class LightGBMModels:
 
     feature_names: list[str]
     categories: dict[str, list[str]]  # a categorical column -> its LightGBM categories, in code order
+    spec: FeatureSpec  # the targets' encoding, fitted on the training window as the networks' is
     boosters: dict[str, object]  # task -> lightgbm.Booster, early-stopped on the validation window
 
     def frame(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -212,6 +213,12 @@ class LightGBMModels:
         return {task: np.asarray(b.predict(x, raw_score=True, num_iteration=b.best_iteration))  # type: ignore[attr-defined]
                 for task, b in self.boosters.items()}
 
+    def metrics(self, tasks: list[TaskSpec], df: pd.DataFrame) -> dict[str, float]:
+        """Each task's own metric on `df`, with the metric code the networks are scored with."""
+        y, raw = self.spec.transform_targets(df), self.raw_scores(df)
+        return {task.name: task_metrics(target, raw[task.name], y[task.name])[task.metric]  # type: ignore[index]
+                for task, target in zip(tasks, self.spec.targets, strict=True)}
+
 
 def fit_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, seed: int, threads: int,
                  rounds: int, params: dict[str, dict[str, float | int]] | None = None) -> LightGBMModels:
@@ -221,7 +228,7 @@ def fit_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
 
     spec = FeatureSpec.fit(train_df, cfg)
     cats = {c.name: sorted(train_df[c.name].dropna().astype(str).unique()) for c in cfg.features.categorical}
-    models = LightGBMModels(cfg.features.names, cats, {})
+    models = LightGBMModels(cfg.features.names, cats, spec, {})
     x_train, x_val = models.frame(train_df), models.frame(val_df)
     y_train, y_val = spec.transform_targets(train_df), spec.transform_targets(val_df)
     for task, target in zip(cfg.tasks, spec.targets, strict=True):
@@ -244,11 +251,7 @@ def run_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFram
     same metric code as the networks. `params` override LGBM_PARAMS for every task."""
     t0 = time.perf_counter()
     models = fit_lightgbm(cfg, train_df, val_df, seed, threads, rounds, {t.name: params or {} for t in cfg.tasks})
-    spec = FeatureSpec.fit(train_df, cfg)
-    y_test, raw = spec.transform_targets(test_df), models.raw_scores(test_df)
-    metrics = {task.name: task_metrics(target, raw[task.name], y_test[task.name])[task.metric]  # type: ignore[index]
-               for task, target in zip(cfg.tasks, spec.targets, strict=True)}
-    return RunResult(metrics, time.perf_counter() - t0, None)
+    return RunResult(models.metrics(cfg.tasks, test_df), time.perf_counter() - t0, None)
 
 
 def delta_m(cfg: ProjectConfig, summary: MethodSummary, stl: MethodSummary) -> float:

@@ -16,7 +16,7 @@ serving_cost = load_benchmark("serving_cost")
 
 
 def test_the_booster_encoder_gives_category_codes_and_missing_for_null_or_unseen() -> None:
-    models = mtl_methods.LightGBMModels(["distance", "carrier"], {"carrier": ["AA", "B6", "UA"]}, {})
+    models = mtl_methods.LightGBMModels(["distance", "carrier"], {"carrier": ["AA", "B6", "UA"]}, None, {})
     x = serving_cost.BoosterRecordEncoder(models).encode([
         {"distance": 1.5, "carrier": "UA"}, {"distance": None, "carrier": "ZZ"}, {"distance": 7, "carrier": None}])
     np.testing.assert_array_equal(x, [[1.5, 2.0], [np.nan, np.nan], [7.0, np.nan]])
