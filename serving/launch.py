@@ -78,16 +78,9 @@ class ServerProcess:
 
     def worker_pids(self) -> list[int]:
         """The BentoML worker processes (each holds its own model) under the server process."""
-        import psutil
+        from serving.server import worker_pids
 
-        pids = []
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                    pids.append(p.pid)
-            except psutil.Error:  # exited between the listing and the look
-                continue
-        return pids
+        return worker_pids(self.proc.pid)
 
     def kill(self) -> None:
         try:

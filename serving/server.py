@@ -165,12 +165,13 @@ class Watchdog(threading.Thread):
             tmp.replace(self.stalled_file)
 
 
-def worker_pids() -> list[int]:
-    """This process's BentoML workers (BentoML's arbiter runs here and starts them as its children)."""
+def worker_pids(server: int | None = None) -> list[int]:
+    """The BentoML workers (each holds its own model) under a server process (default: this one,
+    where BentoML's arbiter starts them as its children)."""
     import psutil
 
     pids = []
-    for child in psutil.Process().children():
+    for child in psutil.Process(server).children(recursive=True):
         try:
             if child.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(child.cmdline()):
                 pids.append(child.pid)
