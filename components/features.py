@@ -163,6 +163,18 @@ class FeatureSpec:
         return cls.from_json(Path(path).read_text())
 
 
+@dataclass(frozen=True)
+class EncodedRecords:
+    """A batch of records as the model takes them, and as they were received (what the prediction
+    log keeps: columns, not one Python dict per record)."""
+
+    numeric: np.ndarray  # float32 [n, 2 * n_numeric]: standardised values, then null flags
+    categorical: np.ndarray  # int64 [n, n_categorical]: vocabulary indices
+    oov: np.ndarray  # int64 [n_categorical]: out-of-vocabulary values per feature
+    raw_numeric: np.ndarray  # float64 [n, n_numeric]: the values received, NaN for null
+    raw_categorical: list[list[str | None]]  # per categorical feature: the values received, as strings
+
+
 class RecordEncoder:
     """`transform_numeric` + `transform_categorical` for records as they arrive (mappings of
     plain Python values), in NumPy and dict lookups only: serving encodes every request with it,
@@ -180,6 +192,11 @@ class RecordEncoder:
     def encode(self, records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(numeric float32 [n, 2 * n_numeric], categorical int64 [n, n_categorical],
         out-of-vocabulary counts int64 [n_categorical]). None is null; so is NaN for numerics."""
+        encoded = self.encode_records(records)
+        return encoded.numeric, encoded.categorical, encoded.oov
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> EncodedRecords:
+        """`encode`, keeping the values as received."""
         n = len(records)
         raw = np.array([[r[k] for k in self.numeric_names] for r in records], dtype=np.float64)
         raw = raw.reshape(n, len(self.numeric_names))
@@ -188,14 +205,20 @@ class RecordEncoder:
         numeric = np.concatenate([z, null], axis=1).astype(np.float32)
         categorical = np.empty((n, len(self.categorical_names)), dtype=np.int64)
         oov = np.zeros(len(self.categorical_names), dtype=np.int64)
+        received: list[list[str | None]] = []
         for j, (name, lookup, null_index) in enumerate(zip(self.categorical_names, self.lookups, self.null_indices,
                                                            strict=True)):
+            values: list[str | None] = []
             for i, r in enumerate(records):
                 v = r[name]
                 if v is None:
                     categorical[i, j] = null_index
+                    values.append(None)
                     continue
-                idx = lookup.get(v if isinstance(v, str) else str(v), OOV_INDEX)
+                key = v if isinstance(v, str) else str(v)
+                values.append(key)
+                idx = lookup.get(key, OOV_INDEX)
                 categorical[i, j] = idx
                 oov[j] += idx == OOV_INDEX
-        return numeric, categorical, oov
+            received.append(values)
+        return EncodedRecords(numeric, categorical, oov, raw, received)

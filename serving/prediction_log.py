@@ -4,7 +4,9 @@ a background thread turns the buffer into parquet parts (components.predictions 
 Nothing is lost on shutdown: `close()` flushes what is buffered before it returns. If the
 disk refuses writes, batches are kept for the next flush, up to a bound (then the oldest go).
 A flush also starts early once `flush_records` records are buffered: under heavy load the buffer
-(records as Python objects) stays bounded instead of growing with the request rate.
+stays bounded instead of growing with the request rate. A batch is kept as the encoder's columns
+(NumPy arrays and one list per categorical feature), not as a Python dict per record: less memory,
+fewer objects for the garbage collector, and a flush that does not loop over every value.
 """
 
 from __future__ import annotations
@@ -19,22 +21,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.features import EncodedRecords, FeatureSpec
 from components.predictions import prediction_frame, write_log_part
-from serving.runtime import ServedModel, records_frame
+from serving.runtime import ServedModel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServedBatch:
-    """What one request served, as it was received: typed into a frame by the writer thread,
-    off the request path."""
+    """What one request served: its features as received (the encoder's columns, not a dict per
+    record) and every head's outputs; made into a frame by the writer thread, off the request path."""
 
     request_id: str
     timestamp: datetime
     model: ServedModel
-    records: list[dict[str, Any]]
+    inputs: EncodedRecords
     stacked: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.stacked)
 
 
 class PredictionLogWriter:
@@ -56,7 +63,7 @@ class PredictionLogWriter:
     def append(self, batch: ServedBatch) -> None:
         with self._lock:
             self._buffer.append(batch)
-            self._records += len(batch.records)
+            self._records += batch.size
             if self._records >= self.flush_records:
                 self._due.set()
 
@@ -85,15 +92,14 @@ class PredictionLogWriter:
             by_model.setdefault(b.model.tag, []).append(b)
         frames = []
         for group in by_model.values():
-            model, sizes = group[0].model, [len(b.records) for b in group]
+            model, sizes = group[0].model, [b.size for b in group]
             head = pd.DataFrame({
                 "request_id": np.repeat([b.request_id for b in group], sizes),
                 "record_index": np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]),
                 "timestamp": pd.DatetimeIndex(np.repeat([pd.Timestamp(b.timestamp) for b in group], sizes)),
                 "model_version": model.tag})
-            records = [r for b in group for r in b.records]
             preds = prediction_frame(model.spec, model.raw_outputs(np.concatenate([b.stacked for b in group])))
-            frames.append(pd.concat([head, records_frame(records, model.spec), preds], axis=1))
+            frames.append(pd.concat([head, features_frame(model.spec, [b.inputs for b in group]), preds], axis=1))
         frame = pd.concat(frames, ignore_index=True).sort_values("timestamp", kind="stable", ignore_index=True)
         write_log_part(frame, self.log_dir)
         return len(frame)
@@ -112,3 +118,12 @@ class PredictionLogWriter:
         self._due.set()
         self._thread.join(timeout=30)
         self.flush()
+
+
+def features_frame(spec: FeatureSpec, inputs: list[EncodedRecords]) -> pd.DataFrame:
+    """The features of several requests as received, one column each, in the spec's order."""
+    numeric = np.concatenate([i.raw_numeric for i in inputs])
+    columns: dict[str, Any] = {n.name: numeric[:, k] for k, n in enumerate(spec.numeric)}
+    for k, c in enumerate(spec.categorical):
+        columns[c.name] = np.array([v for i in inputs for v in i.raw_categorical[k]], dtype=object)
+    return pd.DataFrame(columns, columns=spec.feature_names)

@@ -9,13 +9,11 @@ restart.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
 from components.features import SPEC_FILE, FeatureSpec, NumericStats
@@ -204,12 +202,3 @@ def record_model(spec: FeatureSpec, max_category_chars: int = ServingSettings.ma
 
 def task_name_type(spec: FeatureSpec) -> Any:
     return Literal[tuple(t.name for t in spec.targets)]  # type: ignore[valid-type]
-
-
-def records_frame(records: Sequence[Mapping[str, Any]], spec: FeatureSpec) -> pd.DataFrame:
-    """The records as the batch path (and the prediction log) types them; off the request path."""
-    columns: dict[str, Any] = {n.name: np.array([r[n.name] for r in records], dtype=np.float64).reshape(-1)
-                               for n in spec.numeric}
-    columns |= {c.name: np.array([v if v is None else str(v) for v in (r[c.name] for r in records)] or [],
-                                 dtype=object) for c in spec.categorical}
-    return pd.DataFrame(columns, columns=spec.feature_names, index=range(len(records)))

@@ -207,7 +207,8 @@ class MultiTaskModelService:
     async def answer(self, records: list[Any], tasks: list[str] | None) -> dict[str, Any] | JSONResponse:
         model = self.model
         rows = [vars(r) for r in records]
-        numeric, categorical, oov = model.encoder.encode(rows)
+        encoded = model.encoder.encode_records(rows)
+        numeric, categorical, oov = encoded.numeric, encoded.categorical, encoded.oov
         if not np.isfinite(numeric).all():  # in range, yet beyond float32 once standardised
             i, j = map(int, np.argwhere(~np.isfinite(numeric))[0])
             field = model.encoder.numeric_names[j % len(model.encoder.numeric_names)]
@@ -224,7 +225,7 @@ class MultiTaskModelService:
                                                                     strict=True)))
         request_id = uuid.uuid4().hex
         if self.log:
-            self.log.append(ServedBatch(request_id, datetime.now(UTC), model.served, rows, stacked))
+            self.log.append(ServedBatch(request_id, datetime.now(UTC), model.served, encoded, stacked))
         return {"model_version": model.tag, "request_id": request_id,
                 "predictions": model.served.outputs(stacked, names if tasks else None)}
 

@@ -89,3 +89,8 @@ def test_record_encoder_matches_the_batch_path(flights_frame: pd.DataFrame, flig
     np.testing.assert_array_equal(numeric, spec.transform_numeric(frame))
     np.testing.assert_array_equal(categorical, expected_cat)
     assert dict(zip(spec.record_encoder().categorical_names, oov.tolist(), strict=True)) == expected_oov
+    # what the prediction log keeps: the values as received (numbers as float64, categories as strings)
+    received = spec.record_encoder().encode_records(records)
+    np.testing.assert_array_equal(received.raw_numeric, frame[[n.name for n in spec.numeric]].to_numpy())
+    assert received.raw_categorical == [[None if r[c.name] is None else str(r[c.name]) for r in records]
+                                        for c in spec.categorical]

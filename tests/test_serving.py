@@ -39,7 +39,7 @@ from components.train import train
 from serving.client import to_records
 from serving.launch import ServerProcess
 from serving.prediction_log import PredictionLogWriter, ServedBatch
-from serving.runtime import load_version, record_model
+from serving.runtime import load_version
 from tests.conftest import TXHOUSING, config_with, window
 
 MAX_ROWS = 64
@@ -458,7 +458,7 @@ def test_bento_build_bundles_the_champion(champion: Champion, tmp_path: Path) ->
 
 def test_prediction_log_keeps_batches_while_the_disk_refuses_them(champion: Champion, tmp_path: Path) -> None:
     model = load_version(champion.tag)
-    features = [vars(record_model(model.spec)(**r)) for r in _records(champion.test.head(3), champion.cfg)]
+    features = model.spec.record_encoder().encode_records(_records(champion.test.head(3), champion.cfg))
     stacked = np.zeros((3, sum(model.head_widths)), np.float32)
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log folder should be")
@@ -478,7 +478,7 @@ def test_prediction_log_flushes_early_once_enough_records_are_buffered(champion:
     """Under heavy load the buffer is bounded by records, not only by time: with an hour between timed
     flushes, 6 buffered records (bound 5) are written at once."""
     model = load_version(champion.tag)
-    features = [vars(record_model(model.spec)(**r)) for r in _records(champion.test.head(3), champion.cfg)]
+    features = model.spec.record_encoder().encode_records(_records(champion.test.head(3), champion.cfg))
     stacked = np.zeros((3, sum(model.head_widths)), np.float32)
     writer = PredictionLogWriter(tmp_path / "log", flush_seconds=3600, flush_records=5)
     writer.append(ServedBatch("r0", datetime.now(UTC), model, features, stacked))
