@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 NOTE_PREFIX = "mtlops: "  # `mtlops: <task>: <message>` lines: what StepLog shows on the terminal
 PYTHON_EXCEPTION = 1  # the exit status of a Python process that ended with an uncaught exception
 CONTAINER_LOST = -1  # the exit status when the engine could not say one
+# artifacts kept in the executor output's metadata, never written as files (Output[Metrics] and kin)
+METADATA_ONLY = {"system.Metrics", "system.ClassificationMetrics", "system.SlicedClassificationMetrics"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def transient(code: int) -> bool:
 
 @dataclass(frozen=True)
 class StepOutputs:
-    """What a step's executor must leave behind, read from the `--executor_input` of its command."""
+    """What a step's executor must leave behind, read from the `--executor_input` of its command:
+    its output file and every output artifact that is a file or folder."""
 
     task: str
     executor_output: Path
@@ -86,8 +89,8 @@ class StepOutputs:
         executor_input = json.loads(command[command.index("--executor_input") + 1])
         outputs = executor_input["outputs"]
         output_file = Path(outputs["outputFile"])
-        artifacts = tuple(Path(a["uri"]) for spec in outputs.get("artifacts", {}).values()
-                          for a in spec["artifacts"])
+        artifacts = tuple(Path(a["uri"]) for spec in outputs.get("artifacts", {}).values() for a in spec["artifacts"]
+                          if a.get("type", {}).get("schemaTitle") not in METADATA_ONLY)
         return cls(output_file.parent.name, output_file, artifacts)
 
     def missing(self) -> list[str]:
