@@ -317,12 +317,10 @@ def test_the_component_image_carries_the_commits_dvc_pointers_and_ingests_from_t
     its data files beside them) carries the pointers and no data; `ingest` in it with data_root=/app,
     as on a cluster, pulls those versions from the remote and names the registered model's data version."""
     context = tmp_path / "checkout"
-    for name in ("pyproject.toml", "README.md", "Makefile", "components", "pipelines", "serving", "monitoring",
-                 "configs", "infra/docker"):
-        copy_to = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        (context / name).parent.mkdir(parents=True, exist_ok=True)
-        copy_to(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))  # type: ignore[operator]
-    shutil.copy2(ROOT / ".dockerignore", context / ".dockerignore")
+    for name in ("components", "pipelines", "serving", "monitoring", "configs", "infra/docker"):
+        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "wheels", "ca.crt"))
+    for name in ("pyproject.toml", "README.md", "Makefile", ".dockerignore"):
+        shutil.copy2(ROOT / name, context / name)
     shutil.copytree(docker_run.root / "data", context / "data")
     shutil.copytree(docker_run.root / ".dvc", context / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
     sh("make", "-s", "local-images", "LOCAL_REPO=mtlops-pointers-test", cwd=context, timeout=1800)
