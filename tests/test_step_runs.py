@@ -86,4 +86,4 @@ def test_a_step_that_exits_0_without_its_outputs_is_a_failure_not_a_success(
     assert not any(line.startswith("SUCCESS") for line in lines), lines
     failure = [line for line in lines if line.startswith("FAILURE")]
     assert len(failure) == 1 and "exited 0 but its executor wrote no" in failure[0], lines
-    assert "executor_output.json" in failure[0]
+    assert "executor_output.json" in failure[0] and "exited 0 but its executor wrote no" in log
