@@ -19,7 +19,7 @@ def _dvc(args: list[str], cwd: Path) -> str:
     proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         # DVC's own reason first (its ERROR line), so that a one-line summary of the failure names it;
-        # callers never pass -q where the remote is involved: it silences the ERROR lines too
+        # callers never pass -q: it silences the ERROR lines too
         output = (proc.stdout + proc.stderr).strip()
         reason = next((line for line in output.splitlines() if line.startswith("ERROR")),
                       output.splitlines()[-1] if output else f"exit status {proc.returncode}")
@@ -37,7 +37,7 @@ def is_git_repo(path: Path) -> bool:
 def ensure_dvc_repo(root: Path, remote: str) -> None:
     """`dvc init` (once) and a default local remote folder."""
     if not (root / ".dvc").is_dir():
-        _dvc(["init", "-q"] if is_git_repo(root) else ["init", "-q", "--no-scm"], root)
+        _dvc(["init"] if is_git_repo(root) else ["init", "--no-scm"], root)
         if is_git_repo(root):
             _dvc(["config", "core.autostage", "true"], root)
     remote_path = local_remote_path(root, remote)

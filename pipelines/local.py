@@ -5,6 +5,7 @@ pipeline): that goes to `kfp.log` in the run folder, and the terminal gets one l
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -137,7 +138,9 @@ def docker_runner(cfg: ProjectConfig, data_root: Path):  # type: ignore[no-untyp
     model_store.mkdir(parents=True, exist_ok=True)
     env = {"BENTOML_HOME": str(model_store), REMOTE_URL_ENV: str(remote)}
     if os.getuid() != 0:
-        env["HOME"] = "/tmp"  # a user the image does not know has no home there
+        # a user the image does not know has no home and no name there: DVC asks for the name
+        # (getpass: $USER before the passwd file, where the uid is missing)
+        env.update(HOME="/tmp", USER=getpass.getuser())
     mounts = [Mount(str(model_store), str(model_store), type="bind"),
               Mount(str(remote), str(remote), type="bind", read_only=True)]
     return local.DockerRunner(mounts=mounts, environment=env, user=f"{os.getuid()}:{os.getgid()}",

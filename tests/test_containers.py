@@ -180,6 +180,46 @@ def test_a_container_run_changes_no_owner_or_mode_in_the_model_store(docker_run:
     assert {after[p][:2] for p in new} == {(os.geteuid(), os.getegid())}
 
 
+OTHER_USER = 4242  # a user neither the host nor the image knows
+
+
+def test_the_pipeline_in_containers_as_a_user_that_is_not_root(images: dict[str, str]) -> None:
+    """`mtlops run --runner docker` as a non-root user with the default remote and model store in
+    that user's home: the steps run as that uid, which the image does not know (no home, no name
+    there). The suite's root switches to it with setpriv, in the engine's socket group, keeping only
+    CAP_DAC_READ_SEARCH so that it can reach this suite's interpreter (which may live in root's home);
+    the step containers themselves run with no capability at all."""
+    if os.geteuid() != 0:
+        pytest.skip("the suite runs as a user that is not root: docker_run above is that case")
+    home = Path(tempfile.mkdtemp(prefix="mtlops-other-user-"))  # pytest's own folders are root's, mode 0700
+    os.chown(home, OTHER_USER, OTHER_USER)
+    try:
+        run_as_other_user(images, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_as_other_user(images: dict[str, str], home: Path) -> None:
+    socket_group = Path("/var/run/docker.sock").stat().st_gid
+    as_user = ["setpriv", f"--reuid={OTHER_USER}", f"--regid={OTHER_USER}", f"--groups={socket_group}",
+               "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_HOME"} | {
+        "HOME": str(home), "USER": "other", "COLUMNS": "200"}  # the host does not know the uid either: DVC asks
+    build = ("import copy, pathlib, tests.conftest as c; from tests.test_pipeline_e2e import repo_with_data; "
+             "raw = copy.deepcopy(c.raw_config(c.FLIGHTS)); raw['data'].update(sample_fraction=0.05); "
+             "raw['data'].pop('dvc_remote', None); raw['training'].update(epochs=1, threads=2); "
+             "raw['registry']['model_name'] = 'docker-other-user'; "
+             f"root = pathlib.Path({str(home / 'repo')!r}); root.mkdir(); repo_with_data(root, raw, 'tiny')")
+    sh(*as_user, sys.executable, "-c", build, cwd=ROOT, env=env, timeout=900)
+    repo = home / "repo"
+    out = sh(*as_user, *MTLOPS, "run", "--config", "configs/tiny.yaml", "--root", ".", "--pipeline-root", "runs",
+             "--runner", "docker", "--image", images["component"], cwd=repo, env=env, timeout=1800).stdout
+    assert "promoted to champion" in out, out[-3000:]
+    written = [*(home / "bentoml").rglob("*"), *(repo / "runs").rglob("*")]
+    assert any(p.name == "model.yaml" for p in written)
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {(OTHER_USER, OTHER_USER)}
+
+
 @dataclass
 class ServingContainer:
     name: str
