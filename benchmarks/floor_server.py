@@ -1,5 +1,6 @@
-"""The floor for `mtlops serve`: the smallest Starlette app that parses the same JSON, encodes it
-with the same FeatureSpec and calls the same ONNX graph — no validation, no logging, no metrics.
+"""The floor for `mtlops serve`: the leanest Starlette app that parses the same JSON, encodes it
+with the same FeatureSpec and calls the same ONNX graph — no validation, no logging, no metrics;
+orjson both ways, the graph's arrays serialized as they are (no per-value Python lists).
 
     python benchmarks/floor_server.py MODEL_DIR --port 3200 --workers 2
 
@@ -10,14 +11,13 @@ starts it beside `mtlops serve` so both are measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,11 +34,11 @@ def build_app(model_dir: Path, threads: int = 1) -> Starlette:
     names = [o.name for o in session.get_outputs()]
 
     async def predict(request: Request) -> Response:
-        records = json.loads(await request.body())["records"]
+        records = orjson.loads(await request.body())["records"]
         numeric, categorical, _ = encoder.encode(records)
         outs = session.run(None, {"numeric": numeric, "categorical": categorical})
-        body = {name: np.asarray(o).reshape(len(records), -1).tolist() for name, o in zip(names, outs, strict=True)}
-        return Response(json.dumps(body), media_type="application/json")
+        body = dict(zip(names, outs, strict=True))
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
 

@@ -1,20 +1,26 @@
 """Serving benchmark: `mtlops serve` against its limits, and one multi-head service vs K single-task ones.
 
-    python benchmarks/serving.py            # 8 s per cell
-    python benchmarks/serving.py --quick    # 3 s per cell
+    python benchmarks/serving.py                 # 8 s per run, 2 alternating rounds per cell
+    python benchmarks/serving.py --quick         # 3 s per run
+    python benchmarks/serving.py --soak 600      # then 10 minutes of load on mtlops, resident memory sampled
 
 Trains (briefly: serving speed does not depend on accuracy) one flights model with all K=4 heads and
 K single-task models of the same architecture, registers them in a throw-away model store, and
 measures in the same run, on the same model:
   (a) in-process ONNX Runtime (the limit: `session.run` in a loop, 1 thread),
-  (b) the bare floor server (benchmarks/floor_server.py: Starlette + uvicorn, same JSON, same
-      encoder, same ONNX session, nothing else; as many workers as `mtlops serve`),
+  (b) the lean floor server (benchmarks/floor_server.py: Starlette + uvicorn, orjson both ways, the same
+      encoder and ONNX session, nothing else; as many workers as `mtlops serve`),
   (c) `mtlops serve` (default workers = cores),
   (d) K single-task `mtlops serve`s loaded at once (a client needing every answer waits for the
       slowest: its throughput is the slowest service's),
-at concurrency 1, 8, 32 x batch 1, 64, loaded by `wrk` (a native generator; `apt-get install -y wrk`)
-bounded in time, on loopback. Also where the time of one request goes (in-process, per stage), and
-the resident memory of each server's process tree. Prints tables and writes benchmarks/results/serving.md.
+at concurrency 1, 8, 32 x batch 1, 64, 256, loaded by `wrk` (a native generator; `apt-get install -y wrk`)
+bounded in time, on loopback. (b) and (c) run side by side and are measured in alternating rounds
+(floor, mtlops, floor, mtlops, ...) so drift in the machine's load hits both alike. wrk opens its
+connections at once and the kernel may hand them all to one worker: each run records every worker's
+share of the CPU time, and a cell's figure is the median over its balanced runs (no worker above
+75 %), flagged where none was balanced. Latency: wrk's p50/p99/p99.9 and the raw maximum. Also where
+the time of one request goes (in-process, per stage), and the resident memory of each server's
+process tree over the run. Prints tables and writes benchmarks/results/serving.md.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ import psutil
 import torch
 from pydantic import create_model
 from rich.console import Console
-from rich.table import Table
 
 from components import registry
 from components.config import ProjectConfig, config_to_yaml, load_config
@@ -54,6 +59,7 @@ from components.features import SPEC_FILE, FeatureSpec
 from components.inference import ONNX_FILE, onnx_session
 from components.stl import single_task_config
 from components.train import train
+from pipelines.cli import usable_cpus
 from serving.client import to_records
 from serving.launch import ServerProcess, free_port
 from serving.runtime import ServedModel, record_model
@@ -61,7 +67,8 @@ from serving.runtime import ServedModel, record_model
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
-BATCHES = (1, 64)
+BATCHES = (1, 64, 256)
+BALANCED_SHARE = 0.75  # a run where one worker did more of the work than this is not counted (accept imbalance)
 console = Console(width=140)
 WRK_SCRIPT = """
 local f = io.open(os.getenv("BODY_FILE"), "rb"); local body = f:read("*a"); f:close()
@@ -69,11 +76,25 @@ wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRK {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, '
-    .. '"p50": %f, "p95": %f, "p99": %f}\\n', summary.requests, summary.duration,
+    .. '"p50": %f, "p99": %f, "p999": %f, "max": %f}\\n', summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 """
+
+
+@dataclass
+class Run:
+    """One wrk run against one server."""
+
+    records_per_s: float
+    requests: int
+    failed: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    top_worker_share: float  # the busiest worker's share of the server's CPU time during the run
 
 
 @dataclass
@@ -81,12 +102,35 @@ class Cell:
     setup: str
     concurrency: int
     batch: int
-    requests: int
-    failed: int
-    records_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
+    runs: list[Run]
+
+    @property
+    def counted(self) -> list[Run]:
+        balanced = [r for r in self.runs if self._balanced(r)]
+        return balanced or self.runs
+
+    @property
+    def balanced(self) -> bool:
+        return any(self._balanced(r) for r in self.runs)
+
+    def _balanced(self, run: Run) -> bool:
+        # one connection keeps one worker busy whatever the kernel does: imbalance only counts from c=2
+        return self.concurrency == 1 or run.top_worker_share <= BALANCED_SHARE
+
+    def median(self, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in self.counted)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.median("records_per_s")
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed for r in self.runs)
+
+    @property
+    def max_ms(self) -> float:
+        return max(r.max_ms for r in self.runs)
 
 
 def flights_config(task: str | None, name: str) -> ProjectConfig:
@@ -130,13 +174,43 @@ def wrk(urls: list[str], body: Path, concurrency: int, seconds: float, script: P
     return out
 
 
-def cell(label: str, results: list[dict], concurrency: int, batch: int) -> Cell:
-    """The slowest service decides (for one service, that one)."""
-    slow = min(results, key=lambda r: r["requests"] / r["duration_us"])
-    return Cell(label, concurrency, batch, slow["requests"], sum(r["errors"] + r["non2xx"] for r in results),
-                slow["requests"] * batch / (slow["duration_us"] / 1e6),
-                max(r["p50"] for r in results) / 1000, max(r["p95"] for r in results) / 1000,
-                max(r["p99"] for r in results) / 1000)
+def cpu_seconds(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out.append(t.user + t.system)
+        except psutil.Error:
+            out.append(0.0)
+    return out
+
+
+class Target:
+    """A running server under load: its URL(s), the processes that answer, its process tree's root."""
+
+    def __init__(self, label: str, urls: list[str], root_pids: list[int]) -> None:
+        self.label, self.urls, self.root_pids = label, urls, root_pids
+        self.rss: list[float] = []
+
+    def workers(self) -> list[int]:
+        pids = []
+        for root in self.root_pids:
+            children = psutil.Process(root).children(recursive=True)
+            pids += [c.pid for c in children if c.status() != psutil.STATUS_ZOMBIE] or [root]
+        return pids
+
+    def run(self, body: Path, batch: int, concurrency: int, seconds: float, script: Path) -> Run:
+        """The slowest server decides (for one server, that one)."""
+        workers = self.workers()
+        before = cpu_seconds(workers)
+        results = wrk(self.urls, body, concurrency, seconds, script)
+        used = [max(0.0, a - b) for a, b in zip(cpu_seconds(workers), before, strict=True)]
+        self.rss.append(sum(tree_rss_mib(p) for p in self.root_pids))
+        slow = min(results, key=lambda r: r["requests"] / r["duration_us"])
+        return Run(slow["requests"] * batch / (slow["duration_us"] / 1e6), slow["requests"],
+                   sum(r["errors"] + r["non2xx"] for r in results), max(r["p50"] for r in results) / 1000,
+                   max(r["p99"] for r in results) / 1000, max(r["p999"] for r in results) / 1000,
+                   max(r["max"] for r in results) / 1000, max(used) / sum(used) if sum(used) > 0 else 1.0)
 
 
 def tree_rss_mib(pid: int) -> float:
@@ -156,47 +230,55 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def load_cells(label: str, urls: list[str], bodies: dict[int, Path], seconds: float, script: Path) -> list[Cell]:
+def measure(targets: list[Target], bodies: dict[int, Path], seconds: float, rounds: int, script: Path) -> list[Cell]:
+    """Every cell for every target, the targets alternating within each cell (A B A B ...)."""
     cells = []
     for batch in BATCHES:
-        wrk(urls, bodies[batch], 1, 1, script)  # warm-up
+        for t in targets:
+            wrk(t.urls, bodies[batch], 1, 1, script)  # warm-up
         for c in CONCURRENCY:
-            cells.append(cell(label, wrk(urls, bodies[batch], c, seconds, script), c, batch))
-            last = cells[-1]
-            console.print(f"  {label} c={c} batch={batch}: {last.records_per_s:,.0f} records/s, "
-                          f"p50 {last.p50_ms:.2f} ms, p99 {last.p99_ms:.1f} ms, {last.failed} failed")
+            row = [Cell(t.label, c, batch, []) for t in targets]
+            for _ in range(rounds):
+                for t, cell in zip(targets, row, strict=True):
+                    cell.runs.append(t.run(bodies[batch], batch, c, seconds, script))
+            for cell in row:
+                console.print(f"  {cell.setup} c={c} batch={batch}: {cell.records_per_s:,.0f} records/s, "
+                              f"p50 {cell.median('p50_ms'):.2f} ms, p99 {cell.median('p99_ms'):.1f} ms, "
+                              f"max {cell.max_ms:.0f} ms, busiest worker "
+                              f"{'/'.join(f'{r.top_worker_share:.0%}' for r in cell.runs)}, {cell.failed} failed")
+            cells += row
     return cells
 
 
-def run_mtlops(label: str, configs: list[Path], bodies: dict[int, Path], work: Path, seconds: float,
-               script: Path) -> tuple[list[Cell], float]:
+def start_mtlops(configs: list[Path], work: Path) -> list[ServerProcess]:
     servers = [ServerProcess(c, work / f"{c.stem}.out", max_rows=max(BATCHES),
                              prediction_log=work / f"{c.stem}-predictions") for c in configs]
-    try:
-        for s in servers:
-            s.wait_ready()
-        cells = load_cells(label, [s.url for s in servers], bodies, seconds, script)
-        rss = sum(tree_rss_mib(s.proc.pid) for s in servers)
-    finally:
-        for s in servers:
-            s.stop()
-    return cells, rss
+    for s in servers:
+        s.wait_ready()
+    return servers
 
 
-def run_floor(onnx_dir: Path, bodies: dict[int, Path], work: Path, seconds: float,
-              script: Path) -> tuple[list[Cell], float]:
+def start_floor(onnx_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "floor_server.py"), str(onnx_dir),
-                             "--port", str(port), "--workers", str(os.cpu_count() or 1)],
+                             "--port", str(port), "--workers", str(usable_cpus())],
                             stdout=(work / "floor.out").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/")
-        cells = load_cells("floor", [f"http://127.0.0.1:{port}"], bodies, seconds, script)
-        rss = tree_rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    return cells, rss
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/")
+    return proc, url
+
+
+def soak(server: ServerProcess, body: Path, seconds: float, script: Path,
+         every: float = 10.0) -> list[tuple[float, float]]:
+    """Load mtlops for `seconds` (c=8) and sample its process tree's resident memory every `every` s."""
+    proc = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", str(script),
+                             server.url + "/predict"], stdout=subprocess.DEVNULL,
+                            env={**os.environ, "BODY_FILE": str(body)})
+    samples, start = [], time.monotonic()
+    while proc.poll() is None:
+        samples.append((time.monotonic() - start, tree_rss_mib(server.proc.pid)))
+        time.sleep(every)
+    return samples
 
 
 def timed_us(fn: Callable[[], object], repeats: int) -> float:
@@ -237,40 +319,68 @@ def request_profile(onnx_dir: Path, bodies: dict[int, Path], repeats: int) -> li
     return out
 
 
-def markdown(cells: list[Cell], k: int, rss: dict[str, float], profile: list[tuple[int, dict[str, float]]],
-             args: argparse.Namespace) -> str:
+def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: list[tuple[int, dict[str, float]]],
+             soaked: list[tuple[float, float]], args: argparse.Namespace) -> str:
     by = {(c.setup, c.concurrency, c.batch): c for c in cells}
     ort_us = {b: stages["ONNX Runtime"] for b, stages in profile}
+    command = "python benchmarks/serving.py" + (" --quick" if args.quick else "") + \
+        (f" --rounds {args.rounds}" if args.rounds != 2 else "") + (f" --soak {args.soak:.0f}" if args.soak else "")
     lines = [f"# Serving benchmark ({'quick' if args.quick else 'full'})", "",
-             f"Command: `python benchmarks/serving.py{' --quick' if args.quick else ''}`  ",
+             f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
              f"torch {torch.__version__}; load generator (`wrk`, 1 thread) on the same machine; "
-             f"{os.cpu_count()} workers per server, ONNX Runtime 1 thread per worker; "
-             f"load average at start {args.load_at_start}.", "",
-             "## `mtlops serve` vs the bare floor server vs in-process ONNX Runtime", "",
-             "In-process ORT is one thread calling `session.run` in a loop (the limit of one core).", "",
-             "| concurrency | batch | in-process ORT rec/s | floor rec/s | mtlops rec/s | floor / mtlops "
-             "| floor p50/p95/p99 ms | mtlops p50/p95/p99 ms | failed (floor, mtlops) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{usable_cpus()} workers per server, ONNX Runtime 1 thread per worker; "
+             f"load average at start {args.load_at_start}; {args.rounds} alternating rounds of {args.seconds:.0f} s "
+             "per cell and server.", "",
+             "## `mtlops serve` vs the lean floor server vs in-process ONNX Runtime", "",
+             "In-process ORT is one thread calling `session.run` in a loop (the limit of one core). rec/s: the "
+             "median over a cell's balanced runs (* : no run was balanced, all counted). Latency in ms: wrk's "
+             "p50 / p99 / p99.9 (medians over the runs), and the largest single request of any run. "
+             "Busiest worker: its share of the server's CPU time, per run.", "",
+             "| c | batch | ORT rec/s | floor rec/s | mtlops rec/s | mtlops / floor | floor p50/p99/p99.9 · max "
+             "| mtlops p50/p99/p99.9 · max | busiest worker (floor; mtlops) | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def lat(c: Cell) -> str:
+        return f"{c.median('p50_ms'):.2f} / {c.median('p99_ms'):.1f} / {c.median('p999_ms'):.1f} · {c.max_ms:.0f}"
+
+    def rate(c: Cell) -> str:
+        return f"{c.records_per_s:,.0f}{'' if c.balanced else '*'}"
+
+    def shares(c: Cell) -> str:
+        return "/".join(f"{r.top_worker_share:.0%}" for r in c.runs)
+
     for c in CONCURRENCY:
         for b in BATCHES:
             f, m = by[("floor", c, b)], by[("mtlops", c, b)]
-            lines.append(f"| {c} | {b} | {b / ort_us[b] * 1e6:,.0f} | {f.records_per_s:,.0f} | {m.records_per_s:,.0f} "
-                         f"| {f.records_per_s / m.records_per_s:.2f}× | {f.p50_ms:.2f} / {f.p95_ms:.2f} / "
-                         f"{f.p99_ms:.1f} | {m.p50_ms:.2f} / {m.p95_ms:.2f} / {m.p99_ms:.1f} "
-                         f"| {f.failed}, {m.failed} |")
-    lines += ["", f"## One multi-head service vs K={k} single-task services (a client needs all K answers)", "",
-              "All K services are loaded at once; the slowest one's rate is the client's.", "",
-              "| concurrency | batch | multi-head rec/s | K single rec/s | ratio | multi p50/p99 ms "
-              "| K single p50/p99 ms (slowest) | failed |", "|---|---|---|---|---|---|---|---|"]
-    for c in CONCURRENCY:
-        for b in BATCHES:
-            m, s = by[("mtlops", c, b)], by[("single", c, b)]
-            lines.append(f"| {c} | {b} | {m.records_per_s:,.0f} | {s.records_per_s:,.0f} | "
-                         f"{m.records_per_s / s.records_per_s:.2f}× | {m.p50_ms:.2f} / {m.p99_ms:.1f} | "
-                         f"{s.p50_ms:.2f} / {s.p99_ms:.1f} | {m.failed + s.failed} |")
-    lines += ["", "## Memory (resident, whole process tree)", "", "| server | RSS MiB |", "|---|---|"]
-    lines += [f"| {name} | {v:,.0f} |" for name, v in rss.items()]
+            lines.append(f"| {c} | {b} | {b / ort_us[b] * 1e6:,.0f} | {rate(f)} | {rate(m)} | "
+                         f"**{m.records_per_s / f.records_per_s:.2f}** | {lat(f)} | {lat(m)} "
+                         f"| {shares(f)}; {shares(m)} | {f.failed + m.failed} |")
+    singles = [c for c in cells if c.setup == "single"]
+    if singles:
+        lines += ["", f"## One multi-head service vs K={k} single-task services (a client needs all K answers)", "",
+                  "All K services are loaded at once; the slowest one's rate is the client's.", "",
+                  "| c | batch | multi-head rec/s | K single rec/s | ratio | multi p50/p99 ms "
+                  "| K single p50/p99 ms (slowest) | failed |", "|---|---|---|---|---|---|---|---|"]
+        for s in singles:
+            m = by[("mtlops", s.concurrency, s.batch)]
+            lines.append(f"| {s.concurrency} | {s.batch} | {m.records_per_s:,.0f} | {s.records_per_s:,.0f} | "
+                         f"{m.records_per_s / s.records_per_s:.2f}× | {m.median('p50_ms'):.2f} / "
+                         f"{m.median('p99_ms'):.1f} | {s.median('p50_ms'):.2f} / {s.median('p99_ms'):.1f} | "
+                         f"{m.failed + s.failed} |")
+    lines += ["", "## Memory (resident, whole process tree, MiB): after start, after each run, at the end", "",
+              "| server | idle | min | max | last |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {v[0]:,.0f} | {min(v):,.0f} | {max(v):,.0f} | {v[-1]:,.0f} |" for name, v in rss.items()]
+    if soaked:
+        warm_t, warm = soaked[min(3, len(soaked) - 1)]
+        peak, last = max(m for _, m in soaked), soaked[-1][1]
+        lines += ["", f"## Soak: `mtlops serve` under wrk (c=8, batch 64) for {args.soak:.0f} s", "",
+                  f"Resident memory of the process tree after warm-up (t = {warm_t:.0f} s): "
+                  f"{warm:,.0f} MiB; peak {peak:,.0f} MiB; at the end {last:,.0f} MiB "
+                  f"(**{(last - warm) / warm:+.1%}** from warm-up, peak {(peak - warm) / warm:+.1%}).", "",
+                  "| t (s) | " + " | ".join(f"{t:.0f}" for t, _ in soaked) + " |",
+                  "|---|" + "---|" * len(soaked),
+                  "| RSS MiB | " + " | ".join(f"{m:,.0f}" for _, m in soaked) + " |"]
     lines += ["", "## Where one request's time goes (in-process, median µs per stage, 1 thread)", "",
               "| stage | " + " | ".join(f"batch {b}" for b, _ in profile) + " |",
               "|---|" + "---|" * len(profile)]
@@ -282,13 +392,16 @@ def markdown(cells: list[Cell], k: int, rss: dict[str, float], profile: list[tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per cell instead of 8")
+    parser.add_argument("--quick", action="store_true", help="3 s per run instead of 8")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per cell and server")
+    parser.add_argument("--soak", type=float, default=0.0, help="then load mtlops this many seconds, sampling memory")
+    parser.add_argument("--no-single", action="store_true", help="skip the K single-task services")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`")
     args.load_at_start = f"{os.getloadavg()[0]:.2f}"
-    seconds = 3.0 if args.quick else 8.0
+    args.seconds = 3.0 if args.quick else 8.0
 
     work = Path(tempfile.mkdtemp(prefix="mtlops-bench-work-"))
     script = work / "post.lua"
@@ -298,33 +411,47 @@ def main() -> None:
     df = with_labels(sample_rows(df[df[multi_cfg.data.time_column] < "2013-07-01"].reset_index(drop=True), 0.1, 0),
                      multi_cfg)
     tasks = [t.name for t in multi_cfg.tasks]
-    console.print(f"training 1 multi-head + {len(tasks)} single-task models (1 epoch each) ...")
+    console.print(f"training 1 multi-head{'' if args.no_single else f' + {len(tasks)} single-task'} models "
+                  "(1 epoch each) ...")
     multi_dir = build_model(multi_cfg, df, work)
-    for t in tasks:
-        build_model(flights_config(t, f"bench-single-{t.replace('_', '-')}"), df, work)
+    if not args.no_single:
+        for t in tasks:
+            build_model(flights_config(t, f"bench-single-{t.replace('_', '-')}"), df, work)
     test = select_window(df, multi_cfg.data.time_column, "2013-06-01", "2013-07-01").reset_index(drop=True)
     bodies = write_bodies(test, multi_cfg, work)
     onnx_dir = multi_dir.parent / "onnx"
 
-    rss = {}
     profile = request_profile(onnx_dir, bodies, repeats=300 if args.quick else 1000)
-    floor, rss["floor server"] = run_floor(onnx_dir, bodies, work, seconds, script)
-    mtlops, rss["mtlops serve (multi-head)"] = run_mtlops("mtlops", [work / "bench-multi.yaml"], bodies, work,
-                                                          seconds, script)
-    single, rss[f"{len(tasks)} single-task mtlops serves"] = run_mtlops(
-        "single", [work / f"bench-single-{t.replace('_', '-')}.yaml" for t in tasks], bodies, work, seconds, script)
-    cells = floor + mtlops + single
+    floor_proc, floor_url = start_floor(onnx_dir, work)
+    (mtlops,) = start_mtlops([work / "bench-multi.yaml"], work)
+    soaked: list[tuple[float, float]] = []
+    try:
+        targets = [Target("floor", [floor_url], [floor_proc.pid]), Target("mtlops", [mtlops.url], [mtlops.proc.pid])]
+        for t in targets:
+            t.rss.append(sum(tree_rss_mib(p) for p in t.root_pids))
+        cells = measure(targets, bodies, args.seconds, args.rounds, script)
+        if args.soak:
+            console.print(f"soak: {args.soak:.0f} s of load on mtlops ...")
+            soaked = soak(mtlops, bodies[64], args.soak, script)
+        rss = {"floor server": targets[0].rss, "mtlops serve (multi-head)": targets[1].rss}
+    finally:
+        floor_proc.terminate()
+        floor_proc.wait(timeout=30)
+        mtlops.stop()
+    if not args.no_single:
+        singles = start_mtlops([work / f"bench-single-{t.replace('_', '-')}.yaml" for t in tasks], work)
+        try:
+            target = Target("single", [s.url for s in singles], [s.proc.pid for s in singles])
+            target.rss.append(sum(tree_rss_mib(p) for p in target.root_pids))
+            cells += measure([target], bodies, args.seconds, 1, script)
+            rss[f"{len(tasks)} single-task mtlops serves"] = target.rss
+        finally:
+            for s in singles:
+                s.stop()
 
-    text = markdown(cells, len(tasks), rss, profile, args)
+    text = markdown(cells, len(tasks), rss, profile, soaked, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    table = Table(title="serving: records/s and latency (ms)")
-    for col in ("server", "concurrency", "batch", "records/s", "p50", "p95", "p99", "failed"):
-        table.add_column(col, justify="right")
-    for c in cells:
-        table.add_row(c.setup, str(c.concurrency), str(c.batch), f"{c.records_per_s:,.0f}", f"{c.p50_ms:.2f}",
-                      f"{c.p95_ms:.2f}", f"{c.p99_ms:.1f}", str(c.failed))
-    console.print(table)
     console.print(text)
 
 

@@ -483,7 +483,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
            "MTLOPS_ACCESS_LOG": "1" if access_log else "0",
            "MTLOPS_ORT_THREADS": str(ort_threads or os.environ.get("MTLOPS_ORT_THREADS") or max(1, cores // workers))}
     project = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MultiTaskModelService",
+    cmd = [sys.executable, "-m", "serving.server", "serving.service:MultiTaskModelService",
            "--host", host, "--port", str(port), "--working-dir", str(project)]
     os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM drains and flushes the log)
 

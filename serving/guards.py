@@ -26,6 +26,73 @@ ERROR_SCHEMA = {
 }
 
 
+def duplicate_key(body: bytes, keys: int, records: int) -> list[str | int] | None:
+    """Where a key repeats in a request body that already passed the schema (every JSON parser here
+    keeps the last value silently), or None. `keys` is how many keys the parsed body has. Every key
+    is followed by exactly one literal colon, so a body with no more colons than keys has no repeat:
+    one single-byte count settles the usual body; only one with more colons (a repeat, or a colon
+    inside a string) is parsed again, pair by pair, to find the repeat."""
+    if body.count(b":") <= keys:
+        return None
+    objects: list[int] = [0]  # the records are the only nested objects; they close in order, the top level last
+    found: list[list[str | int]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        if len(set(names)) < len(names) and not found:
+            repeated = next(k for i, k in enumerate(names) if k in names[:i])
+            found.append(["records", objects[0], repeated] if objects[0] < records else [repeated])
+        objects[0] += 1
+        return dict(items)
+
+    json.loads(body, object_pairs_hook=pairs)
+    return found[0] if found else None
+
+
+ROUTES = ("/predict", "/model", "/admin/reload", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/")
+STATIC_PREFIX = "/static_content/"
+ORIGINAL_PATH = "mtlops.original_path"
+
+
+def route_label(path: str) -> str:
+    """The path as a metric label: the service's own routes as they are, everything else one label."""
+    if path in ROUTES:
+        return path
+    return STATIC_PREFIX if path.startswith(STATIC_PREFIX) else "unmatched"
+
+
+def bound_route_labels() -> None:
+    """BentoML labels its request metrics with the raw path, so every unknown path a scanner tries
+    becomes a new series in /metrics. Its metrics middleware is the outermost one and is looked up
+    when the app is built: give it a subclass that sees the route label as the path;
+    `RestoreRoutePath` (the outermost middleware of ours) puts the real path back."""
+    from bentoml._internal.server.http import instruments
+
+    base = instruments.RunnerTrafficMetricsMiddleware
+    if getattr(base, "bounded", False):
+        return
+
+    class BoundedRouteMetrics(base):  # type: ignore[misc, valid-type]
+        bounded = True
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and (label := route_label(scope["path"])) != scope["path"]:
+                scope = {**scope, "path": label, ORIGINAL_PATH: scope["path"]}
+            await super().__call__(scope, receive, send)
+
+    instruments.RunnerTrafficMetricsMiddleware = BoundedRouteMetrics
+
+
+class RestoreRoutePath:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if ORIGINAL_PATH in scope:
+            scope = {**scope, "path": scope[ORIGINAL_PATH]}
+        await self.app(scope, receive, send)
+
+
 def error_body(message: str, loc: Sequence[str | int] | None = None) -> dict[str, Any]:
     """An `ErrorResponse`; with `loc`, one detail entry naming the offending location."""
     if loc is None:

@@ -22,16 +22,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One `mtlops serve` on 127.0.0.1; `stop()` sends SIGTERM so the prediction log is flushed."""
+    """One `mtlops serve` on 127.0.0.1; `stop()` sends SIGTERM so the prediction log is flushed.
+    `prefix` runs it under another command (e.g. `unshare --pid --fork` to make it PID 1)."""
 
     def __init__(self, config: Path, output: Path, port: int | None = None, prediction_log: Path | None = None,
                  max_rows: int = 1024, env: dict[str, str] | None = None, workers: int | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, prefix: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = output
         # the server runs in the project folder: paths must not depend on our working directory
-        cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(Path(config).resolve()),
+        cmd = [*(prefix or []), sys.executable, "-m", "pipelines.cli", "serve", "--config", str(Path(config).resolve()),
                "--port", str(self.port), "--max-rows", str(max_rows)]
         if prediction_log:
             cmd += ["--prediction-log", str(Path(prediction_log).resolve())]
@@ -58,7 +59,7 @@ class ServerProcess:
     def stop(self, timeout_s: float = 60) -> int | None:
         """Graceful stop; kills the process group if it does not exit in time."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.server_pid(), signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -66,18 +67,20 @@ class ServerProcess:
                 return None
         return self.proc.returncode
 
-    def worker_pids(self) -> list[int]:
-        """The BentoML worker processes (each holds its own model) under the server process."""
+    def server_pid(self) -> int:
+        """The server process (BentoML's arbiter): ours, or the child of the `prefix` command."""
         import psutil
 
-        pids = []
-        for p in psutil.Process(self.proc.pid).children(recursive=True):
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(p.cmdline()):
-                    pids.append(p.pid)
-            except psutil.Error:  # exited between the listing and the look
-                continue
-        return pids
+        if self.proc.args[0] == sys.executable:
+            return self.proc.pid
+        children = psutil.Process(self.proc.pid).children()
+        return children[0].pid if children else self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """The BentoML worker processes (each holds its own model) under the server process."""
+        from serving.server import worker_pids
+
+        return worker_pids(self.proc.pid)
 
     def kill(self) -> None:
         try:

@@ -3,6 +3,8 @@ a background thread turns the buffer into parquet parts (components.predictions 
 
 Nothing is lost on shutdown: `close()` flushes what is buffered before it returns. If the
 disk refuses writes, batches are kept for the next flush, up to a bound (then the oldest go).
+A flush also starts early once `flush_records` records are buffered: under heavy load the buffer
+(records as Python objects) stays bounded instead of growing with the request rate.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ class ServedBatch:
 
 
 class PredictionLogWriter:
-    def __init__(self, log_dir: Path, flush_seconds: float = 2.0, max_buffered_batches: int = 100_000) -> None:
+    def __init__(self, log_dir: Path, flush_seconds: float = 2.0, max_buffered_batches: int = 100_000,
+                 flush_records: int = 20_000) -> None:
         self.log_dir = Path(log_dir)
         self.flush_seconds = flush_seconds
+        self.flush_records = flush_records
+        self._records = 0
+        self._due = threading.Event()
         self.max_buffered_batches = max_buffered_batches  # while the disk refuses writes, memory stays bounded
         self.dropped = 0
         self._buffer: list[ServedBatch] = []
@@ -50,11 +56,15 @@ class PredictionLogWriter:
     def append(self, batch: ServedBatch) -> None:
         with self._lock:
             self._buffer.append(batch)
+            self._records += len(batch.records)
+            if self._records >= self.flush_records:
+                self._due.set()
 
     def flush(self) -> int:
         """Write everything buffered; returns the number of records written."""
         with self._lock:
-            batches, self._buffer = self._buffer, []
+            batches, self._buffer, self._records = self._buffer, [], 0
+            self._due.clear()
         if not batches:
             return 0
         try:
@@ -89,13 +99,16 @@ class PredictionLogWriter:
         return len(frame)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        while not self._stop.is_set():
+            self._due.wait(self.flush_seconds)
             try:
                 self.flush()
-            except Exception:  # a full disk must not take the service down
+            except Exception:  # a full disk must not take the service down; it is retried at the usual pace
                 log.exception("prediction log flush failed")
+                self._stop.wait(self.flush_seconds)
 
     def close(self) -> None:
         self._stop.set()
+        self._due.set()
         self._thread.join(timeout=30)
         self.flush()

@@ -40,9 +40,22 @@ class ServingSettings:
     max_batch_size: int = 1024  # rows in one ONNX call
     max_latency_ms: float = 0.0  # how long a queued request waits for others to join its batch
     control_dir: Path | None = None  # where the workers agree on the version to serve
-    drain_seconds: float = 1.0  # after SIGTERM: keep answering, not ready, closing connections, then stop
+    # the readiness probe a load balancer runs (infra/k8s: the Deployment's readinessProbe): after SIGTERM the
+    # service keeps answering, not ready, until the probe has failed `failure_threshold` times, plus one period
+    readiness_period_seconds: float = 2.0
+    readiness_failure_threshold: int = 2
+    stall_seconds: float = 5.0  # a worker's event loop silent this long: the server reports not ready
+    restart_after_seconds: float = 10.0  # ... and this much longer: the watchdog kills it (BentoML starts another)
+    max_category_chars: int = 256  # a categorical value longer than this is refused (400), not logged
     access_log: bool = False  # a line per request costs ~10% of throughput; the prediction log has every record
     trace_predictions: bool = False  # OpenTelemetry spans for /predict cost ~25% of throughput
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long SIGTERM keeps answering while reporting not ready: long enough for the readiness
+        probe to fail `readiness_failure_threshold` times in a row, plus one period for the load
+        balancer to act on it (Kubernetes: the endpoint controller removes the pod)."""
+        return self.readiness_period_seconds * (self.readiness_failure_threshold + 1)
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -63,7 +76,12 @@ class ServingSettings:
             max_batch_size=int(env.get("MTLOPS_MAX_BATCH_SIZE", cls.max_batch_size)),
             max_latency_ms=float(env.get("MTLOPS_MAX_LATENCY_MS", cls.max_latency_ms)),
             control_dir=Path(control) if control else None,
-            drain_seconds=float(env.get("MTLOPS_DRAIN_SECONDS", cls.drain_seconds)),
+            readiness_period_seconds=float(env.get("MTLOPS_READINESS_PERIOD_SECONDS", cls.readiness_period_seconds)),
+            readiness_failure_threshold=int(env.get("MTLOPS_READINESS_FAILURE_THRESHOLD",
+                                                    cls.readiness_failure_threshold)),
+            stall_seconds=float(env.get("MTLOPS_STALL_SECONDS", cls.stall_seconds)),
+            restart_after_seconds=float(env.get("MTLOPS_RESTART_AFTER_SECONDS", cls.restart_after_seconds)),
+            max_category_chars=int(env.get("MTLOPS_MAX_CATEGORY_CHARS", cls.max_category_chars)),
             access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
             trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
         )
@@ -150,7 +168,12 @@ def warm_up_records(spec: FeatureSpec, n: int = 4) -> list[dict[str, Any]]:
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 INT64 = (-(2**63), 2**63 - 1)
-Category = StrictStr | Annotated[int, Field(strict=True, ge=INT64[0], le=INT64[1])]
+
+
+def category_type(max_chars: int) -> Any:
+    """A categorical value: a string of at most `max_chars` characters, or an integer within int64."""
+    return Annotated[StrictStr, Field(max_length=max_chars)] | Annotated[int, Field(strict=True, ge=INT64[0],
+                                                                                  le=INT64[1])]
 
 
 def number_type(n: NumericStats) -> Any:
@@ -162,18 +185,20 @@ def number_type(n: NumericStats) -> Any:
                                   multiple_of=1 if n.integer else None)]
 
 
-def record_model(spec: FeatureSpec) -> type[BaseModel]:
+def record_model(spec: FeatureSpec, max_category_chars: int = ServingSettings.max_category_chars) -> type[BaseModel]:
     """One record: every feature required (null where the spec allows it), nothing else."""
     fields: dict[str, Any] = {}
+    category = category_type(max_category_chars)
     for n in spec.numeric:
         kind = number_type(n) | None if n.allow_null else number_type(n)
         what = "whole number" if n.integer else "number"
         fields[n.name] = (kind, Field(description=f"numeric feature, a {what}"
                                                   f"{' (null allowed)' if n.allow_null else ''}"))
     for c in spec.categorical:
-        kind = Category | None if c.allow_null else Category
+        kind = category | None if c.allow_null else category
         fields[c.name] = (kind, Field(description=f"categorical feature, {len(c.values)} known values; "
-                                                  "unknown values are accepted (out-of-vocabulary)"))
+                                                  "unknown values are accepted (out-of-vocabulary); "
+                                                  f"strings of at most {max_category_chars} characters"))
     return create_model("Record", __config__=ConfigDict(extra="forbid"), **fields)
 
 

@@ -7,6 +7,7 @@ Reloads reach every worker through the control folder (see serving/worker.py).
 """
 
 import asyncio
+import gc
 import hmac
 import signal
 import threading
@@ -24,15 +25,37 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from components.tasks import kind_of
-from serving.guards import BodyLimit, JsonOnly, OpenApiDocument, error_body
+from serving.guards import (
+    BodyLimit,
+    JsonOnly,
+    OpenApiDocument,
+    RestoreRoutePath,
+    bound_route_labels,
+    duplicate_key,
+    error_body,
+)
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.runtime import ModelLoadError, ServingSettings, load_champion, record_model, task_name_type
-from serving.worker import POLL_SECONDS, LoadedModel, MicroBatcher, VersionControl, default_control_dir, open_version
+from serving.worker import (
+    HEARTBEAT_SECONDS,
+    POLL_SECONDS,
+    LoadedModel,
+    MicroBatcher,
+    VersionControl,
+    default_control_dir,
+    log,
+    open_version,
+)
 
 SETTINGS = ServingSettings.from_env()
-STARTUP_MODEL = load_champion(SETTINGS.model_name)
-Record = record_model(STARTUP_MODEL.spec)
+CONTROL = VersionControl(SETTINGS.control_dir or default_control_dir())
+try:
+    STARTUP_MODEL = load_champion(SETTINGS.model_name)
+except ModelLoadError as exc:
+    CONTROL.give_up(str(exc))
+Record = record_model(STARTUP_MODEL.spec, SETTINGS.max_category_chars)
 TaskName = task_name_type(STARTUP_MODEL.spec)
+bound_route_labels()
 
 
 class ServiceMetrics:
@@ -114,11 +137,8 @@ OPS_ROUTES = Starlette(routes=[Route("/model", model_info, methods=["GET"]),
 @bentoml.asgi_app(OPS_ROUTES, path="/")
 class MultiTaskModelService:
     def __init__(self) -> None:
-        self.control = VersionControl(SETTINGS.control_dir or default_control_dir())
-        target = self.control.target()
-        self.generation, tag = target or (0, STARTUP_MODEL.tag)
-        self.model: LoadedModel = (LoadedModel(STARTUP_MODEL, SETTINGS.ort_threads) if tag == STARTUP_MODEL.tag
-                                   else open_version(tag, SETTINGS.ort_threads))
+        self.control = CONTROL
+        self.generation, self.model = self._first_model()
         self.healthy = True
         self.batcher = MicroBatcher(SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.metrics = ServiceMetrics()
@@ -131,12 +151,48 @@ class MultiTaskModelService:
         self.draining = False
         self._stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's: stop accepting, finish in-flight, exit
         signal.signal(signal.SIGTERM, self._drain)
+        # what start-up allocated (modules, the model, the schema) is never garbage: keep it out of every
+        # collection, and collect the young generation less often — full collections were 60-80 ms pauses
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+
+    def _first_model(self) -> tuple[int, LoadedModel]:
+        """The version the other workers serve (a restarted worker rejoins them); the champion when
+        there is none or it no longer loads; and if the champion cannot serve either, give up (the
+        server exits with the reason rather than respawn a worker that cannot answer)."""
+        generation, tag = self.control.target() or (0, STARTUP_MODEL.tag)
+        if tag != STARTUP_MODEL.tag:
+            try:
+                return generation, open_version(tag, SETTINGS.ort_threads)
+            except ModelLoadError as exc:
+                log.error("the served version no longer loads; every worker goes to the champion %s: %s",
+                          STARTUP_MODEL.tag, exc)
+                with self.control.lock():
+                    generation = (self.control.target() or (generation, tag))[0] + 1
+                    self.control.publish(generation, STARTUP_MODEL.tag)
+        try:
+            return generation, LoadedModel(STARTUP_MODEL, SETTINGS.ort_threads)
+        except ModelLoadError as exc:
+            self.control.give_up(str(exc))
+            raise
+
+    @bentoml.on_startup
+    async def keep_heartbeat(self) -> None:
+        """The watchdog's sign of life, from this worker's event loop (serving/server.py)."""
+        async def beat() -> None:
+            while True:
+                self.control.beat()
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+
+        self._heartbeat = asyncio.get_running_loop().create_task(beat())
 
     def _drain(self, signum: int, frame: Any) -> None:
         """SIGTERM: for `drain_seconds`, answer as usual but report not ready (a load balancer stops
         sending) and close each connection after its response (a keep-alive client reconnects instead
         of racing the close); then stop the way uvicorn does."""
         self.draining = True
+        self.control.exiting(f"stopped by SIGTERM after draining {SETTINGS.drain_seconds:g} s")
         threading.Timer(SETTINGS.drain_seconds, self._stop_server, (signum, frame)).start()
 
     @bentoml.api(route="/predict")
@@ -218,7 +274,7 @@ class MultiTaskModelService:
             self._adopt(generation, model)
 
     async def __is_ready__(self) -> bool:
-        return self.healthy and not self.draining
+        return self.healthy and not self.draining and not self.control.any_stalled()
 
     @bentoml.on_shutdown
     def flush_prediction_log(self) -> None:
@@ -227,6 +283,7 @@ class MultiTaskModelService:
             self.log.close()
 
 
+FEATURES = len(STARTUP_MODEL.spec.feature_names)
 PredictRequest = create_model(
     "Input", __config__=ConfigDict(extra="forbid"),
     records=(Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_rows)], ...),  # type: ignore[valid-type]
@@ -248,22 +305,29 @@ class PredictEndpoint:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        raw = await request.body()
         try:
-            body = PredictRequest.model_validate_json(await request.body())
+            body = PredictRequest.model_validate_json(raw)
         except ValidationError as exc:
             response: Response = JSONResponse({
                 "error": f"{exc.error_count()} validation error for {exc.title}",
                 "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
                 status_code=400)
         else:
-            result = await bentoml.get_current_service().answer(body.records, body.tasks)
-            response = result if isinstance(result, Response) else \
-                Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+            keys = len(body.records) * FEATURES + len(body.model_fields_set)
+            if loc := duplicate_key(raw, keys, len(body.records)):  # JSON parsers keep the last silently
+                response = JSONResponse(error_body(f"duplicate key {loc[-1]!r} in the request body", loc),
+                                        status_code=400)
+            else:
+                result = await bentoml.get_current_service().answer(body.records, body.tasks)
+                response = result if isinstance(result, Response) else \
+                    Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
             if bentoml.get_current_service().draining:
                 response.headers["connection"] = "close"
         await response(scope, receive, send)
 
 
+MultiTaskModelService.add_asgi_middleware(RestoreRoutePath)  # first added: outermost of ours
 MultiTaskModelService.add_asgi_middleware(OpenApiDocument, extra_paths=OpenApiDocument.ops_paths())
 MultiTaskModelService.add_asgi_middleware(JsonOnly, paths=("/predict",))
 MultiTaskModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.max_body_bytes)

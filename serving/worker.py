@@ -10,7 +10,11 @@ admin endpoint (in whichever worker receives it) proves the new version loads, t
 worker polls the file, loads the new version beside the old one, warms it up and only then swaps;
 it reports the generation it serves in `workers/<pid>.json`, which the admin endpoint waits for.
 A restarted worker starts on the generation in the file, so a killed worker comes back on the
-version the others serve.
+version the others serve; if that version no longer loads, on the store's champion.
+
+The folder belongs to one server start (serving/server.py makes it); each worker also keeps a
+heartbeat there for the server's watchdog, reads which workers the watchdog holds stalled, and
+leaves a line saying why it exited.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,7 +39,9 @@ from components.inference import ONNX_FILE, onnx_session
 from serving.runtime import ModelLoadError, ServedModel, load_version, warm_up_records
 
 CONTROL_FILE = "serving.json"
+log = logging.getLogger("bentoml.mtlops")  # a child of the logger BentoML configures, in the server and its workers
 POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 0.5
 
 
 class LoadedModel:
@@ -134,8 +143,15 @@ class MicroBatcher:
 
 
 def default_control_dir() -> Path:
-    """One folder per server: the workers' parent (BentoML's process manager) names it."""
-    return Path(tempfile.gettempdir()) / f"mtlops-serving-{os.getppid()}"
+    """Under a plain `bentoml serve` (no run folder from serving/server.py): one folder per server
+    start, named by the workers' parent (BentoML's arbiter) and the moment it started — a PID alone
+    repeats (PID 1 in every container), a PID with its start time does not."""
+    ppid = os.getppid()
+    try:
+        started = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "unknown"
+    return Path(tempfile.gettempdir()) / f"mtlops-serving-{ppid}-{started}"
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -161,6 +177,35 @@ class VersionControl:
         self.folder = Path(folder)
         (self.folder / "workers").mkdir(parents=True, exist_ok=True)
         self.control = self.folder / CONTROL_FILE
+
+    def beat(self) -> None:
+        """The watchdog's sign of life: called from the event loop, so a stalled loop stops it."""
+        path = self.folder / "heartbeat" / str(os.getpid())
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            path.parent.mkdir(exist_ok=True)
+            path.touch()
+
+    def any_stalled(self) -> bool:
+        try:
+            return bool((self.folder / "stalled").read_text().strip())
+        except FileNotFoundError:
+            return False
+
+    def exiting(self, reason: str) -> None:
+        """Why this worker exits, for the watchdog's log line and exit counter."""
+        (self.folder / "exits").mkdir(exist_ok=True)
+        (self.folder / "exits" / str(os.getpid())).write_text(reason)
+
+    def give_up(self, reason: str) -> None:
+        """This worker cannot serve the champion: say why and stop the whole server (it exits
+        non-zero with the reason) rather than be respawned behind a socket that never answers."""
+        log.critical("cannot serve: %s", reason)
+        (self.folder / "fatal.txt").write_text(reason)
+        self.exiting(f"gave up: {reason}")
+        os.kill(os.getppid(), signal.SIGTERM)
+        sys.exit(3)
 
     def lock(self) -> Any:
         """An exclusive lock across workers (two reloads at once must not share a generation)."""

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipelines.cluster import load_cluster_settings
+from serving.runtime import ServingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -198,6 +199,15 @@ def test_serving_wiring_probes_service_autoscaling_and_read_only_model_store(ren
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         (container,) = pod_spec(deployment)["containers"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # the drain rule reads the probe's settings: the env the service reads is the probe itself
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        probe = container["readinessProbe"]
+        assert float(env["MTLOPS_READINESS_PERIOD_SECONDS"]) == probe["periodSeconds"]
+        assert int(env["MTLOPS_READINESS_FAILURE_THRESHOLD"]) == probe["failureThreshold"]
+        drain = ServingSettings(model_name="m", readiness_period_seconds=probe["periodSeconds"],
+                                readiness_failure_threshold=probe["failureThreshold"]).drain_seconds
+        assert probe["periodSeconds"] * probe["failureThreshold"] < drain
+        assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= drain + 10  # + the log flush and exit
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
         assert container["ports"] == [{"name": "http", "containerPort": 3000}]
         assert container["image"].startswith("ghcr.io/mtlops/mtlops-serving:")

@@ -85,17 +85,21 @@ def _records(df: pd.DataFrame, cfg: ProjectConfig) -> list[dict]:
     return to_records(df, cfg.features.names)
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
-    cfg = config_with(TXHOUSING, training={"epochs": 3, "threads": 2}, registry={"model_name": "serving-test"})
+def train_champion(root: Path, model_name: str) -> Champion:
+    """A txhousing model (multiclass + regression + binary heads) trained, exported and promoted."""
+    cfg = config_with(TXHOUSING, training={"epochs": 3, "threads": 2}, registry={"model_name": model_name})
     df = with_labels(load_source(cfg.data), cfg)
-    root = tmp_path_factory.mktemp("serving")
     train(cfg, window(df, cfg, "train"), window(df, cfg, "validation"), root / "model", progress=False)
     test = window(df, cfg, "test")
     export_onnx(root / "model", root / "onnx", test)
     tag = registry.register(root / "onnx", cfg, {"test": {"price_band": {"macro_f1": 0.5}}}, {"data_version": "t"})
     registry.promote(cfg.registry.model_name, tag)
     return Champion(cfg, tag, root / "onnx", test)
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    return train_champion(tmp_path_factory.mktemp("serving"), "serving-test")
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +351,10 @@ def test_a_bad_champion_is_rejected_and_the_old_one_keeps_serving(server: Server
     registry.rollback(champion.cfg.registry.model_name)  # leave the store's champion servable
 
 
+def _logged(server: Server) -> set[str]:
+    return set(read_prediction_log(server.log_dir)["request_id"])
+
+
 def test_a_killed_worker_comes_back_and_serves(server: Server, champion: Champion) -> None:
     """SIGKILL one worker (as the OOM killer would): requests keep succeeding (the other worker and
     then the replacement answer), the replacement serves the same version, and /readyz is never 200
@@ -355,6 +363,11 @@ def test_a_killed_worker_comes_back_and_serves(server: Server, champion: Champio
     serving = httpx.get(server.url + "/model", timeout=10).json()["model_version"]
     before = server.process.worker_pids()
     assert len(before) == WORKERS
+    # a killed worker takes its unflushed log records with it (at most one flush interval): the module's
+    # last test checks the log holds every answered record, so let what was answered so far be written
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not set(server.answered) <= _logged(server):
+        time.sleep(0.2)
     os.kill(before[0], signal.SIGKILL)
     deadline, statuses = time.monotonic() + 120, []
     while time.monotonic() < deadline:
@@ -459,3 +472,21 @@ def test_prediction_log_keeps_batches_while_the_disk_refuses_them(champion: Cham
     writer.close()
     log = read_prediction_log(tmp_path / "log")
     assert list(log["request_id"].unique()) == ["r1", "r2"] and len(log) == 6
+
+
+def test_prediction_log_flushes_early_once_enough_records_are_buffered(champion: Champion, tmp_path: Path) -> None:
+    """Under heavy load the buffer is bounded by records, not only by time: with an hour between timed
+    flushes, 6 buffered records (bound 5) are written at once."""
+    model = load_version(champion.tag)
+    features = [vars(record_model(model.spec)(**r)) for r in _records(champion.test.head(3), champion.cfg)]
+    stacked = np.zeros((3, sum(model.head_widths)), np.float32)
+    writer = PredictionLogWriter(tmp_path / "log", flush_seconds=3600, flush_records=5)
+    writer.append(ServedBatch("r0", datetime.now(UTC), model, features, stacked))
+    time.sleep(0.5)
+    assert not list((tmp_path / "log").rglob("*.parquet"))  # 3 records: below the bound, nothing yet
+    writer.append(ServedBatch("r1", datetime.now(UTC), model, features, stacked))
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "log").rglob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(read_prediction_log(tmp_path / "log")) == 6
+    writer.close()
