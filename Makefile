@@ -46,15 +46,16 @@ compile: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
 
-.PHONY: images push-images base-image local-images
+.PHONY: images gpu-image push-images base-image local-images local-gpu-image
 
 ## images: the component, CUDA component and serving images (needs a Docker engine; see infra/README.md)
 IMAGE_REPO ?= ghcr.io/mtlops
 IMAGE_TAG  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
 BASE_IMAGE ?= python:3.11.11-slim-bookworm
-CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+# PyPI's torch for Linux x86_64 is the CUDA build (its CUDA runtime comes as nvidia-* wheels)
+CUDA_TORCH_INDEX ?= https://pypi.org/simple
 CPU_TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
-# CUDA_IMAGE= (empty) skips mtlops-cuda where PyTorch's CUDA index cannot be reached
+# CUDA_IMAGE= (empty) skips mtlops-cuda (several GB to download)
 CUDA_IMAGE ?= yes
 # a CA bundle the build's pip trusts (behind a TLS-intercepting proxy), a local torch wheel for the CPU images
 CA_BUNDLE   ?=
@@ -64,16 +65,16 @@ DOCKER_BUILD = docker build -f infra/docker/Dockerfile --build-arg GIT_REVISION=
 	--build-arg BASE_IMAGE=$(BASE_IMAGE) $(if $(CA_BUNDLE),--build-arg PIP_CERT=/extra/ca.crt)
 # with a local wheel, PyPI serves torch's dependencies and the wheel wins over any torch there
 CPU_INDEX = $(if $(TORCH_WHEEL),https://pypi.org/simple,$(CPU_TORCH_INDEX))
+NO_ENGINE = { echo "make $@: no Docker engine here ('docker info' failed)." \
+	"Build on a machine with Docker, or in CI; the Dockerfile is linted by the tests either way."; exit 1; }
 images:
-	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here ('docker info' failed)." \
-		"Build on a machine with Docker, or in CI; the Dockerfile is linted by the tests either way."; exit 1; }
+	@docker info >/dev/null 2>&1 || $(NO_ENGINE)
 	rm -rf $(EXTRA)/ca.crt $(EXTRA)/wheels
 	$(if $(CA_BUNDLE),cp $(CA_BUNDLE) $(EXTRA)/ca.crt)
 	$(if $(TORCH_WHEEL),mkdir -p $(EXTRA)/wheels && cp $(TORCH_WHEEL) $(EXTRA)/wheels/)
 	$(DOCKER_BUILD) --target serving -t $(IMAGE_REPO)/mtlops-serving:$(IMAGE_TAG) .
 	$(DOCKER_BUILD) --target component --build-arg TORCH_INDEX=$(CPU_INDEX) -t $(IMAGE_REPO)/mtlops:$(IMAGE_TAG) .
-	$(if $(CUDA_IMAGE),rm -rf $(EXTRA)/wheels && $(DOCKER_BUILD) --target component \
-		--build-arg TORCH_INDEX=$(CUDA_TORCH_INDEX) -t $(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG) .)
+	$(if $(CUDA_IMAGE),$(MAKE) gpu-image)
 	@echo "export MTLOPS_IMAGE=$(IMAGE_REPO)/mtlops:$(IMAGE_TAG) MTLOPS_GPU_IMAGE=$(IMAGE_REPO)/$(if $(CUDA_IMAGE),mtlops-cuda,mtlops):$(IMAGE_TAG)"
 
 ## base-image: a Debian bookworm + Python 3.11 base made with debootstrap, where no registry is reachable (root)
@@ -82,9 +83,24 @@ base-image:
 
 ## local-images: base-image, then the CPU images from it with this host's CA bundle and torch wheel (no CUDA)
 HOST_TORCH_WHEEL = $(firstword $(wildcard $(addsuffix /torch-2.13.0+cpu-*.whl,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))))
+LOCAL_REPO ?= mtlops-local
 local-images: base-image
-	$(MAKE) images BASE_IMAGE=mtlops-base:bookworm IMAGE_REPO=mtlops-local IMAGE_TAG=dev CUDA_IMAGE= \
+	$(MAKE) images BASE_IMAGE=mtlops-base:bookworm IMAGE_REPO=$(LOCAL_REPO) IMAGE_TAG=dev CUDA_IMAGE= \
 		CA_BUNDLE=$(or $(CA_BUNDLE),/etc/ssl/certs/ca-certificates.crt) TORCH_WHEEL=$(or $(TORCH_WHEEL),$(HOST_TORCH_WHEEL))
+
+## gpu-image: the CUDA component image alone (the training step's MTLOPS_GPU_IMAGE): torch from CUDA_TORCH_INDEX,
+## never a local CPU wheel; onnxruntime-gpu is already a project dependency
+gpu-image:
+	@docker info >/dev/null 2>&1 || $(NO_ENGINE)
+	rm -rf $(EXTRA)/ca.crt $(EXTRA)/wheels
+	$(if $(CA_BUNDLE),cp $(CA_BUNDLE) $(EXTRA)/ca.crt)
+	$(DOCKER_BUILD) --target component --build-arg TORCH_INDEX=$(CUDA_TORCH_INDEX) \
+		-t $(IMAGE_REPO)/mtlops-cuda:$(IMAGE_TAG) .
+
+## local-gpu-image: gpu-image on the debootstrap base, tagged mtlops-local/mtlops-cuda:dev (several GB from PyPI)
+local-gpu-image: base-image
+	$(MAKE) gpu-image BASE_IMAGE=mtlops-base:bookworm IMAGE_REPO=$(LOCAL_REPO) IMAGE_TAG=dev \
+		CA_BUNDLE=$(or $(CA_BUNDLE),/etc/ssl/certs/ca-certificates.crt)
 
 push-images: images
 	docker push $(IMAGE_REPO)/mtlops:$(IMAGE_TAG)

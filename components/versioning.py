@@ -18,7 +18,12 @@ def _dvc(args: list[str], cwd: Path) -> str:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed in {cwd}:\n{proc.stdout}{proc.stderr}")
+        # DVC's own reason first (its ERROR line), so that a one-line summary of the failure names it;
+        # callers never pass -q: it silences the ERROR lines too
+        output = (proc.stdout + proc.stderr).strip()
+        reason = next((line for line in output.splitlines() if line.startswith("ERROR")),
+                      output.splitlines()[-1] if output else f"exit status {proc.returncode}")
+        raise RuntimeError(f"dvc {args[0]} failed: {reason}\n(dvc {' '.join(args)} in {cwd})\n{output}")
     return proc.stdout
 
 
@@ -32,7 +37,7 @@ def is_git_repo(path: Path) -> bool:
 def ensure_dvc_repo(root: Path, remote: str) -> None:
     """`dvc init` (once) and a default local remote folder."""
     if not (root / ".dvc").is_dir():
-        _dvc(["init", "-q"] if is_git_repo(root) else ["init", "-q", "--no-scm"], root)
+        _dvc(["init"] if is_git_repo(root) else ["init", "--no-scm"], root)
         if is_git_repo(root):
             _dvc(["config", "core.autostage", "true"], root)
     remote_path = local_remote_path(root, remote)
@@ -49,9 +54,9 @@ def local_remote_path(root: Path, remote: str) -> Path:
 def track_files(root: Path, paths: list[Path], push: bool = True) -> dict[str, str]:
     """`dvc add` each path (one .dvc pointer per partition), then `dvc push`."""
     rel = [str(p.resolve().relative_to(root.resolve())) for p in paths]
-    _dvc(["add", "-q", *rel], root)
+    _dvc(["add", *rel], root)
     if push:
-        _dvc(["push", "-q", *[r + ".dvc" for r in rel]], root)
+        _dvc(["push", *[r + ".dvc" for r in rel]], root)
     return {r: dvc_md5(Path(root / r)) for r in rel}
 
 
@@ -83,7 +88,7 @@ def pull(root: Path, paths: list[Path]) -> None:
     """`dvc pull` exactly the versions the .dvc pointers of `paths` name."""
     use_remote_from_env(root)
     rel = [str(p.resolve().relative_to(root.resolve())) + ".dvc" for p in paths]
-    _dvc(["pull", "-q", *rel], root)
+    _dvc(["pull", *rel], root)
 
 
 def dvc_md5(path: Path) -> str:

@@ -5,6 +5,7 @@ pipeline): that goes to `kfp.log` in the run folder, and the terminal gets one l
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -18,11 +19,11 @@ from kfp import compiler
 
 from components.config import ProjectConfig, config_to_yaml
 from components.versioning import REMOTE_URL_ENV, git_revision, local_remote_path
-from pipelines.steplog import LOG_FILE, failed_step_output, step_lines
+from pipelines.steplog import ANSI, LOG_FILE, failed_step_output, step_lines
+from pipelines.steprun import owned_step_runs
 from pipelines.training import build_pipeline, images
 
 Runner = Literal["subprocess", "docker"]
-IMAGE_USER = 10001  # the component image's user (infra/docker/Dockerfile)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class PipelineFailed(RuntimeError):
     """A step failed: which one, its part of kfp.local's log, and where the whole log is."""
 
     def __init__(self, step: str | None, output: str, log: Path, cause: Exception) -> None:
-        super().__init__(f"step {step or '(unknown)'} failed: {cause}")
+        super().__init__(f"step {step or '(unknown)'} failed: {ANSI.sub('', str(cause))}")
         self.step, self.output, self.log = step, output, log
 
 
@@ -56,7 +57,8 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
               builder: Callable[..., Callable[..., Any]] = build_pipeline, verbose: bool = False,
               runner: Runner = "subprocess", image: str | None = None, **arguments: str) -> LocalRun:
     """Execute every step as a subprocess of this Python (SubprocessRunner), or with runner="docker" as a
-    container of the component image (`image`, default $MTLOPS_IMAGE).
+    container of the component image (`image`, default $MTLOPS_IMAGE); retries and step status as
+    pipelines/steprun.py says.
     `builder` makes the pipeline (training by default); `arguments` are its extra parameters. kfp.local's output
     goes to the run folder's `kfp.log` (and to the terminal too with `verbose`); raises `PipelineFailed`."""
     import warnings
@@ -72,7 +74,7 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
     if runner == "docker":
         image = image or images()[0]
         step_data_root = stage_data_pointers(data_root.resolve(), pipeline_root / ".data")
-        local.init(runner=docker_runner(cfg, data_root.resolve(), pipeline_root), pipeline_root=str(pipeline_root),
+        local.init(runner=docker_runner(cfg, data_root.resolve()), pipeline_root=str(pipeline_root),
                    raise_on_error=True)
         pipeline = builder(image=image, gpu_image=image)
     else:
@@ -82,7 +84,7 @@ def run_local(cfg: ProjectConfig, data_root: Path, pipeline_root: Path,
     before = set(pipeline_root.iterdir())
     log = pipeline_root / f".{uuid.uuid4().hex}.{LOG_FILE}"  # the run folder is named by kfp once it starts
     try:
-        with step_lines(log, verbose) as steps:
+        with step_lines(log, verbose) as steps, owned_step_runs(pipeline):
             task = pipeline(config_yaml=config_to_yaml(cfg), data_root=str(step_data_root),
                             git_revision=git_revision(data_root), **arguments)
     except Exception as err:
@@ -117,33 +119,32 @@ def stage_data_pointers(data_root: Path, stage: Path) -> Path:
     return stage
 
 
-def docker_runner(cfg: ProjectConfig, data_root: Path, pipeline_root: Path):  # type: ignore[no-untyped-def]
-    """kfp.local's DockerRunner with what a step may see: the pipeline root and the model store
-    (read-write), the DVC remote (read-only, named by $MTLOPS_DVC_REMOTE_URL), at the same paths
-    as here; no network. Steps run as this user, or as the image's user where this is root (then
-    the writable mounts are handed to it): never as root."""
+def docker_runner(cfg: ProjectConfig, data_root: Path):  # type: ignore[no-untyped-def]
+    """kfp.local's DockerRunner with what a step may see: the pipeline root (kfp mounts it) and the
+    model store read-write, the DVC remote read-only (named by $MTLOPS_DVC_REMOTE_URL), each at
+    its path here; no network, no capabilities, no privilege gain.
+
+    A step runs as the user who runs `mtlops run` (its uid:gid, root included), as it would with
+    --runner subprocess: it can read the remote and write the model store that user can, in the
+    user's home or anywhere else, and what it writes belongs to that user. Nothing of the user's
+    changes owner or mode. (The image's own user, 10001, could write a root-owned store only if the
+    store were handed to it.) For root that is uid 0 without capabilities: it writes where root
+    owns, and nothing else."""
     from docker.types import Mount
     from kfp import local
 
     model_store = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser().resolve()
     remote = local_remote_path(data_root, cfg.data.dvc_remote)
     model_store.mkdir(parents=True, exist_ok=True)
-    uid, gid = (os.getuid(), os.getgid()) if os.getuid() != 0 else (IMAGE_USER, IMAGE_USER)
-    if os.getuid() == 0:
-        for folder in (pipeline_root, model_store):
-            _chown_tree(folder, uid, gid)
     env = {"BENTOML_HOME": str(model_store), REMOTE_URL_ENV: str(remote)}
-    if uid != IMAGE_USER:
-        env["HOME"] = "/tmp"  # a user the image does not know has no home
+    if os.getuid() != 0:
+        # a user the image does not know has no home and no name there: DVC asks for the name
+        # (getpass: $USER before the passwd file, where the uid is missing)
+        env.update(HOME="/tmp", USER=getpass.getuser())
     mounts = [Mount(str(model_store), str(model_store), type="bind"),
               Mount(str(remote), str(remote), type="bind", read_only=True)]
-    return local.DockerRunner(mounts=mounts, environment=env, user=f"{uid}:{gid}", network_mode="none")
-
-
-def _chown_tree(folder: Path, uid: int, gid: int) -> None:
-    for path in (folder, *folder.rglob("*")):
-        if not path.is_symlink():
-            os.chown(path, uid, gid)
+    return local.DockerRunner(mounts=mounts, environment=env, user=f"{os.getuid()}:{os.getgid()}",
+                              network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"])
 
 
 def compile_pipeline(path: Path) -> Path:

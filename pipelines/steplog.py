@@ -1,6 +1,7 @@
-"""What `mtlops run` shows while kfp.local runs: a line per finished step (status, seconds) and a rich spinner
-for the running one; kfp.local's own output (every step's executor input and output JSON and its log lines)
-goes to a log file in the run folder, and to the terminal as well with `verbose`."""
+"""What `mtlops run` shows while kfp.local runs: a line per finished step (status, seconds; for a failed step
+its cause: the exception it raised, else why its runner failed it), a line per retry with its reason, and a rich
+spinner for the running step; kfp.local's own output (every step's executor input and output JSON and its log
+lines) goes to a log file in the run folder, and to the terminal as well with `verbose`."""
 
 from __future__ import annotations
 
@@ -13,13 +14,20 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from pipelines.steprun import NOTE_PREFIX
 
 LOG_FILE = "kfp.log"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local logs "Executing task 'ingest-op'" and "Task 'ingest-op' finished with status SUCCESS" (to stdout)
 STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
 FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>\w+)")
+# the last line of a Python traceback: `RuntimeError: dvc pull failed: ...`
+EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
+# pipelines.steprun's notes: `mtlops: <task>: retrying in 30 s ...: <cause>` / `mtlops: <task>: failed: <cause>`
+NOTE = re.compile(re.escape(NOTE_PREFIX) + r"(?P<task>[^:\s]+): (?P<message>.*)$")
 
 
 class StepLog:
@@ -30,6 +38,7 @@ class StepLog:
         self.log, self.progress, self.terminal = log, progress, terminal
         self.running: dict[str, tuple[float, TaskID]] = {}
         self.steps: list[tuple[str, str, float]] = []  # (step, status, seconds), in finishing order
+        self.causes: dict[str, list[str]] = {}  # step -> its last exception line and the runner's verdict
         self._partial = ""
 
     @property
@@ -52,15 +61,31 @@ class StepLog:
             self.terminal.flush()
 
     def _line(self, line: str) -> None:
-        if m := STARTED.search(line):
+        text = line.strip()
+        if m := STARTED.search(text):
             self.running[m["task"]] = (time.perf_counter(), self.progress.add_task(m["task"], total=None))
-        elif (m := FINISHED.search(line)) and m["task"] in self.running:
+            self.causes[m["task"]] = []
+        elif m := NOTE.match(text):
+            if m["message"].startswith("retrying"):
+                self._print("yellow", "RETRY", m["task"], m["message"])
+            else:
+                self.causes.setdefault(m["task"], []).append(m["message"])
+        elif EXCEPTION.match(text) and len(self.running) == 1:
+            step = next(iter(self.running))
+            self.causes[step] = [c for c in self.causes[step] if not EXCEPTION.match(c)] + [text]
+        elif (m := FINISHED.search(text)) and m["task"] in self.running:
             t0, job = self.running.pop(m["task"])
             self.progress.remove_task(job)
             seconds = time.perf_counter() - t0
             self.steps.append((m["task"], m["status"], seconds))
-            color = "green" if m["status"] == "SUCCESS" else "red"
-            self.progress.console.print(f"[{color}]{m['status']:<8}[/{color}] {m['task']:<24} {seconds:6.1f} s")
+            ok = m["status"] == "SUCCESS"
+            self._print("green" if ok else "red", m["status"], m["task"],
+                        f"{seconds:6.1f} s" + ("" if ok else "  " + "; ".join(self.causes.get(m["task"], []))))
+
+    def _print(self, color: str, status: str, step: str, message: str) -> None:
+        # one line whatever the width (a cause can be long): the terminal wraps it, a log file keeps it whole
+        self.progress.console.print(f"[{color}]{status:<8}[/{color}] {escape(step):<24} {escape(message)}",
+                                    soft_wrap=True)
 
 
 @contextlib.contextmanager
