@@ -692,10 +692,12 @@ class ProjectConfig(Strict):
         if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
             raise ValueError("training.rep_mtl needs a model with a shared representation "
                              f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
-        if self.training.rep_mtl and self.model.architecture == "hps" and not self.model.head_hidden:
-            raise ValueError("training.rep_mtl on model.architecture hps needs task towers (model.head_hidden > 0): "
-                             "with linear heads each task's saliency on the trunk is its residual times its head's "
-                             "weights, one scalar per sample, so Rep-MTL can only reshape the heads")
+        if self.training.rep_mtl and self.model.architecture in ("hps", "shared_private") \
+                and not self.model.head_hidden:
+            raise ValueError(f"training.rep_mtl on model.architecture {self.model.architecture} needs task towers "
+                             "(model.head_hidden > 0): with linear heads on Z every sample's saliency of a task "
+                             "points along that head's weights, so CSA's negatives are its anchor and it can only "
+                             "turn the heads towards each other")
         if self.data.time_column and self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
         unknown = sorted({a.feature for a in self.leakage.allow_leaky} - set(self.features.names))

@@ -78,7 +78,8 @@ def masked_loss(task: TaskSpec, pred: torch.Tensor, y: torch.Tensor) -> torch.Te
     """Mean loss over the rows that have a label for this task."""
     mask = ~torch.isnan(y)
     y0 = torch.where(mask, y, torch.zeros_like(y))
-    loss = kind_of(task).loss(task.loss, pred.float(), y0)  # type: ignore[arg-type]
+    # bf16 autocast outputs are lifted to float32; a float64 model (a gradient check) keeps its precision
+    loss = kind_of(task).loss(task.loss, pred.to(torch.promote_types(pred.dtype, torch.float32)), y0)  # type: ignore[arg-type]
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -117,9 +118,7 @@ def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.
             forward = parallel.forward_model if parallel is not None else model
             out = forward(data.numeric[idx], data.categorical[idx], tasks=active)
         else:
-            shared = cast(SharedRepresentation, model)
-            z = shared.encode(data.numeric[idx], data.categorical[idx])
-            out = shared.predict_from(z, tasks=active)
+            z, out = cast(SharedRepresentation, model).represent(data.numeric[idx], data.categorical[idx], active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
     if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below

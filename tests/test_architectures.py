@@ -44,13 +44,15 @@ def test_architecture_trains_and_exports_with_parity(architecture: str, options:
     assert report.ok and (tmp_path / "onnx" / ONNX_FILE).is_file()
 
 
-def test_unknown_architecture_and_rep_mtl_without_shared_representation_are_config_errors() -> None:
+def test_unknown_architecture_and_rep_mtl_on_linear_heads_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"model\.architecture: unknown architecture 'nope'"):
         config_with(FLIGHTS, model={"architecture": "nope"})
     with pytest.raises(ConfigError, match=r"numeric_embedding: ft_transformer"):
         config_with(FLIGHTS, model={"architecture": "ft_transformer", "numeric_embedding": "periodic"})
-    with pytest.raises(ConfigError, match=r"training\.rep_mtl needs"):
-        config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}})
+    with pytest.raises(ConfigError, match=r"shared_private needs task towers \(model\.head_hidden"):
+        config_with(FLIGHTS, model={"architecture": "shared_private"}, training={"rep_mtl": {}})
+    # every architecture has one shared representation now (MMoE: its experts' outputs), gates vary per sample
+    assert config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}}).training.rep_mtl
 
 
 def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFrame) -> None:
@@ -88,9 +90,8 @@ def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFram
     spec = FeatureSpec.fit(df, cfg)
     data = to_tensors(df, spec)
     model = build_model(spec, cfg.model)
-    z = model.encode(data.numeric, data.categorical)
+    z, out = model.represent(data.numeric, data.categorical)
     assert z.shape == (128, 1 + spec.numeric_width + len(spec.categorical), 8)  # positions = feature tokens
-    out = model.predict_from(z)
     losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name]) for t in cfg.tasks}
     reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
     assert torch.isfinite(reg) and reg > 0
