@@ -3,6 +3,7 @@ method's defining behaviour, and config errors that name the field."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from components.architectures.hps import HardSharingModel
 from components.config import ConfigError, ProjectConfig
+from components.data import label_column
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
 from components.stl import train_stl
@@ -110,6 +112,34 @@ def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, t
         assert model.heads[name].weight.grad is None
         assert torch.equal(model.heads[name].weight, before[name])
     assert model.heads["arr_delayed"].weight.grad is not None
+
+
+def test_early_stopping_does_not_end_a_run_before_its_fixed_switch(slices: tuple, tmp_path: Path) -> None:
+    """Issue 36's example: 8 epochs, switch after 6, early-stopping patience 3, the primary metric best early.
+    The validation window's primary labels are flipped, so the better the model learns the worse it scores there
+    and the best epoch is the first or second: early stopping would have ended the run in the multi-task phase
+    while train_summary.json said it switched."""
+    train_df, val_df = slices
+    flipped = val_df.copy()
+    flipped[label_column("arr_delayed")] = 1 - flipped[label_column("arr_delayed")]
+    cfg = small_cfg(mt2st={"switch": {"epoch": 6}}, epochs=8)
+    cfg = config_with(FLIGHTS, model={"hidden": [32, 16]},
+                      training={**cfg.training.model_dump(exclude_none=True), "early_stopping_patience": 3})
+    result = train(cfg, train_df, flipped, tmp_path, progress=False)
+    assert result.best_epoch <= 2, result.history  # the setting of the example: best early, then 3+ bad epochs
+    assert [e["tasks"] for e in result.history] == [TASKS] * 6 + [["arr_delayed"]] * 2
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["switch_epoch"] == 6 and summary["switch_reached"] is True
+
+
+def test_a_switch_that_never_fires_is_reported_as_not_reached(slices: tuple, tmp_path: Path) -> None:
+    """A plateau trigger that cannot fire before the run ends (min_epoch at the budget): the summary says so
+    instead of naming a switch epoch."""
+    cfg = small_cfg(mt2st={"switch": {"patience": 1, "min_epoch": 3}}, epochs=2)
+    result = run(cfg, slices, tmp_path)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert result.switch_epoch is None and summary["switch_epoch"] is None and summary["switch_reached"] is False
+    assert all(e["tasks"] == TASKS for e in result.history)
 
 
 def test_plateau_trigger_respects_patience_and_min_epoch() -> None:
