@@ -227,6 +227,7 @@ def test_stl_trains_one_single_head_model_per_task(slices: tuple, tmp_path: Path
     ({"mt2st": {"switch": {"min_epoch": 2}}}, "training.mt2st.switch"),
     ({"mt2st": {"switch": {"patience": 3}}}, "training.mt2st.switch.patience"),
     ({"epochs": 4, "mt2st": {"switch": {"epoch": 4}}}, "training.mt2st.switch.epoch (4) must be below"),
+    ({"strategy": {"name": "mgda"}, "mt2st": {"diminish": {}}}, "training.mt2st.diminish with training.strategy mgda"),
 ])
 def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(field)):
