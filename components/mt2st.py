@@ -32,6 +32,15 @@ class Mt2stSchedule:
     def switched(self, epoch: int) -> bool:
         return self.switch_epoch is not None and epoch >= self.switch_epoch
 
+    def switch_pending(self, epoch: int) -> bool:
+        """A switch is configured and has not happened by `epoch`: early stopping waits for it, so a run trains the
+        single-task phase its config asks for instead of ending in the multi-task one."""
+        return self.spec is not None and self.spec.switch is not None and not self.switched(epoch)
+
+    def reached(self, epochs_run: int) -> bool:
+        """Whether a run that trained `epochs_run` epochs trained any of them after the switch."""
+        return self.switch_epoch is not None and self.switch_epoch < epochs_run
+
     def active_tasks(self, epoch: int) -> list[str]:
         """The heads trained in `epoch` (0-based): all of them, or the primary alone after the switch."""
         return [self.primary] if self.switched(epoch) else list(self.task_names)

@@ -9,4 +9,4 @@ exactly what the registries hold.
 STRATEGY_NAMES: tuple[str, ...] = ("ew", "static", "uw", "dwa", "pcgrad", "upgrad", "mgda", "cagrad")
 ARCHITECTURE_NAMES: tuple[str, ...] = ("hps", "mmoe", "shared_private", "ft_transformer")
 # the architectures whose heads read one shared representation (`SharedRepresentation`): Rep-MTL needs one
-SHARED_REPRESENTATION_ARCHITECTURES: tuple[str, ...] = ("hps", "ft_transformer")
+SHARED_REPRESENTATION_ARCHITECTURES: tuple[str, ...] = ("hps", "mmoe", "shared_private", "ft_transformer")

@@ -1,17 +1,21 @@
 """Rep-MTL (docs/methods.md): regularise the shared representation Z through the tasks' saliencies S_t = ∂L_t/∂Z.
 
-Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk) or [B, D] (an MLP trunk: each
-unit is a position with one channel). The saliencies are computed with `create_graph=True`, so the regulariser's
-gradient reaches the trunk (double backprop).
+Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk, experts × units for MMoE) or
+[B, D] (an MLP trunk: each unit is a position with one channel). The saliencies are computed with
+`create_graph=True`, so the regulariser's gradient reaches the trunk (double backprop).
 
-- TSR: Ŝ_{b,p,t} = the channel-mean |saliency|, first normalised over the positions of each (sample, task), then
+- TSR: Ŝ_{b,p,t} = the channel-mean |saliency|, divided by task t's mean of it over the batch and positions, then
   P_{b,p,t} = Ŝ_{b,p,t} / Σ_k Ŝ_{b,p,k}; the mean entropy −Σ_t P log P over samples and positions is penalised,
-  so each position serves specific tasks. The per-task normalisation is the project's (the audit in
-  docs/methods.md): without it P is set by how large each task's loss gradient is, so the entropy falls when
-  one task fits *worse* (a bigger residual dominates every position) and the regulariser fights the losses.
+  so each position serves specific tasks. The per-task scale is the project's (docs/methods.md, the audit and
+  issue 36): on raw magnitudes P is set by how large each task's loss gradient is, so the entropy falls when one
+  task fits *worse* everywhere; dividing each (sample, task) by its own sum instead also divides out the
+  sample's residual, which on piecewise-linear heads is the saliency's only path to Z, and TSR then moved the
+  heads alone. A batch-wide scale per task removes the first and keeps the second.
 - CSA (product choice where the paper is not explicit): each (sample, task) saliency, flattened and
   L2-normalised, is an anchor; the other tasks' saliencies of the same sample are its positives, the same
-  task's saliencies of the other samples its negatives; InfoNCE with cosine similarity and temperature τ.
+  task's saliencies of the other samples its negatives; InfoNCE with cosine similarity and temperature τ. Being
+  a cosine, it does not see the residual either: on ReLU towers its gradient reaches the heads (and MMoE's
+  gates) but not Z; on the transformer it reaches Z through the last block.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def saliencies(losses: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor
 
 def tsr_loss(s: torch.Tensor) -> torch.Tensor:
     magnitude = s.abs().mean(dim=-1)  # [T, B, P]
-    where = magnitude / (magnitude.sum(dim=2, keepdim=True) + EPS)  # where each task reads, not how much
+    where = magnitude / (magnitude.mean(dim=(1, 2), keepdim=True) + EPS)  # each task on its own batch scale
     p = where / (where.sum(dim=0, keepdim=True) + EPS)
     return -(p * torch.log(p + EPS)).sum(dim=0).mean()
 

@@ -78,7 +78,8 @@ def masked_loss(task: TaskSpec, pred: torch.Tensor, y: torch.Tensor) -> torch.Te
     """Mean loss over the rows that have a label for this task."""
     mask = ~torch.isnan(y)
     y0 = torch.where(mask, y, torch.zeros_like(y))
-    loss = kind_of(task).loss(task.loss, pred.float(), y0)  # type: ignore[arg-type]
+    # bf16 autocast outputs are lifted to float32; a float64 model (a gradient check) keeps its precision
+    loss = kind_of(task).loss(task.loss, pred.to(torch.promote_types(pred.dtype, torch.float32)), y0)  # type: ignore[arg-type]
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -117,9 +118,7 @@ def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.
             forward = parallel.forward_model if parallel is not None else model
             out = forward(data.numeric[idx], data.categorical[idx], tasks=active)
         else:
-            shared = cast(SharedRepresentation, model)
-            z = shared.encode(data.numeric[idx], data.categorical[idx])
-            out = shared.predict_from(z, tasks=active)
+            z, out = cast(SharedRepresentation, model).represent(data.numeric[idx], data.categorical[idx], active)
         losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
     optimizer.zero_grad(set_to_none=True)
     if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
@@ -376,7 +375,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         for epoch in range(state.epoch + 1, tc.epochs):
             if epoch == schedule.switch_epoch:
                 state.bad_epochs = 0  # the single-task phase gets its own early-stopping patience
-            if state.bad_epochs >= tc.early_stopping_patience:
+            if state.bad_epochs >= tc.early_stopping_patience and not schedule.switch_pending(epoch):
                 break
             active = schedule.active_tasks(epoch)
             job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
@@ -408,6 +407,10 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
             _atomic_save({**state.to_checkpoint(), "feature_spec": spec.to_json(), "config": config_to_yaml(cfg)},
                          ckpt_path)
+    if progress and tc.mt2st and tc.mt2st.switch and not schedule.reached(len(state.history)):
+        print(f"MT2ST switch not reached: {primary.name} did not plateau for the trigger's patience in "
+              f"{len(state.history)} epochs, so every epoch trained all tasks (train_summary.json: switch_reached)",
+              flush=True)
     return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, parallel)
 
 
@@ -419,14 +422,17 @@ def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, s
     torch.save(state.best_state, out_dir / WEIGHTS)
     history, schedule = state.history, state.schedule
     world = parallel.world if parallel is not None else 1
+    switched = schedule.reached(len(history))  # a switch after the last epoch trained nothing alone
     result = TrainResult(out_dir, state.best_epoch + 1, len(history), history[state.best_epoch]["validation"],
                          history, samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall,
-                         train_flops=state.train_flops, switch_epoch=schedule.switch_epoch)
+                         train_flops=state.train_flops, switch_epoch=schedule.switch_epoch if switched else None)
     (out_dir / SUMMARY).write_text(json.dumps({
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "validation": result.validation,
         "samples_per_s": result.samples_per_s, "wall_s": wall, "device": device.type,
         "train_flops": state.train_flops * world, "flops_per_sample": state.flops_per_sample,
-        "switch_epoch": schedule.switch_epoch, "world_size": world, "compiled": cfg.training.compile,
+        "switch_epoch": result.switch_epoch,
+        "switch_reached": switched if schedule.spec and schedule.spec.switch else None,
+        "world_size": world, "compiled": cfg.training.compile,
         "gradient_sync": parallel.sync if parallel is not None else None,
         "history": history,
     }, indent=1))

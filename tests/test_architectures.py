@@ -44,13 +44,15 @@ def test_architecture_trains_and_exports_with_parity(architecture: str, options:
     assert report.ok and (tmp_path / "onnx" / ONNX_FILE).is_file()
 
 
-def test_unknown_architecture_and_rep_mtl_without_shared_representation_are_config_errors() -> None:
+def test_unknown_architecture_and_rep_mtl_on_linear_heads_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"model\.architecture: unknown architecture 'nope'"):
         config_with(FLIGHTS, model={"architecture": "nope"})
     with pytest.raises(ConfigError, match=r"numeric_embedding: ft_transformer"):
         config_with(FLIGHTS, model={"architecture": "ft_transformer", "numeric_embedding": "periodic"})
-    with pytest.raises(ConfigError, match=r"training\.rep_mtl needs"):
-        config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}})
+    with pytest.raises(ConfigError, match=r"shared_private needs task towers \(model\.head_hidden"):
+        config_with(FLIGHTS, model={"architecture": "shared_private"}, training={"rep_mtl": {}})
+    # every architecture has one shared representation now (MMoE: its experts' outputs), gates vary per sample
+    assert config_with(FLIGHTS, model={"architecture": "mmoe"}, training={"rep_mtl": {}}).training.rep_mtl
 
 
 def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFrame) -> None:
@@ -81,6 +83,58 @@ def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFram
     assert model.penalty(tasks) < penalty
 
 
+def test_shared_private_penalty_is_added_to_the_step(flights_frame: pd.DataFrame) -> None:
+    """The trainer adds the architecture's penalty: on the heads' step, the heads' gradient with the penalty minus
+    the one without is exactly the penalty's own gradient."""
+    cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [16], "private_hidden": [8],
+                                      "similarity_penalty": 0.5})
+    df = window(flights_frame, cfg, "train").head(512)
+    spec = FeatureSpec.fit(df, cfg)
+    data = to_tensors(df, spec)
+    tasks = [t.name for t in cfg.tasks]
+    grads, expected = [], None
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = build_model(spec, cfg.model.model_copy(update={"similarity_penalty": weight})).eval()
+        with torch.no_grad():  # two similar tasks, so the penalty has a pull
+            model.heads[tasks[1]].weight.copy_(model.heads[tasks[0]].weight + 0.1)
+        heads = list(model.heads.parameters())
+        if weight:
+            expected = torch.autograd.grad(model.penalty(tasks), heads, allow_unused=True)
+        strategy = make_strategy(tasks, cfg.training.strategy).attach(model)
+        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256),
+                   {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")), step=1)  # the heads' step
+        grads.append([p.grad.clone() for p in heads])  # type: ignore[union-attr]
+    assert expected is not None and any(g is not None and g.abs().max() > 0 for g in expected)
+    for without, with_penalty, own in zip(*grads, expected, strict=True):
+        assert torch.allclose(with_penalty - without, own if own is not None else torch.zeros_like(without),
+                              atol=1e-6)
+
+
+@pytest.mark.parametrize(("architecture", "per_task"), [("hps", ["heads"]), ("mmoe", ["heads", "gates"]),
+                                                       ("shared_private", ["heads", "private"])])
+def test_switched_step_computes_nothing_of_the_auxiliary_tasks(architecture: str, per_task: list[str],
+                                                               flights_frame: pd.DataFrame) -> None:
+    """MT2ST's switch saves compute only if a primary-only step leaves every per-task part of the auxiliary
+    tasks (heads, MMoE's gates, shared_private's private encoders) uncalled and without a gradient."""
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, "hidden": [16], "experts": 2,
+                                      "private_hidden": [8]})
+    df = window(flights_frame, cfg, "train").head(256)
+    spec = FeatureSpec.fit(df, cfg)
+    model = build_model(spec, cfg.model)
+    primary, aux = cfg.primary_task.name, [t.name for t in cfg.tasks if not t.primary]
+    calls: list[str] = []
+    for part in per_task:
+        for name in [primary, *aux]:
+            getattr(model, part)[name].register_forward_hook(lambda *_, n=f"{part}.{name}": calls.append(n))
+    strategy = make_strategy([t.name for t in cfg.tasks], cfg.training.strategy).attach(model)
+    train_step(model, strategy, torch.optim.AdamW(model.parameters()), to_tensors(df, spec), torch.arange(256),
+               {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")), active=[primary])
+    assert sorted(calls) == sorted(f"{part}.{primary}" for part in per_task)  # the primary's parts only
+    for part in per_task:
+        assert all(p.grad is None for name in aux for p in getattr(model, part)[name].parameters())
+
+
 def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFrame) -> None:
     cfg = config_with(FLIGHTS, model={"architecture": "ft_transformer", "token_dim": 8, "attention_heads": 2,
                                       "attention_layers": 1}, training={"rep_mtl": {}})
@@ -88,9 +142,8 @@ def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFram
     spec = FeatureSpec.fit(df, cfg)
     data = to_tensors(df, spec)
     model = build_model(spec, cfg.model)
-    z = model.encode(data.numeric, data.categorical)
+    z, out = model.represent(data.numeric, data.categorical)
     assert z.shape == (128, 1 + spec.numeric_width + len(spec.categorical), 8)  # positions = feature tokens
-    out = model.predict_from(z)
     losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name]) for t in cfg.tasks}
     reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
     assert torch.isfinite(reg) and reg > 0

@@ -3,6 +3,7 @@ method's defining behaviour, and config errors that name the field."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -13,12 +14,12 @@ import torch
 
 from components.architectures.hps import HardSharingModel
 from components.config import ConfigError, ProjectConfig
+from components.data import label_column
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
-from components.rep_mtl import rep_mtl_loss
 from components.stl import train_stl
 from components.strategies import make_strategy
-from components.train import CHECKPOINT, TrainResult, make_autocast, masked_loss, to_tensors, train, train_step
+from components.train import CHECKPOINT, TrainResult, make_autocast, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 TASKS = ["arr_delayed", "dep_delay", "cancelled", "air_time"]
@@ -63,6 +64,24 @@ def test_strategy_trains_and_shows_its_behaviour(name: str, slices: tuple, tmp_p
         assert math.isclose(sum(weights.values()), len(TASKS)) and len(set(weights.values())) > 1
 
 
+def test_static_weights_reach_each_tasks_gradient(slices: tuple) -> None:
+    """`static` scales task k's loss by K·p_k: each head's gradient is K·p_k times its EW gradient (the weights a
+    sweep or PBT member trains with reach the loss)."""
+    cfg = small_cfg({"name": "static", "weights": {"arr_delayed": 4, "dep_delay": 2, "cancelled": 1, "air_time": 1}})
+    spec = FeatureSpec.fit(slices[0], cfg)
+    data = to_tensors(slices[0], spec)
+    grads = []
+    for strategy_spec in (small_cfg().training.strategy, cfg.training.strategy):
+        torch.manual_seed(0)
+        model = HardSharingModel(spec, cfg.model).eval()
+        strategy = make_strategy(TASKS, strategy_spec).attach(model)
+        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256),
+                   {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")))
+        grads.append({n: model.heads[n].weight.grad.clone() for n in TASKS})  # type: ignore[union-attr]
+    for name, share in zip(TASKS, (4 / 8, 2 / 8, 1 / 8, 1 / 8), strict=True):
+        assert torch.allclose(grads[1][name], len(TASKS) * share * grads[0][name], atol=1e-7), name
+
+
 def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
     """MGDA on two opposed losses gives a different update than their plain sum (what torchjd is for)."""
     layer = torch.nn.Linear(2, 1)
@@ -83,6 +102,41 @@ def test_diminish_weights_follow_the_formula(slices: tuple, tmp_path: Path) -> N
         assert w["arr_delayed"] == 1.0
         assert w["dep_delay"] == pytest.approx(0.8 * math.exp(-0.5 * epoch**1.5))
         assert w["cancelled"] == pytest.approx(0.8 * math.exp(-2.0 * epoch**1.5))
+
+
+def test_gamma_scales_each_auxiliary_loss_in_the_step(slices: tuple) -> None:
+    """MT2ST's γ reaches the loss: an auxiliary head's gradient under γ is γ times its gradient without it (EW,
+    linear in each loss), the primary head's is untouched, and γ = 0 leaves the auxiliary heads a zero gradient."""
+    cfg = small_cfg()
+    spec = FeatureSpec.fit(slices[0], cfg)
+    data = to_tensors(slices[0], spec)
+    tasks = {t.name: t for t in cfg.tasks}
+    gamma = {"arr_delayed": 1.0, "dep_delay": 0.25, "cancelled": 0.5, "air_time": 0.0}
+    grads = []
+    for scale in (None, gamma):
+        torch.manual_seed(0)
+        model = HardSharingModel(spec, cfg.model).eval()
+        strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
+        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256), tasks,
+                   make_autocast(torch.device("cpu")), scale=scale)
+        grads.append({n: model.heads[n].weight.grad.clone() for n in TASKS})  # type: ignore[union-attr]
+    plain, scaled = grads
+    for name in TASKS:
+        assert torch.allclose(scaled[name], gamma[name] * plain[name], atol=1e-7), name
+    assert plain["air_time"].abs().max() > 0 and scaled["air_time"].abs().max() == 0
+
+
+def test_diminish_reaches_the_trainers_loss(slices: tuple, tmp_path: Path) -> None:
+    """Through `train`: with γ0 near zero the auxiliary heads hardly learn. air_time's training loss falls by a
+    quarter in 3 epochs under EW (0.99 -> 0.71 when written) and by well under a tenth of that with γ0 = 1e-6
+    (1.035 -> 1.032): its head is the only part of the model only air_time trains."""
+
+    def air_time_drop(result: TrainResult) -> float:
+        return 1 - result.history[-1]["train_loss"]["air_time"] / result.history[0]["train_loss"]["air_time"]
+
+    ew = run(small_cfg(), slices, tmp_path / "ew")
+    faded = run(small_cfg(mt2st={"diminish": {"gamma0": 1e-6}}), slices, tmp_path / "faded")
+    assert air_time_drop(faded) < air_time_drop(ew) / 3, (faded.history, ew.history)
 
 
 def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, tmp_path: Path) -> None:
@@ -111,6 +165,34 @@ def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, t
         assert model.heads[name].weight.grad is None
         assert torch.equal(model.heads[name].weight, before[name])
     assert model.heads["arr_delayed"].weight.grad is not None
+
+
+def test_early_stopping_does_not_end_a_run_before_its_fixed_switch(slices: tuple, tmp_path: Path) -> None:
+    """Issue 36's example: 8 epochs, switch after 6, early-stopping patience 3, the primary metric best early.
+    The validation window's primary labels are flipped, so the better the model learns the worse it scores there
+    and the best epoch is the first or second: early stopping would have ended the run in the multi-task phase
+    while train_summary.json said it switched."""
+    train_df, val_df = slices
+    flipped = val_df.copy()
+    flipped[label_column("arr_delayed")] = 1 - flipped[label_column("arr_delayed")]
+    cfg = small_cfg(mt2st={"switch": {"epoch": 6}}, epochs=8)
+    cfg = config_with(FLIGHTS, model={"hidden": [32, 16]},
+                      training={**cfg.training.model_dump(exclude_none=True), "early_stopping_patience": 3})
+    result = train(cfg, train_df, flipped, tmp_path, progress=False)
+    assert result.best_epoch <= 2, result.history  # the setting of the example: best early, then 3+ bad epochs
+    assert [e["tasks"] for e in result.history] == [TASKS] * 6 + [["arr_delayed"]] * 2
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["switch_epoch"] == 6 and summary["switch_reached"] is True
+
+
+def test_a_switch_that_never_fires_is_reported_as_not_reached(slices: tuple, tmp_path: Path) -> None:
+    """A plateau trigger that cannot fire before the run ends (min_epoch at the budget): the summary says so
+    instead of naming a switch epoch."""
+    cfg = small_cfg(mt2st={"switch": {"patience": 1, "min_epoch": 3}}, epochs=2)
+    result = run(cfg, slices, tmp_path)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert result.switch_epoch is None and summary["switch_epoch"] is None and summary["switch_reached"] is False
+    assert all(e["tasks"] == TASKS for e in result.history)
 
 
 def test_plateau_trigger_respects_patience_and_min_epoch() -> None:
@@ -145,6 +227,7 @@ def test_stl_trains_one_single_head_model_per_task(slices: tuple, tmp_path: Path
     ({"mt2st": {"switch": {"min_epoch": 2}}}, "training.mt2st.switch"),
     ({"mt2st": {"switch": {"patience": 3}}}, "training.mt2st.switch.patience"),
     ({"epochs": 4, "mt2st": {"switch": {"epoch": 4}}}, "training.mt2st.switch.epoch (4) must be below"),
+    ({"strategy": {"name": "mgda"}, "mt2st": {"diminish": {}}}, "training.mt2st.diminish with training.strategy mgda"),
 ])
 def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(field)):
@@ -152,21 +235,27 @@ def test_bad_strategy_parameters_name_the_field(training: dict, field: str) -> N
 
 
 
-def test_rep_mtl_regulariser_is_finite_and_reaches_the_trunk(slices: tuple, tmp_path: Path) -> None:
+def test_rep_mtl_regulariser_is_finite_and_moves_the_trunk_in_the_trainer(slices: tuple, tmp_path: Path) -> None:
+    """The trainer wires Rep-MTL's regulariser into the step: the trunk's gradient with it differs from EW's on
+    the same batch by a measurable share (tests/test_rep_mtl.py measures the share per architecture)."""
     cfg = small_cfg(strategy={"name": "uw"}, epochs=2)
     cfg = config_with(FLIGHTS, model={"hidden": [32, 16], "head_hidden": 8},
                       training={**cfg.training.model_dump(), "rep_mtl": {"lambda_tsr": 1.1, "tau": 0.3}})
     spec = FeatureSpec.fit(slices[0], cfg)
     data = to_tensors(slices[0], spec)
-    model = HardSharingModel(spec, cfg.model)
-    z = model.encode(data.numeric[:300], data.categorical[:300])
-    out = model.predict_from(z)
-    losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name][:300]) for t in cfg.tasks}
-    reg = rep_mtl_loss(losses, z, cfg.training.rep_mtl)
-    assert torch.isfinite(reg) and reg > 0
-    reg.backward()
-    first = model.trunk.net[0].weight.grad
-    assert first is not None and first.abs().sum() > 0  # double backprop: the penalty moves the trunk
+    tasks = {t.name: t for t in cfg.tasks}
+    trunk_grads = []
+    for rep_mtl in (None, cfg.training.rep_mtl):
+        torch.manual_seed(0)
+        model = HardSharingModel(spec, cfg.model).eval()  # eval: the same forward both times (no dropout draw)
+        strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
+        optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()])
+        train_step(model, strategy, optimizer, data, torch.arange(300), tasks, make_autocast(torch.device("cpu")),
+                   rep_mtl=rep_mtl)
+        trunk_grads.append(model.trunk.net[0].weight.grad.clone())  # type: ignore[union-attr]
+    plain, regularised = trunk_grads
+    assert torch.isfinite(regularised).all()
+    assert (regularised - plain).norm() / plain.norm() > 1e-3  # the regulariser's share, not rounding
 
     result = run(cfg, slices, tmp_path)
     assert total_train_loss(result, -1) < total_train_loss(result, 0)

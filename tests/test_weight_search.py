@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ProjectConfig
+from components.config import ProjectConfig, load_config
 from components.weight_search import (
     exploit_and_explore,
     exploit_files,
@@ -52,6 +52,12 @@ def test_pbt_replaces_bottom_members_with_perturbed_copies_of_top_members(small:
     assert pairs == [(0, 3)]
     for a, b in zip(members[0].model.state_dict().values(), members[3].model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    # and the optimizer state: AdamW's moments of the copy are the top member's, parameter by parameter
+    copied_state, top_state = members[0].optimizer.state_dict()["state"], members[3].optimizer.state_dict()["state"]
+    assert copied_state.keys() == top_state.keys() and copied_state
+    for index, moments in top_state.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(copied_state[index][key], moments[key])
 
 
 def test_static_weight_sweep_ranks_trials_on_the_small_model(small: tuple, tmp_path: Path) -> None:
@@ -62,6 +68,11 @@ def test_static_weight_sweep_ranks_trials_on_the_small_model(small: tuple, tmp_p
     assert all(math.isclose(sum(w.values()), 1.0) for w, _ in results)
     assert any(len(set(w.values())) == 1 for w, _ in results)  # trial 0: equal weights
     assert (tmp_path / "trial-0" / "model.pt").is_file()
+    # each trial trained with its own weights: the config it ran with names them (and the small model)
+    trained = [load_config(tmp_path / f"trial-{i}" / "config.yaml") for i in range(3)]
+    assert all(c.training.strategy.name == "static" and c.model.hidden == [8] for c in trained)
+    assert sorted(tuple(sorted(c.training.strategy.weights.items())) for c in trained) == sorted(  # type: ignore[union-attr]
+        tuple(sorted(w.items())) for w, _ in results)
 
 
 class _RunsCode:

@@ -9,8 +9,8 @@ Optional hooks, with defaults that do nothing:
 - `penalty(tasks)`: a regulariser the trainer adds to the step's loss (None: none);
 - `alternating_groups()`: parameter groups updated in turn, one group per step (empty: all, every step).
 
-`SharedRepresentation` architectures also expose the shared representation Z (`encode`) and the heads
-on it (`predict_from`): what Rep-MTL differentiates the task losses against.
+`SharedRepresentation` architectures also return the shared representation Z with the heads computed from it
+(`represent`): what Rep-MTL differentiates the task losses against.
 """
 
 from __future__ import annotations
@@ -39,16 +39,15 @@ class Architecture(nn.Module, ABC):
 
 
 class SharedRepresentation(Architecture):
-    """An architecture whose heads all read one representation Z = encode(x)."""
+    """An architecture whose heads all read one shared representation Z (and, on `shared_private`, their own
+    private encoders besides)."""
 
     @abstractmethod
-    def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """Z: [batch, width], or [batch, positions, channels] for a token trunk."""
-
-    @abstractmethod
-    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """The heads for `tasks` (default: all) on Z."""
+    def represent(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                  tasks: list[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(Z, the raw outputs of the heads for `tasks`, default all, computed from that Z): Z is [batch, width],
+        or [batch, positions, channels] for a token or expert trunk."""
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
                 tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return self.predict_from(self.encode(numeric, categorical), tasks)
+        return self.represent(numeric, categorical, tasks)[1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from components.architectures.base import SharedRepresentation
 from components.architectures.layers import head_output, make_heads
@@ -48,13 +49,21 @@ class FTTransformerModel(SharedRepresentation):
         self.norm = nn.LayerNorm(dim)
         self.heads = make_heads(spec, cfg, dim)
 
-    def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        """Z: [B, 1 + F, D], the tokens entering the last block."""
+    def _tokens_and_heads(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                          tasks: list[str] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens = [numeric.unsqueeze(2) * self.numeric_weight + self.numeric_bias]
         tokens += [emb(categorical[:, i]).unsqueeze(1) for i, emb in enumerate(self.embeddings)]
-        x = torch.cat([self.cls.expand(numeric.shape[0], -1, -1), *tokens], dim=1)
-        return self.blocks[:-1](x)
-
-    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        z = self.blocks[:-1](torch.cat([self.cls.expand(numeric.shape[0], -1, -1), *tokens], dim=1))
         cls = self.norm(self.blocks[-1](z))[:, 0]
-        return {name: head_output(self.heads[name](cls)) for name in tasks or self.task_names}
+        return z, {name: head_output(self.heads[name](cls)) for name in tasks or self.task_names}
+
+    def represent(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                  tasks: list[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Z: [B, 1 + F, D], the tokens entering the last block. Attention runs on the plain (math) kernel: the
+        fused ones have no derivative of their backward, and Rep-MTL differentiates the saliencies again."""
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._tokens_and_heads(numeric, categorical, tasks)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return self._tokens_and_heads(numeric, categorical, tasks)[1]

@@ -23,9 +23,8 @@ class HardSharingModel(SharedRepresentation):
         self.trunk = MlpTrunk(self.inputs.out_dim, list(cfg.hidden), cfg.dropout)
         self.heads = make_heads(spec, cfg, self.trunk.out_dim)
 
-    def encode(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+    def represent(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                  tasks: list[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Z: the trunk's output, [batch, hidden[-1]] (Rep-MTL: each unit is a position)."""
-        return self.trunk(self.inputs(numeric, categorical))
-
-    def predict_from(self, z: torch.Tensor, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return {name: head_output(self.heads[name](z)) for name in tasks or self.task_names}
+        z = self.trunk(self.inputs(numeric, categorical))
+        return z, {name: head_output(self.heads[name](z)) for name in tasks or self.task_names}

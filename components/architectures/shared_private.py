@@ -4,7 +4,8 @@ Task t predicts from [E_s(x), E_t(x)]. Its head's first-layer weights over the s
 coefficients β_t. Product choice (the paper's exact regulariser is not public): the penalty
 Σ_{t≠t'} a_tt'·‖β_t − β_t'‖² with a_tt' = max(0, cos(β_t, β_t')) detached, so similar tasks are pulled together
 and dissimilar ones left apart; and alternating optimisation: even steps update the encoders, odd steps the
-coefficients (the heads). Encoders of tasks that are not requested are not computed (MT2ST's switch)."""
+coefficients (the heads). Encoders of tasks that are not requested are not computed (MT2ST's switch). Z (Rep-MTL's
+representation) = E_s(x), the shared encoder's output; the private encoders are each task's own."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.architectures.base import Architecture
+from components.architectures.base import SharedRepresentation
 from components.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 from components.config import ModelSpec
 from components.features import FeatureSpec
 
 
-class SharedPrivateModel(Architecture):
+class SharedPrivateModel(SharedRepresentation):
     def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
@@ -31,12 +32,12 @@ class SharedPrivateModel(Architecture):
         self.heads = make_heads(spec, cfg, self.shared.out_dim + cfg.private_hidden[-1])
         self.penalty_weight = cfg.similarity_penalty
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,
-                tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def represent(self, numeric: torch.Tensor, categorical: torch.Tensor,
+                  tasks: list[str] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = self.inputs(numeric, categorical)
         z = self.shared(x)
-        return {name: head_output(self.heads[name](torch.cat([z, self.private[name](x)], dim=1)))
-                for name in tasks or self.task_names}
+        return z, {name: head_output(self.heads[name](torch.cat([z, self.private[name](x)], dim=1)))
+                   for name in tasks or self.task_names}
 
     def coefficients(self, name: str) -> torch.Tensor:
         """β_t: the head's first-layer weights on the shared factors (mean over output units)."""
