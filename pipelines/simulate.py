@@ -114,7 +114,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
                           reference_quality=champion.info.metadata.get("metrics", {}).get("test"))
         alert = decide(cfg, summary, end, alert_log)
         if alert is not None:
-            add_alert_marker(workspace, cfg, month, "; ".join(alert.reasons))
+            add_alert_marker(workspace, cfg, month, "; ".join(alert.all_reasons), alert.kind)
         outcome = None
         # the last month's retrain would serve a month outside the replay
         if month != months[-1] and should_retrain(cfg, alert):
