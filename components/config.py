@@ -593,9 +593,9 @@ class MonitoringSpec(Strict):
     # seasonal or shared-context features (hourly weather of an airport): monitored and shown, calibrated
     # like the others, but left out of the drift share and of `alerts.features: ["*"]`
     context_features: list[str] = []
-    # the window's realized metric comes with a bootstrap interval (`quality_draws` resamples of its
-    # labelled rows, two-sided `quality_confidence`): a metric drop alerts only when the interval's
-    # favourable end is past the tolerance too, so a small window's sampling noise does not alert
+    # the window's realized metric is resampled (`quality_draws` bootstrap resamples of its labelled rows): a
+    # drop past the tolerance alerts only when a one-sided test of "the drop is within the tolerance" rejects at
+    # `quality_confidence`, so a small window's sampling noise does not alert (also the interval's two-sided level)
     quality_confidence: float = Field(0.95, ge=0, lt=1)  # 0: the point value alone decides
     quality_draws: int = Field(200, ge=10)
     # data checks inside segments (monitoring/segments.py): each categorical feature named here splits the window,

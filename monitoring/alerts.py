@@ -97,7 +97,8 @@ def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
     """Every model rule of the policy the window breaks (empty: no model alert): the drift share, each
     watched feature past its calibrated threshold, and per task its quality — once labels are known,
     a metric drop vs the champion's held-out metric beyond the task's tolerance that a one-sided
-    bootstrap test finds significant at `monitoring.quality_confidence`, or a metric worse than the
+    bootstrap test finds significant at `monitoring.quality_confidence` (H0: the drop is within the
+    tolerance), or a metric worse than the
     trivial baseline's on the same rows; before that, the estimated metric (CBPE / DLE) dropping
     beyond the tolerance, when the estimate's check holds. A watched task's prediction drift alerts
     unless the task's quality, realized or estimated, is known to hold: drift is the proxy for a
@@ -136,8 +137,9 @@ def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowR
         reasons, current = [], q["current"]
         if math.isfinite(q.get("reference", math.nan)):
             change = relative_change(metric, current, q["reference"])
-            # the stated test: H0 "the window's metric is at least the reference's", one-sided bootstrap p-value;
-            # the drop alerts when it is past the tolerance and H0 is rejected at monitoring.quality_confidence
+            # the stated test: H0 "the window's metric is within the tolerance of the reference's", one-sided
+            # bootstrap p-value; the drop alerts when it is past the tolerance and H0 is rejected at
+            # monitoring.quality_confidence
             confidence, p_value = cfg.monitoring.quality_confidence, q.get("p_value", math.nan)
             tested = confidence > 0 and math.isfinite(p_value)
             if change <= -tolerance and (not tested or p_value <= 1 - confidence):

@@ -89,11 +89,12 @@ def bootstrap_counts(n: int, draws: int, seed: int) -> np.ndarray:
 
 
 def quality_bootstrap(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence: float, reference: float,
-                      seed: int = 0) -> tuple[float, float, float]:
+                      tolerance: float, seed: int = 0) -> tuple[float, float, float]:
     """The task's gated metric over the labelled rows of `frame`, resampled `draws` times: the two-sided
     `confidence` percentile interval (how far the window's metric moves by sampling alone) and the
-    one-sided bootstrap p-value of "the window's metric is at least as good as `reference`" — the share of
-    resamples scoring at least as well, (1 + k) / (1 + draws) — which the alert policy tests."""
+    one-sided bootstrap p-value of H0 "the window's metric is within `tolerance` (relative) of
+    `reference`" — the share of resamples no further below, (1 + k) / (1 + draws) — which the alert
+    policy tests."""
     target, raw, y = labelled_raw(task, frame)
     if len(y) == 0:
         return math.nan, math.nan, math.nan
@@ -102,7 +103,7 @@ def quality_bootstrap(task: TaskSpec, frame: pd.DataFrame, draws: int, confidenc
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
     finite = values[np.isfinite(values)]
-    at_least = np.sum([relative_change(metric, float(v), reference) >= 0 for v in finite])
+    at_least = np.sum([relative_change(metric, float(v), reference) > -tolerance for v in finite])
     p_value = (1 + at_least) / (1 + len(finite)) if math.isfinite(reference) else math.nan
     return float(low), float(high), float(p_value)
 
@@ -347,7 +348,8 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         ref_value = reference_values[task.name]
         current_value = float(m["value"])
         mon = cfg.monitoring
-        low, high, p_value = (quality_bootstrap(task, cur, mon.quality_draws, mon.quality_confidence, ref_value, seed)
+        low, high, p_value = (quality_bootstrap(task, cur, mon.quality_draws, mon.quality_confidence, ref_value,
+                                                cfg.alert_tolerance(task.name), seed)
                               if mon.quality_confidence > 0 else (current_value, current_value, math.nan))
         quality[task.name] = {
             "metric": metric, "reference": ref_value, "current": current_value,

@@ -72,17 +72,18 @@ def _scale(values: pd.Series) -> float:
     return iqr if iqr > 0 else (float(np.std(x)) or 1.0)
 
 
-def _quantiles(values: pd.Series) -> np.ndarray:
+def _quantiles(values: pd.Series, least: int) -> np.ndarray:
     x = values.dropna().to_numpy(np.float64)
-    return np.quantile(x, QUANTILES) if len(x) else np.full(len(QUANTILES), np.nan)
+    return np.quantile(x, QUANTILES) if len(x) >= least else np.full(len(QUANTILES), np.nan)
 
 
 def numeric_shift(ref_in: pd.Series, cur_in: pd.Series, ref_out: pd.Series, cur_out: pd.Series,
-                  scale: float) -> float:
+                  scale: float, least: int) -> float:
     """Mean over quantiles of |the segment's move - the other segments' move|, in units of `scale`;
-    NaN where a side has no values (all null: the null check's case)."""
-    inside = _quantiles(cur_in) - _quantiles(ref_in)
-    outside = _quantiles(cur_out) - _quantiles(ref_out)
+    NaN where a side has fewer than `least` values (a mostly-null column such as wind_gust: too few
+    for quantiles; an all-null one is the null check's case)."""
+    inside = _quantiles(cur_in, least) - _quantiles(ref_in, least)
+    outside = _quantiles(cur_out, least) - _quantiles(ref_out, least)
     return float(np.mean(np.abs(inside - outside)) / scale)
 
 
@@ -140,7 +141,7 @@ def _feature_findings(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.D
         scale = _scale(r)
 
         def shift(inside: pd.Series, current_inside: pd.Series, rest: pd.Series, current_rest: pd.Series) -> float:
-            return numeric_shift(inside, current_inside, rest, current_rest, scale)
+            return numeric_shift(inside, current_inside, rest, current_rest, scale, mon.segment_min_rows)
         limit = mon.segment_shift
     else:
         top = list(_text(r).value_counts().index[:mon.top_categories])
