@@ -602,7 +602,7 @@ class MonitoringSpec(Strict):
     # and every feature (context ones included) is compared inside each segment against the other segments
     segments: list[str] = []
     segment_min_rows: int = Field(300, ge=20)  # rows a segment (and the rest) needs in both windows to be judged
-    segment_shift: float = Field(0.5, gt=0)  # numeric: mean quantile move vs the other segments, in reference IQRs
+    segment_shift: float = Field(0.6, gt=0)  # numeric: mean quantile move beyond the other segments' map, in IQRs
     segment_share: float = Field(0.35, gt=0, le=1)  # categorical: total variation of the share change vs the others
     segment_null_share: float = Field(0.2, gt=0, le=1)  # null share grown this much more than the other segments'
     duplicate_share: float | None = Field(0.02, gt=0, le=1)  # duplicated records beyond the reference's share

@@ -5,20 +5,21 @@ seasonal column it must not try: hourly weather moves every month, at every airp
 So each check here compares a segment with **the other segments of the same window** — what
 moved in the segment beyond what moved everywhere else:
 
-- **shift**, numeric feature: for each decile-like quantile q (5 % … 95 %), the segment's move
-  `Q_current(q) - Q_reference(q)` minus the same move of the other segments' rows; the mean absolute
-  difference, in units of the feature's interquartile range on the reference. A seasonal change
-  moves all segments alike and cancels; °F -> °C at one airport moves that airport alone
-  (measured on flights: `benchmarks/drift_scenarios.py`).
+- **shift**, numeric feature: the other segments' move, reference -> current, read as an affine map
+  `a * x + b` (ratio of their interquartile ranges, move of their median); the segment's current
+  quantiles (5 % … 95 %) against its reference quantiles put through that map, mean absolute
+  difference, in units of the feature's reference IQR (times `a` where the map stretches). A seasonal
+  change moves every segment alike and so does a unit change upstream of all of them (both fit the
+  map); °F -> °C at one airport moves that airport alone.
 - **shift**, categorical feature: the change of the segment's shares over the reference's top
   values (+ "other") minus the other segments' change, as a total-variation distance.
 - **nulls**: the segment's null share grew by more than the other segments' did.
 
-The same difference-of-differences on the reference's own time blocks (the calibration's null) stays
-far below the thresholds, which are therefore plain effect sizes in the config
-(`monitoring.segment_shift`, `segment_share`, `segment_null_share`). Segments with fewer than
-`monitoring.segment_min_rows` rows in the reference or the window (or whose rest has fewer) are
-not judged: too few rows for quantiles to mean anything.
+The thresholds are effect sizes in the config (`monitoring.segment_shift`, `segment_share`,
+`segment_null_share`), set above the largest scores measured on clean and real months of flights
+(monitoring/README.md, "Data checks inside segments"). Segments with fewer than
+`monitoring.segment_min_rows` rows in the reference or the window (or whose rest has fewer; for a
+numeric shift, non-null values) are not judged: too few rows for quantiles to mean anything.
 
 Duplicated records (a retried upload, a replayed log part) are checked on the whole window: the
 share of rows repeating an earlier row's features beyond the reference's own share.
@@ -63,6 +64,32 @@ def _text(col: pd.Series) -> pd.Series:
     return col.astype("string").astype(object).where(col.notna(), None)
 
 
+def _quantiles(values: pd.Series, least: int) -> np.ndarray | None:
+    x = values.dropna().to_numpy(np.float64)
+    return np.quantile(x, QUANTILES) if len(x) >= least else None
+
+
+def numeric_shift(ref_in: pd.Series, cur_in: pd.Series, ref_out: pd.Series, cur_out: pd.Series,
+                  scale: float, least: int) -> float:
+    """How far the segment moved beyond what the other segments' move predicts. The other segments'
+    move is read as an affine map, reference -> current (`a * x + b`: the ratio of their interquartile
+    ranges and the move of their median; the season's shift and stretch, or a unit change applied to
+    every segment, which moves each segment by it too); the score is the mean over quantiles of |the
+    segment's current quantile - the map of its reference quantile|, in units of `scale` (the feature's
+    reference IQR; times `a` where the map stretches: a ×10 unit change everywhere scores as none). NaN where
+    a side has fewer than `least` values (a mostly-null column such as wind_gust; an all-null one is the
+    null check's case)."""
+    parts = [_quantiles(x, least) for x in (ref_in, cur_in, ref_out, cur_out)]
+    if any(q is None for q in parts):
+        return math.nan
+    before, after, rest_before, rest_after = parts
+    middle = len(QUANTILES) // 2  # the median; QUANTILES[middle - 5], [middle + 5]: the quartiles
+    spread_before, spread_after = (q[middle + 5] - q[middle - 5] for q in (rest_before, rest_after))
+    a = spread_after / spread_before if spread_before > 0 else 1.0  # the others' stretch (1: no spread to read)
+    b = rest_after[middle] - a * rest_before[middle]  # and shift, median to median
+    return float(np.mean(np.abs(after - (a * before + b))) / (max(abs(a), 1.0) * scale))
+
+
 def _scale(values: pd.Series) -> float:
     """The reference's interquartile range (std, then 1, where that is 0): the unit of a numeric shift."""
     x = values.dropna().to_numpy(np.float64)
@@ -70,21 +97,6 @@ def _scale(values: pd.Series) -> float:
         return 1.0
     iqr = float(np.subtract(*np.quantile(x, [0.75, 0.25])))
     return iqr if iqr > 0 else (float(np.std(x)) or 1.0)
-
-
-def _quantiles(values: pd.Series, least: int) -> np.ndarray:
-    x = values.dropna().to_numpy(np.float64)
-    return np.quantile(x, QUANTILES) if len(x) >= least else np.full(len(QUANTILES), np.nan)
-
-
-def numeric_shift(ref_in: pd.Series, cur_in: pd.Series, ref_out: pd.Series, cur_out: pd.Series,
-                  scale: float, least: int) -> float:
-    """Mean over quantiles of |the segment's move - the other segments' move|, in units of `scale`;
-    NaN where a side has fewer than `least` values (a mostly-null column such as wind_gust: too few
-    for quantiles; an all-null one is the null check's case)."""
-    inside = _quantiles(cur_in, least) - _quantiles(ref_in, least)
-    outside = _quantiles(cur_out, least) - _quantiles(ref_out, least)
-    return float(np.mean(np.abs(inside - outside)) / scale)
 
 
 def _shares(values: pd.Series, top: list[str]) -> np.ndarray:
