@@ -606,6 +606,8 @@ class MonitoringSpec(Strict):
     segment_share: float = Field(0.35, gt=0, le=1)  # categorical: total variation of the share change vs the others
     segment_null_share: float = Field(0.2, gt=0, le=1)  # null share grown this much more than the other segments'
     duplicate_share: float | None = Field(0.02, gt=0, le=1)  # duplicated records beyond the reference's share
+    # a column's null share grown this much over the whole window (flights: wind_gust's seasonal growth is 0.2)
+    null_share: float | None = Field(0.3, gt=0, le=1)
     # a label-free estimate is in doubt when more of the window's rows than this have an estimator input outside
     # the reference's central 99 % (beyond the reference's own share; monitoring/estimation.py)
     estimate_max_outside: float = Field(0.2, gt=0, le=1)

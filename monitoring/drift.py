@@ -41,7 +41,7 @@ from components.tasks import kind_of
 from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import RecordedValue, add_snapshot, recorded_values
 from monitoring.estimation import check_estimate, estimate_error, estimate_quality, last_errors, log_errors
-from monitoring.segments import duplicate_share, segment_findings
+from monitoring.segments import duplicate_share, null_surges, segment_findings
 from monitoring.summary import MonitorSummary, window_start
 
 DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
@@ -319,7 +319,7 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     calibration = calibration or reference_calibration(cfg, reference, model_version)
     limits = thresholds(cfg, predictions, calibration)
     estimated, estimated_reference = estimate_quality(cfg, ref, cur)
-    findings = segment_findings(cfg, ref, cur)
+    findings = [*null_surges(cfg, ref, cur), *segment_findings(cfg, ref, cur)]
     last = last_errors(estimate_log, model_version)
     checks = {t.name: check_estimate(cfg, t, ref, cur, [f.feature for f in findings], last.get(t.name))
               for t in cfg.tasks if t.name in estimated}

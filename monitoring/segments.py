@@ -21,8 +21,9 @@ The thresholds are effect sizes in the config (`monitoring.segment_shift`, `segm
 `monitoring.segment_min_rows` rows in the reference or the window (or whose rest has fewer; for a
 numeric shift, non-null values) are not judged: too few rows for quantiles to mean anything.
 
-Duplicated records (a retried upload, a replayed log part) are checked on the whole window: the
-share of rows repeating an earlier row's features beyond the reference's own share.
+On the whole window: null surges (a column's null share grown by `monitoring.null_share`) and
+duplicated records (a retried upload, a replayed log part: the share of rows repeating an earlier
+row's features beyond the reference's own share).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class SegmentFinding:
     threshold: float
 
     def describe(self) -> str:
+        if not self.segment_column:  # a whole-window check
+            return f"{self.feature}: null share grew by {self.score:.2f} in the whole window (>= {self.threshold:.2f})"
         what = {"shift": "shifted against the other segments", "nulls": "null share grew against the other segments"}
         return (f"{self.feature} in {self.segment_column}={self.segment}: {what[self.check]} "
                 f"({self.score:.2f} >= {self.threshold:.2f})")
@@ -186,6 +189,14 @@ def segment_findings(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.Da
         sharpest = max(by_column, key=lambda fs: max((f.score / f.threshold for f in fs), default=0), default=[])
         found += sharpest
     return found
+
+
+def null_surges(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame) -> list[SegmentFinding]:
+    """Features whose null share grew by `monitoring.null_share` or more over the whole window (a feed
+    that stopped filling a column everywhere; segment_column and segment are empty)."""
+    limit = cfg.monitoring.null_share
+    growth = {f: float(current[f].isna().mean() - reference[f].isna().mean()) for f in cfg.features.names}
+    return [SegmentFinding(f, "", "", "nulls", g, limit) for f, g in growth.items() if limit is not None and g >= limit]
 
 
 def duplicate_share(cfg: ProjectConfig, frame: pd.DataFrame) -> float:

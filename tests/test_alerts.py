@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from components.config import ConfigError
-from monitoring.alerts import decide, read_alerts, reasons_to_alert
+from monitoring.alerts import data_reasons, decide, read_alerts, reasons_to_alert
 from tests.conftest import FLIGHTS, config_with
 
 
@@ -108,7 +108,11 @@ def test_a_data_alert_names_the_column_and_segment_and_never_retrains(tmp_path: 
     model = decide(cfg, Report(window="2013-09", drift_share=0.9), pd.Timestamp("2013-10-01"), log)
     assert model.kind == "model" and model.retrains  # the data alerts' cool-down is theirs alone
     assert [(a.kind, a.suppressed) for a in read_alerts(log)] == [("data", False), ("data", True), ("model", False)]
-    assert reasons_to_alert(cfg, Report(rows_current=999, data_findings=[finding])) == []
+    assert data_reasons(cfg, Report(rows_current=999, data_findings=[finding])) == []
+    surge = {**finding, "feature": "tailnum", "segment_column": "", "segment": "", "check": "nulls", "score": 0.49,
+             "threshold": 0.3}
+    assert data_reasons(cfg, Report(data_findings=[surge])) == [
+        "data: tailnum: null share grew by 0.49 in the whole window (>= 0.30)"]
 
 
 def test_an_estimate_whose_check_fails_does_not_count_as_known_quality() -> None:
@@ -199,6 +203,7 @@ def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name:
     ({"segment_shift": 0}, "monitoring.segment_shift"),
     ({"segment_null_share": 1.5}, "monitoring.segment_null_share"),
     ({"duplicate_share": 0}, "monitoring.duplicate_share"),
+    ({"null_share": 2}, "monitoring.null_share"),
     ({"estimate_max_outside": 0}, "monitoring.estimate_max_outside"),
 ])
 def test_bad_calibration_settings_are_config_errors_naming_the_field(monitoring: dict, field_name: str) -> None:

@@ -153,7 +153,7 @@ def test_segment_checks_name_each_column_broken_inside_one_segment(model, unseen
     context feature (temp, °F -> °C at EWR only), a numeric feature (UA's distance in km), a
     categorical one (B6's destinations all one airport), a null surge (MQ's tail numbers), and
     duplicated records. The whole-window drift tests see none of the segment faults by name."""
-    from monitoring.segments import duplicate_share, segment_findings
+    from monitoring.segments import duplicate_share, null_surges, segment_findings
 
     cfg, onnx_dir = model
     reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
@@ -167,20 +167,25 @@ def test_segment_checks_name_each_column_broken_inside_one_segment(model, unseen
     duplicated = pd.concat([unseen_jan_apr, unseen_jan_apr.sample(n=500, random_state=1)])
     assert duplicate_share(cfg, duplicated) - duplicate_share(cfg, reference) >= cfg.monitoring.duplicate_share
     assert duplicate_share(cfg, unseen_jan_apr) < cfg.monitoring.duplicate_share
+    # a null surge everywhere is no segment's: the whole-window check names it
+    hit = np.random.default_rng(0).random(len(unseen_jan_apr)) < 0.5
+    nulled = unseen_jan_apr.assign(tailnum=unseen_jan_apr["tailnum"].where(~hit, None))
+    assert [(f.feature, f.check) for f in null_surges(cfg, reference, nulled)] == [("tailnum", "nulls")]
+    assert not [f for f in segment_findings(cfg, reference, nulled) if f.feature == "tailnum"]
 
 
 def test_segment_checks_stay_quiet_on_clean_rows_and_on_junes_seasonal_weather(model, unseen_jan_apr,
                                                                                 flights_frame) -> None:
     """June's weather moves every airport's temp past its Jan–Apr range at once: no segment moved
     against the others, so nothing is named (nor on clean rows of the training months)."""
-    from monitoring.segments import segment_findings
+    from monitoring.segments import null_surges, segment_findings
 
     cfg, onnx_dir = model
     reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
     june = window(flights_frame, cfg, "test")
     assert june["temp"].median() > reference["temp"].quantile(0.9)  # the season did move
-    assert segment_findings(cfg, reference, unseen_jan_apr) == []
-    assert segment_findings(cfg, reference, june) == []
+    assert segment_findings(cfg, reference, unseen_jan_apr) == [] == null_surges(cfg, reference, unseen_jan_apr)
+    assert segment_findings(cfg, reference, june) == [] == null_surges(cfg, reference, june)
 
 
 def test_a_weather_unit_bug_at_one_airport_is_a_data_alert_naming_temp_and_it_does_not_retrain(
