@@ -43,13 +43,14 @@ OTHER = "(other)"
 
 @dataclass(frozen=True)
 class SegmentFinding:
-    """One column that moved inside one segment against the other segments of the window."""
+    """One column that moved inside one segment against the other segments of the window, or (segment
+    column and segment empty) whose null share surged in the whole window."""
 
     feature: str
-    segment_column: str
+    segment_column: str  # "" for a whole-window check
     segment: str
     check: str  # "shift" or "nulls"
-    score: float  # the segment's move minus the other segments' move (units: see the module docstring)
+    score: float  # how far past what the other segments did (units: see the module docstring)
     threshold: float
 
     def describe(self) -> str:
