@@ -600,11 +600,24 @@ class MonitoringSpec(Strict):
     # seasonal or shared-context features (hourly weather of an airport): monitored and shown, calibrated
     # like the others, but left out of the drift share and of `alerts.features: ["*"]`
     context_features: list[str] = []
-    # the window's realized metric comes with a bootstrap interval (`quality_draws` resamples of its
-    # labelled rows, two-sided `quality_confidence`): a metric drop alerts only when the interval's
-    # favourable end is past the tolerance too, so a small window's sampling noise does not alert
+    # the window's realized metric is resampled (`quality_draws` bootstrap resamples of its labelled rows): a
+    # drop past the tolerance alerts only when a one-sided test of "the drop is within the tolerance" rejects at
+    # `quality_confidence`, so a small window's sampling noise does not alert (also the interval's two-sided level)
     quality_confidence: float = Field(0.95, ge=0, lt=1)  # 0: the point value alone decides
     quality_draws: int = Field(200, ge=10)
+    # data checks inside segments (monitoring/segments.py): each categorical feature named here splits the window,
+    # and every feature (context ones included) is compared inside each segment against the other segments
+    segments: list[str] = []
+    segment_min_rows: int = Field(300, ge=20)  # rows a segment (and the rest) needs in both windows to be judged
+    segment_shift: float = Field(0.6, gt=0)  # numeric: mean quantile move beyond the other segments' map, in IQRs
+    segment_share: float = Field(0.35, gt=0, le=1)  # categorical: total variation of the share change vs the others
+    segment_null_share: float = Field(0.2, gt=0, le=1)  # null share grown this much more than the other segments'
+    duplicate_share: float | None = Field(0.02, gt=0, le=1)  # duplicated records beyond the reference's share
+    # a column's null share grown this much over the whole window (flights: wind_gust's seasonal growth is 0.2)
+    null_share: float | None = Field(0.3, gt=0, le=1)
+    # a label-free estimate is in doubt when more of the window's rows than this have an estimator input outside
+    # the reference's central 99 % (beyond the reference's own share; monitoring/estimation.py)
+    estimate_max_outside: float = Field(0.2, gt=0, le=1)
 
     @field_validator("method")
     @classmethod
@@ -728,6 +741,11 @@ class ProjectConfig(Strict):
         unknown = sorted(set(self.monitoring.context_features) - set(self.features.names))
         if unknown:
             raise ValueError(f"monitoring.context_features names unknown features: {unknown}")
+        categorical = {f.name for f in self.features.categorical}
+        unknown = sorted(set(self.monitoring.segments) - categorical)
+        if unknown:
+            raise ValueError(f"monitoring.segments names no categorical feature: {unknown} (categorical: "
+                             f"{sorted(categorical)})")
         columns = {*self.features.names, *names}
         for key in ("per_column_method", "per_column_threshold"):
             unknown = sorted(set(getattr(self.monitoring, key)) - columns)

@@ -1,8 +1,16 @@
 """The alert policy: when a monitored window alerts, the cool-down, the alert log, the webhook.
 
+Two kinds of alert. A **data** alert says the input is broken (a column shifted inside one
+segment against the others, a null surge in a segment, duplicated records: `data_reasons`); it
+names the column and the segment and never retrains — a model retrained on the broken column
+would learn the bug. A **model** alert (drift, quality: `reasons_to_alert`) acts as the policy
+says (`alerts.action`). A window with both is a data alert: its model reasons are logged beside,
+as what the broken input may have caused.
+
 Time is data time: the cool-down is measured between the ends of the monitored windows, so a
-replay of past months behaves as live traffic would. Every alert is appended to the alert log
-(JSONL), suppressed ones too (marked), so the log explains why nothing happened.
+replay of past months behaves as live traffic would; each kind has its own cool-down, so a data
+alert does not silence the next retraining. Every alert is appended to the alert log (JSONL),
+suppressed ones too (marked), so the log explains why nothing happened.
 """
 
 from __future__ import annotations
@@ -12,13 +20,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pandas as pd
 
 from components.config import AlertPolicy, ProjectConfig
 from components.metrics import is_better, relative_change
+from monitoring.segments import SegmentFinding
 
 
 class WindowReport(Protocol):
@@ -33,6 +42,13 @@ class WindowReport(Protocol):
     quality: dict[str, dict[str, float]]
     estimated: dict[str, float]
     estimated_reference: dict[str, float]
+    estimate_checks: dict[str, dict[str, Any]]
+    data_findings: list[dict[str, Any]]
+    duplicate_share: float
+    duplicate_share_reference: float
+
+
+DATA, MODEL = "data", "model"
 
 
 @dataclass
@@ -40,31 +56,54 @@ class Alert:
     window: str
     window_end: str  # ISO date: the data time the cool-down is measured in
     model_version: str
-    reasons: list[str]
-    action: str  # "alert" or "retrain"
-    suppressed: bool  # inside the cool-down of an earlier alert: logged, not acted on
+    reasons: list[str]  # model reasons: drift, quality
+    action: str  # what the policy does on a model alert: "alert" or "retrain"
+    suppressed: bool  # inside the cool-down of an earlier alert of the same kind: logged, not acted on
     raised_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     webhook_status: str | None = None
+    data_reasons: list[str] = field(default_factory=list)  # broken input: column (and segment) named
+    kind: str = MODEL  # DATA when there is a data reason, else MODEL
 
     @property
     def acts(self) -> bool:
         return not self.suppressed
 
     @property
+    def all_reasons(self) -> list[str]:
+        """Data reasons first: what to fix before reading the model reasons."""
+        return [*self.data_reasons, *self.reasons]
+
+    @property
     def retrains(self) -> bool:
-        """An acting alert of a policy whose action is to retrain."""
-        return self.acts and self.action == "retrain"
+        """An acting model alert of a policy whose action is to retrain; a data alert never retrains."""
+        return self.acts and self.kind == MODEL and self.action == "retrain"
+
+
+def data_reasons(cfg: ProjectConfig, report: WindowReport) -> list[str]:
+    """The data checks the window fails (monitoring/segments.py): each names the column and, for a
+    segment check, the segment. Windows under `alerts.min_rows` are not judged."""
+    if report.rows_current < cfg.alerts.min_rows:
+        return []
+    reasons = [f"data: {SegmentFinding(**f).describe()}" for f in report.data_findings]
+    limit = cfg.monitoring.duplicate_share
+    extra = report.duplicate_share - report.duplicate_share_reference
+    if limit is not None and extra >= limit:
+        reasons.append(f"data: duplicated records {report.duplicate_share:.1%} of the window (reference "
+                       f"{report.duplicate_share_reference:.1%}, alert at +{limit:.0%})")
+    return reasons
 
 
 def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
-    """Every rule of the policy the window breaks (empty: no alert): the drift share, each watched
-    feature past its calibrated threshold, and per task its quality — once labels are known, a
-    metric drop vs the champion's held-out metric beyond the task's tolerance even at the
-    favourable end of the window's bootstrap interval, or a metric worse than the trivial
-    baseline's on the same rows; before that, the estimated metric (CBPE / DLE) dropping beyond
-    the tolerance. A watched task's prediction drift alerts unless the task's quality, realized or
-    estimated, is known to hold: drift is the proxy for a quality that cannot be judged, and a
-    seasonal shift of the predictions that leaves the metric where it was is no alert."""
+    """Every model rule of the policy the window breaks (empty: no model alert): the drift share, each
+    watched feature past its calibrated threshold, and per task its quality — once labels are known,
+    a metric drop vs the champion's held-out metric beyond the task's tolerance that a one-sided
+    bootstrap test finds significant at `monitoring.quality_confidence` (H0: the drop is within the
+    tolerance), or a metric worse than the
+    trivial baseline's on the same rows; before that, the estimated metric (CBPE / DLE) dropping
+    beyond the tolerance, when the estimate's check holds. A watched task's prediction drift alerts
+    unless the task's quality, realized or estimated, is known to hold: drift is the proxy for a
+    quality that cannot be judged, and a seasonal shift of the predictions that leaves the metric
+    where it was is no alert."""
     policy = cfg.alerts
     if report.rows_current < policy.min_rows:
         return []
@@ -98,14 +137,15 @@ def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowR
         reasons, current = [], q["current"]
         if math.isfinite(q.get("reference", math.nan)):
             change = relative_change(metric, current, q["reference"])
-            # the window's interval end that is best for the model: sampling noise alone cannot explain a
-            # drop that is past the tolerance even there
-            ends = [x for x in (q.get("ci_low", current), q.get("ci_high", current)) if math.isfinite(x)] or [current]
-            favourable = max(ends, key=lambda x: relative_change(metric, x, q["reference"]))
-            if relative_change(metric, favourable, q["reference"]) <= -tolerance:
-                interval = "" if favourable == current else f", {favourable:.4f} at the interval's favourable end"
+            # the stated test: H0 "the window's metric is within the tolerance of the reference's", one-sided
+            # bootstrap p-value; the drop alerts when it is past the tolerance and H0 is rejected at
+            # monitoring.quality_confidence
+            confidence, p_value = cfg.monitoring.quality_confidence, q.get("p_value", math.nan)
+            tested = confidence > 0 and math.isfinite(p_value)
+            if change <= -tolerance and (not tested or p_value <= 1 - confidence):
+                test = f"; one-sided bootstrap p={p_value:.3f} <= {1 - confidence:.2f}" if tested else ""
                 reasons.append(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
-                               f"({change:+.1%}, alert at -{tolerance:.0%}{interval})")
+                               f"({change:+.1%}, alert at -{tolerance:.0%}{test})")
         baseline = q.get("baseline", math.nan)
         if cfg.alerts.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
             reasons.append(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
@@ -114,6 +154,8 @@ def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowR
     estimate, reference = report.estimated.get(task, math.nan), report.estimated_reference.get(task, math.nan)
     if not (math.isfinite(estimate) and math.isfinite(reference)):
         return [], False
+    if not report.estimate_checks.get(task, {}).get("holds", True):
+        return [], False  # the estimate's assumption is in doubt: the task's quality is not known
     change = relative_change(metric, estimate, reference)
     if change <= -tolerance:
         return [f"{task} {metric} estimated {reference:.4f} -> {estimate:.4f} ({change:+.1%}, alert at "
@@ -128,17 +170,18 @@ def read_alerts(log: Path) -> list[Alert]:
 
 
 def decide(cfg: ProjectConfig, report: WindowReport, window_end: pd.Timestamp, log: Path) -> Alert | None:
-    """Apply the policy to one monitored window: log the alert (if any), respect the cool-down,
-    notify the webhook for an alert that acts."""
-    reasons = reasons_to_alert(cfg, report)
-    if not reasons:
+    """Apply the policy to one monitored window: log the alert (if any), respect the cool-down of
+    its kind, notify the webhook for an alert that acts."""
+    broken, reasons = data_reasons(cfg, report), reasons_to_alert(cfg, report)
+    if not (broken or reasons):
         return None
+    kind = DATA if broken else MODEL
     policy: AlertPolicy = cfg.alerts
-    acted = [a for a in read_alerts(log) if a.acts]
+    acted = [a for a in read_alerts(log) if a.acts and a.kind == kind]
     since_last = (window_end - pd.Timestamp(acted[-1].window_end)) if acted else None
     suppressed = since_last is not None and since_last < pd.Timedelta(days=policy.cooldown_days)
     alert = Alert(report.window, pd.Timestamp(window_end).isoformat(), report.model_version, reasons,
-                  policy.action, suppressed)
+                  policy.action, suppressed, data_reasons=broken, kind=kind)
     if alert.acts and policy.webhook:
         alert.webhook_status = notify(policy.webhook, alert)
     Path(log).parent.mkdir(parents=True, exist_ok=True)

@@ -31,13 +31,16 @@ if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
 TOP_FEATURES = 5
+ALERT_LEGENDS = {"data": "data alert (no retraining)", "model": "model alert"}
 DRIFT_TAB, QUALITY_TAB = "Drift", "Quality and alerts"
 
 
 class AlertRaised(SingleValueMetric):
-    """1.0 in a window where the alert policy raised an alert; `reason` says why."""
+    """1.0 in a window where the alert policy raised an alert; `reason` says why, `kind` which:
+    "data" (a broken input column: fix the data, no retraining) or "model" (drift, quality)."""
 
     reason: str
+    kind: str = "model"
 
 
 class AlertRaisedCalculation(SingleValueCalculation[AlertRaised]):
@@ -45,7 +48,7 @@ class AlertRaisedCalculation(SingleValueCalculation[AlertRaised]):
         return self.result(1.0), None
 
     def display_name(self) -> str:
-        return f"alert: {self.metric.reason}"
+        return f"{self.metric.kind} alert: {self.metric.reason}"
 
 
 class RecordedValue(SingleValueMetric):
@@ -57,10 +60,12 @@ class RecordedValue(SingleValueMetric):
 
 
 class EstimatedQuality(RecordedValue):
-    """A task's metric estimated before its labels (monitoring.estimation: CBPE / DLE)."""
+    """A task's metric estimated before its labels (monitoring.estimation: CBPE / DLE); `doubt`: why
+    the estimate's assumption is in doubt in this window (empty: its check passed)."""
 
     task: str
     metric: str
+    doubt: str = ""
 
 
 class EstimatedQualityCalculation(SingleValueCalculation[EstimatedQuality]):
@@ -68,7 +73,34 @@ class EstimatedQualityCalculation(SingleValueCalculation[EstimatedQuality]):
         return self.result(self.metric.recorded), None
 
     def display_name(self) -> str:
-        return f"{self.metric.task}: {self.metric.metric} estimated (no labels)"
+        doubt = f" — in doubt: {self.metric.doubt}" if self.metric.doubt else ""
+        return f"{self.metric.task}: {self.metric.metric} estimated (no labels){doubt}"
+
+
+class EstimateError(RecordedValue):
+    """Once a window's labels are known: its estimated relative change minus the realized one."""
+
+    task: str
+
+
+class EstimateErrorCalculation(SingleValueCalculation[EstimateError]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        return self.result(self.metric.recorded), None
+
+    def display_name(self) -> str:
+        return f"{self.metric.task}: estimated - realized relative change"
+
+
+class DataFindings(RecordedValue):
+    """How many columns the data checks found broken inside a segment (monitoring.segments)."""
+
+
+class DataFindingsCalculation(SingleValueCalculation[DataFindings]):
+    def calculate(self, context: Any, current_data: Dataset, reference_data: Dataset | None) -> Any:
+        return self.result(self.metric.recorded), None
+
+    def display_name(self) -> str:
+        return "columns broken inside a segment"
 
 
 class DriftThreshold(RecordedValue):
@@ -85,13 +117,17 @@ class DriftThresholdCalculation(SingleValueCalculation[DriftThreshold]):
         return f"{self.metric.column}: calibrated drift threshold"
 
 
-def recorded_values(cfg: ProjectConfig, estimated: dict[str, float],
-                    thresholds: dict[str, float]) -> list[RecordedValue]:
-    """The dashboard's extra series for one run: each task's estimated metric, each compared
-    column's calibrated drift threshold (non-finite values left out)."""
-    return [*(EstimatedQuality(task=t.name, metric=t.metric or "", recorded=estimated[t.name]) for t in cfg.tasks
+def recorded_values(cfg: ProjectConfig, estimated: dict[str, float], thresholds: dict[str, float],
+                    doubts: dict[str, list[str]], errors: dict[str, float], findings: int) -> list[RecordedValue]:
+    """The dashboard's extra series for one run: each task's estimated metric (with the doubts of its
+    check), each compared column's calibrated drift threshold, each labelled task's estimate error,
+    the number of data-check findings (non-finite values left out)."""
+    return [*(EstimatedQuality(task=t.name, metric=t.metric or "", recorded=estimated[t.name],
+                               doubt="; ".join(doubts.get(t.name, []))) for t in cfg.tasks
               if math.isfinite(estimated.get(t.name, math.nan))),
-            *(DriftThreshold(column=c, recorded=v) for c, v in thresholds.items() if math.isfinite(v))]
+            *(DriftThreshold(column=c, recorded=v) for c, v in thresholds.items() if math.isfinite(v)),
+            *(EstimateError(task=t, recorded=v) for t, v in errors.items() if math.isfinite(v)),
+            DataFindings(recorded=float(findings))]
 
 
 def project(workspace: Path, name: str) -> tuple[Workspace, Project]:
@@ -129,8 +165,19 @@ def _panels(cfg: ProjectConfig, top_features: list[str]) -> list[tuple[str, Any]
             size="half")
         for t in tasks
     ]
-    quality.append(bar_plot_panel("Alerts", [PanelMetric(legend="alert", metric="AlertRaised", tags=["alert"])],
-                                  description="windows where the alert policy fired", size="full"))
+    quality.append(line_plot_panel("Estimate error once the labels arrived (estimated - realized change)", [
+        PanelMetric(legend=t.name, metric="EstimateError", metric_labels={"task": t.name}, tags=["monitor"])
+        for t in tasks], description="+ = the label-free estimate was too optimistic; beyond a task's alert "
+                                     "tolerance, the next window's estimate is marked in doubt", size="half"))
+    quality.append(line_plot_panel("Data checks: columns broken inside a segment", [
+        PanelMetric(legend="findings", metric="DataFindings", tags=["monitor"])],
+        description="a column shifted or nulled in one segment against the others (monitoring/segments.py)",
+        size="half"))
+    quality.append(bar_plot_panel("Alerts", [
+        PanelMetric(legend=legend, metric="AlertRaised", metric_labels={"kind": kind}, tags=["alert"])
+        for kind, legend in ALERT_LEGENDS.items()],
+        description="data alerts name a broken input column and never retrain; model alerts (drift, quality) "
+                    "act as the policy says", size="full"))
     intro = text_panel(f"{cfg.registry.model_name}: one point per monitored window",
                        description="mtlops monitor adds a snapshot per window; click a point for its report")
     return [(DRIFT_TAB, intro), *((DRIFT_TAB, p) for p in drift), *((QUALITY_TAB, p) for p in quality)]
@@ -158,14 +205,15 @@ def _normalised(summary: MonitorSummary, feature: str) -> float:
     return 1.0 - score if "p_value" in summary.methods.get(feature, "").lower() else score
 
 
-def add_alert_marker(workspace: Path, cfg: ProjectConfig, window: str, reason: str) -> str:
-    """Mark `window` on the dashboard's Alerts panel; returns the snapshot id."""
+def add_alert_marker(workspace: Path, cfg: ProjectConfig, window: str, reason: str, kind: str = "model") -> str:
+    """Mark `window` on the dashboard's Alerts panel as a `kind` ("data" or "model") alert; returns the
+    snapshot id."""
     ws, proj = project(workspace, cfg.registry.model_name)
     one_row = Dataset.from_pandas(pd.DataFrame({"alert": [1.0]}),
                                   data_definition=DataDefinition(numerical_columns=["alert"]))
-    snapshot = Report([AlertRaised(reason=reason)]).run(
+    snapshot = Report([AlertRaised(reason=reason, kind=kind)]).run(
         one_row, None, timestamp=window_start(window), tags=["alert"], metadata={"window": window},
-        name=f"{window} · alert")
+        name=f"{window} · {kind} alert")
     return str(ws.add_run(proj.id, snapshot, include_data=False).id)
 
 

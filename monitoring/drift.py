@@ -40,7 +40,8 @@ from components.predictions import monitored_column
 from components.tasks import kind_of
 from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import RecordedValue, add_snapshot, recorded_values
-from monitoring.estimation import estimate_quality
+from monitoring.estimation import check_estimate, estimate_error, estimate_quality, last_errors, log_errors
+from monitoring.segments import duplicate_share, null_surges, segment_findings
 from monitoring.summary import MonitorSummary, window_start
 
 DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
@@ -87,17 +88,24 @@ def bootstrap_counts(n: int, draws: int, seed: int) -> np.ndarray:
     return np.bincount((rows + n * np.arange(draws)[:, None]).ravel(), minlength=draws * n).reshape(draws, n)
 
 
-def quality_interval(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence: float,
-                     seed: int = 0) -> tuple[float, float]:
-    """The two-sided `confidence` percentile bootstrap interval of the task's gated metric over the
-    labelled rows of `frame` (`draws` resamples): how far the window's metric moves by sampling alone."""
+def quality_bootstrap(task: TaskSpec, frame: pd.DataFrame, draws: int, confidence: float, reference: float,
+                      tolerance: float, seed: int = 0) -> tuple[float, float, float]:
+    """The task's gated metric over the labelled rows of `frame`, resampled `draws` times: the two-sided
+    `confidence` percentile interval (how far the window's metric moves by sampling alone) and the
+    one-sided bootstrap p-value of H0 "the window's metric is within `tolerance` (relative) of
+    `reference`" — the share of resamples no further below, (1 + k) / (1 + draws) — which the alert
+    policy tests."""
     target, raw, y = labelled_raw(task, frame)
     if len(y) == 0:
-        return math.nan, math.nan
-    values = kind_of(target).resampled(target, task.metric or "", raw, y, bootstrap_counts(len(y), draws, seed))
+        return math.nan, math.nan, math.nan
+    metric = task.metric or ""
+    values = kind_of(target).resampled(target, metric, raw, y, bootstrap_counts(len(y), draws, seed))
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
-    return float(low), float(high)
+    finite = values[np.isfinite(values)]
+    at_least = np.sum([relative_change(metric, float(v), reference) > -tolerance for v in finite])
+    p_value = (1 + at_least) / (1 + len(finite)) if math.isfinite(reference) else math.nan
+    return float(low), float(high), float(p_value)
 
 
 def baseline_quality(task: TaskSpec, reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, float]:
@@ -140,6 +148,17 @@ class TaskQualityCalculation(SingleValueCalculation[TaskQuality]):
 
     def display_name(self) -> str:
         return f"{self.metric.task}: {self.metric.metric}"
+
+
+def _reference_quality(task: TaskSpec, reference: pd.DataFrame,
+                       reference_quality: dict[str, dict[str, float]] | None) -> float:
+    """The quality a window is compared with: the given held-out metric, else the model scored on the
+    reference sample (in-sample, optimistic)."""
+    metric = task.metric or ""
+    given = (reference_quality or {}).get(task.name, {}).get(metric)
+    if given is not None:
+        return float(given)
+    return task_quality(task, reference).get(metric, math.nan) if has_labels(task, reference) else math.nan
 
 
 # --- calibration ---------------------------------------------------------------------
@@ -277,7 +296,8 @@ def _drift_results(snapshot_dict: dict) -> tuple[dict[str, float], dict[str, str
 def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, out_dir: Path, *,
             window: str, model_version: str, sample_size: int | None = None, seed: int = 0,
             workspace: Path | None = None, calibration: Calibration | None = None,
-            reference_quality: dict[str, dict[str, float]] | None = None) -> MonitorSummary:
+            reference_quality: dict[str, dict[str, float]] | None = None,
+            estimate_log: Path | None = None) -> MonitorSummary:
     """Drift of every feature and task output, and per-task quality when `current` has labels.
 
     `sample_size` defaults to the config's `monitoring.sample_size`. Reference quality is the
@@ -286,6 +306,9 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     stored test metrics, which `mtlops monitor` passes). Writes `snapshot.json`, `report.html`
     and `summary.json` into `out_dir`; with `workspace`, adds the snapshot to the model's project.
     Drift thresholds come from `calibration` (`reference_calibration` when not given).
+    Each label-free estimate is checked (`monitoring.estimation.check_estimate`) against the data
+    checks and the last labelled window's error read from `estimate_log`; a window with labels
+    appends its realized-vs-estimated errors there.
     """
     size = sample_size or cfg.monitoring.sample_size
     predictions = _columns(cfg, reference, current)
@@ -296,7 +319,17 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
     calibration = calibration or reference_calibration(cfg, reference, model_version)
     limits = thresholds(cfg, predictions, calibration)
     estimated, estimated_reference = estimate_quality(cfg, ref, cur)
-    recorded = recorded_values(cfg, estimated, {column: limit for column, (_, limit) in limits.items()})
+    findings = [*null_surges(cfg, ref, cur), *segment_findings(cfg, ref, cur)]
+    last = last_errors(estimate_log, model_version)
+    checks = {t.name: check_estimate(cfg, t, ref, cur, [f.feature for f in findings], last.get(t.name))
+              for t in cfg.tasks if t.name in estimated}
+    reference_values = {t.name: _reference_quality(t, ref, reference_quality) for t in labelled}
+    errors = {t.name: estimate_error(t.metric or "", estimated[t.name], estimated_reference[t.name],
+                                     task_quality(t, cur).get(t.metric or "", math.nan), reference_values[t.name])
+              for t in labelled if math.isfinite(estimated.get(t.name, math.nan))}
+    recorded = recorded_values(cfg, estimated, {column: limit for column, (_, limit) in limits.items()},
+                               {task: c.doubts for task, c in checks.items()},
+                               {task: e["error"] for task, e in errors.items()}, len(findings))
     snapshot = _report(cfg, predictions, labelled, limits, recorded).run(
         Dataset.from_pandas(_prepared(cur, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
         Dataset.from_pandas(_prepared(ref, cfg, predictions, top), data_definition=_data_definition(cfg, predictions)),
@@ -312,17 +345,16 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
             continue
         task = by_task[m["config"]["task"]]
         metric = task.metric or ""
-        ref_value = (reference_quality or {}).get(task.name, {}).get(metric)
-        if ref_value is None:
-            ref_value = task_quality(task, ref).get(metric, math.nan) if has_labels(task, ref) else math.nan
+        ref_value = reference_values[task.name]
         current_value = float(m["value"])
         mon = cfg.monitoring
-        low, high = (quality_interval(task, cur, mon.quality_draws, mon.quality_confidence, seed)
-                     if mon.quality_confidence > 0 else (current_value, current_value))
+        low, high, p_value = (quality_bootstrap(task, cur, mon.quality_draws, mon.quality_confidence, ref_value,
+                                                cfg.alert_tolerance(task.name), seed)
+                              if mon.quality_confidence > 0 else (current_value, current_value, math.nan))
         quality[task.name] = {
-            "metric": metric, "reference": float(ref_value), "current": current_value,
-            "relative_change": relative_change(metric, current_value, float(ref_value)),
-            "ci_low": low, "ci_high": high,
+            "metric": metric, "reference": ref_value, "current": current_value,
+            "relative_change": relative_change(metric, current_value, ref_value),
+            "ci_low": low, "ci_high": high, "p_value": p_value,
             "baseline": baseline_quality(task, ref, cur).get(metric, math.nan) if has_labels(task, ref) else math.nan,
             "rows": int(cur[label_column(task.name)].notna().sum()),
         }
@@ -346,7 +378,12 @@ def monitor(cfg: ProjectConfig, reference: pd.DataFrame, current: pd.DataFrame, 
         methods=methods, quality_reference="model test metrics" if reference_quality else "reference sample",
         timestamp=when.isoformat(), thresholds={name: limits[column][1] for name, column in by_name.items()},
         context_features=list(cfg.monitoring.context_features),
+        data_findings=[f.as_dict() for f in findings],
+        duplicate_share=duplicate_share(cfg, current), duplicate_share_reference=duplicate_share(cfg, reference),
+        estimate_checks={task: c.as_dict() for task, c in checks.items()}, estimate_errors=errors,
     )
+    if estimate_log is not None and errors:
+        log_errors(estimate_log, window, model_version, errors)
     if workspace is not None:
         summary.snapshot_id = add_snapshot(Path(workspace), cfg, snapshot, summary)
     (out_dir / SUMMARY_JSON).write_text(summary.to_json())

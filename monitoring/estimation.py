@@ -20,12 +20,30 @@ Both assume the relation between features and labels holds (covariate shift only
 change — labels flipped with the features unchanged — is invisible to them and shows only in the
 realized quality, once labels arrive. The reference is a sample of the training window, so the
 estimators learn in-sample errors: estimates lean optimistic by the model's train/held-out gap.
+
+So every estimate comes with its assumption and a check of it (`check_estimate`, an
+`EstimateCheck` in the summary). The check cannot prove the assumption (that needs labels) but
+says when the window contradicts it or leaves it unverifiable:
+
+- **inputs outside the reference**: rows whose estimator inputs (CBPE: the model's probability;
+  DLE: the numeric features and the prediction) fall outside the reference's central 99 %, beyond
+  the reference's own share, on more than `monitoring.estimate_max_outside` of the window: the
+  estimator extrapolates (a winter reference knows nothing of July's errors);
+- **broken inputs**: a data check names a feature (monitoring/segments.py): every task's output
+  reads it, so no estimate from it is worth more than the column;
+- **the last labelled window**: how far the estimated relative change was from the realized one
+  there (`estimate_error`, kept in the estimate log); beyond the task's alert tolerance, the
+  estimate cannot decide an alert at that tolerance.
+
+An estimate whose check fails does not count as "quality known" for the alert policy.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -37,6 +55,7 @@ from sklearn.isotonic import IsotonicRegression
 from components.config import ProjectConfig, TaskSpec
 from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
+from components.metrics import relative_change
 from components.tasks import ClassLabels, kind_of
 
 
@@ -164,3 +183,121 @@ def estimate_quality(cfg: ProjectConfig, reference: pd.DataFrame,
         estimators = fit_estimators(cfg, reference)
         return ({name: e.estimate(cfg, current) for name, e in estimators.items()},
                 {name: e.estimate(cfg, reference) for name, e in estimators.items()})
+
+
+# --- the estimate's assumption and its check ---------------------------------------------------
+
+ASSUMPTIONS = {
+    "CBPE": "P(label | the model's probability) is as on the reference: the model stays calibrated "
+            "(covariate shift only, inside the reference's range of probabilities)",
+    "DLE": "the model's error given the features and the prediction is as on the reference (covariate "
+           "shift only, inside the reference's range of the inputs)",
+}
+CENTRAL = (0.005, 0.995)  # the reference's central 99 % of each estimator input
+
+
+def method_of(task: TaskSpec) -> str:
+    return "CBPE" if task.type == "binary" or kind_of(task).class_labels else "DLE"
+
+
+def _inputs(cfg: ProjectConfig, task: TaskSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The estimator's numeric inputs by name: CBPE reads the logged probability (of the predicted
+    class), DLE the numeric features and the prediction."""
+    if method_of(task) == "DLE":
+        return {**{f.name: frame[f.name].to_numpy(np.float64) for f in cfg.features.numeric},
+                task.name: frame[f"{task.name}__value"].to_numpy(np.float64)}
+    if task.type == "binary":
+        return {task.name: _proba(task, frame)}
+    classes = kind_of(task).classes_in(task.name, frame.columns)
+    return {task.name: _confidence(task, classes, frame)[0]}
+
+
+def outside_reference(cfg: ProjectConfig, task: TaskSpec, reference: pd.DataFrame,
+                      current: pd.DataFrame) -> tuple[float, list[str]]:
+    """The share of the window's rows with an estimator input outside the reference's central 99 %,
+    less the reference's own share; and the inputs outside on more than half of those rows' share."""
+    ref, cur = _inputs(cfg, task, reference), _inputs(cfg, task, current)
+    outside_ref, outside_cur, per_input = np.zeros(len(reference), bool), np.zeros(len(current), bool), {}
+    for name, values in ref.items():
+        finite = values[np.isfinite(values)]
+        if len(finite) == 0:
+            continue
+        low, high = np.quantile(finite, CENTRAL)
+        outside_ref |= (values < low) | (values > high)
+        out = (cur[name] < low) | (cur[name] > high)
+        outside_cur |= out
+        per_input[name] = float(out.mean())
+    excess = float(outside_cur.mean() - outside_ref.mean()) if len(current) else 0.0
+    named = sorted((n for n, share in per_input.items() if share >= max(excess, 0) / 2 and share > 0),
+                   key=lambda n: -per_input[n])
+    return excess, named
+
+
+@dataclass
+class EstimateCheck:
+    """A label-free estimate's assumption and what the window says about it."""
+
+    method: str  # "CBPE" or "DLE"
+    assumption: str
+    outside_share: float  # rows with an input outside the reference's central 99 %, beyond the reference's share
+    outside_inputs: list[str]  # the inputs outside most often
+    broken_inputs: list[str]  # features a data check names
+    last_error: float | None = None  # the last labelled window: estimated - realized relative change
+    last_window: str | None = None
+    doubts: list[str] = field(default_factory=list)  # why the estimate cannot be trusted here (empty: it can)
+
+    @property
+    def holds(self) -> bool:
+        return not self.doubts
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "holds": self.holds}
+
+
+def check_estimate(cfg: ProjectConfig, task: TaskSpec, reference: pd.DataFrame, current: pd.DataFrame,
+                   broken: list[str], last: dict | None) -> EstimateCheck:
+    """The checks of the module docstring for one task's estimate; `broken`: features the data checks
+    name; `last`: the task's latest entry of the estimate log (`estimate_error`), if any."""
+    method = method_of(task)
+    share, named = outside_reference(cfg, task, reference, current)
+    check = EstimateCheck(method, ASSUMPTIONS[method], share, named, sorted(set(broken)))
+    limit = cfg.monitoring.estimate_max_outside
+    if share > limit:
+        check.doubts.append(f"{share:.0%} of the rows have inputs outside the reference's range "
+                            f"({', '.join(named[:4])}; limit {limit:.0%}): the estimator extrapolates")
+    if check.broken_inputs:
+        check.doubts.append(f"its inputs include columns a data check flags: {', '.join(check.broken_inputs)}")
+    if last is not None:
+        check.last_error, check.last_window = float(last["error"]), str(last["window"])
+        tolerance = cfg.alert_tolerance(task.name)
+        if math.isfinite(check.last_error) and abs(check.last_error) > tolerance:
+            check.doubts.append(f"on {check.last_window}, the last labelled window, the estimated change was "
+                                f"{check.last_error:+.1%} off the realized one (tolerance {tolerance:.0%})")
+    return check
+
+
+def estimate_error(metric: str, estimated: float, estimated_reference: float, realized: float,
+                   reference: float) -> dict[str, float]:
+    """How far a label-free estimate was off once the labels arrived, on the scale the policy
+    decides on: the estimated relative change (vs the estimator on its own reference) minus the
+    realized relative change (vs the reference quality); + = the estimate was too optimistic."""
+    estimated_change = relative_change(metric, estimated, estimated_reference)
+    realized_change = relative_change(metric, realized, reference)
+    return {"estimated": estimated, "realized": realized, "estimated_change": estimated_change,
+            "realized_change": realized_change, "error": estimated_change - realized_change}
+
+
+def last_errors(log: Path | None, model_version: str) -> dict[str, dict]:
+    """Task -> the latest estimate-log entry of this model version."""
+    if log is None or not Path(log).exists():
+        return {}
+    entries = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    return {e["task"]: e for e in entries if e["model_version"] == model_version}
+
+
+def log_errors(log: Path, window: str, model_version: str, errors: dict[str, dict[str, float]]) -> None:
+    """Append each task's realized-vs-estimated error of a labelled window to the estimate log (JSONL)."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with Path(log).open("a") as f:
+        for task, e in errors.items():
+            f.write(json.dumps({"window": window, "model_version": model_version, "task": task, **e}) + "\n")

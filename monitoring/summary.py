@@ -40,6 +40,14 @@ class MonitorSummary:
     snapshot_id: str | None = None  # in the Workspace, when one was given
     thresholds: dict[str, float] = field(default_factory=dict)  # feature or task -> calibrated drift threshold
     context_features: list[str] = field(default_factory=list)  # monitored, outside the drift share and "*"
+    # data checks (monitoring/segments.py): columns broken inside a segment, as SegmentFinding dicts
+    data_findings: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_share: float = 0.0  # rows repeating an earlier row's features, in the whole current window
+    duplicate_share_reference: float = 0.0  # the same in the reference
+    # task -> its label-free estimate's method, assumption and check (monitoring.estimation.EstimateCheck + holds)
+    estimate_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # task -> estimated, realized, estimated_change, realized_change, error (labelled windows only)
+    estimate_errors: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, allow_nan=True)

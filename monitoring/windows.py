@@ -26,6 +26,7 @@ from monitoring.drift import monitor, reference_calibration
 from monitoring.summary import MonitorSummary
 
 LOG_KEYS = ["request_id", "record_index"]
+ESTIMATE_LOG = "estimates.jsonl"  # in the workspace: each labelled window's realized-vs-estimated error per task
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
                    log_dir: Path | None = None, labels: bool = False, labels_file: Path | None = None,
                    workspace: Path | None = None, sample_size: int | None = None) -> MonitorSummary:
     """Monitor the champion on `window`, from the prediction log (`log_dir`) or the data partitions
-    (`data_root`). Reference quality: the champion's stored held-out test metrics."""
+    (`data_root`). Reference quality: the champion's stored held-out test metrics. With a workspace,
+    the estimate log (`ESTIMATE_LOG`) in it keeps each labelled window's estimate error."""
     if (data_root is None) == (log_dir is None):
         raise ValueError("give exactly one source for the current window: data_root or log_dir")
     champ = champion_model(cfg)
@@ -111,7 +113,8 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
         raise ValueError(f"no records in window {window}")
     return monitor(cfg, reference, current, out_dir, window=window, model_version=champ.tag,
                    sample_size=sample_size, workspace=workspace, reference_quality=champ.test_metrics or None,
-                   calibration=model_calibration(cfg, champ.folder, champ.tag, reference))
+                   calibration=model_calibration(cfg, champ.folder, champ.tag, reference),
+                   estimate_log=Path(workspace) / ESTIMATE_LOG if workspace is not None else None)
 
 
 def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert_log: Path,
@@ -120,7 +123,7 @@ def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert
     webhook), the alert marked on the dashboard when there is one; what `mtlops monitor` runs."""
     alert = decide(cfg, summary, pd.Timestamp(window_bounds(window)[1]), alert_log)
     if alert is not None and workspace is not None:
-        add_alert_marker(workspace, cfg, window, "; ".join(alert.reasons))
+        add_alert_marker(workspace, cfg, window, "; ".join(alert.all_reasons), alert.kind)
     return alert
 
 

@@ -602,9 +602,10 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
     if alert is None:
         say("no alert")
         return
-    state = "suppressed (cool-down)" if alert.suppressed else f"{alert.action}, webhook {alert.webhook_status or '—'}"
-    say(f"[yellow]ALERT[/yellow] {window}: {state} (log {alert_log})")
-    for reason in alert.reasons:
+    does = alert.action if alert.kind == "model" else "no retraining (broken input)"
+    state = "suppressed (cool-down)" if alert.suppressed else f"{does}, webhook {alert.webhook_status or '—'}"
+    say(f"[yellow]ALERT[/yellow] {window} ({alert.kind}): {state} (log {alert_log})")
+    for reason in alert.all_reasons:
         say(f"  - {reason}")
     if act and alert.retrains:
         from pipelines.retrain import retrain

@@ -41,7 +41,7 @@ class MonthRow:
     drift_share: float
     drifted_features: int
     drifted_predictions: str
-    alert: str  # "" | "alert" | "suppressed (cool-down)"
+    alert: str  # "" | "alert" | "data alert" (broken input: no retraining) | "suppressed (cool-down)"
     retrain: str  # "" | promoted | rejected | failed
     champion: str  # version serving after this month
     never_retrained: dict[str, float]  # task -> metric of the initial model on this month
@@ -114,7 +114,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
                           reference_quality=champion.info.metadata.get("metrics", {}).get("test"))
         alert = decide(cfg, summary, end, alert_log)
         if alert is not None:
-            add_alert_marker(workspace, cfg, month, "; ".join(alert.reasons))
+            add_alert_marker(workspace, cfg, month, "; ".join(alert.all_reasons), alert.kind)
         outcome = None
         # the last month's retrain would serve a month outside the replay
         if month != months[-1] and should_retrain(cfg, alert):
@@ -125,7 +125,8 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
                     raise RuntimeError(f"the service did not take {outcome.tag}: {answer.status_code} {answer.text}")
         row = MonthRow(month, len(df), summary.drift_share, len(summary.drifted_features),
                        ", ".join(summary.drifted_predictions), "" if alert is None else
-                       ("suppressed (cool-down)" if alert.suppressed else "alert"),
+                       ("suppressed (cool-down)" if alert.suppressed else "data alert" if alert.kind == "data"
+                        else "alert"),
                        outcome.status if outcome else "", str(registry.champion(name).tag).split(":")[-1],
                        never_retrained=registry.score(cfg, Path(initial.path), df),
                        served=registry.score(cfg, Path(champion.path), df),

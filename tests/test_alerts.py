@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from components.config import ConfigError
-from monitoring.alerts import decide, read_alerts, reasons_to_alert
+from monitoring.alerts import data_reasons, decide, read_alerts, reasons_to_alert
 from tests.conftest import FLIGHTS, config_with
 
 
@@ -25,6 +25,10 @@ class Report:
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
     estimated: dict[str, float] = field(default_factory=dict)
     estimated_reference: dict[str, float] = field(default_factory=dict)
+    estimate_checks: dict[str, dict] = field(default_factory=dict)
+    data_findings: list[dict] = field(default_factory=list)
+    duplicate_share: float = 0.0
+    duplicate_share_reference: float = 0.0
     model_version: str = "flights-mtl:v1"
 
 
@@ -65,19 +69,62 @@ def test_defaults_watch_every_task_and_every_non_context_feature() -> None:
                                               "19.5000 on the same window"]
 
 
-def test_a_drop_within_the_windows_sampling_noise_does_not_alert_and_a_real_one_does() -> None:
-    """The metric rule reads the window's bootstrap interval: a small window whose ROC-AUC is 4%
-    under the champion's but whose interval reaches back within the tolerance is noise; the same
-    drop on a window large enough to pin it down alerts, naming the interval's end."""
+def test_a_drop_past_the_tolerance_alerts_only_when_the_one_sided_bootstrap_test_rejects_it_being_noise() -> None:
+    """The metric rule is a stated test: H0 "the window's metric is within the task's tolerance of the
+    champion's", one-sided bootstrap p-value (`quality.p_value`: the share of resamples within it),
+    rejected at `monitoring.quality_confidence` (0.95), and the point drop past the tolerance. A drop
+    whose resamples often come back within the tolerance (a small window) does not alert; a point value
+    within the tolerance never does."""
     cfg = config_with(FLIGHTS, alerts=POLICY)
-    noisy = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "ci_low": 0.66, "ci_high": 0.72}})
+    noisy = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "p_value": 0.12}})
     assert reasons_to_alert(cfg, noisy) == []
-    pinned = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "ci_low": 0.685, "ci_high": 0.695}})
-    assert reasons_to_alert(cfg, pinned) == ["arr_delayed roc_auc 0.7200 -> 0.6900 (-4.2%, alert at -3%, 0.6950 at "
-                                             "the interval's favourable end)"]
-    # MAE: lower is better, so the favourable end is the low one
-    mae = Report(quality={"air_time": {"reference": 10.0, "current": 12.0, "ci_low": 10.5, "ci_high": 13.0}})
+    pinned = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.69, "p_value": 0.005}})
+    assert reasons_to_alert(cfg, pinned) == ["arr_delayed roc_auc 0.7200 -> 0.6900 (-4.2%, alert at -3%; one-sided "
+                                             "bootstrap p=0.005 <= 0.05)"]
+    within = Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.71, "p_value": 0.005}})
+    assert reasons_to_alert(cfg, within) == []
+    # MAE: lower is better; the p-value is the share of resamples with an MAE at most the champion's
+    mae = Report(quality={"air_time": {"reference": 10.0, "current": 12.0, "p_value": 0.2}})
     assert reasons_to_alert(cfg, mae) == []
+    point = config_with(FLIGHTS, alerts=POLICY, monitoring={"quality_confidence": 0})  # 0: the point value decides
+    assert reasons_to_alert(point, noisy) == ["arr_delayed roc_auc 0.7200 -> 0.6900 (-4.2%, alert at -3%)"]
+
+
+def test_a_data_alert_names_the_column_and_segment_and_never_retrains(tmp_path: Path) -> None:
+    """Broken input is a data alert: logged with its kind, no retraining even under `action: retrain`, and
+    its own cool-down, so the next model alert still retrains."""
+    cfg = config_with(FLIGHTS, alerts=POLICY)
+    finding = {"feature": "temp", "segment_column": "origin", "segment": "EWR", "check": "shift", "score": 2.6,
+               "threshold": 0.5}
+    broken = Report(data_findings=[finding], drifted_features=["distance"])
+    log = tmp_path / "alerts.jsonl"
+    alert = decide(cfg, broken, pd.Timestamp("2013-08-01"), log)
+    assert alert.kind == "data" and alert.acts and not alert.retrains
+    assert alert.data_reasons == ["data: temp in origin=EWR: shifted against the other segments (2.60 >= 0.50)"]
+    assert alert.reasons == ["watched features drifted: distance"]  # logged beside, as what the break may cause
+    duplicated = Report(window="2013-08", duplicate_share=0.05, duplicate_share_reference=0.001)
+    assert decide(cfg, duplicated, pd.Timestamp("2013-09-01"), log).data_reasons == [
+        "data: duplicated records 5.0% of the window (reference 0.1%, alert at +2%)"]
+    model = decide(cfg, Report(window="2013-09", drift_share=0.9), pd.Timestamp("2013-10-01"), log)
+    assert model.kind == "model" and model.retrains  # the data alerts' cool-down is theirs alone
+    assert [(a.kind, a.suppressed) for a in read_alerts(log)] == [("data", False), ("data", True), ("model", False)]
+    assert data_reasons(cfg, Report(rows_current=999, data_findings=[finding])) == []
+    surge = {**finding, "feature": "tailnum", "segment_column": "", "segment": "", "check": "nulls", "score": 0.49,
+             "threshold": 0.3}
+    assert data_reasons(cfg, Report(data_findings=[surge])) == [
+        "data: tailnum: null share grew by 0.49 in the whole window (>= 0.30)"]
+
+
+def test_an_estimate_whose_check_fails_does_not_count_as_known_quality() -> None:
+    """An estimate in doubt neither alerts on its own drop nor silences the task's prediction drift."""
+    cfg = config_with(FLIGHTS, alerts={"min_rows": 1000})
+    doubt = {"dep_delay": {"holds": False, "doubts": ["60% of the rows have inputs outside the reference's range"]}}
+    drops = Report(estimated={"dep_delay": 25.0}, estimated_reference={"dep_delay": 16.0}, estimate_checks=doubt)
+    assert reasons_to_alert(cfg, drops) == []
+    holds = Report(drifted_predictions=["dep_delay"], estimated={"dep_delay": 16.2},
+                   estimated_reference={"dep_delay": 16.0})
+    assert reasons_to_alert(cfg, holds) == []
+    assert reasons_to_alert(cfg, replace(holds, estimate_checks=doubt)) == ["predictions drifted: dep_delay"]
 
 
 def test_prediction_drift_alerts_only_while_the_tasks_quality_is_not_known_to_hold() -> None:
@@ -150,6 +197,14 @@ def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name:
     ({"calibration_draws": 2}, "monitoring.calibration_draws"),
     ({"quality_confidence": 1.0}, "monitoring.quality_confidence"),
     ({"quality_draws": 1}, "monitoring.quality_draws"),
+    ({"segments": ["temp"]}, "monitoring.segments names no categorical feature"),
+    ({"segments": ["no_such_feature"]}, "monitoring.segments names no categorical feature"),
+    ({"segment_min_rows": 5}, "monitoring.segment_min_rows"),
+    ({"segment_shift": 0}, "monitoring.segment_shift"),
+    ({"segment_null_share": 1.5}, "monitoring.segment_null_share"),
+    ({"duplicate_share": 0}, "monitoring.duplicate_share"),
+    ({"null_share": 2}, "monitoring.null_share"),
+    ({"estimate_max_outside": 0}, "monitoring.estimate_max_outside"),
 ])
 def test_bad_calibration_settings_are_config_errors_naming_the_field(monitoring: dict, field_name: str) -> None:
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):

@@ -24,13 +24,13 @@ from PIL import Image
 
 from components import registry
 from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
-from components.data import label_column, partition_dir, write_partitions
+from components.data import label_column, load_source, partition_dir, with_labels, write_partitions
 from components.evaluate import evaluate
 from components.export import export_onnx
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, score_frame, write_reference
 from components.train import train
-from monitoring.alerts import read_alerts, reasons_to_alert
+from monitoring.alerts import data_reasons, decide, read_alerts, reasons_to_alert
 from monitoring.calibration import CALIBRATION_FILE, Calibration
 from monitoring.drift import monitor, sample, task_quality
 from monitoring.summary import MonitorSummary
@@ -128,6 +128,120 @@ def test_no_drift_window_raises_no_alert(model, held_out, tmp_path: Path) -> Non
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["drifted_features"] == s.drifted_features and Path(s.snapshot_html).stat().st_size > 10_000
     assert MonitorSummary.from_json(s.to_json()) == s
+
+
+@pytest.fixture(scope="module")
+def unseen_jan_apr(model: tuple[ProjectConfig, Path], flights_cfg: ProjectConfig) -> pd.DataFrame:
+    """10,000 rows of Jan–Apr (all of it, not the 10% sample) that the model's reference never saw."""
+    cfg, onnx_dir = model
+    full = with_labels(load_source(flights_cfg.data), flights_cfg)
+    rows = window(full, cfg, "train")
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
+    seen = set(map(tuple, reference[cfg.features.names].astype(str).to_numpy()))
+    keep = [tuple(r) not in seen for r in rows[cfg.features.names].astype(str).to_numpy()]
+    return rows[keep].sample(n=10_000, random_state=0).reset_index(drop=True)
+
+
+def celsius_at(rows: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """An upstream unit bug: `temp` in °C instead of °F for one origin airport's flights only."""
+    at = rows["origin"] == origin
+    return rows.assign(temp=rows["temp"].where(~at, (rows["temp"] - 32) * 5 / 9))
+
+
+def test_segment_checks_name_each_column_broken_inside_one_segment(model, unseen_jan_apr) -> None:
+    """Faults confined to one segment, on 10,000 real Jan–Apr rows, each named with its segment: a
+    context feature (temp, °F -> °C at EWR only), a numeric feature (UA's distance in km), a
+    categorical one (B6's destinations all one airport), a null surge (MQ's tail numbers), and
+    duplicated records. The whole-window drift tests see none of the segment faults by name."""
+    from monitoring.segments import duplicate_share, null_surges, segment_findings
+
+    cfg, onnx_dir = model
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
+    rows = celsius_at(unseen_jan_apr, "EWR")
+    ua, b6, mq = (rows["carrier"] == c for c in ("UA", "B6", "MQ"))
+    rows = rows.assign(distance=rows["distance"].where(~ua, rows["distance"] * 1.6),
+                       dest=rows["dest"].where(~b6, "BOS"), tailnum=rows["tailnum"].where(~mq, None))
+    found = {(f.feature, f.segment_column, f.segment, f.check) for f in segment_findings(cfg, reference, rows)}
+    assert found == {("temp", "origin", "EWR", "shift"), ("distance", "carrier", "UA", "shift"),
+                     ("dest", "carrier", "B6", "shift"), ("tailnum", "carrier", "MQ", "nulls")}, found
+    duplicated = pd.concat([unseen_jan_apr, unseen_jan_apr.sample(n=500, random_state=1)])
+    assert duplicate_share(cfg, duplicated) - duplicate_share(cfg, reference) >= cfg.monitoring.duplicate_share
+    assert duplicate_share(cfg, unseen_jan_apr) < cfg.monitoring.duplicate_share
+    # a null surge everywhere is no segment's: the whole-window check names it
+    hit = np.random.default_rng(0).random(len(unseen_jan_apr)) < 0.5
+    nulled = unseen_jan_apr.assign(tailnum=unseen_jan_apr["tailnum"].where(~hit, None))
+    assert [(f.feature, f.check) for f in null_surges(cfg, reference, nulled)] == [("tailnum", "nulls")]
+    assert not [f for f in segment_findings(cfg, reference, nulled) if f.feature == "tailnum"]
+
+
+def test_segment_checks_stay_quiet_on_clean_rows_and_on_junes_seasonal_weather(model, unseen_jan_apr,
+                                                                                flights_frame) -> None:
+    """June's weather moves every airport's temp past its Jan–Apr range at once: no segment moved
+    against the others, so nothing is named (nor on clean rows of the training months)."""
+    from monitoring.segments import null_surges, segment_findings
+
+    cfg, onnx_dir = model
+    reference = pd.read_parquet(onnx_dir / REFERENCE_FILE)
+    june = window(flights_frame, cfg, "test")
+    assert june["temp"].median() > reference["temp"].quantile(0.9)  # the season did move
+    assert segment_findings(cfg, reference, unseen_jan_apr) == [] == null_surges(cfg, reference, unseen_jan_apr)
+    assert segment_findings(cfg, reference, june) == [] == null_surges(cfg, reference, june)
+
+
+def test_a_weather_unit_bug_at_one_airport_is_a_data_alert_naming_temp_and_it_does_not_retrain(
+        model, unseen_jan_apr, tmp_path: Path) -> None:
+    """The issue's case: 10,000 unseen Jan–Apr rows, `temp` in °C at EWR only, before the labels. On
+    main no reason named temp (weather is a context feature) and the estimate blamed dep_delay; now a
+    data alert names temp and the airport, never retrains (the config's action is `retrain`), and the
+    estimates that read temp say they cannot know. The same rows unbroken raise no data alert."""
+    cfg, onnx_dir = model
+    assert cfg.alerts.action == "retrain"
+    s = run(model, scored(onnx_dir, celsius_at(unseen_jan_apr, "EWR"), cfg, labels=False), tmp_path / "broken",
+            sample_size=10_000)
+    log = tmp_path / "alerts.jsonl"
+    alert = decide(cfg, s, pd.Timestamp("2013-05-01"), log)
+    assert alert is not None and alert.kind == "data" and not alert.retrains, alert
+    assert [r for r in alert.all_reasons if "temp" in r] == [
+        "data: temp in origin=EWR: shifted against the other segments "
+        f"({s.data_findings[0]['score']:.2f} >= {cfg.monitoring.segment_shift:.2f})"]
+    assert [(a.kind, a.data_reasons) for a in read_alerts(log)] == [("data", alert.data_reasons)]
+    for task, check in s.estimate_checks.items():  # every output reads temp: no estimate is worth more than it
+        assert not check["holds"] and check["broken_inputs"] == ["temp"], (task, check)
+    assert not [r for r in alert.reasons if "estimated" in r], alert.reasons
+    clean = run(model, scored(onnx_dir, unseen_jan_apr, cfg, labels=False), tmp_path / "clean", sample_size=10_000)
+    assert data_reasons(cfg, clean) == [] and all(c["holds"] for c in clean.estimate_checks.values())
+
+
+def test_estimates_say_when_they_extrapolate_and_their_error_is_logged_once_labels_arrive(
+        model, held_out, flights_frame, tmp_path: Path) -> None:
+    """June's weather lies outside the Jan–Apr reference: the regression estimates (DLE, which read the
+    weather) say they extrapolate; the probability-based ones (CBPE) stay inside the reference. With
+    labels, each task's realized-vs-estimated error goes to the estimate log, and the next window's
+    checks read it as the last labelled window's error."""
+    cfg, onnx_dir = model
+    log = tmp_path / "estimates.jsonl"
+    june = run(model, scored(onnx_dir, window(flights_frame, cfg, "test"), cfg), tmp_path / "june", window="2013-06",
+               estimate_log=log, reference_quality=champion_test_metrics(cfg))
+    limit = cfg.monitoring.estimate_max_outside
+    for task in ("dep_delay", "air_time"):
+        check = june.estimate_checks[task]
+        assert check["method"] == "DLE" and check["outside_share"] > limit and "temp" in check["outside_inputs"]
+        assert not check["holds"] and "extrapolates" in check["doubts"][0], check
+    assert june.estimate_checks["arr_delayed"]["method"] == "CBPE"
+    assert june.estimate_checks["arr_delayed"]["outside_share"] <= limit
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["task"] for e in logged] == [t.name for t in cfg.tasks] and {e["window"] for e in logged} == {"2013-06"}
+    for e in logged:
+        q = june.quality[e["task"]]
+        assert e["realized"] == pytest.approx(q["current"]) and e["estimated"] == june.estimated[e["task"]]
+        assert e["error"] == pytest.approx(e["estimated_change"] - q["relative_change"])
+    later = run(model, scored(onnx_dir, held_out, cfg, labels=False), tmp_path / "later", estimate_log=log)
+    for task, check in later.estimate_checks.items():  # inside the reference: only the last error can cast doubt
+        assert check["outside_share"] <= limit and check["last_window"] == "2013-06"
+        assert check["last_error"] == pytest.approx(june.estimate_errors[task]["error"])
+        off = abs(check["last_error"]) > cfg.alert_tolerance(task)
+        assert check["holds"] is not off, (task, check)
+    assert len(log.read_text().splitlines()) == len(cfg.tasks)  # no labels: nothing logged
 
 
 def test_covariate_shift_in_one_feature_is_flagged(model, held_out, tmp_path: Path) -> None:
@@ -341,14 +455,20 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from monitoring.dashboard import add_alert_marker, project
+    from monitoring.dashboard import ALERT_LEGENDS, add_alert_marker, project
+    from monitoring.windows import apply_policy
 
     cfg, onnx_dir = model
     ws = tmp_path / "workspace"
-    for name, month in (("validation", "2013-05"), ("test", "2013-06")):  # two monitor runs, labels known
+    # two monitor runs, labels known, the policy applied as `mtlops monitor` does: May's temp is in °C at EWR
+    alerts = {}
+    for name, month, broken in (("validation", "2013-05", True), ("test", "2013-06", False)):
         rows = window(flights_frame, cfg, name)
-        run(model, scored(onnx_dir, rows, cfg), tmp_path / name, window=month, workspace=ws)
-    add_alert_marker(ws, cfg, "2013-06", "test alert")
+        s = run(model, scored(onnx_dir, celsius_at(rows, "EWR") if broken else rows, cfg), tmp_path / name,
+                window=month, workspace=ws)
+        alerts[month] = apply_policy(cfg, s, month, tmp_path / "alerts.jsonl", ws)
+    assert alerts["2013-05"] is not None and alerts["2013-05"].kind == "data", alerts
+    add_alert_marker(ws, cfg, "2013-06", "test alert")  # a model alert beside it
     _, proj = project(ws, cfg.registry.model_name)
 
     port = _free_port()
@@ -375,7 +495,8 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
         # per task: its prediction drift next to the calibrated threshold, its metric estimated and realized
         paired = [*(f"Prediction drift: {t.name} vs its calibrated threshold" for t in cfg.tasks),
                   *(f"Quality: {t.name} ({t.metric}), estimated vs realized" for t in cfg.tasks)]
-        titles = ["Share of drifted features", "Drift score of the top features", *paired]
+        titles = ["Share of drifted features", "Drift score of the top features", *paired,
+                  "Estimate error once the labels arrived", "Data checks: columns broken inside a segment"]
 
         def cards_with_points(d: webdriver.Chrome) -> dict[str, tuple[int, int]]:
             """Panel title -> (distinct windows on the x axis, points drawn), once every panel has them."""
@@ -409,6 +530,13 @@ def test_dashboard_shows_the_panels_with_two_runs_in_chromium(model, flights_fra
             image.save(ARTIFACTS / f"panel-{'-'.join(re.findall(r'[a-z_]+', title.lower())[:4])}.png")
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "Alerts" in body and "2013-05-01" in body and "2013-06-01" in body
+        # the two kinds apart: a bar for May's data alert and one for June's model alert, each in its series
+        card = next(c for c in driver.find_elements(By.CSS_SELECTOR, ".MuiCard-root")
+                    if ALERT_LEGENDS["data"] in (c.get_attribute("innerHTML") or ""))
+        driver.execute_script("arguments[0].scrollIntoView(true);", card)
+        assert "Alerts" in card.text and ALERT_LEGENDS["model"] in card.get_attribute("innerHTML")
+        assert len(card.find_elements(By.CSS_SELECTOR, ".MuiBarElement-root")) >= 2
+        card.screenshot(str(ARTIFACTS / "panel-alerts.png"))
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     finally:
         if driver is not None:
