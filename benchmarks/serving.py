@@ -324,7 +324,8 @@ def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: li
     by = {(c.setup, c.concurrency, c.batch): c for c in cells}
     ort_us = {b: stages["ONNX Runtime"] for b, stages in profile}
     command = "python benchmarks/serving.py" + (" --quick" if args.quick else "") + \
-        (f" --rounds {args.rounds}" if args.rounds != 2 else "") + (f" --soak {args.soak:.0f}" if args.soak else "")
+        (f" --rounds {args.rounds}" if args.rounds != 2 else "") + (f" --soak {args.soak:.0f}" if args.soak else "") + \
+        (" --no-single" if args.no_single else "") + (f" --out {args.out}" if args.out != RESULTS else "")
     lines = [f"# Serving benchmark ({'quick' if args.quick else 'full'})", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
