@@ -39,10 +39,16 @@ FATAL_FILE = "fatal.txt"
 EXIT_STATUS_FATAL = 3
 
 
-def sweep_abandoned(tmp: Path) -> list[Path]:
-    """Remove run folders whose server is gone (their lock is free); returns what was removed."""
+def sweep_abandoned(tmp: Path, min_age_seconds: float = 60.0) -> list[Path]:
+    """Remove run folders whose server is gone (their lock is free); returns what was removed.
+    A folder younger than `min_age_seconds` is left alone: its server may not have locked it yet."""
     removed = []
     for folder in tmp.glob(f"{RUN_PREFIX}*"):
+        try:
+            if time.time() - folder.stat().st_mtime < min_age_seconds:
+                continue
+        except FileNotFoundError:
+            continue
         try:
             with (folder / LOCK_FILE).open("a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

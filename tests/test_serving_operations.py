@@ -25,6 +25,7 @@ from components import registry
 from components.config import config_to_yaml
 from components.inference import ONNX_FILE
 from serving.launch import ServerProcess
+from serving.server import LOCK_FILE, RUN_PREFIX, RunFolder, sweep_abandoned
 from tests.test_serving import Champion, _records, train_champion
 
 WORKERS = 2
@@ -299,3 +300,20 @@ def test_sigterm_under_load_fails_no_request_behind_a_probe_driven_load_balancer
     for t in threads:
         t.join(timeout=60)
     assert failed == [] and answered[0] > 0
+
+
+def test_a_run_folder_is_swept_only_once_its_server_is_gone(tmp_path: Path) -> None:
+    """Leftovers of a killed server are removed at the next start; a live server's folder, and one just
+    made by a server that has not locked it yet, are not."""
+    live = RunFolder(tmp_path)
+    abandoned, fresh = tmp_path / f"{RUN_PREFIX}killed", tmp_path / f"{RUN_PREFIX}starting"
+    abandoned.mkdir()
+    (abandoned / LOCK_FILE).touch()
+    fresh.mkdir()
+    old = time.time() - 3600
+    for folder in (live.path, abandoned):
+        os.utime(folder, (old, old))
+    assert sweep_abandoned(tmp_path) == [abandoned]
+    assert live.path.exists() and fresh.exists() and not abandoned.exists()
+    live.remove()
+    assert not live.path.exists()
