@@ -453,7 +453,8 @@ GPU_IMAGE = "mtlops-local/mtlops-cuda:dev"
 def test_gpu_image_has_cuda_torch_and_ort_cuda_provider_and_trains_on_cpu(docker_run: DockerRun) -> None:
     """The CUDA component image (`make local-gpu-image`, several GB: never built by the tests, so this
     skips, saying so, where it is absent): torch is a CUDA build, ONNX Runtime lists the CUDA provider,
-    and the training step runs a few batches on CPU (no GPU here) on the docker run's own split."""
+    and the training step (this checkout's code) runs a few batches on CPU (no GPU here) on the docker
+    run's own split."""
     if sh("docker", "image", "inspect", GPU_IMAGE, check=False).returncode != 0:
         pytest.skip(f"{GPU_IMAGE} is not built here (make local-gpu-image downloads several GB; not done by tests)")
     probe = ("import json, torch, onnxruntime as ort; print(json.dumps({'torch': torch.__version__, "
@@ -469,7 +470,10 @@ def test_gpu_image_has_cuda_torch_and_ort_cuda_provider_and_trains_on_cpu(docker
              "'/tmp/model'); print(json.dumps({k: s[k] for k in ('epochs_run', 'samples_per_s')}))")
     config = docker_run.root / "gpu-image-cpu.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = sh("docker", "run", "--rm", "--network", "none", "-v", f"{split}:/split:ro",
+    # this checkout's training code on the image's CUDA builds: an image built from an older commit
+    # (it is never rebuilt by the tests) would not know today's config fields
+    code = f"{ROOT / 'components'}:/opt/venv/lib/python3.11/site-packages/components:ro"
+    out = sh("docker", "run", "--rm", "--network", "none", "-v", f"{split}:/split:ro", "-v", code,
              "-v", f"{config}:/config.yaml:ro", GPU_IMAGE, "python", "-c", train, timeout=900).stdout
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs_run"] == 1 and summary["samples_per_s"] > 0
