@@ -35,7 +35,11 @@ log = logging.getLogger("bentoml.mtlops")  # a child of the logger BentoML confi
 
 RUN_PREFIX = "mtlops-serve-"
 LOCK_FILE = "server.lock"
+# what the workers write into the control folder and this process reads (serving/worker.py)
 FATAL_FILE = "fatal.txt"
+HEARTBEAT_FOLDER = "heartbeat"
+STALLED_FILE = "stalled"
+EXITS_FOLDER = "exits"
 EXIT_STATUS_FATAL = 3
 
 
@@ -90,9 +94,9 @@ class Watchdog(threading.Thread):
     def __init__(self, control: Path, stall_seconds: float, restart_after_seconds: float,
                  interval: float = 0.25) -> None:
         super().__init__(name="watchdog", daemon=True)
-        self.heartbeats = control / "heartbeat"
-        self.stalled_file = control / "stalled"
-        self.exits_folder = control / "exits"
+        self.heartbeats = control / HEARTBEAT_FOLDER
+        self.stalled_file = control / STALLED_FILE
+        self.exits_folder = control / EXITS_FOLDER
         self.stall_seconds = stall_seconds
         self.restart_after_seconds = restart_after_seconds
         self.interval = interval

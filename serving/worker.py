@@ -37,6 +37,7 @@ import numpy as np
 from components.features import RecordEncoder
 from components.inference import ONNX_FILE, onnx_session
 from serving.runtime import ModelLoadError, ServedModel, load_version, warm_up_records
+from serving.server import EXITS_FOLDER, FATAL_FILE, HEARTBEAT_FOLDER, STALLED_FILE
 
 CONTROL_FILE = "serving.json"
 log = logging.getLogger("bentoml.mtlops")  # a child of the logger BentoML configures, in the server and its workers
@@ -180,7 +181,7 @@ class VersionControl:
 
     def beat(self) -> None:
         """The watchdog's sign of life: called from the event loop, so a stalled loop stops it."""
-        path = self.folder / "heartbeat" / str(os.getpid())
+        path = self.folder / HEARTBEAT_FOLDER / str(os.getpid())
         try:
             os.utime(path)
         except FileNotFoundError:
@@ -189,20 +190,20 @@ class VersionControl:
 
     def any_stalled(self) -> bool:
         try:
-            return bool((self.folder / "stalled").read_text().strip())
+            return bool((self.folder / STALLED_FILE).read_text().strip())
         except FileNotFoundError:
             return False
 
     def exiting(self, reason: str) -> None:
         """Why this worker exits, for the watchdog's log line and exit counter."""
-        (self.folder / "exits").mkdir(exist_ok=True)
-        (self.folder / "exits" / str(os.getpid())).write_text(reason)
+        (self.folder / EXITS_FOLDER).mkdir(exist_ok=True)
+        (self.folder / EXITS_FOLDER / str(os.getpid())).write_text(reason)
 
     def give_up(self, reason: str) -> None:
         """This worker cannot serve the champion: say why and stop the whole server (it exits
         non-zero with the reason) rather than be respawned behind a socket that never answers."""
         log.critical("cannot serve: %s", reason)
-        (self.folder / "fatal.txt").write_text(reason)
+        (self.folder / FATAL_FILE).write_text(reason)
         self.exiting(f"gave up: {reason}")
         os.kill(os.getppid(), signal.SIGTERM)
         sys.exit(3)
