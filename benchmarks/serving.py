@@ -48,7 +48,6 @@ import orjson
 import pandas as pd
 import psutil
 import torch
-from pydantic import create_model
 from rich.console import Console
 
 from components import registry
@@ -62,12 +61,14 @@ from components.train import train
 from pipelines.cli import usable_cpus
 from serving.client import to_records
 from serving.launch import ServerProcess, free_port
-from serving.runtime import ServedModel, record_model
+from serving.runtime import ServedModel, record_model, request_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
 BATCHES = (1, 64, 256)
+PROFILED_BATCHES = (1, 256)
+REFERENCE_STAGE = "for reference: JSON parse alone (orjson)"
 BALANCED_SHARE = 0.75  # a run where one worker did more of the work than this is not counted (accept imbalance)
 console = Console(width=140)
 WRK_SCRIPT = """
@@ -298,34 +299,99 @@ def request_profile(onnx_dir: Path, bodies: dict[int, Path], repeats: int) -> li
     served = ServedModel("bench", onnx_dir, spec)
     session = onnx_session(onnx_dir / ONNX_FILE, threads=1)
     encoder = spec.record_encoder()
-    request_model = create_model("Input", records=(list[record_model(spec)], ...))  # type: ignore[valid-type]
+    schema = request_model(record_model(spec), spec, max(BATCHES))
     out = []
     for batch in BATCHES:
         raw = bodies[batch].read_bytes()
-        parsed = request_model.model_validate_json(raw)
-        rows = [vars(r) for r in parsed.records]
-        numeric, categorical, _ = encoder.encode(rows)
-        feeds = {"numeric": numeric, "categorical": categorical}
+        rows = [vars(r) for r in schema.model_validate_json(raw).records]  # type: ignore[attr-defined]
+        encoded = encoder.encode_records(rows)
+        feeds = {"numeric": encoded.numeric, "categorical": encoded.categorical}
         outs = session.run(None, feeds)
         stacked = np.concatenate([o.reshape(batch, -1) for o in outs], axis=1)
         answer = {"predictions": served.outputs(stacked, None)}
         out.append((batch, {
-            "parse + validate (pydantic)": timed_us(lambda r=raw: request_model.model_validate_json(r), repeats),
-            "encode (RecordEncoder)": timed_us(lambda r=rows: encoder.encode(r), repeats),
+            "parse + validate (pydantic)": timed_us(lambda r=raw: schema.model_validate_json(r), repeats),
+            "encode (RecordEncoder)": timed_us(lambda r=rows: encoder.encode_records(r), repeats),
             "ONNX Runtime": timed_us(lambda f=feeds: session.run(None, f), repeats),
             "format outputs": timed_us(lambda s=stacked: served.outputs(s, None), repeats),
             "JSON encode (orjson)": timed_us(lambda a=answer: orjson.dumps(a), repeats),
+            REFERENCE_STAGE: timed_us(lambda r=raw: orjson.loads(r), repeats),
         }))
     return out
 
 
+# Where a live worker's CPU goes: py-spy samples of the frames holding the GIL, each attributed to the
+# innermost frame from a known owner (generic frames — NumPy, asyncio, threading — are skipped over).
+LAYERS = (
+    ("/onnxruntime/", "ONNX Runtime"),
+    ("/pydantic", "request validation (pydantic)"),
+    ("/serving/prediction_log", "prediction log (writer thread)"),
+    ("/pandas/", "prediction log (writer thread)"),
+    ("/pyarrow/", "prediction log (writer thread)"),
+    ("/prometheus_client/", "Prometheus metrics (BentoML's and ours)"),
+    ("/components/features", "encode (RecordEncoder)"),
+    ("/components/tasks", "format outputs"),
+    ("/serving/runtime", "format outputs"),
+    ("/serving/", "ours: endpoint, guards, micro-batcher"),
+    ("floor_server", "floor: its endpoint"),
+    ("/opentelemetry/", "BentoML: OpenTelemetry middleware"),
+    ("/bentoml/", "BentoML + Starlette: middleware, routing"),
+    ("/_bentoml_impl/", "BentoML + Starlette: middleware, routing"),
+    ("/starlette/", "BentoML + Starlette: middleware, routing"),
+    ("/uvicorn/", "uvicorn: HTTP parsing, socket writes"),
+    ("/httptools/", "uvicorn: HTTP parsing, socket writes"),
+    ("/orjson", "JSON (orjson)"),
+)
+
+
+def layer_of(stack: str) -> str:
+    for frame in reversed(stack.split(";")):
+        for marker, layer in LAYERS:
+            if marker in frame:
+                return layer
+    return "other (event loop, threads, interpreter)"
+
+
+def live_profile(url: str, root_pid: int, body: Path, script: Path, seconds: float, work: Path) -> dict[str, float]:
+    """µs of GIL-holding CPU per request by layer, in the worker that wrk (c=1, one connection: one
+    worker) keeps busy, sampled by py-spy; {} where py-spy is missing or not allowed to attach."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return {}
+    load = subprocess.Popen(["wrk", "-t1", "-c1", f"-d{seconds + 4:.0f}s", "--timeout", "10s", "-s", str(script),
+                             url + "/predict"], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "BODY_FILE": str(body)})
+    time.sleep(1.5)
+    workers = [c.pid for c in psutil.Process(root_pid).children(recursive=True)] or [root_pid]
+    before = cpu_seconds(workers)
+    time.sleep(0.5)
+    busy = max(zip(cpu_seconds(workers), before, workers, strict=True), key=lambda t: t[0] - t[1])[2]
+    raw = work / f"spy-{busy}.txt"
+    rate = 250
+    spied = subprocess.run([spy, "record", "-p", str(busy), "-d", f"{seconds:.0f}", "-r", str(rate), "-f", "raw",
+                            "-o", str(raw), "--gil", "--nonblocking"], capture_output=True, text=True)
+    text = load.communicate(timeout=seconds + 60)[0]
+    if spied.returncode != 0 or not raw.exists():
+        console.print(f"py-spy could not sample: {spied.stderr.strip()[-300:]}")
+        return {}
+    done = json.loads(next(line[4:] for line in text.splitlines() if line.startswith("WRK ")))
+    requests = done["requests"] / (done["duration_us"] / 1e6) * seconds
+    samples: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        samples[layer_of(stack)] = samples.get(layer_of(stack), 0) + int(count)
+    return {layer: n / rate / requests * 1e6 for layer, n in sorted(samples.items(), key=lambda kv: -kv[1])}
+
+
 def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: list[tuple[int, dict[str, float]]],
-             soaked: list[tuple[float, float]], args: argparse.Namespace) -> str:
+             live: dict[tuple[str, int], dict[str, float]], soaked: list[tuple[float, float]],
+             args: argparse.Namespace) -> str:
     by = {(c.setup, c.concurrency, c.batch): c for c in cells}
     ort_us = {b: stages["ONNX Runtime"] for b, stages in profile}
     command = "python benchmarks/serving.py" + (" --quick" if args.quick else "") + \
         (f" --rounds {args.rounds}" if args.rounds != 2 else "") + (f" --soak {args.soak:.0f}" if args.soak else "") + \
-        (" --no-single" if args.no_single else "") + (f" --out {args.out}" if args.out != RESULTS else "")
+        (" --no-single" if args.no_single else "") + (" --no-profile" if args.no_profile else "") + \
+        (f" --out {args.out}" if args.out != RESULTS else "")
     lines = [f"# Serving benchmark ({'quick' if args.quick else 'full'})", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
@@ -386,8 +452,23 @@ def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: li
               "| stage | " + " | ".join(f"batch {b}" for b, _ in profile) + " |",
               "|---|" + "---|" * len(profile)]
     for stage in profile[0][1]:
-        lines.append(f"| {stage} | " + " | ".join(f"{stages[stage]:,.0f}" for _, stages in profile) + " |")
-    lines.append("| **total** | " + " | ".join(f"**{sum(st.values()):,.0f}**" for _, st in profile) + " |")
+        if stage != REFERENCE_STAGE:
+            lines.append(f"| {stage} | " + " | ".join(f"{stages[stage]:,.0f}" for _, stages in profile) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{sum(v for k, v in st.items() if k != REFERENCE_STAGE):,.0f}**"
+                                             for _, st in profile) + " |")
+    lines.append(f"| _{REFERENCE_STAGE}_ | " + " | ".join(f"_{st[REFERENCE_STAGE]:,.0f}_" for _, st in profile) + " |")
+    if any(live.values()):
+        columns = sorted(live, key=lambda key: (key[1], key[0]))
+        layers = list(dict.fromkeys(layer for key in columns for layer in live[key]))
+        lines += ["", "## Where a live worker's CPU goes (py-spy, wrk c=1, µs of GIL-holding CPU per request)", "",
+                  "One connection keeps one worker busy; py-spy samples that worker's frames while they hold the GIL "
+                  "and each sample goes to the innermost frame of a known owner. The socket writes run inside "
+                  "uvicorn's frames with the GIL held (uvloop writes at once), so they count there.", "",
+                  "| layer | " + " | ".join(f"{server} batch {batch}" for server, batch in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for layer in layers:
+            lines.append(f"| {layer} | " + " | ".join(f"{live[key].get(layer, 0.0):,.0f}" for key in columns) + " |")
+        lines.append("| **total** | " + " | ".join(f"**{sum(live[key].values()):,.0f}**" for key in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -397,6 +478,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per cell and server")
     parser.add_argument("--soak", type=float, default=0.0, help="then load mtlops this many seconds, sampling memory")
     parser.add_argument("--no-single", action="store_true", help="skip the K single-task services")
+    parser.add_argument("--no-profile", action="store_true", help="skip py-spy's view of a live worker")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -431,6 +513,9 @@ def main() -> None:
         for t in targets:
             t.rss.append(sum(tree_rss_mib(p) for p in t.root_pids))
         cells = measure(targets, bodies, args.seconds, args.rounds, script)
+        live = {} if args.no_profile else {
+            (t.label, batch): live_profile(t.urls[0], t.root_pids[0], bodies[batch], script, 2 * args.seconds, work)
+            for batch in PROFILED_BATCHES for t in targets}
         if args.soak:
             console.print(f"soak: {args.soak:.0f} s of load on mtlops ...")
             soaked = soak(mtlops, bodies[64], args.soak, script)
@@ -450,7 +535,7 @@ def main() -> None:
             for s in singles:
                 s.stop()
 
-    text = markdown(cells, len(tasks), rss, profile, soaked, args)
+    text = markdown(cells, len(tasks), rss, profile, live, soaked, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     console.print(text)

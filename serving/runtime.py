@@ -202,3 +202,11 @@ def record_model(spec: FeatureSpec, max_category_chars: int = ServingSettings.ma
 
 def task_name_type(spec: FeatureSpec) -> Any:
     return Literal[tuple(t.name for t in spec.targets)]  # type: ignore[valid-type]
+
+
+def request_model(record: type[BaseModel], spec: FeatureSpec, max_rows: int) -> type[BaseModel]:
+    """The /predict body: 1 to `max_rows` records, and optionally the tasks to answer."""
+    return create_model(
+        "Input", __config__=ConfigDict(extra="forbid"),
+        records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type]
+        tasks=(Annotated[list[task_name_type(spec)] | None, Field(min_length=1)], None))  # type: ignore[valid-type]

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 import orjson
-from pydantic import ConfigDict, Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,7 +35,14 @@ from serving.guards import (
     error_body,
 )
 from serving.prediction_log import PredictionLogWriter, ServedBatch
-from serving.runtime import ModelLoadError, ServingSettings, load_champion, record_model, task_name_type
+from serving.runtime import (
+    ModelLoadError,
+    ServingSettings,
+    load_champion,
+    record_model,
+    request_model,
+    task_name_type,
+)
 from serving.worker import (
     HEARTBEAT_SECONDS,
     POLL_SECONDS,
@@ -206,8 +213,7 @@ class MultiTaskModelService:
 
     async def answer(self, records: list[Any], tasks: list[str] | None) -> dict[str, Any] | JSONResponse:
         model = self.model
-        rows = [vars(r) for r in records]
-        encoded = model.encoder.encode_records(rows)
+        encoded = model.encoder.encode_records([vars(r) for r in records])
         numeric, categorical, oov = encoded.numeric, encoded.categorical, encoded.oov
         if not np.isfinite(numeric).all():  # in range, yet beyond float32 once standardised
             i, j = map(int, np.argwhere(~np.isfinite(numeric))[0])
@@ -221,7 +227,7 @@ class MultiTaskModelService:
             raise
         self.healthy = True
         names = list(dict.fromkeys(tasks)) if tasks else [t.name for t in model.served.spec.targets]
-        self.metrics.answered(model.tag, names, len(rows), dict(zip(model.encoder.categorical_names, oov.tolist(),
+        self.metrics.answered(model.tag, names, len(records), dict(zip(model.encoder.categorical_names, oov.tolist(),
                                                                     strict=True)))
         request_id = uuid.uuid4().hex
         if self.log:
@@ -285,10 +291,7 @@ class MultiTaskModelService:
 
 
 FEATURES = len(STARTUP_MODEL.spec.feature_names)
-PredictRequest = create_model(
-    "Input", __config__=ConfigDict(extra="forbid"),
-    records=(Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_rows)], ...),  # type: ignore[valid-type]
-    tasks=(Annotated[list[TaskName] | None, Field(min_length=1)], None))  # type: ignore[valid-type]
+PredictRequest = request_model(Record, STARTUP_MODEL.spec, SETTINGS.max_rows)
 
 
 class PredictEndpoint:
@@ -305,27 +308,27 @@ class PredictEndpoint:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        raw = await request.body()
+        response = await self.respond(await Request(scope, receive).body())
+        if bentoml.get_current_service().draining:
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+    @staticmethod
+    async def respond(raw: bytes) -> Response:
         try:
             body = PredictRequest.model_validate_json(raw)
         except ValidationError as exc:
-            response: Response = JSONResponse({
+            return JSONResponse({
                 "error": f"{exc.error_count()} validation error for {exc.title}",
                 "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
                 status_code=400)
-        else:
-            keys = len(body.records) * FEATURES + len(body.model_fields_set)
-            if loc := duplicate_key(raw, keys, len(body.records)):  # JSON parsers keep the last silently
-                response = JSONResponse(error_body(f"duplicate key {loc[-1]!r} in the request body", loc),
-                                        status_code=400)
-            else:
-                result = await bentoml.get_current_service().answer(body.records, body.tasks)
-                response = result if isinstance(result, Response) else \
-                    Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-            if bentoml.get_current_service().draining:
-                response.headers["connection"] = "close"
-        await response(scope, receive, send)
+        keys = len(body.records) * FEATURES + len(body.model_fields_set)  # type: ignore[attr-defined]
+        if loc := duplicate_key(raw, keys, len(body.records)):  # type: ignore[attr-defined]
+            # JSON parsers keep the last value of a repeated key silently
+            return JSONResponse(error_body(f"duplicate key {loc[-1]!r} in the request body", loc), status_code=400)
+        result = await bentoml.get_current_service().answer(body.records, body.tasks)  # type: ignore[attr-defined]
+        return result if isinstance(result, Response) else \
+            Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 MultiTaskModelService.add_asgi_middleware(RestoreRoutePath)  # first added: outermost of ours
