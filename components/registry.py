@@ -24,6 +24,7 @@ from components.metrics import relative_change, task_metrics
 
 STAGE = "stage"
 CHAMPION, CHALLENGER, REJECTED, RETIRED = "champion", "challenger", "rejected", "retired"
+SHADOW = "shadow"  # scored on live traffic beside the champion, answers no one
 
 
 @dataclass
@@ -161,3 +162,31 @@ def rollback(name: str) -> str:
         _relabel(current, RETIRED, rolled_back_to=str(target.tag))
     _relabel(target, CHAMPION)
     return str(target.tag)
+
+
+def shadow(name: str) -> bentoml.Model | None:
+    """The version `mtlops serve` scores beside the champion (its outputs only logged), if any."""
+    found = [m for m in versions(name) if m.info.labels.get(STAGE) == SHADOW]
+    return found[-1] if found else None
+
+
+def start_shadow(name: str, tag: str) -> str | None:
+    """Make `tag` the shadow (one at a time: a previous shadow goes back to challenger); returns
+    the previous shadow's tag. The champion cannot be its own shadow."""
+    model = bentoml.models.get(tag)
+    if model.tag.name != name:
+        raise ValueError(f"{tag} is not a version of {name!r}")
+    if model.info.labels.get(STAGE) == CHAMPION:
+        raise ValueError(f"{tag} is the champion: a shadow is scored beside it, not as it")
+    previous = stop_shadow(name)
+    _relabel(model, SHADOW)
+    return previous
+
+
+def stop_shadow(name: str) -> str | None:
+    """No shadow any more (the version goes back to challenger); returns its tag, if there was one."""
+    current = shadow(name)
+    if current is None:
+        return None
+    _relabel(current, CHALLENGER, shadow_stopped=True)
+    return str(current.tag)

@@ -47,6 +47,7 @@ class ServingSettings:
     max_category_chars: int = 256  # a categorical value longer than this is refused (400), not logged
     access_log: bool = False  # a line per request costs ~10% of throughput; the prediction log has every record
     trace_predictions: bool = False  # OpenTelemetry spans for /predict cost ~25% of throughput
+    shadow_share: float = 1.0  # share of answered requests the registry's shadow version also scores; 0: none
 
     @property
     def drain_seconds(self) -> float:
@@ -82,6 +83,7 @@ class ServingSettings:
             max_category_chars=int(env.get("MTLOPS_MAX_CATEGORY_CHARS", cls.max_category_chars)),
             access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
             trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
+            shadow_share=float(env.get("MTLOPS_SHADOW_SHARE", cls.shadow_share)),
         )
 
 
@@ -139,6 +141,14 @@ def load_champion(model_name: str) -> ServedModel:
         raise ModelLoadError(f"no champion for model {model_name!r} in the model store "
                              f"({os.environ.get('BENTOML_HOME', '~/bentoml')}): run `mtlops run` first")
     return load_version(str(model.tag))
+
+
+def shadow_tag(model_name: str) -> str | None:
+    """The registry's shadow version of the model, if any."""
+    from components import registry
+
+    model = registry.shadow(model_name)
+    return str(model.tag) if model is not None else None
 
 
 def load_version(tag: str) -> ServedModel:

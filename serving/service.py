@@ -41,8 +41,10 @@ from serving.runtime import (
     load_champion,
     record_model,
     request_model,
+    shadow_tag,
     task_name_type,
 )
+from serving.shadow import ShadowScorer
 from serving.worker import (
     HEARTBEAT_SECONDS,
     POLL_SECONDS,
@@ -62,6 +64,7 @@ except ModelLoadError as exc:
     CONTROL.give_up(str(exc))
 Record = record_model(STARTUP_MODEL.spec, SETTINGS.max_category_chars)
 TaskName = task_name_type(STARTUP_MODEL.spec)
+STARTUP_SHADOW = shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 else None
 bound_route_labels()
 
 
@@ -79,6 +82,15 @@ class ServiceMetrics:
             "mtlops_model_info", "1 for the model version being served, 0 for versions served before",
             ["model_version"], multiprocess_mode="livemax")
         self.reloads = bentoml.metrics.Counter("mtlops_reloads", "Reload attempts by outcome", ["outcome"])
+        self.shadow_records = bentoml.metrics.Counter(
+            "mtlops_shadow_records", "Records handed to the shadow version, by outcome (scored, failed, dropped)",
+            ["outcome"])
+        self.shadow_load_failures = bentoml.metrics.Counter(
+            "mtlops_shadow_load_failures", "Shadow versions that could not be loaded (the champion serves on alone)")
+        self.shadow_info = bentoml.metrics.Gauge(
+            "mtlops_shadow_info", "1 for the shadow version being scored, 0 for versions scored before",
+            ["model_version"], multiprocess_mode="livemax")
+        self.current_shadow: str | None = None
         self.current: str | None = None
         self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once (not per request)
 
@@ -95,6 +107,16 @@ class ServiceMetrics:
             self._children[key] = metric.labels(**{label: value, "model_version": tag})
         return self._children[key]
 
+    def shadow(self, outcome: str, records: int) -> None:
+        self.shadow_records.labels(outcome=outcome).inc(records)
+
+    def shadowing(self, tag: str | None) -> None:
+        if self.current_shadow and self.current_shadow != tag:
+            self.shadow_info.labels(model_version=self.current_shadow).set(0)
+        if tag:
+            self.shadow_info.labels(model_version=tag).set(1)
+        self.current_shadow = tag
+
     def serving(self, tag: str) -> None:
         if self.current and self.current != tag:
             self.model_info.labels(model_version=self.current).set(0)
@@ -103,7 +125,8 @@ class ServiceMetrics:
 
 
 async def model_info(request: Request) -> JSONResponse:
-    m = bentoml.get_current_service().model.served
+    svc = bentoml.get_current_service()
+    m = svc.model.served
     return JSONResponse({
         "model_version": m.tag,
         "tasks": [{"name": t.name, "type": t.type, **kind_of(t).settings(t)} for t in m.spec.targets],
@@ -113,6 +136,7 @@ async def model_info(request: Request) -> JSONResponse:
                                      for c in m.spec.categorical]},
         "metrics": m.metadata.get("metrics", {}),
         "lineage": m.metadata.get("lineage", {}),
+        "shadow": ({"model_version": svc.shadow.tag, "share": SETTINGS.shadow_share} if svc.shadow else None),
     })
 
 
@@ -153,6 +177,8 @@ class MultiTaskModelService:
         self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds) \
             if SETTINGS.prediction_log else None
         self.control.report(self.generation, self.model.tag)
+        self.shadow: ShadowScorer | None = None
+        self._set_shadow(self.control.published_shadow() if self.control.target() else STARTUP_SHADOW)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_control, name="version-control", daemon=True).start()
         self.draining = False
@@ -229,9 +255,11 @@ class MultiTaskModelService:
         names = list(dict.fromkeys(tasks)) if tasks else [t.name for t in model.served.spec.targets]
         self.metrics.answered(model.tag, names, len(records), dict(zip(model.encoder.categorical_names, oov.tolist(),
                                                                     strict=True)))
-        request_id = uuid.uuid4().hex
+        request_id, now = uuid.uuid4().hex, datetime.now(UTC)
         if self.log:
-            self.log.append(ServedBatch(request_id, datetime.now(UTC), model.served, encoded, stacked))
+            self.log.append(ServedBatch(request_id, now, model.served, encoded, stacked))
+        if shadow := self.shadow:
+            shadow.offer(request_id, now, encoded)
         return {"model_version": model.tag, "request_id": request_id,
                 "predictions": model.served.outputs(stacked, names if tasks else None)}
 
@@ -241,20 +269,55 @@ class MultiTaskModelService:
         with self.control.lock():
             new = load_champion(SETTINGS.model_name)
             generation, tag = self.control.target() or (self.generation, self.model.tag)
+            shadow, shadowed = self._shadow_wanted(), self.shadow.tag if self.shadow else None
             if new.tag == tag:
-                return {"status": "unchanged", "model_version": tag, "workers": self._workers_on(generation)}
+                if shadow == shadowed:
+                    return {"status": "unchanged", "model_version": tag, "workers": self._workers_on(generation),
+                            "shadow": shadow}
+                self.control.publish(generation + 1, tag, shadow)  # the same champion, another shadow
+                self._adopt(generation + 1, self.model)
+                self._set_shadow(shadow)
+                return {"status": "reloaded", "model_version": tag, "workers": self._workers_on(generation + 1),
+                        "shadow": self.shadow.tag if self.shadow else None}
             if new.signature != STARTUP_MODEL.signature:
                 raise ModelLoadError(f"{new.tag} has other features or tasks than {STARTUP_MODEL.tag}; "
                                      "the request schema is fixed at start-up: restart the service to serve it")
             self._adopt(generation + 1, LoadedModel(new, SETTINGS.ort_threads))
-            self.control.publish(generation + 1, new.tag)
+            self._set_shadow(shadow)
+            self.control.publish(generation + 1, new.tag, shadow)
             reports = self.control.wait_for(generation + 1, SETTINGS.workers)
             refused = [w for w in reports if (w["failed"] or -1) >= generation + 1]
             if refused:  # every worker goes back to the old version
-                self.control.publish(generation + 2, tag)
+                self.control.publish(generation + 2, tag, shadowed)
+                self._set_shadow(shadowed)
                 self._adopt(generation + 2, open_version(tag, SETTINGS.ort_threads))
                 raise ModelLoadError(f"{new.tag}: worker {refused[0]['pid']} refused it ({refused[0]['error']})")
-            return {"status": "reloaded", "model_version": new.tag, "workers": self._workers_on(generation + 1)}
+            return {"status": "reloaded", "model_version": new.tag, "workers": self._workers_on(generation + 1),
+                    "shadow": self.shadow.tag if self.shadow else None}
+
+    @staticmethod
+    def _shadow_wanted() -> str | None:
+        return shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 else None
+
+    def _set_shadow(self, tag: str | None) -> None:
+        """Score `tag` beside the champion from now on (None: no shadow). A shadow that cannot be
+        loaded, or does not take the champion's features and tasks, is counted and logged, never served."""
+        if tag == (self.shadow.tag if self.shadow else None):
+            return
+        old, self.shadow = self.shadow, None
+        if old:
+            old.close()
+        if tag is not None:
+            try:
+                model = open_version(tag, SETTINGS.ort_threads)
+                if model.served.signature != STARTUP_MODEL.signature:
+                    raise ModelLoadError(f"{tag} has other features or tasks than the champion")
+            except ModelLoadError as exc:
+                log.error("shadow %s is not scored: %s", tag, exc)
+                self.metrics.shadow_load_failures.inc()
+            else:
+                self.shadow = ShadowScorer(model, SETTINGS.prediction_log, SETTINGS.shadow_share, self.metrics)
+        self.metrics.shadowing(self.shadow.tag if self.shadow else None)
 
     def _workers_on(self, generation: int) -> int:
         return sum(w["generation"] == generation for w in self.control.workers())
@@ -279,6 +342,7 @@ class MultiTaskModelService:
                 self.control.report(self.generation, self.model.tag, failed=generation, error=str(exc))
                 continue
             self._adopt(generation, model)
+            self._set_shadow(self.control.published_shadow())
 
     async def __is_ready__(self) -> bool:
         return self.healthy and not self.draining and not self.control.any_stalled()
@@ -286,6 +350,8 @@ class MultiTaskModelService:
     @bentoml.on_shutdown
     def flush_prediction_log(self) -> None:
         self._stop.set()
+        if self.shadow:
+            self.shadow.close()
         if self.log:
             self.log.close()
 

@@ -221,8 +221,15 @@ class VersionControl:
             return None
         return int(raw["generation"]), str(raw["tag"])
 
-    def publish(self, generation: int, tag: str) -> None:
-        _write_json(self.control, {"generation": generation, "tag": tag})
+    def published_shadow(self) -> str | None:
+        """The shadow version published with the current generation (serving/shadow.py), if any."""
+        try:
+            return json.loads(self.control.read_text()).get("shadow")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def publish(self, generation: int, tag: str, shadow: str | None = None) -> None:
+        _write_json(self.control, {"generation": generation, "tag": tag, "shadow": shadow})
 
     def report(self, generation: int, tag: str, failed: int | None = None, error: str | None = None) -> None:
         """What this worker serves, and the last generation it refused (and why)."""

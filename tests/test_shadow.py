@@ -1,0 +1,127 @@
+"""Shadow scoring on the live server: the registry's shadow version scores the same requests as the
+champion, its outputs only logged; the answers are those of champion-only serving, byte for byte;
+a shadow that cannot be loaded costs no request and is counted."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components import registry
+from components.config import config_to_yaml
+from components.predictions import read_prediction_log
+from serving.launch import ServerProcess
+from serving.shadow import SHADOW_LOG_FOLDER
+from tests.test_serving import TOKEN, Champion, _records, _register_copy, train_champion
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    return train_champion(tmp_path_factory.mktemp("shadow"), "shadow-test")
+
+
+def _start(champion: Champion, root: Path, share: float) -> ServerProcess:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(config_to_yaml(champion.cfg))
+    process = ServerProcess(root / "config.yaml", root / "server.out", prediction_log=root / "predictions",
+                            workers=2, env={"MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_LOG_FLUSH_SECONDS": "0.2",
+                                            "MTLOPS_ORT_THREADS": "1", "MTLOPS_SHADOW_SHARE": str(share)})
+    process.wait_ready()
+    return process
+
+
+@pytest.fixture(scope="module")
+def shadowed(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A server scoring a registered copy of the champion as its shadow."""
+    shadow = _register_copy(champion, tmp_path_factory.mktemp("copies"))
+    registry.start_shadow(champion.cfg.registry.model_name, shadow)
+    process = _start(champion, tmp_path_factory.mktemp("shadowed"), share=1.0)
+    yield process, shadow
+    process.stop()
+
+
+def _metric(url: str, name: str) -> float:
+    """A metric's value summed over its label sets (0 when it has none yet)."""
+    lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith((name + "{", name + " ")))
+
+
+def _predict(url: str, body: dict) -> httpx.Response:
+    return httpx.post(url + "/predict", content=json.dumps(body), headers={"content-type": "application/json"},
+                      timeout=60)
+
+
+def _without_request_id(r: httpx.Response) -> bytes:
+    body = r.json()
+    return r.content.replace(body["request_id"].encode(), b"")
+
+
+def test_shadow_answers_nobody_and_logs_both_versions(champion: Champion, shadowed: tuple[ServerProcess, str],
+                                                       tmp_path: Path) -> None:
+    server, shadow = shadowed
+    assert httpx.get(server.url + "/model", timeout=10).json()["shadow"] == {"model_version": shadow, "share": 1.0}
+    bodies = [{"records": _records(champion.test.iloc[i:i + n], champion.cfg)} for i, n in ((0, 1), (5, 17), (40, 64))]
+    with_shadow = [_predict(server.url, b) for b in bodies]
+    assert all(r.status_code == 200 and r.json()["model_version"] == champion.tag for r in with_shadow)
+    alone = _start(champion, tmp_path / "alone", share=0.0)  # the same champion, nothing shadowed
+    try:
+        assert httpx.get(alone.url + "/model", timeout=10).json()["shadow"] is None
+        assert [_without_request_id(r) for r in with_shadow] == \
+            [_without_request_id(_predict(alone.url, b)) for b in bodies]
+    finally:
+        alone.stop()
+    ids = {r.json()["request_id"] for r in with_shadow}
+    log_dir = server.output.parent / "predictions"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        shadow_rows = read_prediction_log(log_dir / SHADOW_LOG_FOLDER)
+        if len(shadow_rows) and ids <= set(shadow_rows["request_id"]):
+            break
+    champion_rows = read_prediction_log(log_dir)
+    champion_rows = champion_rows[champion_rows["request_id"].isin(ids)]
+    shadow_rows = shadow_rows[shadow_rows["request_id"].isin(ids)]
+    assert set(shadow_rows["model_version"]) == {shadow} and set(champion_rows["model_version"]) == {champion.tag}
+    assert len(shadow_rows) == len(champion_rows) == 1 + 17 + 64
+    paired = champion_rows.merge(shadow_rows, on=["request_id", "record_index"], suffixes=("", "_shadow"))
+    assert len(paired) == len(champion_rows)
+    assert (paired["sales__value"] - paired["sales__value_shadow"]).abs().max() < 1e-4  # a copy: same outputs
+    assert _metric(server.url, "mtlops_shadow_records_total") >= 1 + 17 + 64
+
+
+def test_a_broken_shadow_costs_no_request_and_is_counted(champion: Champion, shadowed: tuple[ServerProcess, str],
+                                                         tmp_path: Path) -> None:
+    server, _ = shadowed
+    broken = _register_copy(champion, tmp_path, edit="corrupt")
+    registry.start_shadow(champion.cfg.registry.model_name, broken)
+    body = {"records": _records(champion.test.head(8), champion.cfg)}
+    failed, stop = [], threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            r = _predict(server.url, body)
+            if r.status_code != 200:
+                failed.append(r.status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        r = httpx.post(server.url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}, timeout=120)
+    finally:
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert r.status_code == 200 and r.json()["shadow"] is None, r.text
+    assert failed == []
+    assert httpx.get(server.url + "/model", timeout=10).json()["shadow"] is None
+    assert _metric(server.url, "mtlops_shadow_load_failures_total") >= 1
+    assert "shadow " + broken in server.output.read_text() and "is not scored" in server.output.read_text()
