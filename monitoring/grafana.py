@@ -7,7 +7,9 @@ plots the results (monitoring/README.md shows the picture)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus, timeseries
@@ -88,3 +90,51 @@ def dashboard(cfg: ProjectConfig) -> dict:
     for p in MONITOR_PANELS:
         board = board.with_panel(_panel(p))
     return json.loads(JSONEncoder(sort_keys=True).encode(board.build()))
+
+
+def query_range(prometheus_url: str, expr: str, start: float, end: float, step: float) -> list[dict]:
+    """The series of one PromQL expression over [start, end]; a query Prometheus refuses raises, naming it."""
+    import httpx
+
+    r = httpx.get(f"{prometheus_url}/api/v1/query_range",
+                  params={"query": expr, "start": start, "end": end, "step": step}, timeout=30)
+    body = r.json()
+    if body.get("status") != "success":
+        raise ValueError(f"Prometheus refused {expr!r}: {body.get('error', r.text)}")
+    return body["data"]["result"]
+
+
+def plot_panels(prometheus_url: str, start: float, end: float, path: Path, step: float = 1.0) -> dict[str, int]:
+    """Every panel's queries over [start, end], read from Prometheus and drawn with matplotlib as the
+    dashboard lays them out (two per row): the dashboard's picture where Grafana does not run. Returns
+    panel title -> series drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (len(PANELS) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(14, 2.6 * rows), squeeze=False)
+    drawn = {}
+    for ax, panel in zip(axes.flat, PANELS, strict=False):
+        drawn[panel.title] = 0
+        for expr, legend in panel.queries:
+            for series in query_range(prometheus_url, expr, start, end, step):
+                t = [float(v[0]) - start for v in series["values"]]
+                y = [float(v[1]) for v in series["values"]]
+                label = re.sub(r"\{\{(\w+)\}\}", lambda m, s=series: s["metric"].get(m.group(1), ""), legend)
+                ax.plot(t, y, label=label[:40], drawstyle="steps-post")
+                drawn[panel.title] += 1
+        ax.set_title(f"{panel.title} [{panel.unit}]", fontsize=9)
+        ax.set_xlim(0, end - start)  # one time axis: the monitor's runs line up with the endpoint's traffic
+        ax.tick_params(labelsize=7)
+        if drawn[panel.title]:
+            ax.legend(fontsize=6, loc="upper left", ncol=1 + drawn[panel.title] // 5)
+    for ax in axes.flat[len(PANELS):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds from the start", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return drawn

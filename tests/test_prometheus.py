@@ -14,16 +14,20 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
+import pandas as pd
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.config import ProjectConfig, load_config
+from components.config import ProjectConfig, config_to_yaml, load_config
 from monitoring.exposition import JOB as MONITOR_JOB
 from monitoring.exposition import push_run, run_registry
 from monitoring.prometheus_rules import (
@@ -39,6 +43,9 @@ from monitoring.prometheus_rules import (
 from monitoring.summary import MonitorSummary
 from tests.conftest import FLIGHTS, ROOT
 from tests.test_containers import apt_install
+
+# fixtures of the monitoring tests, looked up by name below: a flights champion and 10,000 unseen Jan-Apr rows
+from tests.test_monitoring import model, unseen_jan_apr  # noqa: F401
 
 TOOLS = {"promtool": "prometheus", "prometheus": "prometheus", "prometheus-pushgateway": "prometheus-pushgateway",
          "amtool": "prometheus-alertmanager"}
@@ -337,3 +344,177 @@ def test_a_pushgateway_that_is_down_does_not_stop_monitoring(tmp_path: Path) -> 
         update={"pushgateway": f"http://127.0.0.1:{free_port()}"})})
     assert push_run(down, summary(), None).startswith("error: ")  # type: ignore[union-attr]
     assert push_run(cfg, summary(), None) is None  # none configured: nothing pushed
+
+
+# --- end to end: a real Prometheus, a live `mtlops serve`, the monitor through a Pushgateway ----
+
+
+class Daemon:
+    """A Prometheus binary on a loopback port, stopped at the end."""
+
+    def __init__(self, args: list[str], log: Path, url: str) -> None:
+        self.url, self.log = url, log
+        self.proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        assert wait_for(lambda: self.answers("/-/ready"), 60), f"{args[0]} not ready:\n{log.read_text()[-3000:]}"
+
+    def answers(self, path: str) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return httpx.get(self.url + path, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def wait_for(check, timeout_s: float, every: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return False
+
+
+@dataclass
+class Stack:
+    prometheus: Daemon
+    gateway: Daemon
+    server: object  # serving.launch.ServerProcess
+    cfg: ProjectConfig
+    config: Path
+    log: Path
+
+    def query(self, expr: str) -> list[dict]:
+        body = httpx.get(self.prometheus.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    def alerts(self, name: str) -> list[dict]:
+        body = httpx.get(self.prometheus.url + "/api/v1/alerts", timeout=10).json()
+        return [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == name]
+
+    def evaluated_since(self, moment: float) -> bool:
+        """Every rule group evaluated after `moment` (Unix time)."""
+        groups = httpx.get(self.prometheus.url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+        return all(pd.Timestamp(g["lastEvaluation"]).timestamp() > moment for g in groups)
+
+
+@pytest.fixture
+def stack(tools: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """Pushgateway, `mtlops serve` (2 workers) and Prometheus scraping both every second with the
+    generated rules evaluated every second, all on loopback ports; the flights champion served."""
+    from serving.launch import ServerProcess, free_port
+
+    base_cfg, _ = request.getfixturevalue("model")
+    ports = {"gateway": free_port(), "prometheus": free_port()}
+    # memory only: Debian's build persists to /var/lib/prometheus by default, and an earlier run's push would be read
+    gateway = Daemon([tools["prometheus-pushgateway"], f"--web.listen-address=127.0.0.1:{ports['gateway']}",
+                      "--persistence.file="],
+                     tmp_path / "pushgateway.log", f"http://127.0.0.1:{ports['gateway']}")
+    pushing = base_cfg.prometheus.model_copy(update={"pushgateway": gateway.url})
+    cfg = base_cfg.model_copy(update={"prometheus": pushing})
+    (tmp_path / "config.yaml").write_text(config_to_yaml(cfg))
+    server = ServerProcess(tmp_path / "config.yaml", tmp_path / "server.out", prediction_log=tmp_path / "log",
+                           workers=2, env={"MTLOPS_LOG_FLUSH_SECONDS": "0.2", "MTLOPS_ORT_THREADS": "1"})
+    server.wait_ready()
+    write_rules(cfg, tmp_path)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": ["rules.yml"],
+        "scrape_configs": [
+            {"job_name": SERVING_JOB, "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]},
+            {"job_name": "pushgateway", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{ports['gateway']}"]}]}]}))
+    prometheus = Daemon([tools["prometheus"], f"--config.file={tmp_path / 'prometheus.yml'}",
+                         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                         f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
+                        tmp_path / "prometheus.log", f"http://127.0.0.1:{ports['prometheus']}")
+    yield Stack(prometheus, gateway, server, cfg, tmp_path / "config.yaml", tmp_path / "log")
+    for process in (prometheus, gateway):
+        process.stop()
+    server.stop()  # type: ignore[attr-defined]
+
+
+def serve_window(stack: Stack, rows: pd.DataFrame) -> set[Path]:
+    """The rows through /predict, 500 a request; returns the prediction log's parts once all are written."""
+    from serving.client import to_records
+
+    before = set(stack.log.glob("date=*/*.parquet"))
+    with httpx.Client(timeout=60) as client:
+        for start in range(0, len(rows), 500):
+            r = client.post(stack.server.url + "/predict",  # type: ignore[attr-defined]
+                            json={"records": to_records(rows.iloc[start:start + 500], stack.cfg.features.names)})
+            assert r.status_code == 200, r.text
+
+    def logged() -> set[Path]:
+        return set(stack.log.glob("date=*/*.parquet")) - before
+
+    assert wait_for(lambda: sum(len(pd.read_parquet(p)) for p in logged()) == len(rows), 60)
+    return logged()
+
+
+def monitor_log(stack: Stack, log: Path, tmp_path: Path, name: str) -> float:
+    """`mtlops monitor` on the month the log holds, as a user runs it; returns when it finished."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    window = f"{pd.Timestamp.now(tz='UTC'):%Y-%m}"
+    result = CliRunner().invoke(app, ["monitor", "--config", str(stack.config), "--window", window, "--log", str(log),
+                                      "--out", str(tmp_path / name), "--workspace", str(tmp_path / "ws"),
+                                      "--alert-log", str(tmp_path / "alerts.jsonl"), "--sample-size", "10000"])
+    assert result.exit_code == 0, result.output
+    return time.time()
+
+
+def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_alert_naming_the_column(
+        stack: Stack, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A clean month served and monitored leaves MtlopsDataAlert inactive; the same month with `temp`
+    in °C at EWR (an upstream unit bug) makes it pending/firing in Prometheus' /api/v1/alerts with
+    the column and the airport as its labels. Every rule and dashboard query runs against this
+    Prometheus; the dashboard's picture is drawn from its answers."""
+    from monitoring.grafana import PANELS, plot_panels
+    from tests.test_monitoring import celsius_at
+
+    rows: pd.DataFrame = request.getfixturevalue("unseen_jan_apr")
+    started = time.time()
+    clean_log = tmp_path / "clean-log"
+    for part in serve_window(stack, rows):
+        (clean_log / part.parent.name).mkdir(parents=True, exist_ok=True)
+        part.rename(clean_log / part.parent.name / part.name)
+    finished = monitor_log(stack, clean_log, tmp_path, "clean")
+    assert wait_for(lambda: stack.query(f"mtlops_monitor_last_run_timestamp_seconds >= {int(finished) - 1}"), 60)
+    scraped = time.time()
+    assert wait_for(lambda: stack.evaluated_since(scraped), 30)  # the rules saw the clean run
+    assert stack.query("mtlops_monitor_data_alert") and stack.query("mtlops_monitor_data_alert == 1") == []
+    assert stack.alerts("MtlopsDataAlert") == []
+
+    serve_window(stack, celsius_at(rows, "EWR"))
+    monitor_log(stack, stack.log, tmp_path, "broken")
+    assert wait_for(lambda: stack.alerts("MtlopsDataAlert"), 60), stack.query("mtlops_monitor_data_alert_reason")
+    (alert,) = [a for a in stack.alerts("MtlopsDataAlert") if a["labels"]["feature"] == "temp"]
+    assert alert["state"] in ("pending", "firing")
+    assert {k: alert["labels"][k] for k in ("segment_column", "segment", "check", "alert_kind")} == \
+        {"segment_column": "origin", "segment": "EWR", "check": "shift", "alert_kind": "data"}
+    assert "temp broken (shift) in origin=EWR" in alert["annotations"]["summary"]
+
+    # the endpoint as Prometheus sees it: traffic, latency, workers, model version, and a clean exposition
+    assert stack.query('mtlops:predict_requests:rate5m > 0') and stack.query("mtlops:predict_latency_seconds:p99_5m")
+    assert [float(s["value"][1]) for s in stack.query(f'sum(mtlops_workers_ready{{job="{SERVING_JOB}"}})')] == [2.0]
+    assert stack.query(f'mtlops_model_info{{job="{SERVING_JOB}"}} == 1')
+    exposition = httpx.get(stack.server.url + "/metrics", timeout=10).text  # type: ignore[attr-defined]
+    proc = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=exposition,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+    for group in rule_groups(stack.cfg):  # every rule's expression and every dashboard query runs here
+        for rule in group["rules"]:
+            stack.query(rule["expr"])
+    drawn = plot_panels(stack.prometheus.url, started, time.time(), tmp_path / "dashboard.png")
+    assert set(drawn) == {p.title for p in PANELS}
+    for title in ("Requests by route", "/predict latency", "Workers", "Feature drift score", "Broken columns "
+                  "(data alert reasons)", "Alerts of the latest window"):
+        assert drawn[title] > 0, (title, drawn)
+    assert (tmp_path / "dashboard.png").stat().st_size > 20_000
