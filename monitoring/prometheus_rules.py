@@ -31,7 +31,7 @@ PREDICT = f'job="{SERVING_JOB}",endpoint="/predict"'
 
 
 @dataclass(frozen=True)
-class Alert:
+class AlertRule:
     name: str
     expr: str
     kind: str  # alert_kind: which receiver the Alertmanager route sends it to
@@ -62,74 +62,77 @@ RECORDING = {
 }
 
 
-def serving_alerts(cfg: ProjectConfig) -> list[Alert]:
+def serving_alerts(cfg: ProjectConfig) -> list[AlertRule]:
     p = cfg.prometheus
     return [
-        Alert("MtlopsEndpointErrorRatio", f"mtlops:predict_errors:ratio_rate5m > {p.error_ratio:g}", "serving", "page",
-              f"/predict answers 5xx to {{{{ $value | humanizePercentage }}}} of requests (alert above "
-              f"{p.error_ratio:.1%})",
-              "Read the server log for the traceback (`mtlops serve` output / `kubectl logs`); a new model version "
-              "just before? roll back (`mtlops promote` the previous tag, POST /admin/reload).", "5m"),
-        Alert("MtlopsEndpointLatencyP99", f"mtlops:predict_latency_seconds:p99_5m > {p.latency_p99_seconds:g}",
-              "serving", "page",
-              f"/predict p99 latency {{{{ $value | humanizeDuration }}}} over the {p.latency_p99_seconds:g} s budget",
-              "Compare request rate and mtlops:batch_rows:mean_5m with the serving benchmark: more load than the "
-              "pods' CPUs carry means scale out (HPA max, --workers); a slow model version means roll back.", "10m"),
-        Alert("MtlopsNoReadyWorkers",
-              f'max by (job, instance) (mtlops_workers_ready{{job="{SERVING_JOB}"}}) == 0 '
-              f'or up{{job="{SERVING_JOB}"}} == 0', "serving", "page",
-              "{{ $labels.instance }}: no worker of the server is ready (or /metrics does not answer)",
-              "mtlops_workers 0: the champion cannot load (the log says why, the server exits); workers running "
-              "but none ready: their event loops stall (watchdog lines in the log).", "1m"),
-        Alert("MtlopsWorkerRestarts",
-              f'increase(mtlops_worker_exits_total{{job="{SERVING_JOB}",cause!="stopped"}}[15m]) > 0', "serving",
-              "warning", "{{ $labels.instance }}: workers exited ({{ $labels.cause }}) in the last 15 minutes",
-              "cause=stalled: a request blocked a worker's event loop (the watchdog log line names the worker); "
-              "cause=crashed: out of memory or a native crash (kubectl describe pod, dmesg)."),
-        Alert("MtlopsModelVersionChanged",
-              f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}}) == 1 unless '
-              f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}} offset 15m) == 1',
-              "serving", "info", "Now serving {{ $labels.model_version }}",
-              "Expected after a promotion or a reload; otherwise find who promoted it (the model store's labels) "
-              "and watch the error ratio and latency of the new version."),
+        AlertRule("MtlopsEndpointErrorRatio", f"mtlops:predict_errors:ratio_rate5m > {p.error_ratio:g}", "serving",
+                  "page",
+                  f"/predict answers 5xx to {{{{ $value | humanizePercentage }}}} of requests (alert above "
+                  f"{p.error_ratio:.1%})",
+                  "Read the server log for the traceback (`mtlops serve` output / `kubectl logs`); a new model version "
+                  "just before? roll back (`mtlops rollback`, then `mtlops reload`).", "5m"),
+        AlertRule("MtlopsEndpointLatencyP99", f"mtlops:predict_latency_seconds:p99_5m > {p.latency_p99_seconds:g}",
+                  "serving", "page",
+                  f"/predict p99 latency {{{{ $value | humanizeDuration }}}} over the {p.latency_p99_seconds:g} s "
+                  "budget",
+                  "Compare request rate and mtlops:batch_rows:mean_5m with the serving benchmark: more load than the "
+                  "pods' CPUs carry means scale out (HPA max, --workers); a slow model version means roll back.",
+                  "10m"),
+        AlertRule("MtlopsNoReadyWorkers",
+                  f'max by (job, instance) (mtlops_workers_ready{{job="{SERVING_JOB}"}}) == 0 '
+                  f'or up{{job="{SERVING_JOB}"}} == 0', "serving", "page",
+                  "{{ $labels.instance }}: no worker of the server is ready (or /metrics does not answer)",
+                  "mtlops_workers 0: the champion cannot load (the log says why, the server exits); workers running "
+                  "but none ready: their event loops stall (watchdog lines in the log).", "1m"),
+        AlertRule("MtlopsWorkerRestarts",
+                  f'increase(mtlops_worker_exits_total{{job="{SERVING_JOB}",cause!="stopped"}}[15m]) > 0', "serving",
+                  "warning", "{{ $labels.instance }}: workers exited ({{ $labels.cause }}) in the last 15 minutes",
+                  "cause=stalled: a request blocked a worker's event loop (the watchdog log line names the worker); "
+                  "cause=crashed: out of memory or a native crash (kubectl describe pod, dmesg)."),
+        AlertRule("MtlopsModelVersionChanged",
+                  f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}}) == 1 unless '
+                  f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}} offset 15m) == 1',
+                  "serving", "info", "Now serving {{ $labels.model_version }}",
+                  "Expected after a promotion or a reload; otherwise find who promoted it (the model store's labels) "
+                  "and watch the error ratio and latency of the new version."),
     ]
 
 
-def monitor_alerts(cfg: ProjectConfig) -> list[Alert]:
+def monitor_alerts(cfg: ProjectConfig) -> list[AlertRule]:
     job = f'job="{MONITOR_JOB}"'
     gaps = " or ".join(f'abs(mtlops_monitor_estimate_error{{{job},task="{t.name}"}}) > {cfg.alert_tolerance(t.name):g}'
                        for t in cfg.tasks)
     hours = cfg.prometheus.monitor_every_hours
     return [
-        Alert("MtlopsDataAlert", f"mtlops_monitor_data_alert_reason{{{job}}} == 1", "data", "warning",
-              "Window {{ $labels.window }}: {{ $labels.feature }} broken ({{ $labels.check }}) "
-              "in {{ $labels.segment_column }}={{ $labels.segment }}",
-              "Broken input, not a model problem: fix the named column at its source for the named segment "
-              "(a unit or encoding change upstream), then monitor the window again; never retrain on it."),
-        Alert("MtlopsRetrainAlert",
-              f"mtlops_monitor_model_alert_reason{{{job}}} == 1 and on (job, model) "
-              f"(mtlops_monitor_retrain_alert{{{job}}} == 1)", "retrain", "warning",
-              "Window {{ $labels.window }}: retraining on {{ $labels.rule }} {{ $labels.subject }}",
-              "The policy retrains (alerts.action: retrain): follow the retraining run and its gate; the alert "
-              "log's line gives every reason."),
-        Alert("MtlopsModelAlert",
-              f"mtlops_monitor_model_alert_reason{{{job}}} == 1 unless on (job, model) "
-              f"(mtlops_monitor_retrain_alert{{{job}}} == 1 or mtlops_monitor_data_alert{{{job}}} == 1 "
-              f"or mtlops_monitor_alert_suppressed{{{job}}} == 1)", "model", "warning",
-              "Window {{ $labels.window }}: {{ $labels.rule }} {{ $labels.subject }}",
-              "Open the window's report (runs/monitor/<window>, the Evidently UI): decide on retraining "
-              "(`mtlops monitor --act` or the retraining pipeline)."),
-        Alert("MtlopsEstimateGap", f"({gaps})", "model", "warning",
-              "{{ $labels.task }}: the label-free estimate missed the realized change by {{ $value | "
-              "humanizePercentage }}",
-              "The estimate cannot decide alerts at this task's tolerance until it tracks the labels again: "
-              "judge the task on labelled windows (estimates.jsonl in the workspace)."),
-        Alert("MtlopsMonitorRunMissing",
-              f"mtlops:monitor_run_age_seconds > {hours * 3600:g} "
-              f"or absent(mtlops_monitor_last_run_timestamp_seconds{{{job}}})", "model", "warning",
-              f"No monitor run for over {hours:g} h (its schedule)",
-              "Check the monitoring pipeline's recurring run (kfp UI) or the cron running `mtlops monitor`, and "
-              "that it reaches the Pushgateway (prometheus.pushgateway in the config).", "1h"),
+        AlertRule("MtlopsDataAlert", f"mtlops_monitor_data_alert_reason{{{job}}} == 1", "data", "warning",
+                  "Window {{ $labels.window }}: {{ $labels.feature }} broken ({{ $labels.check }}) "
+                  "in {{ $labels.segment_column }}={{ $labels.segment }}",
+                  "Broken input, not a model problem: fix the named column at its source for the named segment "
+                  "(a unit or encoding change upstream), then monitor the window again; never retrain on it."),
+        AlertRule("MtlopsRetrainAlert",
+                  f"mtlops_monitor_model_alert_reason{{{job}}} == 1 and on (job, model) "
+                  f"(mtlops_monitor_retrain_alert{{{job}}} == 1)", "retrain", "warning",
+                  "Window {{ $labels.window }}: retraining on {{ $labels.rule }} {{ $labels.subject }}",
+                  "The policy retrains (alerts.action: retrain): follow the retraining run and its gate; the alert "
+                  "log's line gives every reason."),
+        AlertRule("MtlopsModelAlert",
+                  f"mtlops_monitor_model_alert_reason{{{job}}} == 1 unless on (job, model) "
+                  f"(mtlops_monitor_retrain_alert{{{job}}} == 1 or mtlops_monitor_data_alert{{{job}}} == 1 "
+                  f"or mtlops_monitor_alert_suppressed{{{job}}} == 1)", "model", "warning",
+                  "Window {{ $labels.window }}: {{ $labels.rule }} {{ $labels.subject }}",
+                  "Open the window's report (runs/monitor/<window>, the Evidently UI): decide on retraining "
+                  "(`mtlops monitor --act` or the retraining pipeline)."),
+        AlertRule("MtlopsEstimateGap", f"({gaps})", "model", "warning",
+                  "{{ $labels.task }}: the label-free estimate missed the realized change by {{ $value | "
+                  "humanizePercentage }}",
+                  "The estimate cannot decide alerts at this task's tolerance until it tracks the labels again: "
+                  "judge the task on labelled windows (estimates.jsonl in the workspace)."),
+        AlertRule("MtlopsMonitorRunMissing",
+                  f"mtlops:monitor_run_age_seconds > {hours * 3600:g} "
+                  f"or absent(mtlops_monitor_last_run_timestamp_seconds{{{job}}})", "model", "warning",
+                  f"No monitor run for over {hours:g} h (its schedule)",
+                  "Check the monitoring pipeline's recurring run (kfp UI) or the cron running `mtlops monitor`, and "
+                  "that it reaches the Pushgateway (prometheus.pushgateway in the config).", "1h"),
     ]
 
 

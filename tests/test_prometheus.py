@@ -46,6 +46,7 @@ from tests.test_containers import apt_install
 
 # fixtures of the monitoring tests, looked up by name below: a flights champion and 10,000 unseen Jan-Apr rows
 from tests.test_monitoring import model, unseen_jan_apr  # noqa: F401
+from tests.test_serving_operations import wait_until
 
 TOOLS = {"promtool": "prometheus", "prometheus": "prometheus", "prometheus-pushgateway": "prometheus-pushgateway",
          "amtool": "prometheus-alertmanager"}
@@ -356,7 +357,7 @@ class Daemon:
         self.url, self.log = url, log
         self.proc = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        assert wait_for(lambda: self.answers("/-/ready"), 60), f"{args[0]} not ready:\n{log.read_text()[-3000:]}"
+        assert wait_until(lambda: self.answers("/-/ready"), 60), f"{args[0]} not ready:\n{log.read_text()[-3000:]}"
 
     def answers(self, path: str) -> bool:
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -368,15 +369,6 @@ class Daemon:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
-
-
-def wait_for(check, timeout_s: float, every: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return False
 
 
 @dataclass
@@ -452,7 +444,7 @@ def serve_window(stack: Stack, rows: pd.DataFrame) -> set[Path]:
     def logged() -> set[Path]:
         return set(stack.log.glob("date=*/*.parquet")) - before
 
-    assert wait_for(lambda: sum(len(pd.read_parquet(p)) for p in logged()) == len(rows), 60)
+    assert wait_until(lambda: sum(len(pd.read_parquet(p)) for p in logged()) == len(rows), 60)
     return logged()
 
 
@@ -486,15 +478,15 @@ def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_aler
         (clean_log / part.parent.name).mkdir(parents=True, exist_ok=True)
         part.rename(clean_log / part.parent.name / part.name)
     finished = monitor_log(stack, clean_log, tmp_path, "clean")
-    assert wait_for(lambda: stack.query(f"mtlops_monitor_last_run_timestamp_seconds >= {int(finished) - 1}"), 60)
+    assert wait_until(lambda: stack.query(f"mtlops_monitor_last_run_timestamp_seconds >= {int(finished) - 1}"), 60)
     scraped = time.time()
-    assert wait_for(lambda: stack.evaluated_since(scraped), 30)  # the rules saw the clean run
+    assert wait_until(lambda: stack.evaluated_since(scraped), 30)  # the rules saw the clean run
     assert stack.query("mtlops_monitor_data_alert") and stack.query("mtlops_monitor_data_alert == 1") == []
     assert stack.alerts("MtlopsDataAlert") == []
 
     serve_window(stack, celsius_at(rows, "EWR"))
     monitor_log(stack, stack.log, tmp_path, "broken")
-    assert wait_for(lambda: stack.alerts("MtlopsDataAlert"), 60), stack.query("mtlops_monitor_data_alert_reason")
+    assert wait_until(lambda: stack.alerts("MtlopsDataAlert"), 60), stack.query("mtlops_monitor_data_alert_reason")
     (alert,) = [a for a in stack.alerts("MtlopsDataAlert") if a["labels"]["feature"] == "temp"]
     assert alert["state"] in ("pending", "firing")
     assert {k: alert["labels"][k] for k in ("segment_column", "segment", "check", "alert_kind")} == \
@@ -514,7 +506,7 @@ def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_aler
             stack.query(rule["expr"])
     drawn = plot_panels(stack.prometheus.url, started, time.time(), tmp_path / "dashboard.png")
     assert set(drawn) == {p.title for p in PANELS}
-    for title in ("Requests by route", "/predict latency", "Workers", "Feature drift score", "Broken columns "
-                  "(data alert reasons)", "Alerts of the latest window"):
+    for title in ("Requests by route", "/predict latency", "Rows per ONNX call (mean)", "Workers",
+                  "Feature drift score", "Broken columns (data alert reasons)", "Alerts of the latest window"):
         assert drawn[title] > 0, (title, drawn)
     assert (tmp_path / "dashboard.png").stat().st_size > 20_000
