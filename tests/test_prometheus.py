@@ -41,6 +41,7 @@ from monitoring.prometheus_rules import (
     serving_alerts,
 )
 from monitoring.summary import MonitorSummary
+from serving.launch import ServerProcess, free_port
 from tests.conftest import FLIGHTS, ROOT
 from tests.test_containers import apt_install
 
@@ -338,8 +339,6 @@ def _one_gauge(name: str) -> CollectorRegistry:
 
 
 def test_a_pushgateway_that_is_down_does_not_stop_monitoring(tmp_path: Path) -> None:
-    from serving.launch import free_port
-
     cfg = load_config(FLIGHTS)
     down = cfg.model_copy(update={"prometheus": cfg.prometheus.model_copy(
         update={"pushgateway": f"http://127.0.0.1:{free_port()}"})})
@@ -375,7 +374,7 @@ class Daemon:
 class Stack:
     prometheus: Daemon
     gateway: Daemon
-    server: object  # serving.launch.ServerProcess
+    server: ServerProcess
     cfg: ProjectConfig
     config: Path
     log: Path
@@ -399,8 +398,6 @@ class Stack:
 def stack(tools: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """Pushgateway, `mtlops serve` (2 workers) and Prometheus scraping both every second with the
     generated rules evaluated every second, all on loopback ports; the flights champion served."""
-    from serving.launch import ServerProcess, free_port
-
     base_cfg, _ = request.getfixturevalue("model")
     ports = {"gateway": free_port(), "prometheus": free_port()}
     # memory only: Debian's build persists to /var/lib/prometheus by default, and an earlier run's push would be read
@@ -427,7 +424,7 @@ def stack(tools: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path)
     yield Stack(prometheus, gateway, server, cfg, tmp_path / "config.yaml", tmp_path / "log")
     for process in (prometheus, gateway):
         process.stop()
-    server.stop()  # type: ignore[attr-defined]
+    server.stop()
 
 
 def serve_window(stack: Stack, rows: pd.DataFrame) -> set[Path]:
@@ -437,7 +434,7 @@ def serve_window(stack: Stack, rows: pd.DataFrame) -> set[Path]:
     before = set(stack.log.glob("date=*/*.parquet"))
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(rows), 500):
-            r = client.post(stack.server.url + "/predict",  # type: ignore[attr-defined]
+            r = client.post(stack.server.url + "/predict",
                             json={"records": to_records(rows.iloc[start:start + 500], stack.cfg.features.names)})
             assert r.status_code == 200, r.text
 
@@ -449,17 +446,17 @@ def serve_window(stack: Stack, rows: pd.DataFrame) -> set[Path]:
 
 
 def monitor_log(stack: Stack, log: Path, tmp_path: Path, name: str) -> float:
-    """`mtlops monitor` on the month the log holds, as a user runs it; returns when it finished."""
+    """`mtlops monitor` on the month the log holds, as a user runs it; returns when it began."""
     from typer.testing import CliRunner
 
     from pipelines.cli import app
 
-    window = f"{pd.Timestamp.now(tz='UTC'):%Y-%m}"
+    window, began = f"{pd.Timestamp.now(tz='UTC'):%Y-%m}", time.time()
     result = CliRunner().invoke(app, ["monitor", "--config", str(stack.config), "--window", window, "--log", str(log),
                                       "--out", str(tmp_path / name), "--workspace", str(tmp_path / "ws"),
                                       "--alert-log", str(tmp_path / "alerts.jsonl"), "--sample-size", "10000"])
     assert result.exit_code == 0, result.output
-    return time.time()
+    return began
 
 
 def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_alert_naming_the_column(
@@ -477,8 +474,8 @@ def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_aler
     for part in serve_window(stack, rows):
         (clean_log / part.parent.name).mkdir(parents=True, exist_ok=True)
         part.rename(clean_log / part.parent.name / part.name)
-    finished = monitor_log(stack, clean_log, tmp_path, "clean")
-    assert wait_until(lambda: stack.query(f"mtlops_monitor_last_run_timestamp_seconds >= {int(finished) - 1}"), 60)
+    began = monitor_log(stack, clean_log, tmp_path, "clean")
+    assert wait_until(lambda: stack.query(f"mtlops_monitor_last_run_timestamp_seconds >= {began}"), 60)
     scraped = time.time()
     assert wait_until(lambda: stack.evaluated_since(scraped), 30)  # the rules saw the clean run
     assert stack.query("mtlops_monitor_data_alert") and stack.query("mtlops_monitor_data_alert == 1") == []
@@ -497,7 +494,7 @@ def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_aler
     assert stack.query('mtlops:predict_requests:rate5m > 0') and stack.query("mtlops:predict_latency_seconds:p99_5m")
     assert [float(s["value"][1]) for s in stack.query(f'sum(mtlops_workers_ready{{job="{SERVING_JOB}"}})')] == [2.0]
     assert stack.query(f'mtlops_model_info{{job="{SERVING_JOB}"}} == 1')
-    exposition = httpx.get(stack.server.url + "/metrics", timeout=10).text  # type: ignore[attr-defined]
+    exposition = httpx.get(stack.server.url + "/metrics", timeout=10).text
     proc = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=exposition,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
