@@ -667,6 +667,22 @@ class LeakageSpec(Strict):
     allow_leaky: list[AllowedLeak] = []  # kept on purpose, each with its reason
 
 
+class PrometheusSpec(Strict):
+    """What Prometheus alerts on, and where each monitor run publishes its metrics. The alert rules
+    under infra/k8s/prometheus/ are generated from these values and the alert policy's tolerances
+    (`python -m monitoring.prometheus_rules`), so the service, the monitor and the rules read one source."""
+
+    # each `mtlops monitor` / monitoring-pipeline run pushes its window's metrics here (unset: not published)
+    pushgateway: str | None = Field(None, pattern=r"^https?://")
+    # /predict's p99 latency over 5 minutes above this alerts (benchmarks/results/serving.md: 0.17 s p99 at
+    # 8 clients x 256 records on 2 CPUs; 0.9 s only when overloaded, 32 clients x 256)
+    latency_p99_seconds: float = Field(0.5, gt=0)
+    error_ratio: float = Field(0.01, gt=0, lt=1)  # share of /predict requests answered 5xx over 5 minutes that alerts
+    # the monitor's schedule (the monitoring pipeline's recurring run: monthly, 31 days at most between runs);
+    # no run for longer than this alerts
+    monitor_every_hours: float = Field(744, gt=0)
+
+
 class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
@@ -678,6 +694,7 @@ class ProjectConfig(Strict):
     retraining: RetrainingSpec = RetrainingSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     leakage: LeakageSpec = LeakageSpec()
+    prometheus: PrometheusSpec = PrometheusSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:

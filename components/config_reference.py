@@ -99,6 +99,12 @@ leakage:
   allow_leaky:
     - {feature: tailnum, task: cancelled, reason: "kept on purpose: see the README"}
 """,
+    "prometheus": """\
+prometheus:
+  pushgateway: http://prometheus-pushgateway.monitoring:9091
+  latency_p99_seconds: 0.5
+  monitor_every_hours: 744               # monthly
+""",
 }
 
 

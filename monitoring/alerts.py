@@ -51,6 +51,20 @@ class WindowReport(Protocol):
 DATA, MODEL = "data", "model"
 
 
+@dataclass(frozen=True)
+class Reason:
+    """One rule a window breaks: `text` for a person; `rule`, `subjects` (the features or tasks it
+    names) and the segment for a metric's labels (monitoring/exposition.py), bounded by the config's
+    features, tasks and segments."""
+
+    text: str
+    rule: str  # data: shift, nulls, duplicates; model: drift_share, feature_drift, prediction_drift,
+    # quality_drop, below_baseline, estimated_drop
+    subjects: tuple[str, ...] = ()
+    segment_column: str = ""
+    segment: str = ""
+
+
 @dataclass
 class Alert:
     window: str
@@ -82,18 +96,32 @@ class Alert:
 def data_reasons(cfg: ProjectConfig, report: WindowReport) -> list[str]:
     """The data checks the window fails (monitoring/segments.py): each names the column and, for a
     segment check, the segment. Windows under `alerts.min_rows` are not judged."""
+    return [r.text for r in data_problems(cfg, report)]
+
+
+def data_problems(cfg: ProjectConfig, report: WindowReport) -> list[Reason]:
+    """`data_reasons`, each with its check, column and segment."""
     if report.rows_current < cfg.alerts.min_rows:
         return []
-    reasons = [f"data: {SegmentFinding(**f).describe()}" for f in report.data_findings]
+    reasons = []
+    for f in report.data_findings:
+        finding = SegmentFinding(**f)
+        reasons.append(Reason(f"data: {finding.describe()}", finding.check, (finding.feature,),
+                              finding.segment_column, finding.segment))
     limit = cfg.monitoring.duplicate_share
     extra = report.duplicate_share - report.duplicate_share_reference
     if limit is not None and extra >= limit:
-        reasons.append(f"data: duplicated records {report.duplicate_share:.1%} of the window (reference "
-                       f"{report.duplicate_share_reference:.1%}, alert at +{limit:.0%})")
+        reasons.append(Reason(f"data: duplicated records {report.duplicate_share:.1%} of the window (reference "
+                              f"{report.duplicate_share_reference:.1%}, alert at +{limit:.0%})", "duplicates"))
     return reasons
 
 
 def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
+    """The texts of `model_problems`: what the alert log and the webhook carry."""
+    return [r.text for r in model_problems(cfg, report)]
+
+
+def model_problems(cfg: ProjectConfig, report: WindowReport) -> list[Reason]:
     """Every model rule of the policy the window breaks (empty: no model alert): the drift share, each
     watched feature past its calibrated threshold, and per task its quality — once labels are known,
     a metric drop vs the champion's held-out metric beyond the task's tolerance that a one-sided
@@ -109,12 +137,12 @@ def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
         return []
     reasons = []
     if policy.drift_share is not None and report.drift_share >= policy.drift_share:
-        reasons.append(f"drift share {report.drift_share:.0%} >= {policy.drift_share:.0%}")
+        reasons.append(Reason(f"drift share {report.drift_share:.0%} >= {policy.drift_share:.0%}", "drift_share"))
     context = set(cfg.monitoring.context_features)
     features = {f for f in cfg.features.names if f not in context} if "*" in policy.features else set(policy.features)
     watched = sorted(features & set(report.drifted_features))
     if watched:
-        reasons.append(f"watched features drifted: {', '.join(watched)}")
+        reasons.append(Reason(f"watched features drifted: {', '.join(watched)}", "feature_drift", tuple(watched)))
     quality_reasons, quality_holds = [], set()
     for task in cfg.tasks:
         found, judged = _quality_reasons(cfg, task.name, task.metric or "", report)
@@ -124,11 +152,11 @@ def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
     tasks = {t.name for t in cfg.tasks} if "*" in policy.prediction_drift else set(policy.prediction_drift)
     drifted = [t.name for t in cfg.tasks if t.name in tasks - quality_holds and t.name in report.drifted_predictions]
     if drifted:
-        reasons.append(f"predictions drifted: {', '.join(drifted)}")
+        reasons.append(Reason(f"predictions drifted: {', '.join(drifted)}", "prediction_drift", tuple(drifted)))
     return reasons + quality_reasons
 
 
-def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> tuple[list[str], bool]:
+def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> tuple[list[Reason], bool]:
     """The task's quality rules the window breaks, and whether its quality could be judged at all
     (realized from labels, else estimated)."""
     tolerance = cfg.alert_tolerance(task)
@@ -144,12 +172,12 @@ def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowR
             tested = confidence > 0 and math.isfinite(p_value)
             if change <= -tolerance and (not tested or p_value <= 1 - confidence):
                 test = f"; one-sided bootstrap p={p_value:.3f} <= {1 - confidence:.2f}" if tested else ""
-                reasons.append(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
-                               f"({change:+.1%}, alert at -{tolerance:.0%}{test})")
+                reasons.append(Reason(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
+                                      f"({change:+.1%}, alert at -{tolerance:.0%}{test})", "quality_drop", (task,)))
         baseline = q.get("baseline", math.nan)
         if cfg.alerts.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
-            reasons.append(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
-                           f"{baseline:.4f} on the same window")
+            reasons.append(Reason(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
+                                  f"{baseline:.4f} on the same window", "below_baseline", (task,)))
         return reasons, True
     estimate, reference = report.estimated.get(task, math.nan), report.estimated_reference.get(task, math.nan)
     if not (math.isfinite(estimate) and math.isfinite(reference)):
@@ -158,8 +186,8 @@ def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowR
         return [], False  # the estimate's assumption is in doubt: the task's quality is not known
     change = relative_change(metric, estimate, reference)
     if change <= -tolerance:
-        return [f"{task} {metric} estimated {reference:.4f} -> {estimate:.4f} ({change:+.1%}, alert at "
-                f"-{tolerance:.0%}; labels not yet known)"], True
+        return [Reason(f"{task} {metric} estimated {reference:.4f} -> {estimate:.4f} ({change:+.1%}, alert at "
+                       f"-{tolerance:.0%}; labels not yet known)", "estimated_drop", (task,))], True
     return [], True
 
 

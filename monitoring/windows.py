@@ -23,6 +23,7 @@ from monitoring.alerts import Alert, decide
 from monitoring.calibration import Calibration, save_calibration, stored_calibration
 from monitoring.dashboard import add_alert_marker
 from monitoring.drift import monitor, reference_calibration
+from monitoring.exposition import push_run
 from monitoring.summary import MonitorSummary
 
 LOG_KEYS = ["request_id", "record_index"]
@@ -120,10 +121,12 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
 def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert_log: Path,
                  workspace: Path | None = None) -> Alert | None:
     """The alert policy on a monitored window (`monitoring.alerts.decide`: alert log, cool-down,
-    webhook), the alert marked on the dashboard when there is one; what `mtlops monitor` runs."""
+    webhook), the alert marked on the dashboard when there is one, the run pushed to the config's
+    Pushgateway when there is one; what `mtlops monitor` and the monitoring pipeline run."""
     alert = decide(cfg, summary, pd.Timestamp(window_bounds(window)[1]), alert_log)
     if alert is not None and workspace is not None:
         add_alert_marker(workspace, cfg, window, "; ".join(alert.all_reasons), alert.kind)
+    push_run(cfg, summary, alert)
     return alert
 
 

@@ -12,7 +12,8 @@ The watchdog reads each worker's heartbeat (written by its event loop): a worker
 `stall_seconds` makes the server report not ready (/readyz 503 from every worker, so a load
 balancer stops sending), one silent for `stall_seconds + restart_after_seconds` is killed and
 BentoML starts another. Every worker exit is logged with its cause and counted in /metrics
-(`mtlops_worker_exits_total{cause}`). A worker that cannot serve the champion writes why and stops
+(`mtlops_worker_exits_total{cause}`); the workers running and those beating in time are gauges
+there too (`mtlops_workers`, `mtlops_workers_ready`). A worker that cannot serve the champion writes why and stops
 the server: the process exits non-zero with that reason instead of respawning workers forever
 behind a socket that accepts connections and never answers.
 """
@@ -88,6 +89,19 @@ class RunFolder:
         self._lock.close()
 
 
+class WatchdogMetrics:
+    """This process' series in /metrics, beside the workers' (Prometheus' multiprocess folder)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.exits = Counter("mtlops_worker_exits", "Worker processes that exited, by cause "
+                             "(stalled: killed by the watchdog; crashed: no clean shutdown; stopped)", ["cause"])
+        self.workers = Gauge("mtlops_workers", "Worker processes running", multiprocess_mode="mostrecent")
+        self.ready = Gauge("mtlops_workers_ready", "Worker processes whose event loop beat within the stall "
+                           "limit (a stalled or starting worker is not ready)", multiprocess_mode="mostrecent")
+
+
 class Watchdog(threading.Thread):
     """Heartbeats in `<control>/heartbeat/<pid>` (mtime), the stalled workers' pids in `<control>/stalled`."""
 
@@ -103,7 +117,7 @@ class Watchdog(threading.Thread):
         self.known: set[int] = set()  # the workers seen alive
         self.stalled: set[int] = set()
         self.killed: dict[int, str] = {}
-        self._exits: Any = None
+        self._metrics: WatchdogMetrics | None = None
 
     def run(self) -> None:
         self.heartbeats.mkdir(parents=True, exist_ok=True)
@@ -140,6 +154,17 @@ class Watchdog(threading.Thread):
                 self.stalled.discard(pid)
                 log.warning("watchdog: worker %d recovered", pid)
         self._publish_stalled()
+        if workers:  # BentoML has emptied the multiprocess folder before it started them
+            ready = [pid for pid in workers if self._beating(pid, now)]
+            self.metrics().workers.set(len(workers))
+            self.metrics().ready.set(len(ready))
+
+    def _beating(self, pid: int, now: float) -> bool:
+        """Started (it beats from the moment it accepts connections) and not stalled."""
+        try:
+            return now - (self.heartbeats / str(pid)).stat().st_mtime <= self.stall_seconds
+        except FileNotFoundError:
+            return False
 
     def _exited(self, pid: int) -> None:
         reason_file = self.exits_folder / str(pid)
@@ -151,20 +176,17 @@ class Watchdog(threading.Thread):
             cause, why = "crashed", "exited without a clean shutdown (killed by a signal, out of memory, or a crash)"
         level = logging.INFO if cause == "stopped" else logging.ERROR
         log.log(level, "worker %d exited (%s): %s", pid, cause, why)
-        self.exit_counter().labels(cause=cause).inc()
+        self.metrics().exits.labels(cause=cause).inc()
         self.known.discard(pid)
         self.stalled.discard(pid)
         for f in (self.heartbeats / str(pid), reason_file):
             f.unlink(missing_ok=True)
 
-    def exit_counter(self) -> Any:
+    def metrics(self) -> WatchdogMetrics:
         # created on first use: BentoML empties the multiprocess folder while it starts the workers
-        if self._exits is None:
-            from prometheus_client import Counter
-
-            self._exits = Counter("mtlops_worker_exits", "Worker processes that exited, by cause "
-                                  "(stalled: killed by the watchdog; crashed: no clean shutdown; stopped)", ["cause"])
-        return self._exits
+        if self._metrics is None:
+            self._metrics = WatchdogMetrics()
+        return self._metrics
 
     def _publish_stalled(self) -> None:
         text = " ".join(map(str, sorted(self.stalled)))

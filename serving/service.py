@@ -91,6 +91,9 @@ class ServiceMetrics:
             "mtlops_shadow_info", "1 for the shadow version being scored, 0 for versions scored before",
             ["model_version"], multiprocess_mode="livemax")
         self.current_shadow: str | None = None
+        self.batch_rows = bentoml.metrics.Histogram(
+            "mtlops_batch_rows", "Rows in one ONNX Runtime call (concurrent requests merged by the micro-batcher)",
+            buckets=[2 ** k for k in range(11)])
         self.current: str | None = None
         self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once (not per request)
 
@@ -122,6 +125,18 @@ class ServiceMetrics:
             self.model_info.labels(model_version=self.current).set(0)
         self.model_info.labels(model_version=tag).set(1)
         self.current = tag
+
+
+class MeteredBatcher(MicroBatcher):
+    """The micro-batcher, observing each ONNX call's rows in `mtlops_batch_rows`."""
+
+    def __init__(self, rows: Any, max_batch_size: int, max_latency_ms: float) -> None:
+        super().__init__(max_batch_size, max_latency_ms)
+        self.rows = rows
+
+    def _run(self, batch: list[Any]) -> None:
+        self.rows.observe(sum(len(p.numeric) for p in batch))
+        super()._run(batch)
 
 
 async def model_info(request: Request) -> JSONResponse:
@@ -171,8 +186,8 @@ class MultiTaskModelService:
         self.control = CONTROL
         self.generation, self.model = self._first_model()
         self.healthy = True
-        self.batcher = MicroBatcher(SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.metrics = ServiceMetrics()
+        self.batcher = MeteredBatcher(self.metrics.batch_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.metrics.serving(self.model.tag)
         self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds) \
             if SETTINGS.prediction_log else None

@@ -79,7 +79,7 @@ def predict(server: ServerProcess, champion: Champion, client: httpx.Client | No
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
     text = httpx.get(server.url + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+               if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
 def wait_until(check, timeout_s: float = 60, every: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
@@ -220,9 +220,9 @@ def test_duplicate_keys_and_oversized_categories_get_a_400_naming_the_field(cham
 
 
 def test_a_stalled_worker_reports_unready_then_is_restarted_and_counted(champion: Champion, start) -> None:  # type: ignore[no-untyped-def]
-    """SIGSTOP one worker (a hung event loop): /readyz turns 503 (answered by the other worker), the
-    watchdog kills the stalled one, a new worker serves, /readyz is 200 again, and the exit is logged
-    with its cause and counted."""
+    """SIGSTOP one worker (a hung event loop): /readyz turns 503 (answered by the other worker) and
+    /metrics counts one ready worker of two, the watchdog kills the stalled one, a new worker serves,
+    /readyz is 200 again with both ready, and the exit is logged with its cause and counted."""
     registry.promote(champion.cfg.registry.model_name, champion.tag)
     server = start(env={"MTLOPS_STALL_SECONDS": "1.5", "MTLOPS_RESTART_AFTER_SECONDS": "8"})
     assert wait_until(lambda: all(map(beating, server.worker_pids())), 120)  # both started, not only one
@@ -230,6 +230,8 @@ def test_a_stalled_worker_reports_unready_then_is_restarted_and_counted(champion
     os.kill(victim, signal.SIGSTOP)
     try:
         assert wait_until(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, 30, every=0.02)
+        assert wait_until(lambda: metric(server, "mtlops_workers_ready") == WORKERS - 1, 30)
+        assert metric(server, "mtlops_workers") == WORKERS
         assert wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == WORKERS, 60)
     finally:
         try:
@@ -242,6 +244,7 @@ def test_a_stalled_worker_reports_unready_then_is_restarted_and_counted(champion
     output = server.output.read_text()
     assert f"worker {victim} exited (stalled)" in output, output[-3000:]
     assert metric(server, "mtlops_worker_exits_total", cause="stalled") == 1
+    assert wait_until(lambda: metric(server, "mtlops_workers_ready") == WORKERS, 30)
 
 
 def test_a_killed_worker_is_logged_and_counted(champion: Champion, start) -> None:  # type: ignore[no-untyped-def]
