@@ -322,25 +322,26 @@ def request_profile(onnx_dir: Path, bodies: dict[int, Path], repeats: int) -> li
 
 # Where a live worker's CPU goes: py-spy samples of the frames holding the GIL, each attributed to the
 # innermost frame from a known owner (generic frames — NumPy, asyncio, threading — are skipped over).
+# py-spy names a frame `function (package/module.py:line)`.
 LAYERS = (
-    ("/onnxruntime/", "ONNX Runtime"),
-    ("/pydantic", "request validation (pydantic)"),
-    ("/serving/prediction_log", "prediction log (writer thread)"),
-    ("/pandas/", "prediction log (writer thread)"),
-    ("/pyarrow/", "prediction log (writer thread)"),
-    ("/prometheus_client/", "Prometheus metrics (BentoML's and ours)"),
-    ("/components/features", "encode (RecordEncoder)"),
-    ("/components/tasks", "format outputs"),
-    ("/serving/runtime", "format outputs"),
-    ("/serving/", "ours: endpoint, guards, micro-batcher"),
+    ("(onnxruntime/", "ONNX Runtime"),
+    ("(pydantic", "request validation (pydantic)"),
+    ("(serving/prediction_log", "prediction log (writer thread)"),
+    ("(pandas/", "prediction log (writer thread)"),
+    ("(pyarrow/", "prediction log (writer thread)"),
+    ("(prometheus_client/", "Prometheus metrics (BentoML's and ours)"),
+    ("(components/features", "encode (RecordEncoder)"),
+    ("(components/tasks", "format outputs"),
+    ("(serving/runtime", "format outputs"),
+    ("(serving/", "ours: endpoint, guards, micro-batcher"),
     ("floor_server", "floor: its endpoint"),
-    ("/opentelemetry/", "BentoML: OpenTelemetry middleware"),
-    ("/bentoml/", "BentoML + Starlette: middleware, routing"),
-    ("/_bentoml_impl/", "BentoML + Starlette: middleware, routing"),
-    ("/starlette/", "BentoML + Starlette: middleware, routing"),
-    ("/uvicorn/", "uvicorn: HTTP parsing, socket writes"),
-    ("/httptools/", "uvicorn: HTTP parsing, socket writes"),
-    ("/orjson", "JSON (orjson)"),
+    ("(opentelemetry/", "BentoML: OpenTelemetry middleware"),
+    ("(bentoml/", "BentoML: middleware (metrics, timeout, errors), app"),
+    ("(_bentoml_impl/", "BentoML: middleware (metrics, timeout, errors), app"),
+    ("(starlette/", "Starlette: routing, responses"),
+    ("(uvicorn/", "uvicorn: HTTP parsing, socket writes"),
+    ("(httptools/", "uvicorn: HTTP parsing, socket writes"),
+    ("orjson", "JSON (orjson)"),
 )
 
 
@@ -352,7 +353,7 @@ def layer_of(stack: str) -> str:
     return "other (event loop, threads, interpreter)"
 
 
-def live_profile(url: str, root_pid: int, body: Path, script: Path, seconds: float, work: Path) -> dict[str, float]:
+def live_profile(url: str, root_pid: int, body: Path, script: Path, seconds: float, raw: Path) -> dict[str, float]:
     """µs of GIL-holding CPU per request by layer, in the worker that wrk (c=1, one connection: one
     worker) keeps busy, sampled by py-spy; {} where py-spy is missing or not allowed to attach."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -366,7 +367,6 @@ def live_profile(url: str, root_pid: int, body: Path, script: Path, seconds: flo
     before = cpu_seconds(workers)
     time.sleep(0.5)
     busy = max(zip(cpu_seconds(workers), before, workers, strict=True), key=lambda t: t[0] - t[1])[2]
-    raw = work / f"spy-{busy}.txt"
     rate = 250
     spied = subprocess.run([spy, "record", "-p", str(busy), "-d", f"{seconds:.0f}", "-r", str(rate), "-f", "raw",
                             "-o", str(raw), "--gil", "--nonblocking"], capture_output=True, text=True)
@@ -514,7 +514,8 @@ def main() -> None:
             t.rss.append(sum(tree_rss_mib(p) for p in t.root_pids))
         cells = measure(targets, bodies, args.seconds, args.rounds, script)
         live = {} if args.no_profile else {
-            (t.label, batch): live_profile(t.urls[0], t.root_pids[0], bodies[batch], script, 2 * args.seconds, work)
+            (t.label, batch): live_profile(t.urls[0], t.root_pids[0], bodies[batch], script, 2 * args.seconds,
+                                           work / f"py-spy-{t.label}-{batch}.txt")
             for batch in PROFILED_BATCHES for t in targets}
         if args.soak:
             console.print(f"soak: {args.soak:.0f} s of load on mtlops ...")
