@@ -3,6 +3,7 @@
     python benchmarks/serving.py                 # 8 s per run, 2 alternating rounds per cell
     python benchmarks/serving.py --quick         # 3 s per run
     python benchmarks/serving.py --soak 600      # then 10 minutes of load on mtlops, resident memory sampled
+    python benchmarks/serving.py --shadow        # also shadow scoring off / on every request / on 10 %
 
 Trains (briefly: serving speed does not depend on accuracy) one flights model with all K=4 heads and
 K single-task models of the same architecture, registers them in a throw-away model store, and
@@ -68,6 +69,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
 BATCHES = (1, 64, 256)
 PROFILED_BATCHES = (1, 256)
+SHADOW_SHARES = (0.0, 1.0, 0.1)  # off, every request, one in ten
 REFERENCE_STAGE = "for reference: JSON parse alone (orjson)"
 BALANCED_SHARE = 0.75  # a run where one worker did more of the work than this is not counted (accept imbalance)
 console = Console(width=140)
@@ -231,10 +233,11 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def measure(targets: list[Target], bodies: dict[int, Path], seconds: float, rounds: int, script: Path) -> list[Cell]:
+def measure(targets: list[Target], bodies: dict[int, Path], seconds: float, rounds: int, script: Path,
+            batches: tuple[int, ...] = BATCHES) -> list[Cell]:
     """Every cell for every target, the targets alternating within each cell (A B A B ...)."""
     cells = []
-    for batch in BATCHES:
+    for batch in batches:
         for t in targets:
             wrk(t.urls, bodies[batch], 1, 1, script)  # warm-up
         for c in CONCURRENCY:
@@ -257,6 +260,29 @@ def start_mtlops(configs: list[Path], work: Path) -> list[ServerProcess]:
     for s in servers:
         s.wait_ready()
     return servers
+
+
+def measure_shadow(config: Path, cfg: ProjectConfig, onnx_dir: Path, bodies: dict[int, Path], seconds: float,
+                   rounds: int, script: Path, work: Path) -> list[Cell]:
+    """`mtlops serve` with no shadow, scoring a shadow (a registered copy of the champion) on every
+    request, and on 10 % of them: three servers side by side, measured in alternating rounds."""
+    registry.start_shadow(cfg.registry.model_name, registry.register(onnx_dir, cfg, {}, {"data_version": "shadow"}))
+    servers = [ServerProcess(config, work / f"shadow-{share:g}.out", max_rows=max(BATCHES),
+                             prediction_log=work / f"shadow-{share:g}-predictions",
+                             env={"MTLOPS_SHADOW_SHARE": str(share)}) for share in SHADOW_SHARES]
+    try:
+        for server in servers:
+            server.wait_ready()
+        targets = [Target(shadow_label(share), [s.url], [s.proc.pid]) for share, s in zip(SHADOW_SHARES, servers,
+                                                                                         strict=True)]
+        return measure(targets, bodies, seconds, rounds, script, batches=(1, 64))
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def shadow_label(share: float) -> str:
+    return "shadow off" if share == 0 else f"shadow {share:.0%}"
 
 
 def start_floor(onnx_dir: Path, work: Path) -> tuple[subprocess.Popen, str]:
@@ -391,6 +417,7 @@ def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: li
     command = "python benchmarks/serving.py" + (" --quick" if args.quick else "") + \
         (f" --rounds {args.rounds}" if args.rounds != 2 else "") + (f" --soak {args.soak:.0f}" if args.soak else "") + \
         (" --no-single" if args.no_single else "") + (" --no-profile" if args.no_profile else "") + \
+        (" --shadow" if args.shadow else "") + \
         (f" --out {args.out}" if args.out != RESULTS else "")
     lines = [f"# Serving benchmark ({'quick' if args.quick else 'full'})", "",
              f"Command: `{command}`  ",
@@ -423,6 +450,21 @@ def markdown(cells: list[Cell], k: int, rss: dict[str, list[float]], profile: li
             lines.append(f"| {c} | {b} | {b / ort_us[b] * 1e6:,.0f} | {rate(f)} | {rate(m)} | "
                          f"**{m.records_per_s / f.records_per_s:.2f}** | {lat(f)} | {lat(m)} "
                          f"| {shares(f)}; {shares(m)} | {f.failed + m.failed} |")
+    off = [c for c in cells if c.setup == shadow_label(0.0)]
+    if off:
+        lines += ["", "## Shadow scoring's cost (`mtlops serve` with a shadow version on every request, on 10 %)", "",
+                  "Three servers side by side, alternating rounds; the shadow is a registered copy of the champion. "
+                  "rec/s relative to no shadow; latency p50 / p99 ms.", "",
+                  "| c | batch | off rec/s | 100 % rec/s (× off) | 10 % rec/s (× off) | off p50/p99 | 100 % p50/p99 "
+                  "| 10 % p50/p99 | failed |", "|---|---|---|---|---|---|---|---|---|"]
+        for base in off:
+            full, tenth = (by[(shadow_label(share), base.concurrency, base.batch)] for share in SHADOW_SHARES[1:])
+            lines.append(
+                f"| {base.concurrency} | {base.batch} | {base.records_per_s:,.0f} | {full.records_per_s:,.0f} "
+                f"({full.records_per_s / base.records_per_s:.2f}) | {tenth.records_per_s:,.0f} "
+                f"({tenth.records_per_s / base.records_per_s:.2f}) | "
+                + " | ".join(f"{c.median('p50_ms'):.2f} / {c.median('p99_ms'):.1f}" for c in (base, full, tenth))
+                + f" | {base.failed + full.failed + tenth.failed} |")
     singles = [c for c in cells if c.setup == "single"]
     if singles:
         lines += ["", f"## One multi-head service vs K={k} single-task services (a client needs all K answers)", "",
@@ -479,6 +521,7 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0.0, help="then load mtlops this many seconds, sampling memory")
     parser.add_argument("--no-single", action="store_true", help="skip the K single-task services")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy's view of a live worker")
+    parser.add_argument("--shadow", action="store_true", help="also: shadow scoring off / on every request / on 10%%")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -536,6 +579,10 @@ def main() -> None:
             for s in singles:
                 s.stop()
 
+    if args.shadow:
+        console.print("shadow scoring: off / 100% / 10% ...")
+        cells += measure_shadow(work / "bench-multi.yaml", multi_cfg, onnx_dir, bodies, args.seconds, args.rounds,
+                                script, work)
     text = markdown(cells, len(tasks), rss, profile, live, soaked, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

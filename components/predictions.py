@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from components.inference import OnnxModel
 
 LOG_COLUMNS = ["request_id", "record_index", "timestamp", "model_version"]
+SHADOW_LOG_FOLDER = "shadow"  # the shadow version's rows (serving/shadow.py); the readers here never descend into it
 REFERENCE_FILE = "reference.parquet"  # stored with every exported model: what monitoring compares against
 REFERENCE_ROWS = 5000
 

@@ -190,3 +190,17 @@ def stop_shadow(name: str) -> str | None:
         return None
     _relabel(current, CHALLENGER, shadow_stopped=True)
     return str(current.tag)
+
+
+def decide_shadow(name: str, promote_it: bool, evidence: dict[str, Any]) -> str:
+    """Promote the shadow to champion, or reject it, with the live evidence stored in its metadata
+    (like the gate's); returns its tag."""
+    current = shadow(name)
+    if current is None:
+        raise LookupError(f"{name!r} has no shadow")
+    tag = str(current.tag)
+    if promote_it:
+        promote(name, tag, shadow_decision=evidence)
+    else:
+        _relabel(current, REJECTED, shadow_decision=evidence)
+    return tag

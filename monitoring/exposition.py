@@ -31,6 +31,7 @@ from monitoring.summary import MonitorSummary
 
 log = logging.getLogger(__name__)
 
+SERVING_JOB = "mtlops-serving"  # the Service's name: the job label a ServiceMonitor gives its targets
 JOB = "mtlops-monitor"
 PREFIX = "mtlops_monitor_"
 

@@ -18,7 +18,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from components.config import ProjectConfig
 from monitoring.exposition import JOB as MONITOR_JOB
-from monitoring.prometheus_rules import SERVING_JOB
+from monitoring.exposition import SERVING_JOB
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SERVING, MONITOR = f'job="{SERVING_JOB}"', f'job="{MONITOR_JOB}"'

@@ -23,8 +23,8 @@ import yaml
 
 from components.config import ProjectConfig, load_config
 from monitoring.exposition import JOB as MONITOR_JOB
+from monitoring.exposition import SERVING_JOB
 
-SERVING_JOB = "mtlops-serving"  # the Service's name: the job label a ServiceMonitor gives its targets
 OUT_DIR = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "prometheus"
 RULE_FILE, DASHBOARD_FILE = "prometheusrule.yaml", "dashboard.json"
 PREDICT = f'job="{SERVING_JOB}",endpoint="/predict"'

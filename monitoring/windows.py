@@ -87,13 +87,18 @@ def logged(cfg: ProjectConfig, log_dir: Path, window: str, labels_file: Path | N
     frame = read_prediction_log(log_dir, start, end)
     if labels_file is None:
         return frame
+    return frame.merge(read_labels(cfg, labels_file), on=LOG_KEYS, how="left", validate="one_to_one")
+
+
+def read_labels(cfg: ProjectConfig, labels_file: Path) -> pd.DataFrame:
+    """A labels file (parquet/CSV): the log keys and one `label__<task>` column per task."""
     labels = pd.read_parquet(labels_file) if labels_file.suffix == ".parquet" else pd.read_csv(labels_file)
     wanted = [label_column(t.name) for t in cfg.tasks]
     missing = [c for c in [*LOG_KEYS, *wanted] if c not in labels.columns]
     if missing:
         raise ValueError(f"labels file {labels_file} lacks columns {missing} (keys {LOG_KEYS}, one "
                          f"`label__<task>` column per task)")
-    return frame.merge(labels[[*LOG_KEYS, *wanted]], on=LOG_KEYS, how="left", validate="one_to_one")
+    return labels[[*LOG_KEYS, *wanted]]
 
 
 def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root: Path | None = None,

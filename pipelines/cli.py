@@ -329,6 +329,117 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     console.print(f"champion is now {do_rollback(_load(config).registry.model_name)}")
 
 
+shadow_app = typer.Typer(help="A second version scored on live traffic beside the champion, answering no one.",
+                         no_args_is_help=True)
+app.add_typer(shadow_app, name="shadow")
+
+
+@shadow_app.command("start")
+def shadow_start(tag: Annotated[str, typer.Argument(help="The registered version to score beside the champion.")],
+                 config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Make TAG the shadow; a running `mtlops serve` picks it up on `mtlops reload` (or at its next start)."""
+    from components.registry import start_shadow
+
+    try:
+        previous = start_shadow(_load(config).registry.model_name, tag)
+    except (ValueError, LookupError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"shadow is now {tag}" + (f" (was {previous})" if previous else ""))
+
+
+@shadow_app.command("stop")
+def shadow_stop(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """No shadow any more (the version goes back to challenger)."""
+    from components.registry import stop_shadow
+
+    stopped = stop_shadow(_load(config).registry.model_name)
+    console.print(f"stopped shadowing {stopped}" if stopped else "there was no shadow")
+
+
+@shadow_app.command("report")
+def shadow_report(config: ConfigOpt = DEFAULT_CONFIG,
+                  log: Annotated[Path, typer.Option(help="The prediction log folder `mtlops serve` writes.")] = Path(
+                      "runs/predictions"),
+                  window: Annotated[str, typer.Option(help="Only this window: a month (2013-07), a day or a year; "
+                                                           "default all of the log.")] = "",
+                  labels_file: Annotated[Path | None, typer.Option(help="Labels keyed by request_id, record_index "
+                                                                        "(parquet/CSV): adds the paired test.")] = None,
+                  confidence: Annotated[float, typer.Option(help="Of the paired bootstrap (one-sided).")] = 0.95,
+                  as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+                  ) -> None:
+    """Champion vs shadow on the records both scored: per-task agreement, and with labels the paired test."""
+    from monitoring.shadow import compare, paired_log
+    from monitoring.windows import read_labels, window_bounds
+
+    cfg = _load(config)
+    start, end = window_bounds(window) if window else (None, None)
+    try:
+        labels = read_labels(cfg, labels_file) if labels_file else None
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    champion, shadow = paired_log(log, start, end, labels)
+    if champion.empty:
+        console.print(f"[red]no record in {log} was scored by both the champion and a shadow[/red]")
+        raise typer.Exit(1)
+    result = compare(cfg, champion, shadow, confidence)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    table = Table(title=f"champion {result.champion_version} vs shadow {result.shadow_version}")
+    for column in ("task", "records", "label flips", "mean |Δ|", "output drift", "labelled", "metric",
+                   "champion", "shadow", "change [low, high]", "verdict"):
+        table.add_column(column)
+    for t in result.tasks:
+        table.add_row(t.task, f"{t.records:,}", _fmt(t.label_flip_rate), _fmt(t.mean_abs_difference),
+                      _fmt(t.output_drift), f"{t.labelled:,}", t.metric, _fmt(t.champion), _fmt(t.shadow),
+                      f"{t.change:+.2%} [{t.change_low:+.2%}, {t.change_high:+.2%}]" if t.labelled else "",
+                      t.verdict)
+    console.print(table)
+
+
+@shadow_app.command("decide")
+def shadow_decide(config: ConfigOpt = DEFAULT_CONFIG,
+                  log: Annotated[Path, typer.Option(help="The prediction log folder `mtlops serve` writes.")] = Path(
+                      "runs/predictions"),
+                  labels_file: Annotated[Path, typer.Option(help="Labels keyed by request_id, record_index "
+                                                                 "(parquet/CSV).")] = ...,
+                  min_labelled: Annotated[int, typer.Option(help="Labelled records both scored, per task, "
+                                                                 "before deciding.")] = 1000,
+                  confidence: Annotated[float, typer.Option(help="Of the paired bootstrap (one-sided).")] = 0.95,
+                  ) -> None:
+    """Promote the shadow when every task is shown not worse than the champion beyond its tolerance on
+    at least --min-labelled live records; reject it when a task is shown worse; otherwise keep shadowing
+    (exit 3). The decision and its numbers go into the shadow's metadata."""
+    from components.registry import decide_shadow
+    from monitoring.shadow import compare, paired_log
+    from monitoring.windows import read_labels
+
+    cfg = _load(config)
+    try:
+        champion, shadow = paired_log(log, labels=read_labels(cfg, labels_file))
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    result = compare(cfg, champion, shadow, confidence)
+    short = [t.task for t in result.tasks if t.labelled < min_labelled]
+    worse = [t.task for t in result.tasks if t.verdict == "worse"]
+    for t in result.tasks:
+        console.print(f"{t.task}: {t.labelled:,} labelled, {t.metric} {_fmt(t.champion)} -> {_fmt(t.shadow)}, "
+                      f"change {t.change:+.2%} [{t.change_low:+.2%}, {t.change_high:+.2%}], tolerance "
+                      f"{t.tolerance:.1%}: {t.verdict}")
+    if worse or (not short and result.shadow_not_worse):
+        tag = decide_shadow(cfg.registry.model_name, not worse, result.to_dict() | {"min_labelled": min_labelled})
+        console.print(f"[red]rejected {tag}: worse on {', '.join(worse)}[/red]" if worse else
+                      f"[green]promoted {tag}: no task worse beyond its tolerance[/green] (`mtlops reload` serves it)")
+        return
+    why = f"too few labelled records for {', '.join(short)}" if short else \
+        "some task is shown neither worse nor not worse"
+    console.print(f"[yellow]undecided: keep shadowing ({why})[/yellow]")
+    raise typer.Exit(3)
+
+
 @app.command("retrain")
 def retrain_(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              new_start: Annotated[str, typer.Option(help="First day of the new window (YYYY-MM-DD).")] = ...,

@@ -22,11 +22,11 @@ from typing import Protocol
 import numpy as np
 
 from components.features import EncodedRecords
+from components.predictions import SHADOW_LOG_FOLDER
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.worker import LoadedModel
 
 log = logging.getLogger(__name__)
-SHADOW_LOG_FOLDER = "shadow"  # under the prediction log; its readers only read their own date=*/ parts
 
 
 class ShadowCounts(Protocol):

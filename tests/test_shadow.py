@@ -5,19 +5,25 @@ a shadow that cannot be loaded costs no request and is counted."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from components import registry
 from components.config import config_to_yaml
-from components.predictions import read_prediction_log
-from serving.launch import ServerProcess
-from serving.shadow import SHADOW_LOG_FOLDER
+from components.data import label_column
+from components.inference import OnnxModel
+from components.predictions import SHADOW_LOG_FOLDER, read_prediction_log, score_frame
+from monitoring.shadow import compare
+from serving.launch import PROJECT, ServerProcess
 from tests.test_serving import TOKEN, Champion, _records, _register_copy, train_champion
 
 
@@ -94,6 +100,73 @@ def test_shadow_answers_nobody_and_logs_both_versions(champion: Champion, shadow
     assert len(paired) == len(champion_rows)
     assert (paired["sales__value"] - paired["sales__value_shadow"]).abs().max() < 1e-4  # a copy: same outputs
     assert _metric(server.url, "mtlops_shadow_records_total") >= 1 + 17 + 64
+
+
+def test_the_paired_test_tells_a_worse_shadow_from_an_equal_one(champion: Champion) -> None:
+    """Offline frames in the log's format: the shadow equals the champion on two tasks and predicts
+    `sales` with a large error on the third; the paired bootstrap says which is which."""
+    rows = champion.test.reset_index(drop=True)
+    scored = score_frame(OnnxModel(champion.export_dir), rows, champion.tag)
+    for t in champion.cfg.tasks:
+        scored[label_column(t.name)] = rows[label_column(t.name)].to_numpy()
+    worse = scored.assign(model_version="worse")
+    worse["sales__value"] = worse["sales__value"] + rows[label_column("sales")].std()
+    result = compare(champion.cfg, scored, worse, confidence=0.95, draws=300)
+    by_task = {t.task: t for t in result.tasks}
+    assert by_task["sales"].verdict == "worse" and by_task["sales"].change_high < -by_task["sales"].tolerance
+    assert by_task["sales"].mean_abs_difference == pytest.approx(rows[label_column("sales")].std(), rel=1e-3)
+    assert by_task["price_band"].verdict == by_task["busy_month"].verdict == "not worse"
+    assert by_task["price_band"].label_flip_rate == by_task["busy_month"].label_flip_rate == 0.0
+    assert not result.shadow_not_worse and result.shadow_version == "worse"
+    same = compare(champion.cfg, scored, scored, draws=100)
+    assert same.shadow_not_worse
+
+
+def test_shadow_report_and_decision_on_the_live_log_with_labels(champion: Champion,
+                                                                shadowed: tuple[ServerProcess, str],
+                                                                tmp_path: Path) -> None:
+    """`mtlops shadow report` pairs the live log with labels; `mtlops shadow decide` waits for enough
+    labelled records, then promotes the shadow (a copy: not worse on any task) with its evidence."""
+    server, shadow = shadowed
+    rows = champion.test.head(30).reset_index(drop=True)
+    r = _predict(server.url, {"records": _records(rows, champion.cfg)})
+    labels = pd.DataFrame({"request_id": r.json()["request_id"], "record_index": np.arange(len(rows))})
+    for t in champion.cfg.tasks:
+        labels[label_column(t.name)] = rows[label_column(t.name)].to_numpy()
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "config.yaml").write_text(config_to_yaml(champion.cfg))
+    log_dir = server.output.parent / "predictions"
+    deadline = time.monotonic() + 30
+    report: dict = {}
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "pipelines.cli", "shadow", "report", "--config",
+                              str(tmp_path / "config.yaml"), "--log", str(log_dir), "--labels-file",
+                              str(tmp_path / "labels.csv"), "--json"], capture_output=True, text=True, cwd=PROJECT)
+        if out.returncode == 0:
+            report = json.loads(out.stdout)
+            if all(t["labelled"] >= len(rows) for t in report["tasks"]):
+                break
+        time.sleep(0.5)
+    assert report, out.stderr
+    assert {t["task"] for t in report["tasks"]} == {t.name for t in champion.cfg.tasks}
+    for t in report["tasks"]:
+        assert t["labelled"] == len(rows) and t["verdict"] == "not worse"  # the shadow is a copy
+
+    def decide(min_labelled: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "shadow", "decide", "--config",
+                               str(tmp_path / "config.yaml"), "--log", str(log_dir), "--labels-file",
+                               str(tmp_path / "labels.csv"), "--min-labelled", str(min_labelled)],
+                              capture_output=True, text=True, cwd=PROJECT)
+
+    name = champion.cfg.registry.model_name
+    waiting = decide(len(rows) + 1)
+    assert waiting.returncode == 3 and "too few labelled records" in waiting.stdout, waiting.stdout + waiting.stderr
+    assert str(registry.champion(name).tag) == champion.tag
+    decided = decide(len(rows))
+    assert decided.returncode == 0 and "promoted" in decided.stdout, decided.stdout + decided.stderr
+    promoted = registry.champion(name)
+    assert str(promoted.tag) == shadow and registry.shadow(name) is None
+    assert {t["verdict"] for t in promoted.info.metadata["shadow_decision"]["tasks"]} == {"not worse"}
 
 
 def test_a_broken_shadow_costs_no_request_and_is_counted(champion: Champion, shadowed: tuple[ServerProcess, str],
