@@ -234,7 +234,7 @@ class CategoricalFeature(Strict):
     allow_null: bool = True  # false: a null fails data validation and is refused at serving
     max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
     # own: a null has its own embedding; unknown: it shares the out-of-vocabulary one, so the model cannot
-    # tell "missing" from "unseen" (for a null that only the outcome explains: see the README on tailnum)
+    # tell "missing" from "unseen" (for a null that only the outcome explains: see docs/tables.md on tailnum)
     nulls: Literal["own", "unknown"] = "own"
 
 
