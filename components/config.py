@@ -364,9 +364,7 @@ class TaskSpec(Strict):
             raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRIC_DIRECTIONS)})")
         if metric not in kind.metrics:
             raise ValueError(f"metric '{metric}' does not fit {kind.article} task")
-        kind.check(self)
-        if self.transform != "standardize" and self.type != "regression":
-            raise ValueError(f"'transform' applies to regression tasks, not {self.type}")
+        kind.check(self)  # label derivation and transform
         object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "metric", metric)
         return self
