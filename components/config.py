@@ -234,7 +234,7 @@ class CategoricalFeature(Strict):
     allow_null: bool = True  # false: a null fails data validation and is refused at serving
     max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
     # own: a null has its own embedding; unknown: it shares the out-of-vocabulary one, so the model cannot
-    # tell "missing" from "unseen" (for a null that only the outcome explains: see the README on tailnum)
+    # tell "missing" from "unseen" (for a null that only the outcome explains: see docs/tables.md on tailnum)
     nulls: Literal["own", "unknown"] = "own"
 
 
@@ -364,9 +364,7 @@ class TaskSpec(Strict):
             raise ValueError(f"unknown metric '{metric}' (known: {sorted(METRIC_DIRECTIONS)})")
         if metric not in kind.metrics:
             raise ValueError(f"metric '{metric}' does not fit {kind.article} task")
-        kind.check(self)
-        if self.transform != "standardize" and self.type != "regression":
-            raise ValueError(f"'transform' applies to regression tasks, not {self.type}")
+        kind.check(self)  # label derivation and transform
         object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "metric", metric)
         return self

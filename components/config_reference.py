@@ -97,7 +97,7 @@ monitoring:
 leakage:
   max_skill: 0.995
   allow_leaky:
-    - {feature: tailnum, task: cancelled, reason: "kept on purpose: see the README"}
+    - {feature: tailnum, task: cancelled, reason: "kept on purpose: see docs/tables.md"}
 """,
     "prometheus": """\
 prometheus:

@@ -1,14 +1,15 @@
 """Label leakage caught before training: every feature alone, and its null indicator, against every label.
 
-On (a seeded sample of) the training split, each feature is scored as a one-feature predictor of
-each task's label: its value (on the rows where it is present; a categorical as its out-of-fold mean
-label per value), and whether it is null (when it ever is). Skill is in [0, 1]: 2·AUC − 1 for a binary
-label (symmetric, so a feature that predicts "no" is as suspicious), the mean one-vs-rest 2·AUC − 1
-for a multiclass label, |Spearman ρ| for a regression label. A feature leaks when its skill is
-near-perfect (`leakage.max_skill`) or far above every other feature's on the task (`leakage.max_lead`),
-or when its null rows carry, almost purely, a label value that is rare overall (`leakage.max_null_purity`);
-the run stops naming feature, task and score unless `leakage.allow_leaky` lists it with a reason
-(data validation reports it: components/validate.py).
+On (a seeded sample of) the training split, each feature is scored as a one-feature predictor of each task's
+label: its value (on the rows where it is present; a categorical as its out-of-fold mean label per value), and
+whether it is null (when it ever is). Skill is in [0, 1]: 2·AUC − 1 for a binary label (symmetric, so a
+feature that predicts "no" is as suspicious), the mean one-vs-rest 2·AUC − 1 for a multiclass label, the mean
+2·AUC − 1 of "above class k" over the thresholds of an ordinal label (in the task's class order), |Spearman ρ|
+for a regression label: the task's kind says which (`TaskKind.leakage_skill`, `leakage_targets`). A feature
+leaks when its skill is near-perfect (`leakage.max_skill`) or far above every other feature's on the task
+(`leakage.max_lead`), or when its null rows carry, almost purely, a label value that is rare overall
+(`leakage.max_null_purity`); the run stops naming feature, task and score unless `leakage.allow_leaky` lists
+it with a reason (data validation reports it: components/validate.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 
 from components.config import ProjectConfig, TaskSpec
 from components.data import label_column
+from components.tasks import kind_of
 
 NULL_SUFFIX = " (null)"  # the null-indicator variant of a feature
 UNSEEN_SUFFIX = " (null or unseen)"  # the same for `nulls: unknown`: null and out-of-vocabulary share an index
@@ -36,7 +38,7 @@ class LeakScore:
     allowed: str | None = None  # the allow_leaky reason that keeps it
 
 
-def _skill_binary(x: np.ndarray, y: np.ndarray) -> float:
+def _auc_skill(x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score  # here: every pipeline step imports this module, few score leakage
 
     if len(np.unique(y)) < 2 or len(np.unique(x)) < 2:
@@ -44,11 +46,14 @@ def _skill_binary(x: np.ndarray, y: np.ndarray) -> float:
     return abs(2 * float(roc_auc_score(y, x)) - 1)
 
 
-def _skill_regression(x: np.ndarray, y: np.ndarray) -> float:
+def _rank_correlation_skill(x: np.ndarray, y: np.ndarray) -> float:
     if len(y) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     rho = pd.Series(x).rank().corr(pd.Series(y).rank())
     return 0.0 if np.isnan(rho) else abs(float(rho))
+
+
+SKILLS = {"auc": _auc_skill, "rank_correlation": _rank_correlation_skill}  # by TaskKind.leakage_skill
 
 
 def _out_of_fold_means(values: pd.Series, target: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -69,17 +74,11 @@ def _skill(task: TaskSpec, x: pd.Series, y: pd.Series, categorical: bool, fold: 
     x, y, fold = x[keep], y[keep], fold[keep]
     if len(y) < 10:
         return 0.0
-    if task.type == "multiclass":
-        classes = y.astype(str)
-        skills = []
-        for c in classes.unique():
-            hit = (classes == c).to_numpy(np.float64)
-            xv = _out_of_fold_means(x.astype(str), hit, fold) if categorical else x.to_numpy(np.float64)
-            skills.append(_skill_binary(xv, hit))
-        return float(np.mean(skills))
-    yv = y.to_numpy(np.float64)
-    xv = _out_of_fold_means(x.astype(str), yv, fold) if categorical else x.to_numpy(np.float64)
-    return _skill_binary(xv, yv) if task.type == "binary" else _skill_regression(xv, yv)
+    kind = kind_of(task)
+    skill_of = SKILLS[kind.leakage_skill]
+    skills = [skill_of(_out_of_fold_means(x.astype(str), target, fold) if categorical else x.to_numpy(np.float64),
+                       target) for target in kind.leakage_targets(task, y)]
+    return float(np.mean(skills))
 
 
 MIN_NULL_ROWS = 30  # fewer null rows say nothing about purity
@@ -87,8 +86,8 @@ MIN_NULL_ROWS = 30  # fewer null rows say nothing about purity
 
 def _null_purity(task: TaskSpec, indicator: pd.Series, y: pd.Series) -> float:
     """How purely the rows where `indicator` is set carry one label value that is a minority overall
-    (0 when they do not, or are too few, or the task is a regression)."""
-    if task.type == "regression":
+    (0 when they do not, or are too few, or the task's labels take many values: a regression)."""
+    if not kind_of(task).few_label_values:
         return 0.0
     on = y[indicator.astype(bool) & y.notna()].astype(str)
     if len(on) < MIN_NULL_ROWS:

@@ -1,7 +1,9 @@
-"""What each task type means, in one place: the losses and metrics that fit it (with the defaults), how its
-label is fitted and encoded, the width of its head, its loss, its metrics and trivial baseline, and how its raw
-outputs read to a user (prediction columns, the service's answer, and back from logged columns for monitoring).
-Every other module asks the task's `TaskKind` (`kind_of(target)`) instead of testing its type.
+"""What each task type means, in one place: the losses, metrics and label transforms that fit it (with the
+defaults), how its label is fitted and encoded, the width of its head, its loss, its metrics and trivial baseline,
+how its raw outputs read to a user (prediction columns, the service's answer, and back from logged columns for
+monitoring), how the leakage check scores a feature on its label, and which label-free estimator monitoring fits.
+Every other module asks the task's `TaskKind` (`kind_of(target)`) instead of comparing its type
+(tests/test_tasks.py fails on such a comparison anywhere else).
 
 Prediction columns, one group per task:
 
@@ -100,6 +102,12 @@ class TaskKind:
     class_labels: ClassVar[bool] = False  # labels are class names (else numbers)
     min_distinct_labels: ClassVar[int] = 2  # a training window needs at least this many distinct labels
     label_ops: ClassVar[tuple[str, ...] | None] = None  # the label derivations it accepts (None: any)
+    transforms: ClassVar[tuple[str, ...]] = ("standardize",)  # the label transforms it accepts (the first: default)
+    # the leakage check (components/leakage.py): a feature's skill on the label is 2·AUC − 1 ("auc") or |Spearman ρ|
+    # ("rank_correlation") against each of `leakage_targets`; null purity reads labels that take a few values
+    leakage_skill: ClassVar[Literal["auc", "rank_correlation"]] = "auc"
+    few_label_values: ClassVar[bool] = True
+    estimator: ClassVar[str]  # the label-free quality estimator of its metric (monitoring/estimation.py ESTIMATORS)
 
     @property
     def article(self) -> str:
@@ -120,6 +128,9 @@ class TaskKind:
         """Raise ValueError where the task's settings do not fit the type (besides loss and metric)."""
         if self.label_ops is not None and task.label.op not in self.label_ops:
             raise ValueError(f"{self.article} task needs op {' or '.join(repr(o) for o in self.label_ops)}")
+        if task.transform not in self.transforms:
+            takes = [k.name for k in TASK_KINDS.values() if task.transform in k.transforms]
+            raise ValueError(f"'transform' applies to {' and '.join(takes)} tasks, not {self.name}")
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
         """The fitted fields of the task's `TargetSpec` (besides name and type), from its training labels."""
@@ -203,6 +214,17 @@ class TaskKind:
     def monitored_column(self, task: str) -> str:
         return f"{task}__{self.monitored}"
 
+    def logged_prediction(self, task: str, frame: pd.DataFrame) -> np.ndarray:
+        """One logged number per row that label-free quality estimation reads (its score or input)."""
+        raise NotImplementedError
+
+    # --- the leakage check -----------------------------------------------------------
+
+    def leakage_targets(self, task: LabelledTask, y: pd.Series) -> list[np.ndarray]:
+        """The present labels as the numeric targets a feature's skill is scored against (the skill is the mean
+        over them)."""
+        return [y.to_numpy(np.float64)]
+
 
 class Binary(TaskKind):
     name = "binary"
@@ -210,6 +232,7 @@ class Binary(TaskKind):
     metrics = ("roc_auc", "log_loss", "accuracy")
     monitored = "proba"
     label_ops = ("identity", "gt", "ge", "lt", "le", "eq", "in", "not_in", "between", "not", "is_null")
+    estimator = "cbpe_probability"
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
         return {"threshold": task.threshold}
@@ -266,6 +289,10 @@ class Binary(TaskKind):
         p = np.clip(frame[proba_column(target.name)].to_numpy(np.float64), 1e-12, 1 - 1e-12)
         return np.log(p / (1 - p))
 
+    def logged_prediction(self, task: str, frame: pd.DataFrame) -> np.ndarray:
+        """The logged probability of the positive class."""
+        return frame[proba_column(task)].to_numpy(np.float64)
+
 
 class ClassLabels(TaskKind):
     """A type whose labels are class names: from the label column as-is (in the order of `classes`, or sorted)
@@ -275,6 +302,7 @@ class ClassLabels(TaskKind):
     monitored = "label"
     monitored_is_categorical = True
     label_ops = ("identity", "bins")
+    estimator = "cbpe_confidence"
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
         classes = list(task.classes) if task.classes else sorted(y.dropna().astype(str).unique().tolist())
@@ -320,6 +348,16 @@ class ClassLabels(TaskKind):
     def extra_columns(self, task: str, columns: Iterable[str]) -> list[str]:
         return [proba_column(task, c) for c in self.classes_in(task, columns)]
 
+    def logged_confidence(self, task: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The logged probability of each row's predicted class, and that class's index in the log's order."""
+        probs = frame[self.extra_columns(task, frame.columns)].to_numpy(np.float64)
+        predicted = self.predicted(probs)
+        return probs[np.arange(len(probs)), predicted], predicted
+
+    def logged_prediction(self, task: str, frame: pd.DataFrame) -> np.ndarray:
+        """The logged probability of the predicted class."""
+        return self.logged_confidence(task, frame)[0]
+
 
 class Multiclass(ClassLabels):
     name = "multiclass"
@@ -328,6 +366,11 @@ class Multiclass(ClassLabels):
 
     def width(self, n_classes: int) -> int:
         return n_classes
+
+    def leakage_targets(self, task: LabelledTask, y: pd.Series) -> list[np.ndarray]:
+        """One-vs-rest: whether the label is each class."""
+        classes = y.astype(str)
+        return [(classes == c).to_numpy(np.float64) for c in classes.unique()]
 
     def loss(self, name: str, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -372,6 +415,13 @@ class Ordinal(ClassLabels):
 
     def width(self, n_classes: int) -> int:
         return max(n_classes - 1, 1)
+
+    def leakage_targets(self, task: LabelledTask, y: pd.Series) -> list[np.ndarray]:
+        """Whether the label is above each class but the last, in the task's order: the thresholds the head
+        predicts (a feature that ranks the rows in the class order has skill on every one)."""
+        classes = self.fit(task, y)["classes"]
+        position = y.astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(np.float64)
+        return [(position > k).astype(np.float64) for k in range(len(classes) - 1)]
 
     def loss(self, name: str, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch
@@ -424,6 +474,10 @@ class Regression(TaskKind):
     metrics = ("mae", "rmse")
     monitored = "value"
     min_distinct_labels = 1
+    transforms = ("standardize", "log1p", "none")
+    leakage_skill = "rank_correlation"
+    few_label_values = False
+    estimator = "dle"
 
     def fit(self, task: LabelledTask, y: pd.Series) -> dict[str, Any]:
         yv = y.astype("float64").to_numpy()
@@ -495,6 +549,10 @@ class Regression(TaskKind):
 
     def from_columns(self, target: Target, frame: pd.DataFrame) -> np.ndarray:
         return frame[value_column(target.name)].to_numpy(np.float64)
+
+    def logged_prediction(self, task: str, frame: pd.DataFrame) -> np.ndarray:
+        """The logged value, in the column's units."""
+        return frame[value_column(task)].to_numpy(np.float64)
 
 
 TASK_KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Binary(), Multiclass(), Ordinal(), Regression())}

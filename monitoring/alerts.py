@@ -5,7 +5,7 @@ segment against the others, a null surge in a segment, duplicated records: `data
 names the column and the segment and never retrains — a model retrained on the broken column
 would learn the bug. A **model** alert (drift, quality: `reasons_to_alert`) acts as the policy
 says (`alerts.action`). A window with both is a data alert: its model reasons are logged beside,
-as what the broken input may have caused.
+as what the broken input may have caused. Each rule is an `AlertRule` registered in `ALERT_RULES`.
 
 Time is data time: the cool-down is measured between the ends of the monitored windows, so a
 replay of past months behaves as live traffic would; each kind has its own cool-down, so a data
@@ -51,18 +51,22 @@ class WindowReport(Protocol):
 DATA, MODEL = "data", "model"
 
 
-@dataclass(frozen=True)
-class Reason:
-    """One rule a window breaks: `text` for a person; `rule`, `subjects` (the features or tasks it
-    names) and the segment for a metric's labels (monitoring/exposition.py), bounded by the config's
-    features, tasks and segments."""
+class Reason(str):
+    """One line a rule gives for a window: the text for a person (it is that string) and, for a metric's
+    labels (monitoring/exposition.py), what it is about — `rule` (data: shift, nulls, duplicates; model:
+    drift_share, feature_drift, prediction_drift, quality_drop, below_baseline, estimated_drop), the
+    features or tasks it names, the segment — bounded by the config's features, tasks and segments."""
 
-    text: str
-    rule: str  # data: shift, nulls, duplicates; model: drift_share, feature_drift, prediction_drift,
-    # quality_drop, below_baseline, estimated_drop
-    subjects: tuple[str, ...] = ()
-    segment_column: str = ""
-    segment: str = ""
+    rule: str
+    subjects: tuple[str, ...]
+    segment_column: str
+    segment: str
+
+    def __new__(cls, text: str, rule: str, subjects: tuple[str, ...] = (), segment_column: str = "",
+                segment: str = "") -> Reason:
+        reason = super().__new__(cls, text)
+        reason.rule, reason.subjects, reason.segment_column, reason.segment = rule, subjects, segment_column, segment
+        return reason
 
 
 @dataclass
@@ -93,102 +97,202 @@ class Alert:
         return self.acts and self.kind == MODEL and self.action == "retrain"
 
 
+class AlertRule(Protocol):
+    """One rule of the alert policy. Adding a rule is a class here and its line in `ALERT_RULES`; the rule
+    table of docs/monitoring.md lists it (tests/test_alerts.py fails until it does)."""
+
+    name: str
+    kind: str  # DATA: the input is broken (never retrains); MODEL: drift or quality (acts as `alerts.action` says)
+    # the config fields that decide it, as paths (`alerts.drift_share`): read here, or where the monitor computes
+    # what it reads (`monitoring.segments` -> the report's data findings)
+    settings: tuple[str, ...]
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        """What the window breaks, one line each (empty: nothing); a `Reason` to label the line's metric."""
+        ...
+
+
+class SegmentChecks:
+    """The data checks the window fails (monitoring/segments.py): each names the column and, for a segment
+    check, the segment."""
+
+    name, kind = "segment_checks", DATA
+    settings = ("monitoring.segments",)
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        findings = [SegmentFinding(**f) for f in report.data_findings]
+        return [Reason(f"data: {f.describe()}", f.check, (f.feature,), f.segment_column, f.segment) for f in findings]
+
+
+class DuplicatedRecords:
+    """More duplicated records than the reference holds, by `monitoring.duplicate_share` or more."""
+
+    name, kind = "duplicated_records", DATA
+    settings = ("monitoring.duplicate_share",)
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        limit = cfg.monitoring.duplicate_share
+        if limit is None or report.duplicate_share - report.duplicate_share_reference < limit:
+            return []
+        return [Reason(f"data: duplicated records {report.duplicate_share:.1%} of the window (reference "
+                       f"{report.duplicate_share_reference:.1%}, alert at +{limit:.0%})", "duplicates")]
+
+
+class DriftShare:
+    """The share of drifted features reaches `alerts.drift_share`."""
+
+    name, kind = "drift_share", MODEL
+    settings = ("alerts.drift_share",)
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        limit = cfg.alerts.drift_share
+        if limit is None or report.drift_share < limit:
+            return []
+        return [Reason(f"drift share {report.drift_share:.0%} >= {limit:.0%}", "drift_share")]
+
+
+class WatchedFeatures:
+    """A watched feature (`alerts.features`; `"*"`: every feature not in `monitoring.context_features`) passes
+    its calibrated threshold."""
+
+    name, kind = "watched_features", MODEL
+    settings = ("alerts.features", "monitoring.context_features", "monitoring.calibration_quantile")
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        context = set(cfg.monitoring.context_features)
+        watched = set(cfg.alerts.features)
+        if "*" in watched:
+            watched = {f for f in cfg.features.names if f not in context}
+        drifted = sorted(watched & set(report.drifted_features))
+        return [Reason(f"watched features drifted: {', '.join(drifted)}", "feature_drift", tuple(drifted))] \
+            if drifted else []
+
+
+class PredictionDrift:
+    """A watched task's predictions (`alerts.prediction_drift`; `"*"`: every task) drift while its quality is
+    not known to hold: drift is the proxy for a quality that cannot be judged, and a seasonal shift of the
+    predictions that leaves the metric where it was is no alert."""
+
+    name, kind = "prediction_drift", MODEL
+    settings = ("alerts.prediction_drift", "monitoring.calibration_quantile")
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        watched = set(cfg.alerts.prediction_drift)
+        drifted = [t.name for t in cfg.tasks if ("*" in watched or t.name in watched)
+                   and t.name in report.drifted_predictions and not _quality_holds(cfg, t.name, report)]
+        return [Reason(f"predictions drifted: {', '.join(drifted)}", "prediction_drift", tuple(drifted))] \
+            if drifted else []
+
+
+class RealizedQuality:
+    """Once labels are known, per task: a metric drop vs the champion's held-out metric beyond the task's
+    tolerance that a one-sided bootstrap test finds significant at `monitoring.quality_confidence` (H0: the
+    drop is within the tolerance); or a metric no better than the trivial baseline's on the same rows."""
+
+    name, kind = "realized_quality", MODEL
+    settings = ("alerts.metric_drop", "alerts.below_baseline", "monitoring.quality_confidence",
+                "tasks.tolerance", "registry.default_tolerance")
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        return [r for t in cfg.tasks for r in _realized(cfg, t.name, t.metric or "", report) or []]
+
+
+class EstimatedQuality:
+    """Before the labels, per task: the estimated metric (CBPE / DLE) drops beyond the task's tolerance
+    against the same estimator on its reference, when the estimate's assumption check holds."""
+
+    name, kind = "estimated_quality", MODEL
+    settings = ("alerts.metric_drop", "tasks.tolerance", "registry.default_tolerance",
+                "monitoring.estimate_max_outside")
+
+    def reasons(self, cfg: ProjectConfig, report: WindowReport) -> list[str]:
+        return [r for t in cfg.tasks if _realized(cfg, t.name, t.metric or "", report) is None
+                for r in _estimated(cfg, t.name, t.metric or "", report) or []]
+
+
+ALERT_RULES: dict[str, AlertRule] = {rule.name: rule for rule in (
+    SegmentChecks(), DuplicatedRecords(), DriftShare(), WatchedFeatures(), PredictionDrift(), RealizedQuality(),
+    EstimatedQuality())}
+POLICY_SETTINGS = ("alerts.min_rows", "alerts.cooldown_days", "alerts.action", "alerts.webhook")  # read by `decide`
+
+
+def _reasons(kind: str, cfg: ProjectConfig, report: WindowReport) -> list[Reason]:
+    """The reasons of every rule of `kind`, in the registry's order (a rule's plain line becomes a `Reason`
+    labelled with the rule's name); windows under `alerts.min_rows` are not judged."""
+    if report.rows_current < cfg.alerts.min_rows:
+        return []
+    return [r if isinstance(r, Reason) else Reason(r, rule.name)
+            for rule in ALERT_RULES.values() if rule.kind == kind for r in rule.reasons(cfg, report)]
+
+
 def data_reasons(cfg: ProjectConfig, report: WindowReport) -> list[str]:
-    """The data checks the window fails (monitoring/segments.py): each names the column and, for a
-    segment check, the segment. Windows under `alerts.min_rows` are not judged."""
-    return [r.text for r in data_problems(cfg, report)]
+    """Every data rule the window breaks: each names the column and, for a segment check, the segment."""
+    return [str(r) for r in data_problems(cfg, report)]
+
+
+def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
+    """Every model rule the window breaks (empty: no model alert)."""
+    return [str(r) for r in model_problems(cfg, report)]
 
 
 def data_problems(cfg: ProjectConfig, report: WindowReport) -> list[Reason]:
     """`data_reasons`, each with its check, column and segment."""
-    if report.rows_current < cfg.alerts.min_rows:
-        return []
-    reasons = []
-    for f in report.data_findings:
-        finding = SegmentFinding(**f)
-        reasons.append(Reason(f"data: {finding.describe()}", finding.check, (finding.feature,),
-                              finding.segment_column, finding.segment))
-    limit = cfg.monitoring.duplicate_share
-    extra = report.duplicate_share - report.duplicate_share_reference
-    if limit is not None and extra >= limit:
-        reasons.append(Reason(f"data: duplicated records {report.duplicate_share:.1%} of the window (reference "
-                              f"{report.duplicate_share_reference:.1%}, alert at +{limit:.0%})", "duplicates"))
-    return reasons
-
-
-def reasons_to_alert(cfg: ProjectConfig, report: WindowReport) -> list[str]:
-    """The texts of `model_problems`: what the alert log and the webhook carry."""
-    return [r.text for r in model_problems(cfg, report)]
+    return _reasons(DATA, cfg, report)
 
 
 def model_problems(cfg: ProjectConfig, report: WindowReport) -> list[Reason]:
-    """Every model rule of the policy the window breaks (empty: no model alert): the drift share, each
-    watched feature past its calibrated threshold, and per task its quality — once labels are known,
-    a metric drop vs the champion's held-out metric beyond the task's tolerance that a one-sided
-    bootstrap test finds significant at `monitoring.quality_confidence` (H0: the drop is within the
-    tolerance), or a metric worse than the
-    trivial baseline's on the same rows; before that, the estimated metric (CBPE / DLE) dropping
-    beyond the tolerance, when the estimate's check holds. A watched task's prediction drift alerts
-    unless the task's quality, realized or estimated, is known to hold: drift is the proxy for a
-    quality that cannot be judged, and a seasonal shift of the predictions that leaves the metric
-    where it was is no alert."""
-    policy = cfg.alerts
-    if report.rows_current < policy.min_rows:
-        return []
-    reasons = []
-    if policy.drift_share is not None and report.drift_share >= policy.drift_share:
-        reasons.append(Reason(f"drift share {report.drift_share:.0%} >= {policy.drift_share:.0%}", "drift_share"))
-    context = set(cfg.monitoring.context_features)
-    features = {f for f in cfg.features.names if f not in context} if "*" in policy.features else set(policy.features)
-    watched = sorted(features & set(report.drifted_features))
-    if watched:
-        reasons.append(Reason(f"watched features drifted: {', '.join(watched)}", "feature_drift", tuple(watched)))
-    quality_reasons, quality_holds = [], set()
-    for task in cfg.tasks:
-        found, judged = _quality_reasons(cfg, task.name, task.metric or "", report)
-        quality_reasons += found
-        if judged and not found:
-            quality_holds.add(task.name)
-    tasks = {t.name for t in cfg.tasks} if "*" in policy.prediction_drift else set(policy.prediction_drift)
-    drifted = [t.name for t in cfg.tasks if t.name in tasks - quality_holds and t.name in report.drifted_predictions]
-    if drifted:
-        reasons.append(Reason(f"predictions drifted: {', '.join(drifted)}", "prediction_drift", tuple(drifted)))
-    return reasons + quality_reasons
+    """`reasons_to_alert`, each with its rule and the features or tasks it names."""
+    return _reasons(MODEL, cfg, report)
 
 
-def _quality_reasons(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> tuple[list[Reason], bool]:
-    """The task's quality rules the window breaks, and whether its quality could be judged at all
-    (realized from labels, else estimated)."""
-    tolerance = cfg.alert_tolerance(task)
+def _realized(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> list[str] | None:
+    """The task's realized-quality reasons, or None when its labels are not known."""
     q = report.quality.get(task)
-    if q and math.isfinite(q.get("current", math.nan)):
-        reasons, current = [], q["current"]
-        if math.isfinite(q.get("reference", math.nan)):
-            change = relative_change(metric, current, q["reference"])
-            # the stated test: H0 "the window's metric is within the tolerance of the reference's", one-sided
-            # bootstrap p-value; the drop alerts when it is past the tolerance and H0 is rejected at
-            # monitoring.quality_confidence
-            confidence, p_value = cfg.monitoring.quality_confidence, q.get("p_value", math.nan)
-            tested = confidence > 0 and math.isfinite(p_value)
-            if change <= -tolerance and (not tested or p_value <= 1 - confidence):
-                test = f"; one-sided bootstrap p={p_value:.3f} <= {1 - confidence:.2f}" if tested else ""
-                reasons.append(Reason(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
-                                      f"({change:+.1%}, alert at -{tolerance:.0%}{test})", "quality_drop", (task,)))
-        baseline = q.get("baseline", math.nan)
-        if cfg.alerts.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
-            reasons.append(Reason(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
-                                  f"{baseline:.4f} on the same window", "below_baseline", (task,)))
-        return reasons, True
+    if not (q and math.isfinite(q.get("current", math.nan))):
+        return None
+    tolerance = cfg.alert_tolerance(task)
+    reasons, current = [], q["current"]
+    if math.isfinite(q.get("reference", math.nan)):
+        change = relative_change(metric, current, q["reference"])
+        # the stated test: H0 "the window's metric is within the tolerance of the reference's", one-sided
+        # bootstrap p-value; the drop alerts when it is past the tolerance and H0 is rejected at
+        # monitoring.quality_confidence
+        confidence, p_value = cfg.monitoring.quality_confidence, q.get("p_value", math.nan)
+        tested = confidence > 0 and math.isfinite(p_value)
+        if change <= -tolerance and (not tested or p_value <= 1 - confidence):
+            test = f"; one-sided bootstrap p={p_value:.3f} <= {1 - confidence:.2f}" if tested else ""
+            reasons.append(Reason(f"{task} {metric} {q['reference']:.4f} -> {current:.4f} "
+                                  f"({change:+.1%}, alert at -{tolerance:.0%}{test})", "quality_drop", (task,)))
+    baseline = q.get("baseline", math.nan)
+    if cfg.alerts.below_baseline and math.isfinite(baseline) and not is_better(metric, current, baseline):
+        reasons.append(Reason(f"{task} {metric} {current:.4f} is no better than the trivial baseline's "
+                              f"{baseline:.4f} on the same window", "below_baseline", (task,)))
+    return reasons
+
+
+def _estimated(cfg: ProjectConfig, task: str, metric: str, report: WindowReport) -> list[str] | None:
+    """The task's estimated-quality reasons, or None when there is no estimate or its assumption is in doubt
+    (the task's quality is then not known)."""
     estimate, reference = report.estimated.get(task, math.nan), report.estimated_reference.get(task, math.nan)
     if not (math.isfinite(estimate) and math.isfinite(reference)):
-        return [], False
+        return None
     if not report.estimate_checks.get(task, {}).get("holds", True):
-        return [], False  # the estimate's assumption is in doubt: the task's quality is not known
+        return None
+    tolerance = cfg.alert_tolerance(task)
     change = relative_change(metric, estimate, reference)
     if change <= -tolerance:
         return [Reason(f"{task} {metric} estimated {reference:.4f} -> {estimate:.4f} ({change:+.1%}, alert at "
-                       f"-{tolerance:.0%}; labels not yet known)", "estimated_drop", (task,))], True
-    return [], True
+                       f"-{tolerance:.0%}; labels not yet known)", "estimated_drop", (task,))]
+    return []
+
+
+def _quality_holds(cfg: ProjectConfig, task: str, report: WindowReport) -> bool:
+    """Whether the task's quality was judged (realized, else estimated) and broke no rule."""
+    metric = next(t.metric or "" for t in cfg.tasks if t.name == task)
+    found = _realized(cfg, task, metric, report)
+    if found is None:
+        found = _estimated(cfg, task, metric, report)
+    return found == []
 
 
 def read_alerts(log: Path) -> list[Alert]:

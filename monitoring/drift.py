@@ -224,7 +224,7 @@ def _prepared(frame: pd.DataFrame, cfg: ProjectConfig, predictions: dict[str, st
               top: dict[str, set[str]]) -> pd.DataFrame:
     """The columns the report reads; categorical features over the reference's top values plus
     an OTHER bucket: a long tail (tailnum: ~4,000 aircraft) compared value by value on a few
-    thousand rows reads as drift from sampling noise alone (see the README's Monitoring section)."""
+    thousand rows reads as drift from sampling noise alone (docs/monitoring.md, "Monitor a window")."""
     labels = [label_column(t.name) for t in cfg.tasks if label_column(t.name) in frame.columns]
     probas = [c for t in cfg.tasks for c in kind_of(t).extra_columns(t.name, frame.columns)]
     out = frame[[*cfg.features.names, *predictions.values(), *probas, *labels]].copy()

@@ -44,7 +44,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -57,18 +57,6 @@ from components.data import label_column
 from components.features import FeatureSpec, TargetSpec
 from components.metrics import relative_change
 from components.tasks import ClassLabels, kind_of
-
-
-def _proba(task: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
-    return frame[f"{task.name}__proba"].to_numpy(np.float64)
-
-
-def _confidence(task: TaskSpec, classes: list[str], frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """A class-label task's logged probability of its predicted class, and that class's index."""
-    kind = cast(ClassLabels, kind_of(task))
-    probs = kind.logged_probabilities(TargetSpec(task.name, task.type, classes=classes), frame)
-    predicted = kind.predicted(probs)
-    return probs[np.arange(len(probs)), predicted], predicted
 
 
 def expected_roc_auc(score: np.ndarray, p: np.ndarray) -> float:
@@ -87,84 +75,129 @@ def expected_roc_auc(score: np.ndarray, p: np.ndarray) -> float:
     return float((pp * below).sum() / denominator) if denominator > 0 else math.nan
 
 
-@dataclass
-class TaskEstimator:
-    task: TaskSpec
-    model: Any  # IsotonicRegression (binary, multiclass) or HistGradientBoostingRegressor (regression)
-    classes: list[str]  # multiclass: in the log's column order
-    codes: dict[str, list[str]]  # regression: categorical feature -> the values coded, in order
+class Estimator:
+    """One task's metric estimated without labels, fitted on the reference's labelled rows. Which estimator a
+    task gets is its kind's (`TaskKind.estimator`, a key of `ESTIMATORS`); it reads the task's logged
+    prediction through the kind (`TaskKind.logged_prediction`)."""
 
-    def estimate(self, cfg: ProjectConfig, frame: pd.DataFrame) -> float:
+    method: ClassVar[str]  # "CBPE" or "DLE": names its assumption (ASSUMPTIONS)
+
+    def __init__(self, cfg: ProjectConfig, task: TaskSpec) -> None:
+        self.cfg, self.task, self.kind = cfg, task, kind_of(task)
+
+    def fit(self, reference: pd.DataFrame, seed: int) -> Estimator:
+        """Fit on `reference`, whose rows all have the task's label."""
+        raise NotImplementedError
+
+    def estimate(self, frame: pd.DataFrame) -> float:
+        raise NotImplementedError
+
+    def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The estimator's numeric inputs by name (what the assumption check compares with the reference)."""
+        return {self.task.name: self.kind.logged_prediction(self.task.name, frame)}
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[label_column(self.task.name)].to_numpy(np.float64)
+
+
+class ProbabilityCBPE(Estimator):
+    """CBPE on the probability of the positive class: ROC-AUC, accuracy or log loss in expectation over the
+    labels the calibrated probabilities imply."""
+
+    method = "CBPE"
+
+    def fit(self, reference: pd.DataFrame, seed: int) -> Estimator:
+        self.model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+            self.kind.logged_prediction(self.task.name, reference), self.labels(reference))
+        return self
+
+    def estimate(self, frame: pd.DataFrame) -> float:
         t, metric = self.task, self.task.metric
-        if t.type == "binary":
-            q = _proba(t, frame)
-            p = np.clip(self.model.predict(q), 1e-6, 1 - 1e-6)
-            if metric == "roc_auc":
-                return expected_roc_auc(q, p)
-            if metric == "accuracy":
-                decided = q >= t.threshold
-                return float(np.mean(np.where(decided, p, 1 - p)))
-            qc = np.clip(q, 1e-12, 1 - 1e-12)
-            return float(np.mean(-(p * np.log(qc) + (1 - p) * np.log(1 - qc))))  # log_loss
-        if kind_of(t).class_labels:
-            if metric != "accuracy":
-                return math.nan  # the other metrics of class labels are not estimated
-            return float(np.mean(self.model.predict(_confidence(t, self.classes, frame)[0])))
-        loss = np.clip(self.model.predict(_regression_inputs(cfg, t, frame, self.codes)), 0, None)
-        return float(np.mean(loss)) if metric == "mae" else float(np.sqrt(np.mean(loss)))
+        q = self.kind.logged_prediction(t.name, frame)
+        p = np.clip(self.model.predict(q), 1e-6, 1 - 1e-6)
+        if metric == "roc_auc":
+            return expected_roc_auc(q, p)
+        if metric == "accuracy":
+            decided = q >= t.threshold
+            return float(np.mean(np.where(decided, p, 1 - p)))
+        qc = np.clip(q, 1e-12, 1 - 1e-12)
+        return float(np.mean(-(p * np.log(qc) + (1 - p) * np.log(1 - qc))))  # log_loss
+
+
+class ConfidenceCBPE(Estimator):
+    """CBPE on the probability of the predicted class (class labels): expected accuracy from the calibrated
+    confidence; the other metrics of class labels are not estimated."""
+
+    method = "CBPE"
+
+    def fit(self, reference: pd.DataFrame, seed: int) -> Estimator:
+        kind = cast(ClassLabels, self.kind)
+        target = TargetSpec(self.task.name, self.task.type, classes=kind.classes_in(self.task.name, reference.columns))
+        index = FeatureSpec([], [], [target]).transform_targets(reference)[self.task.name].astype(np.float64)
+        confidence, predicted = kind.logged_confidence(self.task.name, reference)
+        self.model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+            confidence, (predicted == index).astype(np.float64))
+        return self
+
+    def estimate(self, frame: pd.DataFrame) -> float:
+        if self.task.metric != "accuracy":
+            return math.nan
+        return float(np.mean(self.model.predict(self.kind.logged_prediction(self.task.name, frame))))
 
 
 MAX_CATEGORIES = 200  # per categorical input of DLE: the reference's most frequent values, the rest missing
 
 
-def _category_codes(cfg: ProjectConfig, reference: pd.DataFrame) -> dict[str, list[str]]:
-    return {f.name: list(reference[f.name].astype("string").value_counts().index[:MAX_CATEGORIES])
-            for f in cfg.features.categorical}
+class DLE(Estimator):
+    """Direct loss estimation: a gradient-boosted regressor learns the absolute (MAE) or squared (RMSE) error
+    from the features and the prediction."""
+
+    method = "DLE"
+
+    def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {**{f.name: frame[f.name].to_numpy(np.float64) for f in self.cfg.features.numeric},
+                **super().inputs(frame)}
+
+    def _matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """Numeric features, categorical features as codes of the reference's top values (unknown:
+        missing), and the task's prediction, as one float matrix."""
+        columns = [frame[f.name].to_numpy(np.float64) for f in self.cfg.features.numeric]
+        for name, values in self.codes.items():
+            index = {v: i for i, v in enumerate(values)}
+            columns.append(frame[name].astype("string").map(index).to_numpy(np.float64, na_value=np.nan))
+        columns.append(self.kind.logged_prediction(self.task.name, frame))
+        return np.column_stack(columns)
+
+    def fit(self, reference: pd.DataFrame, seed: int) -> Estimator:
+        err = self.labels(reference) - self.kind.logged_prediction(self.task.name, reference)
+        self.codes = {f.name: list(reference[f.name].astype("string").value_counts().index[:MAX_CATEGORIES])
+                      for f in self.cfg.features.categorical}
+        n_numeric = len(self.cfg.features.numeric)
+        categorical = [n_numeric + i for i in range(len(self.codes))]
+        self.model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed,
+                                                   categorical_features=categorical or None)
+        # the mean error (MAE) or squared error (RMSE) given the inputs: a squared-error fit
+        self.model.fit(self._matrix(reference), np.abs(err) if self.task.metric == "mae" else err**2)
+        return self
+
+    def estimate(self, frame: pd.DataFrame) -> float:
+        loss = np.clip(self.model.predict(self._matrix(frame)), 0, None)
+        return float(np.mean(loss)) if self.task.metric == "mae" else float(np.sqrt(np.mean(loss)))
 
 
-def _regression_inputs(cfg: ProjectConfig, task: TaskSpec, frame: pd.DataFrame,
-                       codes: dict[str, list[str]]) -> np.ndarray:
-    """Numeric features, categorical features as codes of the reference's top values (unknown:
-    missing), and the task's prediction, as one float matrix."""
-    columns = [frame[f.name].to_numpy(np.float64) for f in cfg.features.numeric]
-    for name, values in codes.items():
-        index = {v: i for i, v in enumerate(values)}
-        columns.append(frame[name].astype("string").map(index).to_numpy(np.float64, na_value=np.nan))
-    columns.append(frame[f"{task.name}__value"].to_numpy(np.float64))
-    return np.column_stack(columns)
+ESTIMATORS: dict[str, type[Estimator]] = {"cbpe_probability": ProbabilityCBPE, "cbpe_confidence": ConfidenceCBPE,
+                                          "dle": DLE}
 
 
-def fit_estimators(cfg: ProjectConfig, reference: pd.DataFrame, seed: int = 0) -> dict[str, TaskEstimator]:
+def estimator_for(cfg: ProjectConfig, task: TaskSpec) -> Estimator:
+    """The task's estimator, unfitted."""
+    return ESTIMATORS[kind_of(task).estimator](cfg, task)
+
+
+def fit_estimators(cfg: ProjectConfig, reference: pd.DataFrame, seed: int = 0) -> dict[str, Estimator]:
     """One estimator per task with labels in the reference (task -> estimator)."""
-    out = {}
-    for t in cfg.tasks:
-        col = label_column(t.name)
-        if col not in reference.columns:
-            continue
-        ref = reference[reference[col].notna()]
-        y = ref[col].to_numpy(np.float64)
-        if t.type == "binary":
-            model: Any = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(_proba(t, ref), y)
-            out[t.name] = TaskEstimator(t, model, [], {})
-        elif kind_of(t).class_labels:
-            classes = kind_of(t).classes_in(t.name, ref.columns)
-            target = TargetSpec(t.name, t.type, classes=classes)
-            index = FeatureSpec([], [], [target]).transform_targets(ref)[t.name].astype(np.float64)
-            confidence, predicted = _confidence(t, classes, ref)
-            correct = (predicted == index).astype(np.float64)
-            model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(confidence, correct)
-            out[t.name] = TaskEstimator(t, model, classes, {})
-        else:
-            err = y - ref[f"{t.name}__value"].to_numpy(np.float64)
-            codes = _category_codes(cfg, ref)
-            n_numeric = len(cfg.features.numeric)
-            categorical = [n_numeric + i for i in range(len(codes))]
-            model = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, random_state=seed,
-                                                  categorical_features=categorical or None)
-            # the mean error (MAE) or squared error (RMSE) given the inputs: a squared-error fit
-            model.fit(_regression_inputs(cfg, t, ref, codes), np.abs(err) if t.metric == "mae" else err**2)
-            out[t.name] = TaskEstimator(t, model, [], codes)
-    return out
+    return {t.name: estimator_for(cfg, t).fit(reference[reference[label_column(t.name)].notna()], seed)
+            for t in cfg.tasks if label_column(t.name) in reference.columns}
 
 
 def estimate_quality(cfg: ProjectConfig, reference: pd.DataFrame,
@@ -181,8 +214,8 @@ def estimate_quality(cfg: ProjectConfig, reference: pd.DataFrame,
 
     with threadpool_limits(1):
         estimators = fit_estimators(cfg, reference)
-        return ({name: e.estimate(cfg, current) for name, e in estimators.items()},
-                {name: e.estimate(cfg, reference) for name, e in estimators.items()})
+        return ({name: e.estimate(current) for name, e in estimators.items()},
+                {name: e.estimate(reference) for name, e in estimators.items()})
 
 
 # --- the estimate's assumption and its check ---------------------------------------------------
@@ -197,26 +230,15 @@ CENTRAL = (0.005, 0.995)  # the reference's central 99 % of each estimator input
 
 
 def method_of(task: TaskSpec) -> str:
-    return "CBPE" if task.type == "binary" or kind_of(task).class_labels else "DLE"
-
-
-def _inputs(cfg: ProjectConfig, task: TaskSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The estimator's numeric inputs by name: CBPE reads the logged probability (of the predicted
-    class), DLE the numeric features and the prediction."""
-    if method_of(task) == "DLE":
-        return {**{f.name: frame[f.name].to_numpy(np.float64) for f in cfg.features.numeric},
-                task.name: frame[f"{task.name}__value"].to_numpy(np.float64)}
-    if task.type == "binary":
-        return {task.name: _proba(task, frame)}
-    classes = kind_of(task).classes_in(task.name, frame.columns)
-    return {task.name: _confidence(task, classes, frame)[0]}
+    return ESTIMATORS[kind_of(task).estimator].method
 
 
 def outside_reference(cfg: ProjectConfig, task: TaskSpec, reference: pd.DataFrame,
                       current: pd.DataFrame) -> tuple[float, list[str]]:
     """The share of the window's rows with an estimator input outside the reference's central 99 %,
     less the reference's own share; and the inputs outside on more than half of those rows' share."""
-    ref, cur = _inputs(cfg, task, reference), _inputs(cfg, task, current)
+    estimator = estimator_for(cfg, task)
+    ref, cur = estimator.inputs(reference), estimator.inputs(current)
     outside_ref, outside_cur, per_input = np.zeros(len(reference), bool), np.zeros(len(current), bool), {}
     for name, values in ref.items():
         finite = values[np.isfinite(values)]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import BaseModel
 
-from components.config import ConfigError
-from monitoring.alerts import data_reasons, decide, read_alerts, reasons_to_alert
-from tests.conftest import FLIGHTS, config_with
+from components.config import AlertPolicy, ConfigError, ProjectConfig
+from monitoring.alerts import ALERT_RULES, DATA, POLICY_SETTINGS, data_reasons, decide, read_alerts, reasons_to_alert
+from tests.conftest import FLIGHTS, ROOT, config_with
 
 
 @dataclass
@@ -209,3 +211,83 @@ def test_bad_policy_is_a_config_error_naming_the_field(alerts: dict, field_name:
 def test_bad_calibration_settings_are_config_errors_naming_the_field(monitoring: dict, field_name: str) -> None:
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
         config_with(FLIGHTS, monitoring=monitoring)
+
+
+FINDING = {"feature": "temp", "segment_column": "origin", "segment": "EWR", "check": "shift", "score": 2.6,
+           "threshold": 0.5}
+# per registered rule: a window that breaks it and no other rule under POLICY (a new rule fails until it has one)
+BREAKS_ALONE = {
+    "segment_checks": Report(data_findings=[FINDING]),
+    "duplicated_records": Report(duplicate_share=0.05, duplicate_share_reference=0.001),
+    "drift_share": Report(drift_share=0.5),
+    "watched_features": Report(drifted_features=["distance"]),
+    "prediction_drift": Report(drifted_predictions=["arr_delayed"]),
+    "realized_quality": Report(quality={"arr_delayed": {"reference": 0.72, "current": 0.68}}),
+    "estimated_quality": Report(estimated={"arr_delayed": 0.70}, estimated_reference={"arr_delayed": 0.75}),
+}
+
+
+@pytest.mark.parametrize("name", ALERT_RULES)
+def test_every_rule_alerts_alone_on_a_window_that_breaks_it_and_never_under_min_rows(name: str) -> None:
+    cfg = config_with(FLIGHTS, alerts=POLICY)
+    window = BREAKS_ALONE[name]
+    found = {rule.name: rule.reasons(cfg, window) for rule in ALERT_RULES.values()}
+    assert found.pop(name) and not any(found.values()), found
+    of_its_kind = data_reasons if ALERT_RULES[name].kind == DATA else reasons_to_alert
+    assert of_its_kind(cfg, window) == ALERT_RULES[name].reasons(cfg, window)
+    small = replace(window, rows_current=POLICY["min_rows"] - 1)
+    assert data_reasons(cfg, small) == [] and reasons_to_alert(cfg, small) == []
+
+
+def _field(path: str) -> object:
+    """The config field at `path` (`alerts.drift_share`, `tasks.tolerance`: through lists), or KeyError."""
+    model: type[BaseModel] = ProjectConfig
+    *parents, last = path.split(".")
+    for name in parents:
+        annotation = model.model_fields[name].annotation
+        model = next(a for a in (annotation, *typing.get_args(annotation))
+                     if isinstance(a, type) and issubclass(a, BaseModel))
+    return model.model_fields[last]
+
+
+@pytest.mark.parametrize("name", ALERT_RULES)
+def test_every_rule_names_config_fields_that_exist(name: str) -> None:
+    for path in ALERT_RULES[name].settings:
+        assert _field(path) is not None, path
+
+
+def test_every_alerts_setting_belongs_to_a_rule_or_to_the_policy() -> None:
+    """A field of `alerts:` that no rule and not the policy reads would validate and silently do nothing."""
+    owned = {path for rule in ALERT_RULES.values() for path in rule.settings} | set(POLICY_SETTINGS)
+    assert {f"alerts.{f}" for f in AlertPolicy.model_fields} == {p for p in owned if p.startswith("alerts.")}
+
+
+@pytest.mark.parametrize("name", ALERT_RULES)
+def test_the_docs_list_every_rule_with_its_kind_and_settings(name: str) -> None:
+    docs = (ROOT / "docs" / "monitoring.md").read_text()
+    row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), None)
+    assert row is not None, f"docs/monitoring.md, 'The rules': no row for `{name}`"
+    rule = ALERT_RULES[name]
+    assert f"| {rule.kind} |" in row and all(f"`{path}`" in row for path in rule.settings), row
+
+
+class NightFlights:
+    """A rule written for this test: the window holds too few rows for the night (an example of a new rule)."""
+
+    name, kind, settings = "night_flights", "model", ("alerts.min_rows",)
+
+    def reasons(self, cfg: object, report: Report) -> list[str]:
+        return ["night flights: too few"] if report.window.endswith("-night") else []
+
+
+def test_a_new_rule_is_one_class_and_its_registry_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Registered, a rule is applied, logged and acted on with nothing else changed; until the docs list it,
+    the docs-coverage test fails for it."""
+    monkeypatch.setitem(ALERT_RULES, NightFlights.name, NightFlights())
+    cfg = config_with(FLIGHTS, alerts=POLICY)
+    night = Report(window="2013-07-night")
+    assert reasons_to_alert(cfg, night) == ["night flights: too few"]
+    alert = decide(cfg, night, pd.Timestamp("2013-08-01"), tmp_path / "alerts.jsonl")
+    assert alert.retrains and read_alerts(tmp_path / "alerts.jsonl")[0].reasons == ["night flights: too few"]
+    with pytest.raises(AssertionError, match="no row for `night_flights`"):
+        test_the_docs_list_every_rule_with_its_kind_and_settings(NightFlights.name)

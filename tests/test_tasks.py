@@ -5,6 +5,7 @@ alone, trains, exports to ONNX with parity and is answered by the service's deco
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,16 @@ from components.data import load_source, with_labels
 from components.export import check_parity, export_onnx
 from components.features import FeatureSpec, TargetSpec
 from components.inference import OnnxModel
+from components.leakage import leakage_scores
 from components.metrics import baseline_raw, task_metrics
 from components.predictions import monitored_column, prediction_frame, task_columns
 from components.tasks import LOSS_NAMES, TASK_KINDS, Ordinal, head_width, kind_of
 from components.train import masked_loss, train
 from monitoring.drift import task_quality
+from monitoring.estimation import ESTIMATORS, estimate_quality
 from serving.runtime import ServedModel
 from serving.worker import LoadedModel
-from tests.conftest import TXHOUSING, raw_config, window
+from tests.conftest import ROOT, TXHOUSING, raw_config, window
 
 CLASSES = ["low", "mid", "high"]
 
@@ -125,6 +128,17 @@ def test_every_loss_name_is_a_different_loss_in_the_trainer(loss: str) -> None:
     assert len(set(values.values())) == len(values)  # each name computes its own loss
 
 
+@pytest.mark.parametrize("task_type", sorted(TASK_KINDS))
+def test_every_kind_names_an_estimator_that_reads_its_logged_prediction(task_type: str) -> None:
+    """Label-free quality estimation is chosen by the kind and reads the prediction log through it."""
+    target = _target(task_type)
+    raw, _ = _outputs(task_type)
+    kind = kind_of(target)
+    assert kind.estimator in ESTIMATORS
+    logged = kind.logged_prediction("t", pd.DataFrame(kind.columns(target, raw)))
+    assert logged.shape == (len(raw),) and np.isfinite(logged).all()
+
+
 def test_ordinal_probabilities_are_a_distribution_whose_median_is_the_label() -> None:
     kind = Ordinal()
     raw = np.array([[3.0, -3.0], [-2.0, 2.0], [4.0, 3.0], [-5.0, -6.0]])  # row 1: thresholds out of order
@@ -147,12 +161,17 @@ def test_an_ordinal_task_from_identity_needs_its_class_order() -> None:
         TaskSpec(name="t", type="ordinal", label={"column": "t", "op": "gt", "value": 1})
 
 
-@pytest.fixture(scope="module")
-def ordinal_cfg() -> ProjectConfig:
+def ordinal_raw_config() -> dict:
     """txhousing with its price band as an ordinal task (low < mid < high), no code change."""
     raw = raw_config(TXHOUSING)
     raw["tasks"] = [{**t, "type": "ordinal", "metric": "class_mae"} if t["name"] == "price_band" else t
                     for t in raw["tasks"]]
+    return raw
+
+
+@pytest.fixture(scope="module")
+def ordinal_cfg() -> ProjectConfig:
+    raw = ordinal_raw_config()
     raw["training"] |= {"epochs": 4, "threads": 2}
     return parse_config(raw, str(TXHOUSING))
 
@@ -185,3 +204,79 @@ def test_an_ordinal_task_trains_exports_and_is_served_end_to_end(ordinal_cfg: Pr
     labelled = pd.concat([logged, test_df[["label__price_band"]].reset_index(drop=True)], axis=1)
     task = next(t for t in ordinal_cfg.tasks if t.name == "price_band")
     assert task_quality(task, labelled)["class_mae"] == pytest.approx(got["class_mae"])
+
+
+def test_the_leakage_check_scores_an_ordinal_label_by_its_class_order() -> None:
+    """An ordinal label's classes are ordered (low < mid < high), not numbers and not alphabetical: a feature
+    that ranks rows in the class order is a near-copy of the label and is flagged (skill on every threshold of
+    the order); one that ranks them alphabetically (high < low < mid) scores lower and is not."""
+    raw = ordinal_raw_config()
+    raw["features"]["numeric"] += [{"name": "band_in_order"}, {"name": "band_alphabetical"}]
+    cfg = parse_config(raw, str(TXHOUSING))
+    train_df = window(with_labels(load_source(cfg.data), cfg), cfg, "train")
+    band = train_df["label__price_band"]
+    noise = np.random.default_rng(0).normal(0, 0.05, len(band))
+    planted = train_df.assign(band_in_order=band.map({"low": 0, "mid": 1, "high": 2}) + noise,
+                              band_alphabetical=band.map({"high": 0, "low": 1, "mid": 2}) + noise)
+    scores = {s.feature: s for s in leakage_scores(planted, cfg) if s.task == "price_band"}
+    assert scores["band_in_order"].skill > 0.99 and scores["band_in_order"].leaks
+    assert scores["band_alphabetical"].skill < scores["band_in_order"].skill - 0.2
+    assert not scores["band_alphabetical"].leaks
+
+
+TASK_TYPE_NAMES = set(TASK_KINDS)
+
+
+def _names_a_task_type(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value in TASK_TYPE_NAMES
+    return isinstance(node, ast.Tuple | ast.List | ast.Set) and any(_names_a_task_type(e) for e in node.elts)
+
+
+def test_only_the_task_kinds_compare_task_types() -> None:
+    """components/tasks.py is the one module that knows task types: anywhere else, a comparison with a task
+    type's name (`task.type == "binary"`, `t.type in ("multiclass", "ordinal")`) is a branch a new type
+    silently falls through; ask the task's kind (`kind_of(task)`) instead."""
+    tasks_module = ROOT / "components" / "tasks.py"
+    found = []
+    for folder in ("components", "serving", "monitoring", "pipelines", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == tasks_module:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Compare) and any(map(_names_a_task_type, [node.left, *node.comparators])):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "task types compared outside components/tasks.py:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("task_type", ["multiclass", "ordinal"])
+def test_label_free_estimates_fit_on_a_reference_whose_labels_are_class_names(task_type: str) -> None:
+    """The reference stored with a model keeps the labels as the data has them: class names for txhousing's
+    price band. Quality estimation fits on it for every task (here the price band's accuracy, CBPE on the
+    predicted class's probability, and sales, DLE) without reading class names as numbers."""
+    raw = ordinal_raw_config() if task_type == "ordinal" else raw_config(TXHOUSING)
+    raw["tasks"] = [{**t, "metric": "accuracy"} if t["name"] == "price_band" else t for t in raw["tasks"]]
+    cfg = parse_config(raw, str(TXHOUSING))
+    frame = with_labels(load_source(cfg.data), cfg)
+    train_df, test_df = window(frame, cfg, "train"), window(frame, cfg, "test")
+    spec = FeatureSpec.fit(train_df, cfg)
+    rng = np.random.default_rng(0)
+
+    def logged(rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows with prediction columns of a model that is right more often than not."""
+        y = spec.transform_targets(rows)
+        outputs = {}
+        for t in spec.targets:
+            label = np.nan_to_num(y[t.name].astype(np.float64))
+            if kind_of(t).class_labels:
+                outputs[t.name] = kind_of(t).baseline(t, label, len(rows)) + rng.normal(0, 1, (len(rows), t.width))
+                outputs[t.name] += 3 * (np.arange(t.width) < label[:, None] if task_type == "ordinal"
+                                        else np.eye(t.width)[label.astype(int)])
+            else:
+                outputs[t.name] = label + rng.normal(0, 0.5, len(rows))
+        return pd.concat([rows.reset_index(drop=True), prediction_frame(spec, outputs)], axis=1)
+
+    estimated, on_reference = estimate_quality(cfg, logged(train_df), logged(test_df))
+    assert set(estimated) == {t.name for t in cfg.tasks}
+    assert 0.5 < estimated["price_band"] <= 1 and 0.5 < on_reference["price_band"] <= 1
+    assert np.isfinite(estimated["sales"])
