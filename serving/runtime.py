@@ -63,6 +63,9 @@ class ServingSettings:
             raise ModelLoadError("MTLOPS_MODEL_NAME is not set: name the registered model to serve "
                                  "(`mtlops serve --config ...` sets it from the config)")
         log, control = env.get("MTLOPS_PREDICTION_LOG"), env.get("MTLOPS_CONTROL_DIR")
+        share = float(env.get("MTLOPS_SHADOW_SHARE", cls.shadow_share))
+        if not 0.0 <= share <= 1.0:
+            raise ModelLoadError(f"MTLOPS_SHADOW_SHARE must be a share within [0, 1], not {share:g}")
         return cls(
             model_name=env["MTLOPS_MODEL_NAME"],
             max_rows=int(env.get("MTLOPS_MAX_ROWS", cls.max_rows)),
@@ -83,7 +86,7 @@ class ServingSettings:
             max_category_chars=int(env.get("MTLOPS_MAX_CATEGORY_CHARS", cls.max_category_chars)),
             access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
             trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
-            shadow_share=float(env.get("MTLOPS_SHADOW_SHARE", cls.shadow_share)),
+            shadow_share=share,
         )
 
 

@@ -204,6 +204,7 @@ def test_serving_wiring_probes_service_autoscaling_and_read_only_model_store(ren
         probe = container["readinessProbe"]
         assert float(env["MTLOPS_READINESS_PERIOD_SECONDS"]) == probe["periodSeconds"]
         assert int(env["MTLOPS_READINESS_FAILURE_THRESHOLD"]) == probe["failureThreshold"]
+        assert 0.0 <= float(env["MTLOPS_SHADOW_SHARE"]) <= 1.0  # the deployment carries the shadow setting
         drain = ServingSettings(model_name="m", readiness_period_seconds=probe["periodSeconds"],
                                 readiness_failure_threshold=probe["failureThreshold"]).drain_seconds
         assert probe["periodSeconds"] * probe["failureThreshold"] < drain
