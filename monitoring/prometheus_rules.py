@@ -89,6 +89,14 @@ def serving_alerts(cfg: ProjectConfig) -> list[AlertRule]:
                   "warning", "{{ $labels.instance }}: workers exited ({{ $labels.cause }}) in the last 15 minutes",
                   "cause=stalled: a request blocked a worker's event loop (the watchdog log line names the worker); "
                   "cause=crashed: out of memory or a native crash (kubectl describe pod, dmesg)."),
+        AlertRule("MtlopsPredictionLogFailing",
+                  f'increase(mtlops_prediction_log_failed_flushes_total{{job="{SERVING_JOB}"}}[10m]) > 0 '
+                  f'or increase(mtlops_prediction_log_dropped_batches_total{{job="{SERVING_JOB}"}}[10m]) > 0',
+                  "serving", "warning",
+                  "{{ $labels.instance }}: the prediction log cannot be written (records buffered or dropped)",
+                  "Answers go on, but monitoring misses what is not written: check the log volume's free space and "
+                  "permissions (`df`, the server log's 'prediction log flush failed'); "
+                  "mtlops_prediction_log_lag_seconds says how far behind it is.", "5m"),
         AlertRule("MtlopsModelVersionChanged",
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}}) == 1 unless '
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}} offset 15m) == 1',

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ class PredictionLogWriter:
         self._records = 0
         self._due = threading.Event()
         self.max_buffered_batches = max_buffered_batches  # while the disk refuses writes, memory stays bounded
-        self.dropped = 0
+        self.dropped = 0  # batches given up while the disk refused writes
+        self.written = 0  # records written
+        self.failed_flushes = 0
         self._buffer: list[ServedBatch] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,15 +77,25 @@ class PredictionLogWriter:
         if not batches:
             return 0
         try:
-            return self._write(batches)
+            written = self._write(batches)
         except Exception:
+            self.failed_flushes += 1
             with self._lock:  # keep them for the next flush, the newest if there are too many
                 self._buffer[:0] = batches
                 excess = len(self._buffer) - self.max_buffered_batches
                 if excess > 0:
                     del self._buffer[:excess]
                     self.dropped += excess
+                self._records = sum(b.size for b in self._buffer)
             raise
+        self.written += written
+        return written
+
+    def backlog(self) -> tuple[int, float]:
+        """Records waiting for the next flush, and the age in seconds of the oldest (0 when none)."""
+        with self._lock:
+            records, oldest = self._records, self._buffer[0].timestamp if self._buffer else None
+        return records, (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
 
     def _write(self, batches: list[ServedBatch]) -> int:
         """One frame per model version for the whole flush: pandas' cost is per call, not per record."""

@@ -91,6 +91,19 @@ class ServiceMetrics:
             "mtlops_shadow_info", "1 for the shadow version being scored, 0 for versions scored before",
             ["model_version"], multiprocess_mode="livemax")
         self.current_shadow: str | None = None
+        self.log_written = bentoml.metrics.Counter("mtlops_prediction_log_written_records",
+                                                   "Records written to the prediction log")
+        self.log_dropped = bentoml.metrics.Counter(
+            "mtlops_prediction_log_dropped_batches", "Requests' records given up while the disk refused writes")
+        self.log_failed_flushes = bentoml.metrics.Counter("mtlops_prediction_log_failed_flushes",
+                                                          "Prediction-log flushes that could not write")
+        self.log_buffered = bentoml.metrics.Gauge("mtlops_prediction_log_buffered_records",
+                                                  "Records waiting for the next prediction-log flush",
+                                                  multiprocess_mode="livesum")
+        self.log_lag = bentoml.metrics.Gauge("mtlops_prediction_log_lag_seconds",
+                                             "Age of the oldest record waiting for the prediction log",
+                                             multiprocess_mode="livemax")
+        self._log_seen = (0, 0, 0)
         self.batch_rows = bentoml.metrics.Histogram(
             "mtlops_batch_rows", "Rows in one ONNX Runtime call (concurrent requests merged by the micro-batcher)",
             buckets=[2 ** k for k in range(11)])
@@ -109,6 +122,18 @@ class ServiceMetrics:
         if key not in self._children:
             self._children[key] = metric.labels(**{label: value, "model_version": tag})
         return self._children[key]
+
+    def prediction_log(self, writer: PredictionLogWriter) -> None:
+        """The writer's counts since the last look, and its backlog (called every poll, off the request path)."""
+        written, dropped, failed = writer.written, writer.dropped, writer.failed_flushes
+        seen_written, seen_dropped, seen_failed = self._log_seen
+        self.log_written.inc(written - seen_written)
+        self.log_dropped.inc(dropped - seen_dropped)
+        self.log_failed_flushes.inc(failed - seen_failed)
+        self._log_seen = (written, dropped, failed)
+        records, lag = writer.backlog()
+        self.log_buffered.set(records)
+        self.log_lag.set(lag)
 
     def shadow(self, outcome: str, records: int) -> None:
         self.shadow_records.labels(outcome=outcome).inc(records)
@@ -346,6 +371,8 @@ class MultiTaskModelService:
         """Background thread: load what another worker published; the old version serves meanwhile."""
         failed = -1
         while not self._stop.wait(POLL_SECONDS):
+            if self.log:
+                self.metrics.prediction_log(self.log)
             target = self.control.target()
             if target is None or target[0] <= self.generation or target[0] == failed:
                 continue

@@ -129,7 +129,8 @@ def test_the_manifests_render_and_the_core_objects_validate_against_the_kubernet
 def test_rules_pass_promtool_check_and_a_broken_rule_fails(tools: dict[str, str], tmp_path: Path) -> None:
     proc = run([tools["promtool"], "check", "rules", str(write_rules(load_config(FLIGHTS), tmp_path))])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"SUCCESS: {len(RECORDING) + 10} rules found" in proc.stdout
+    cfg = load_config(FLIGHTS)
+    assert f"SUCCESS: {len(RECORDING) + len(serving_alerts(cfg)) + len(monitor_alerts(cfg))} rules found" in proc.stdout
     broken = tmp_path / "broken.yml"
     broken.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
         {"alert": "Broken", "expr": "rate(mtlops_predictions_total[5m] > 1"}]}]}))
@@ -177,9 +178,11 @@ def alert_cases(cfg: ProjectConfig) -> list[Case]:
 
     task, tolerance = cfg.tasks[0].name, cfg.alert_tolerance(cfg.tasks[0].name)
     gap = f'mtlops_monitor_estimate_error{{{monitor},task="{task}"}}'
-    hours = int(p.monitor_every_hours) + 2
+    hours = int(p.monitor_every_hours) + 3  # + its `for` + one evaluation: rule groups run in no set order
     last_run = f"mtlops_monitor_last_run_timestamp_seconds{{{monitor}}}"
     version = f"mtlops_model_info{{{serving}"
+    failed_flushes = "mtlops_prediction_log_failed_flushes_total"
+    dropped_batches = "mtlops_prediction_log_dropped_batches_total"
     return [
         Case("MtlopsEndpointErrorRatio", requests(2 * p.error_ratio), "20m", {"job": SERVING_JOB}),
         Case("MtlopsEndpointErrorRatio", requests(p.error_ratio / 2), "20m", None),
@@ -193,6 +196,11 @@ def alert_cases(cfg: ProjectConfig) -> list[Case]:
              {"job": SERVING_JOB, "instance": "a", "cause": "crashed"}),
         Case("MtlopsWorkerRestarts", {f'mtlops_worker_exits_total{{{serving},cause="stopped"}}': "0 0 1 1 1 1"}, "4m",
              None),
+        Case("MtlopsPredictionLogFailing", {f"{failed_flushes}{{{serving}}}": "0 0 1 2 3 4 5 6 7 8",
+                                            f"{dropped_batches}{{{serving}}}": "0x10"}, "8m",
+             {"job": SERVING_JOB, "instance": "a"}),
+        Case("MtlopsPredictionLogFailing", {f"{failed_flushes}{{{serving}}}": "0x10",
+                                            f"{dropped_batches}{{{serving}}}": "0x10"}, "8m", None),
         Case("MtlopsModelVersionChanged", {f'{version},model_version="m:1"}}': "1x20 0x20",
                                            f'{version},model_version="m:2"}}': "_x20 1x20"}, "25m",
              {"job": SERVING_JOB, "model_version": "m:2"}),

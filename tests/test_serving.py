@@ -468,10 +468,14 @@ def test_prediction_log_keeps_batches_while_the_disk_refuses_them(champion: Cham
     with pytest.raises(OSError):
         writer.flush()
     assert writer.dropped == 1  # bounded: the oldest batch went
+    assert writer.failed_flushes == 1 and writer.written == 0
+    buffered, lag = writer.backlog()  # what /metrics exports as the log's backlog and lag
+    assert buffered == 6 and lag > 0
     writer.log_dir = tmp_path / "log"
     writer.close()
     log = read_prediction_log(tmp_path / "log")
     assert list(log["request_id"].unique()) == ["r1", "r2"] and len(log) == 6
+    assert writer.written == 6 and writer.backlog() == (0, 0.0)
 
 
 def test_prediction_log_flushes_early_once_enough_records_are_buffered(champion: Champion, tmp_path: Path) -> None:
