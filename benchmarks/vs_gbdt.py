@@ -243,7 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
             console.print(f"tuning {c.study}: {args.trials} trials")
             study = tune(c, storage, args.trials, settings, val_df, lambda _: None)
             best[c.task.name] = with_values(LGBM_PARAMS, LIGHTGBM_SPACE, study.best_params)
-    journal = RunJournal(beside(out, ".runs.jsonl"), settings | {"best": best})
+    # the networks' runs are keyed on the run's settings, the boosters' also on their tuned settings: a rerun with
+    # more trials retrains the boosters whose best setting moved, and no network
+    journals = {model: RunJournal(beside(out, ".runs.jsonl"), settings | ({"best": best} if model == "LightGBM"
+                                                                         else {})) for model in MODELS}
 
     def fit(model: str, seed: int, work: Path) -> RunResult:
         if model == "multi-head":
@@ -266,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
     runs: dict[str, list[RunResult]] = {}
     with tempfile.TemporaryDirectory(prefix="mtlops-vs-gbdt-") as tmp:
         for model in [m for m in MODELS if m in args.only]:
+            journal = journals[model]
             for seed in range(args.seeds):
                 if (model, seed) not in journal.done:
                     console.print(f"{model} seed {seed}")
