@@ -16,7 +16,7 @@ from components.export import check_parity, export_onnx
 from components.features import TargetSpec
 from components.inference import OnnxModel
 from components.train import load_trained, predict_raw, to_tensors, train
-from tests.conftest import FLIGHTS, TXHOUSING, config_with, window
+from tests.conftest import FLIGHTS, TXHOUSING, config_with, load_benchmark, window
 
 
 def test_the_fitted_temperature_recovers_the_one_the_labels_were_drawn_with() -> None:
@@ -84,3 +84,15 @@ def test_a_multiclass_head_is_scaled_as_one_softmax(tmp_path: Path) -> None:
     train(cfg, select_window(df, cfg.data.time_column, w.train.start, w.train.end),
           select_window(df, cfg.data.time_column, w.validation.start, w.validation.end), tmp_path, progress=False)
     assert set(load_temperatures(tmp_path)) == {"price_band", "busy_month"}
+
+
+def test_the_calibration_benchmark_reports_every_classification_head_both_ways(tmp_path: Path) -> None:
+    benchmark = load_benchmark("calibration")
+    text = benchmark.main(["--config", str(TXHOUSING), "--fraction", "0.3", "--epochs", "1", "--threads", "2",
+                           "--out", str(tmp_path / "calibration.md")])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| txhousing.yaml |")]
+    assert [r[1] for r in rows] == ["price_band", "busy_month"]
+    for r in rows:
+        assert r[3] == r[4]  # the gated metric does not move: scaling keeps every ranking and argmax
+        assert float(r[7].strip("* ")) > 0 and float(r[8].strip(" |")) > 0
+    assert (tmp_path / "calibration.md").read_text() == text
