@@ -238,11 +238,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
                                                                     "lightgbm_rounds": args.rounds}
     t0 = time.perf_counter()
     best: dict[str, dict[str, float | int]] = {}
+    studied: dict[str, str] = {}  # task -> its study's trials and best validation value, for the table
     if "LightGBM" in args.only:
         for c in candidates(cfg, train_df, val_df, args.threads, args.rounds, ["LightGBM"])["LightGBM"]:
             console.print(f"tuning {c.study}: {args.trials} trials")
             study = tune(c, storage, args.trials, settings, val_df, lambda _: None)
             best[c.task.name] = with_values(LGBM_PARAMS, LIGHTGBM_SPACE, study.best_params)
+            finished = [t for t in study.trials if t.value is not None]
+            studied[c.task.name] = (f"{len(finished)} trials, validation {c.task.metric} {finished[0].value:.4f} "
+                                    f"untuned, {study.best_value:.4f} best")
     # the networks' runs are keyed on the run's settings, the boosters' also on their tuned settings: a rerun with
     # more trials retrains the boosters whose best setting moved, and no network
     journals = {model: RunJournal(beside(out, ".runs.jsonl"), settings | ({"best": best} if model == "LightGBM"
@@ -283,15 +287,16 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
                              "vs_gbdt.py", argv, args.threads, "cpu", args.fraction,
                              (train_df, val_df, next(iter(scored.values()))), epochs)
               + f". Every model trained once on the train window and frozen; seeds 0..{args.seeds - 1}. LightGBM: "
-              f"one booster per task, each task's setting from an Optuna study of {args.trials} trials on the "
-              f"validation window ({args.rounds} rounds max, early stopping on the task's metric)"
+              f"one booster per task, each task's setting from an Optuna study of at least {args.trials} trials on "
+              f"the validation window (each study's count below; {args.rounds} rounds max, early stopping on the "
+              f"task's metric)"
               + (f"; `{LATER}`: the mean over {later[0]}..{later[-1]} per seed" if len(later) > 1 else "")
               + f". Run: {(time.perf_counter() - t0) / 60:.1f} min (journals `{out.name}.optuna.jsonl`, "
               f"`{out.name}.runs.jsonl`).")
     text = markdown(cfg, runs, rows, trivial_log_loss(cfg, train_df, scored), header)
     if best:
         text += "\n## Tuned LightGBM settings (best trial on the validation window)\n\n" + "\n".join(
-            f"- {task}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            f"- {task} ({studied[task]}): " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in params.items()) for task, params in best.items()) + "\n"
     beside(out, ".md").write_text(text + f"\n![gated metric per period]({out.name}.png)\n")
     plot(cfg, runs, months, beside(out, ".png"), f"{cfg.data.name}: frozen models, period by period")
