@@ -172,9 +172,10 @@ def markdown(cfg: ProjectConfig, runs: dict[str, list[RunResult]], rows: list[st
                     mean, std = mean_std(model_runs, SEP.join((period, t.name, "log_loss")))
                     cells.append(f"{mean:.4f} ± {std:.4f}")
                 lines.append(f"| {period} | {model} | " + " | ".join(cells) + " |")
-            if period != LATER:
-                cells = [f"{trivial[SEP.join((period, t.name, 'log_loss'))]:.4f}" for t in classified]
-                lines.append(f"| {period} | trivial | " + " | ".join(cells) + " |")
+            over = months[1:] if period == LATER else [period]  # the later months' row: their mean
+            cells = [f"{statistics.fmean(trivial[SEP.join((p, t.name, 'log_loss'))] for p in over):.4f}"
+                     for t in classified]
+            lines.append(f"| {period} | trivial | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

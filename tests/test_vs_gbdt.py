@@ -60,6 +60,7 @@ def test_a_small_sample_scores_every_model_on_june_and_each_later_month_and_resu
     text = (tmp_path / "vs.md").read_text()
     for period in months:
         assert f"| {period} | LightGBM |" in text and f"| {period} | trivial |" in text
+    assert "| later months | trivial |" in text
     assert "| later months | multi-head |" in text and "## Tuned LightGBM settings" in text
     assert (tmp_path / "vs.png").stat().st_size > 0
     journal = (tmp_path / "vs.runs.jsonl").read_text().splitlines()
