@@ -73,7 +73,10 @@ def periods(cfg: ProjectConfig, df: pd.DataFrame) -> tuple[dict[str, pd.DataFram
     if cfg.data.split.method == "time":
         t = df[cfg.data.time_column]
         test = df[side == "test"]
-        scored[f"{pd.Timestamp(cfg.data.windows.test.start):%Y-%m} (test)"] = test
+        first, last = (pd.Timestamp(cfg.data.windows.test.start),
+                       pd.Timestamp(cfg.data.windows.test.end) - pd.Timedelta(days=1))
+        span = f"{first:%Y-%m}" if f"{first:%Y-%m}" == f"{last:%Y-%m}" else f"{first:%Y-%m}..{last:%Y-%m}"
+        scored[f"{span} (test)"] = test
         after = df[t >= pd.Timestamp(cfg.data.windows.test.end)]
         for month, rows in after.groupby(after[cfg.data.time_column].dt.to_period("M"), sort=True):
             scored[str(month)] = rows
