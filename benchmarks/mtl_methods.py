@@ -182,30 +182,63 @@ def run_pbt(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, te
     return RunResult(metrics, time.perf_counter() - t0, result.train_flops)
 
 
-LGBM_OBJECTIVE = {"bce": "binary", "mse": "regression", "l1": "regression_l1", "huber": "huber",
-                  "cross_entropy": "multiclass"}
-# the untuned booster (canonical LightGBM names; the last four are LightGBM's own defaults, written out so a
-# tuning search starts from them: benchmarks/tune_methods.py)
+# A booster is fitted to the metric its task is gated on, not to the network's loss: an MAE task gets the L1
+# objective (the conditional median) whatever `loss` the network trains with, and early stopping watches the same
+# metric (ROC-AUC, not log loss, for a ROC-AUC task). task type -> (objective, {task metric: early-stopping metric})
+LGBM_OBJECTIVES: dict[str, tuple[str, dict[str, str]]] = {
+    "binary": ("binary", {"roc_auc": "auc", "log_loss": "binary_logloss", "accuracy": "binary_error"}),
+    "multiclass": ("multiclass", {"log_loss": "multi_logloss", "accuracy": "multi_error"}),
+    "regression": ("regression", {"mae": "l1", "rmse": "rmse"}),
+}
+# a regression task's objective per metric (the squared error's mean is not the absolute error's minimiser)
+LGBM_REGRESSION_OBJECTIVE = {"mae": "regression_l1", "rmse": "regression"}
+FALLBACK_STOPPING = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "l2"}
+EARLY_STOPPING_ROUNDS = 100
+# the untuned booster (canonical LightGBM names; a tuning search starts from them: benchmarks/tune_methods.py)
 LGBM_PARAMS: dict[str, float | int] = {
-    "learning_rate": 0.1, "num_leaves": 63, "min_data_in_leaf": 50, "bagging_fraction": 0.8, "bagging_freq": 1,
-    "feature_fraction": 0.8, "max_cat_to_onehot": 8, "lambda_l2": 0.0, "min_data_per_group": 100,
+    "learning_rate": 0.05, "num_leaves": 63, "min_data_in_leaf": 50, "bagging_fraction": 0.8, "bagging_freq": 1,
+    "feature_fraction": 0.8, "max_cat_to_onehot": 8, "lambda_l2": 1.0, "min_data_per_group": 50,
     "cat_smooth": 10.0, "max_cat_threshold": 32}
+
+
+def booster_objective(task: TaskSpec) -> dict[str, str]:
+    """LightGBM's objective and early-stopping metric for `task`, from the metric the task is gated on."""
+    if task.type not in LGBM_OBJECTIVES:
+        raise ValueError(f"task '{task.name}': the LightGBM baseline has no objective for a {task.type} task "
+                         f"(it fits {sorted(LGBM_OBJECTIVES)})")
+    objective, stopping = LGBM_OBJECTIVES[task.type]
+    if task.type == "regression":
+        objective = LGBM_REGRESSION_OBJECTIVE[task.metric]  # type: ignore[index]
+    return {"objective": objective, "metric": stopping.get(task.metric, FALLBACK_STOPPING[task.type])}  # type: ignore[arg-type]
 
 
 @dataclass
 class LightGBMModels:
-    """One booster per task, trained on the features as LightGBM reads them: numeric columns as they are,
-    categoricals as pandas categories over the training window's values (unseen values are missing)."""
+    """One booster per task, on the features as LightGBM reads them: numeric columns as they are (nulls are
+    LightGBM's missing values), each categorical as its code in the networks' vocabulary, fitted on the training
+    window with the config's cut-offs (`min_frequency`, `max_categories`): a rare or unseen value is code 0 and a
+    null code 1, a category of its own. LightGBM sends missing categorical values to the "other" side of every
+    split, so with nulls as missing a null (a cancelled flight's tail number) could never be split off; and
+    thousands of raw tail numbers and flight numbers are codes a booster memorises, as the networks' embeddings
+    would (configs/flights.yaml)."""
 
-    feature_names: list[str]
-    categories: dict[str, list[str]]  # a categorical column -> its LightGBM categories, in code order
-    spec: FeatureSpec  # the targets' encoding, fitted on the training window as the networks' is
+    spec: FeatureSpec  # the networks' encoding, fitted on the training window: vocabularies and targets
     boosters: dict[str, object]  # task -> lightgbm.Booster, early-stopped on the validation window
 
+    @property
+    def feature_names(self) -> list[str]:
+        return self.spec.feature_names
+
+    @property
+    def categorical_names(self) -> list[str]:
+        return [v.name for v in self.spec.categorical]
+
     def frame(self, df: pd.DataFrame) -> pd.DataFrame:
-        x = df[self.feature_names].copy()
-        for c, values in self.categories.items():
-            x[c] = pd.Categorical(x[c].astype("string"), categories=values)
+        x = pd.DataFrame({n.name: pd.to_numeric(df[n.name], errors="coerce").astype("float64")
+                          for n in self.spec.numeric}, index=df.index)
+        codes, _ = self.spec.transform_categorical(df)
+        for j, name in enumerate(self.categorical_names):
+            x[name] = codes[:, j]
         return x
 
     def raw_scores(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -215,33 +248,37 @@ class LightGBMModels:
 
     def metrics(self, tasks: list[TaskSpec], df: pd.DataFrame) -> dict[str, float]:
         """Each task's own metric on `df`, with the metric code the networks are scored with."""
+        return {task: scores[metric] for task, (scores, metric) in self.all_metrics(tasks, df).items()}
+
+    def all_metrics(self, tasks: list[TaskSpec], df: pd.DataFrame) -> dict[str, tuple[dict[str, float], str]]:
+        """Each task's every metric on `df` (log loss beside ROC-AUC) and the name of the one it is gated on."""
         y, raw = self.spec.transform_targets(df), self.raw_scores(df)
-        return {task.name: task_metrics(target, raw[task.name], y[task.name])[task.metric]  # type: ignore[index]
+        return {task.name: (task_metrics(target, raw[task.name], y[task.name]), task.metric)  # type: ignore[misc]
                 for task, target in zip(tasks, self.spec.targets, strict=True)}
 
 
 def fit_lightgbm(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, seed: int, threads: int,
                  rounds: int, params: dict[str, dict[str, float | int]] | None = None) -> LightGBMModels:
-    """A booster per task of `cfg`, early stopping on the validation window. `params` (task -> parameters)
-    override LGBM_PARAMS for that task."""
+    """A booster per task of `cfg` (objective and early stopping from its metric: `booster_objective`), up to
+    `rounds` rounds, stopped when the validation window's metric has not improved for EARLY_STOPPING_ROUNDS.
+    `params` (task -> parameters) override LGBM_PARAMS for that task."""
     import lightgbm as lgb
 
     spec = FeatureSpec.fit(train_df, cfg)
-    cats = {c.name: sorted(train_df[c.name].dropna().astype(str).unique()) for c in cfg.features.categorical}
-    models = LightGBMModels(cfg.features.names, cats, spec, {})
+    models = LightGBMModels(spec, {})
     x_train, x_val = models.frame(train_df), models.frame(val_df)
     y_train, y_val = spec.transform_targets(train_df), spec.transform_targets(val_df)
     for task, target in zip(cfg.tasks, spec.targets, strict=True):
         tr, va = ~np.isnan(y_train[task.name]), ~np.isnan(y_val[task.name])
-        booster_params = {**LGBM_PARAMS, **(params or {}).get(task.name, {}),
-                          "objective": LGBM_OBJECTIVE[task.loss],  # type: ignore[index]
+        booster_params = {**LGBM_PARAMS, **(params or {}).get(task.name, {}), **booster_objective(task),
                           "seed": seed, "num_threads": threads, "verbosity": -1}
         if target.width > 1:
             booster_params["num_class"] = target.width
+        data = {"categorical_feature": models.categorical_names, "free_raw_data": False}
         models.boosters[task.name] = lgb.train(
-            booster_params, lgb.Dataset(x_train[tr], y_train[task.name][tr]), num_boost_round=rounds,
-            valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va])],
-            callbacks=[lgb.early_stopping(50, verbose=False)])
+            booster_params, lgb.Dataset(x_train[tr], y_train[task.name][tr], **data), num_boost_round=rounds,
+            valid_sets=[lgb.Dataset(x_val[va], y_val[task.name][va], **data)],
+            callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True, verbose=False)])
     return models
 
 

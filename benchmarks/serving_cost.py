@@ -50,7 +50,7 @@ from mtl_methods import (  # the sibling benchmark: data windows, the boosters, 
 
 from components.config import load_config
 from components.export import export_onnx
-from components.features import SPEC_FILE, FeatureSpec
+from components.features import FIRST_VALUE_INDEX, OOV_INDEX, SPEC_FILE, FeatureSpec
 from components.inference import ONNX_FILE, OnnxModel, onnx_session
 from components.train import load_trained, train
 from serving.client import to_records
@@ -61,21 +61,25 @@ TUNING_JOURNAL = RESULTS / "tune_methods.optuna.jsonl"
 
 class BoosterRecordEncoder:
     """Records (mappings of plain Python values, None for null) to the float matrix the boosters predict on, in
-    NumPy and dict lookups only, like the graph's `RecordEncoder`: a numeric value as it is, a categorical value as
-    its code among the booster's categories, null or unseen as missing."""
+    NumPy and dict lookups only, like the graph's `RecordEncoder`: a numeric value as it is (null as missing), a
+    categorical value as its vocabulary code (`LightGBMModels.frame`: null and rare or unseen values have codes of
+    their own)."""
 
     def __init__(self, models: LightGBMModels) -> None:
         self.names = models.feature_names
-        self.lookups = {name: {v: float(i) for i, v in enumerate(values)} for name, values in models.categories.items()}
+        self.lookups = {v.name: {value: float(FIRST_VALUE_INDEX + i) for i, value in enumerate(v.values)}
+                        for v in models.spec.categorical}
+        self.null_codes = {v.name: float(v.null_index) for v in models.spec.categorical}
 
     def encode(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         out = np.empty((len(records), len(self.names)), dtype=np.float64)
         for j, name in enumerate(self.names):
             lookup = self.lookups.get(name)
             if lookup is None:
-                out[:, j] = np.array([r[name] for r in records], dtype=np.float64)
+                out[:, j] = np.array([np.nan if r[name] is None else r[name] for r in records], dtype=np.float64)
             else:
-                out[:, j] = [np.nan if r[name] is None else lookup.get(str(r[name]), np.nan) for r in records]
+                null = self.null_codes[name]
+                out[:, j] = [null if r[name] is None else lookup.get(str(r[name]), float(OOV_INDEX)) for r in records]
         return out
 
 

@@ -141,12 +141,15 @@ def network_space(cfg: ProjectConfig) -> list[Knob]:
     return knobs
 
 
-# LightGBM's untuned lambda_l2 is 0: trial 0 starts it at the range's low end
+# The boosters' space: tree size and leaf size (min_data_in_leaf up to 1,000: a month of flights has ~28,000 rows),
+# shrinkage (early stopping picks the rounds), row and column subsampling, L2 on the leaves, and the categorical
+# split's smoothing; trial 0 is LGBM_PARAMS
 LIGHTGBM_SPACE = [
-    Knob("num_leaves", 15, 255, log=True, integer=True), Knob("learning_rate", 0.01, 0.3, log=True),
-    Knob("min_data_in_leaf", 10, 200, log=True, integer=True), Knob("feature_fraction", 0.5, 1.0),
-    Knob("lambda_l2", 1e-3, 10.0, log=True), Knob("min_data_per_group", 10, 500, log=True, integer=True),
-    Knob("cat_smooth", 1.0, 100.0, log=True), Knob("max_cat_threshold", 8, 64, log=True, integer=True)]
+    Knob("num_leaves", 7, 255, log=True, integer=True), Knob("learning_rate", 0.01, 0.2, log=True),
+    Knob("min_data_in_leaf", 10, 1000, log=True, integer=True), Knob("feature_fraction", 0.3, 1.0),
+    Knob("bagging_fraction", 0.5, 1.0), Knob("lambda_l2", 1e-3, 100.0, log=True),
+    Knob("min_data_per_group", 10, 500, log=True, integer=True), Knob("cat_smooth", 1.0, 100.0, log=True),
+    Knob("max_cat_threshold", 8, 64, log=True, integer=True)]
 
 
 def start_values(tree: dict[str, Any], knobs: list[Knob]) -> dict[str, Value]:

@@ -520,6 +520,16 @@ class TrainingSpec(Strict):
     compile: bool = False  # torch.compile the model for the training steps (worth it on GPU)
     # validate, keep and export an exponential moving average of the weights, updated after every step
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    # after training, divide each classification head's logits by a temperature fitted on the validation window
+    # (components/calibration.py): the same ranking and labels, probabilities with a lower log loss
+    calibration: Literal["temperature", "none"] = "temperature"
+
+
+class AllowedBelowBaseline(Strict):
+    """A task that may be no better than its trivial baseline in a promoted model, and why."""
+
+    task: str
+    reason: str = Field(min_length=1)  # printed with the gate's decision
 
 
 class RegistrySpec(Strict):
@@ -529,6 +539,9 @@ class RegistrySpec(Strict):
     default_tolerance: float = Field(0.02, ge=0)  # relative drop a non-primary task may have
     parity_rows: int = Field(1000, ge=1)  # test rows the ONNX graph is compared with PyTorch on
     parity_atol: float = Field(1e-4, gt=0)  # the largest |ONNX - PyTorch| allowed (head scale)
+    # a model with a task no better than its trivial baseline (training prevalence, class frequencies or median)
+    # on the test rows is not promoted, the first model included, unless the task is named here with a reason
+    allow_below_baseline: list[AllowedBelowBaseline] = []
 
 
 class AlertPolicy(Strict):
@@ -739,6 +752,9 @@ class ProjectConfig(Strict):
                              "turn the heads towards each other")
         if self.data.time_column and self.data.time_column in self.features.names:
             raise ValueError(f"time column '{self.data.time_column}' cannot be a feature")
+        unknown = sorted({a.task for a in self.registry.allow_below_baseline} - set(names))
+        if unknown:
+            raise ValueError(f"registry.allow_below_baseline names unknown tasks: {unknown} (tasks: {names})")
         unknown = sorted({a.feature for a in self.leakage.allow_leaky} - set(self.features.names))
         if unknown:
             raise ValueError(f"leakage.allow_leaky names unknown features: {unknown}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.calibration import calibrated
 from components.metrics import baseline_raw, task_metrics
 from components.train import load_trained, predict_raw, to_tensors
 
@@ -18,7 +19,7 @@ def evaluate(model_dir: Path, train_df: pd.DataFrame, test_df: pd.DataFrame) -> 
     a model that does not beat it has learned nothing."""
     model, spec, _ = load_trained(model_dir)
     test_t = to_tensors(test_df, spec)
-    raw = predict_raw(model, test_t)
+    raw = calibrated(predict_raw(model, test_t), spec.targets)
     train_targets = spec.transform_targets(train_df)
     result: dict[str, dict] = {"test": {}, "baseline": {}, "rows": {"test": len(test_df)}}
     for t in spec.targets:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from components.architectures import Architecture
+from components.calibration import CALIBRATION_FILE, calibrated
 from components.features import FeatureSpec
 from components.inference import ONNX_FILE, OnnxModel
 from components.tasks import kind_of
@@ -42,10 +43,13 @@ class ExportModule(nn.Module):
         self.register_buffer("scale", torch.tensor([s for s, _ in scale], dtype=torch.float32))
         self.register_buffer("shift", torch.tensor([m for _, m in scale], dtype=torch.float32))
         self.expm1 = [kind_of(t).output_expm1(t) for t in spec.targets]  # a log1p target back to its units
+        # a calibrated head's logits are divided by its temperature in the graph (components/calibration.py)
+        self.register_buffer("temperature", torch.tensor([t.temperature for t in spec.targets], dtype=torch.float32))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(numeric, categorical)
-        values = [out[name] * self.scale[i] + self.shift[i] for i, name in enumerate(self.task_names)]
+        values = [out[name] / self.temperature[i] * self.scale[i] + self.shift[i]
+                  for i, name in enumerate(self.task_names)]
         return tuple(torch.expm1(v) if log else v for v, log in zip(values, self.expm1, strict=True))
 
 
@@ -82,6 +86,8 @@ def export_onnx(model_dir: Path, out_dir: Path, sample: pd.DataFrame, opset: int
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     for name in (SPEC, CONFIG, SUMMARY, WEIGHTS):  # weights: continual retraining warm-starts from them
         shutil.copy(Path(model_dir) / name, out_dir / name)
+    if (Path(model_dir) / CALIBRATION_FILE).exists():  # the temperatures in the graph, on record beside it
+        shutil.copy(Path(model_dir) / CALIBRATION_FILE, out_dir / CALIBRATION_FILE)
     return path
 
 
@@ -91,12 +97,13 @@ def check_parity(model_dir: Path, onnx_dir: Path, test: pd.DataFrame, rows: int,
     model, spec, _ = load_trained(model_dir)
     data = to_tensors(test.head(rows), spec)
     with torch.no_grad():
-        expected = model(data.numeric, data.categorical)
+        expected = calibrated({name: v.numpy() for name, v in model(data.numeric, data.categorical).items()},
+                              spec.targets)
     got = OnnxModel(onnx_dir).predict_arrays(data.numeric.numpy(), data.categorical.numpy())
     diffs = {}
     for t in spec.targets:
         onnx_out = kind_of(t).to_raw(t, got[t.name])
-        diffs[t.name] = float(np.max(np.abs(onnx_out - expected[t.name].numpy()))) if len(data) else 0.0
+        diffs[t.name] = float(np.max(np.abs(onnx_out - expected[t.name]))) if len(data) else 0.0
     report = ParityReport(len(data), atol, diffs, all(d <= atol for d in diffs.values()))
     (Path(onnx_dir) / PARITY_FILE).write_text(json.dumps(asdict(report), indent=1))
     if not report.ok:

@@ -62,6 +62,9 @@ class TargetSpec:
     std: float = 1.0
     threshold: float = 0.5  # binary decision threshold
     transform: str = "standardize"  # regression: standardize (f = identity) | log1p (f = log1p) | none
+    # classification: the logits' divisor fitted on validation (components/calibration.py); kept in the model's
+    # calibration.json, not in the spec file, so a warm-started model keeps its champion's spec
+    temperature: float = 1.0
 
     @property
     def width(self) -> int:
@@ -146,7 +149,10 @@ class FeatureSpec:
     # --- serialisation ---------------------------------------------------
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        raw = asdict(self)
+        for target in raw["targets"]:
+            del target["temperature"]
+        return json.dumps(raw, indent=1)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json())

@@ -20,7 +20,7 @@ import pandas as pd
 
 from components.config import ProjectConfig
 from components.inference import OnnxModel
-from components.metrics import relative_change, task_metrics
+from components.metrics import is_better, relative_change, task_metrics
 
 STAGE = "stage"
 CHAMPION, CHALLENGER, REJECTED, RETIRED = "champion", "challenger", "rejected", "retired"
@@ -123,10 +123,40 @@ def gate_continual(cfg: ProjectConfig, challenger_dir: Path, champion_dir: Path,
     return decision
 
 
+def beats_baseline(cfg: ProjectConfig, metrics: dict) -> tuple[bool, list[str]]:
+    """Whether every task's gated metric on the test rows (`metrics["test"]`, the evaluate step's) is better than
+    the trivial baseline's on the same rows (`metrics["baseline"]`), but for the tasks the config names in
+    `registry.allow_below_baseline`; and the gate's lines: one per task that is not, one naming those that are."""
+    allowed = {a.task: a.reason for a in cfg.registry.allow_below_baseline}
+    ok, reasons, beaten = True, [], []
+    for task in cfg.tasks:
+        m = task.metric
+        new = metrics.get("test", {}).get(task.name, {}).get(m)
+        trivial = metrics.get("baseline", {}).get(task.name, {}).get(m)
+        if new is None or trivial is None or math.isnan(new) or math.isnan(trivial):
+            reasons.append(f"{task.name} {m}: no test and trivial-baseline score on record, not compared")
+            continue
+        if is_better(m, new, trivial):
+            beaten.append(f"{task.name} {m} {new:.4f} vs {trivial:.4f}")
+            continue
+        line = f"{task.name} {m} {new:.4f} is no better than its trivial baseline {trivial:.4f}"
+        if task.name in allowed:
+            reasons.append(f"{line}: allowed by registry.allow_below_baseline ({allowed[task.name]})")
+        else:
+            ok = False
+            reasons.append(f"{line}: BELOW BASELINE, not promoted (registry.allow_below_baseline does not name "
+                           f"{task.name})")
+    if beaten:
+        reasons.append("better than the trivial baseline: " + "; ".join(beaten))
+    return ok, reasons
+
+
 def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame,
                       old_df: pd.DataFrame | None = None) -> GateDecision:
     """Gate a registered challenger against the champion and relabel accordingly. With
-    `old_df` the continual gate applies (`test_df` then holds the new window's held-out rows)."""
+    `old_df` the continual gate applies (`test_df` then holds the new window's held-out rows).
+    Whatever the champion, a challenger with a task no better than its trivial baseline (`beats_baseline`, on
+    the metrics it was registered with) is not promoted."""
     new = bentoml.models.get(tag)
     current = champion(cfg.registry.model_name)
     if current is None:
@@ -136,6 +166,11 @@ def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame,
     else:
         decision = gate(cfg, Path(new.path), Path(current.path), test_df)
         decision.champion_tag = str(current.tag)
+    above, reasons = beats_baseline(cfg, new.info.metadata.get("metrics", {}))
+    if not above and current is None:
+        decision.reasons = ["no champion yet, but the first model is not promoted either"]
+    decision.promote = decision.promote and above
+    decision.reasons += reasons
     if decision.promote:
         promote(cfg.registry.model_name, tag, gate=asdict(decision))
     else:

@@ -26,6 +26,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from components import distributed
 from components.architectures import Architecture, SharedRepresentation, build_model
+from components.calibration import (
+    calibrated,
+    fit_temperatures,
+    load_temperatures,
+    save_temperatures,
+    with_temperatures,
+)
 from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
 from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
@@ -95,7 +102,8 @@ def predict_raw(model: Architecture, data: TensorData, batch_size: int = 16384) 
 
 
 def evaluate_tensors(model: Architecture, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
-    raw = predict_raw(model, data)
+    """Every metric of every task; a calibrated head's logits divided by its temperature first."""
+    raw = calibrated(predict_raw(model, data), targets)
     return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
@@ -411,19 +419,27 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         print(f"MT2ST switch not reached: {primary.name} did not plateau for the trigger's patience in "
               f"{len(state.history)} epochs, so every epoch trained all tasks (train_summary.json: switch_reached)",
               flush=True)
-    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, parallel)
+    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, parallel, spec, val_t)
 
 
 def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, seen: int, device: torch.device,
-            parallel: distributed.DataParallel | None) -> TrainResult:
-    """The best epoch's weights into the model and `model.pt`, and the run's summary."""
+            parallel: distributed.DataParallel | None, spec: FeatureSpec, val_t: TensorData) -> TrainResult:
+    """The best epoch's weights into the model and `model.pt`, the classification heads' temperatures fitted on
+    the validation window (`training.calibration`), and the run's summary: its validation metrics are the
+    calibrated model's, what evaluation and the exported graph see."""
     assert state.best_state is not None, "no epoch was trained"
     state.model.load_state_dict(state.best_state)
     torch.save(state.best_state, out_dir / WEIGHTS)
     history, schedule = state.history, state.schedule
+    validation = history[state.best_epoch]["validation"]
+    if cfg.training.calibration == "temperature":
+        temperatures = fit_temperatures(spec, predict_raw(state.model, val_t), {
+            name: y.cpu().numpy() for name, y in val_t.targets.items()})
+        save_temperatures(out_dir, temperatures)
+        validation = evaluate_tensors(state.model, val_t, with_temperatures(spec, temperatures).targets)
     world = parallel.world if parallel is not None else 1
     switched = schedule.reached(len(history))  # a switch after the last epoch trained nothing alone
-    result = TrainResult(out_dir, state.best_epoch + 1, len(history), history[state.best_epoch]["validation"],
+    result = TrainResult(out_dir, state.best_epoch + 1, len(history), validation,
                          history, samples_per_s=seen / wall if wall > 0 else 0.0, wall_s=wall,
                          train_flops=state.train_flops, switch_epoch=schedule.switch_epoch if switched else None)
     (out_dir / SUMMARY).write_text(json.dumps({
@@ -442,7 +458,7 @@ def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, s
 def load_trained(model_dir: Path) -> tuple[Architecture, FeatureSpec, ProjectConfig]:
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / CONFIG)
-    spec = FeatureSpec.load(model_dir / SPEC)
+    spec = with_temperatures(FeatureSpec.load(model_dir / SPEC), load_temperatures(model_dir))
     model = build_model(spec, cfg.model)
     model.load_state_dict(torch.load(model_dir / WEIGHTS, weights_only=True))
     model.eval()

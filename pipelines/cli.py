@@ -124,7 +124,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         raise typer.Exit(1) from None
     console.print(metrics_table(cfg, result.metrics, test_split_title(cfg)))
     d = result.decision
-    verdict = "[green]promoted to champion[/green]" if d["promoted"] else "[yellow]rejected (champion kept)[/yellow]"
+    verdict = "[green]promoted to champion[/green]" if d["promoted"] else "[yellow]rejected (not promoted)[/yellow]"
     console.print(f"registered [bold]{result.tag}[/bold]: {verdict}")
     for reason in d["reasons"]:
         console.print(f"  - {reason}")

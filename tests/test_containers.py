@@ -32,7 +32,7 @@ from components.inference import OnnxModel
 from components.predictions import prediction_frame, read_prediction_log
 from components.versioning import data_version, dvc_md5
 from serving.client import to_records
-from tests.conftest import FLIGHTS, ROOT, raw_config
+from tests.conftest import FLIGHTS, ROOT, allow_smoke_model, raw_config
 from tests.test_pipeline_e2e import repo_with_data
 
 pytestmark = pytest.mark.slow
@@ -132,6 +132,7 @@ def docker_run(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     raw["data"].pop("dvc_remote", None)
     raw["training"].update(epochs=1, threads=2)
     raw["registry"]["model_name"] = "docker-flights"
+    allow_smoke_model(raw)
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HOME", str(home))
@@ -208,7 +209,7 @@ def run_as_other_user(images: dict[str, str], home: Path) -> None:
     build = ("import copy, pathlib, tests.conftest as c; from tests.test_pipeline_e2e import repo_with_data; "
              "raw = copy.deepcopy(c.raw_config(c.FLIGHTS)); raw['data'].update(sample_fraction=0.05); "
              "raw['data'].pop('dvc_remote', None); raw['training'].update(epochs=1, threads=2); "
-             "raw['registry']['model_name'] = 'docker-other-user'; "
+             "raw['registry']['model_name'] = 'docker-other-user'; c.allow_smoke_model(raw); "
              f"root = pathlib.Path({str(home / 'repo')!r}); root.mkdir(); repo_with_data(root, raw, 'tiny')")
     sh(*as_user, sys.executable, "-c", build, cwd=ROOT, env=env, timeout=900)
     repo = home / "repo"

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from components import registry
-from components.config import ProjectConfig
+from components.config import ConfigError, ProjectConfig
 from components.evaluate import evaluate
 from components.export import ONNX_FILE, OnnxModel, ParityError, check_parity, export_onnx
+from components.metrics import is_better
 from components.train import WEIGHTS, train
-from tests.conftest import FLIGHTS, config_with, window
+from tests.conftest import FLIGHTS, SMOKE_MODEL, config_with, window
 
 
 def _train_and_export(cfg: ProjectConfig, frame: pd.DataFrame, root: Path) -> tuple[Path, Path]:
@@ -30,7 +31,8 @@ def _train_and_export(cfg: ProjectConfig, frame: pd.DataFrame, root: Path) -> tu
 
 @pytest.fixture(scope="module")
 def good(flights_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[ProjectConfig, Path, Path]:
-    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2}, registry={"model_name": "gate-test"})
+    cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2}, registry={
+        "model_name": "gate-test", "allow_below_baseline": [{"task": "cancelled", "reason": SMOKE_MODEL}]})
     return cfg, *_train_and_export(cfg, flights_frame, tmp_path_factory.mktemp("good"))
 
 
@@ -74,7 +76,8 @@ def test_gate_promotes_rejects_and_rolls_back(good: tuple[ProjectConfig, Path, P
     test = window(flights_frame, cfg, "test")
     metrics = evaluate(model_dir, window(flights_frame, cfg, "train"), test)
     first = registry.register(onnx_dir, cfg, metrics, {"data_version": "v1", "git_revision": "abc"})
-    assert registry.promote_if_better(cfg, first, test).promote
+    first_decision = registry.promote_if_better(cfg, first, test)
+    assert first_decision.promote, first_decision.reasons
     assert str(registry.champion(cfg.registry.model_name).tag) == first  # type: ignore[union-attr]
 
     # a challenger that barely trained: worse on the primary task -> rejected, champion untouched
@@ -96,3 +99,62 @@ def test_gate_promotes_rejects_and_rolls_back(good: tuple[ProjectConfig, Path, P
     assert registry.rollback(cfg.registry.model_name) == first
     assert str(registry.champion(cfg.registry.model_name).tag) == first  # type: ignore[union-attr]
     assert bentoml.models.get(second).info.labels["stage"] == "retired"
+
+
+def test_a_first_model_below_a_trivial_baseline_is_not_promoted_unless_the_config_allows_that_task(
+        flights_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """A model that barely trained (lr 1e-6, one epoch) predicts the standardised mean for a regression task, whose
+    MAE is worse than the training median's: with no champion to compare with, the gate still refuses it, names
+    each task below its baseline, and promotes it only once the config names those tasks with a reason."""
+    weak_cfg = config_with(FLIGHTS, training={"epochs": 1, "lr": 1e-6, "threads": 2},
+                           registry={"model_name": "baseline-gate-test"})
+    model_dir, onnx_dir = _train_and_export(weak_cfg, flights_frame, tmp_path)
+    test = window(flights_frame, weak_cfg, "test")
+    metrics = evaluate(model_dir, window(flights_frame, weak_cfg, "train"), test)
+    below = [t.name for t in weak_cfg.tasks
+             if not is_better(t.metric, metrics["test"][t.name][t.metric], metrics["baseline"][t.name][t.metric])]
+    assert below, metrics  # the premise: the weak model is below some trivial baseline
+
+    tag = registry.register(onnx_dir, weak_cfg, metrics, {"data_version": "v1"})
+    decision = registry.promote_if_better(weak_cfg, tag, test)
+    assert not decision.promote
+    flagged = [r.split()[0] for r in decision.reasons if "BELOW BASELINE, not promoted" in r]
+    assert flagged == below, decision.reasons
+    assert registry.champion(weak_cfg.registry.model_name) is None
+    assert bentoml.models.get(tag).info.labels["stage"] == "rejected"
+
+    allowed = config_with(FLIGHTS, training={"epochs": 1, "lr": 1e-6, "threads": 2}, registry={
+        "model_name": "baseline-gate-test",
+        "allow_below_baseline": [{"task": name, "reason": "a smoke-test model"} for name in below]})
+    again = registry.register(onnx_dir, allowed, metrics, {"data_version": "v2"})
+    decision = registry.promote_if_better(allowed, again, test)
+    assert decision.promote, decision.reasons
+    assert [r.split()[0] for r in decision.reasons if "allowed by registry.allow_below_baseline (a smoke-test model)"
+            in r] == below
+    assert str(registry.champion(allowed.registry.model_name).tag) == again  # type: ignore[union-attr]
+
+
+def test_the_gate_names_the_tasks_above_their_baseline_and_those_allowed_below(good: tuple[ProjectConfig, Path, Path],
+                                                                            flights_frame: pd.DataFrame) -> None:
+    cfg, model_dir, _ = good
+    test = window(flights_frame, cfg, "test")
+    metrics = evaluate(model_dir, window(flights_frame, cfg, "train"), test)
+    ok, reasons = registry.beats_baseline(cfg, metrics)
+    assert ok  # the only task the config allows below its baseline is cancelled
+    above = [t.name for t in cfg.tasks
+             if is_better(t.metric, metrics["test"][t.name][t.metric], metrics["baseline"][t.name][t.metric])]
+    assert "arr_delayed" in above
+    listed = next(r for r in reasons if r.startswith("better than the trivial baseline: "))
+    assert [part.split()[0] for part in listed.removeprefix("better than the trivial baseline: ").split("; ")] == above
+    assert all("allowed by registry.allow_below_baseline" in r and r.startswith("cancelled ")
+               for r in reasons if r != listed)
+    assert registry.beats_baseline(cfg, {}) == (True, [f"{t.name} {t.metric}: no test and trivial-baseline score "
+                                                       "on record, not compared" for t in cfg.tasks])
+
+
+def test_allow_below_baseline_must_name_a_task_and_give_a_reason() -> None:
+    with pytest.raises(ConfigError, match="allow_below_baseline names unknown tasks: \\['nope'\\]"):
+        config_with(FLIGHTS, registry={"model_name": "x", "allow_below_baseline": [{"task": "nope", "reason": "r"}]})
+    unexplained = [{"task": "cancelled", "reason": ""}]
+    with pytest.raises(ConfigError, match="reason"):
+        config_with(FLIGHTS, registry={"model_name": "x", "allow_below_baseline": unexplained})

@@ -29,7 +29,7 @@ from components.versioning import data_version, dvc_md5
 from pipelines.local import run_local
 from pipelines.retrain import retrain
 from pipelines.steplog import ANSI, LOG_FILE
-from tests.conftest import FLIGHTS, TXHOUSING, config_with, raw_config
+from tests.conftest import FLIGHTS, TXHOUSING, allow_smoke_model, config_with, raw_config
 
 MTLOPS = [sys.executable, "-m", "pipelines.cli"]
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def flights_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     raw["data"].update(sample_fraction=0.15, dvc_remote=str(root.parent / "remote"))
     raw["training"].update(epochs=2, threads=2)
     raw["registry"]["model_name"] = "e2e-flights"
-    cfg_path, built = repo_with_data(root, raw, "quick")
+    cfg_path, built = repo_with_data(root, allow_smoke_model(raw), "quick")
     assert "12 partitions" in built
     return root, cfg_path
 

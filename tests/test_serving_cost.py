@@ -8,18 +8,43 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 
-from tests.conftest import load_benchmark
+from components.config import load_config
+from components.data import with_labels
+from components.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from serving.client import to_records
+from tests.conftest import ROOT, load_benchmark
 
 mtl_methods = load_benchmark("mtl_methods")
 serving_cost = load_benchmark("serving_cost")
 
 
-def test_the_booster_encoder_gives_category_codes_and_missing_for_null_or_unseen() -> None:
-    models = mtl_methods.LightGBMModels(["distance", "carrier"], {"carrier": ["AA", "B6", "UA"]}, None, {})
-    x = serving_cost.BoosterRecordEncoder(models).encode([
-        {"distance": 1.5, "carrier": "UA"}, {"distance": None, "carrier": "ZZ"}, {"distance": 7, "carrier": None}])
-    np.testing.assert_array_equal(x, [[1.5, 2.0], [np.nan, np.nan], [7.0, np.nan]])
+def flights_rows(n: int, **categorical: list[object]) -> pd.DataFrame:
+    """`n` rows of the flights config's features and label sources: numbers 0..n-1, categoricals cycled."""
+    cfg = load_config(ROOT / "configs" / "flights.yaml")
+    numbers = {f.name: np.arange(n, dtype=np.float64) for f in cfg.features.numeric}
+    labels = {"arr_delay": np.arange(n) % 40.0, "dep_delay": np.arange(n) % 30.0, "air_time": np.arange(n) + 30.0,
+              "dep_time": np.where(np.arange(n) % 10 == 0, np.nan, 900.0)}
+    cats = {name: [values[i % len(values)] for i in range(n)] for name, values in categorical.items()}
+    return pd.DataFrame(numbers | labels | cats | {"flight_id": np.arange(n),
+                                                    "sched_dep": pd.date_range("2013-01-01", periods=n, freq="h")})
+
+
+def test_the_booster_encoder_gives_the_boosters_own_codes_with_null_and_unseen_codes_of_their_own() -> None:
+    cfg = load_config(ROOT / "configs" / "flights.yaml")
+    seen = {"carrier": ["AA", "B6", "UA"], "origin": ["JFK"], "dest": ["BOS"], "tailnum": ["N1", None],
+            "flight_number": [1]}
+    models = mtl_methods.LightGBMModels(FeatureSpec.fit(with_labels(flights_rows(600, **seen), cfg), cfg), {})
+    probe = flights_rows(3, carrier=["UA", "ZZ", None], origin=["JFK"], dest=["BOS"], tailnum=["N1", None, "N9"],
+                         flight_number=[1, 2, None])
+    probe.loc[1, "distance"] = np.nan
+    x = serving_cost.BoosterRecordEncoder(models).encode(to_records(probe, models.feature_names))
+    np.testing.assert_array_equal(x, models.frame(probe).to_numpy(np.float64))
+    carrier, tailnum = models.feature_names.index("carrier"), models.feature_names.index("tailnum")
+    assert (x[1, carrier], x[2, carrier]) == (OOV_INDEX, NULL_INDEX)  # unseen and null: codes of their own
+    assert (x[0, tailnum], x[1, tailnum], x[2, tailnum]) == (FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX)
+    assert np.isnan(x[1, models.feature_names.index("distance")])  # a numeric null stays LightGBM's missing value
 
 
 def test_each_task_gets_its_best_booster_setting_from_the_journal_and_the_rest_none(tmp_path: Path) -> None:
