@@ -93,6 +93,25 @@ def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
     assert not torch.allclose(layer.weight.grad, summed) and set(weights) == {"a", "b"}
 
 
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
+def test_jacobian_update_adds_to_a_gradient_already_there(name: str) -> None:
+    """The step backpropagates Rep-MTL's regulariser and the architecture's penalty before the strategy: a
+    Jacobian method's aggregate is added to that gradient, not written over it (docs/methods.md, "What reaches
+    what")."""
+    layer = torch.nn.Linear(2, 1)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+
+    def aggregate(already: torch.Tensor | None) -> torch.Tensor:
+        layer.weight.grad = None if already is None else already.clone()
+        layer.bias.grad = None
+        strategy = make_strategy(["a", "b"], small_cfg({"name": name}).training.strategy).attach(layer)
+        strategy.backward({"a": layer(x)[0, 0], "b": -0.5 * layer(x)[1, 0] + layer(x)[0, 0] ** 2})
+        return layer.weight.grad.clone()  # type: ignore[union-attr]
+
+    already = torch.tensor([[0.25, -1.5]])
+    assert torch.allclose(aggregate(already), aggregate(None) + already)
+
+
 def test_diminish_weights_follow_the_formula(slices: tuple, tmp_path: Path) -> None:
     mt2st = {"diminish": {"gamma0": 0.8, "eta": 0.5, "nu": 1.5, "per_task": {"cancelled": {"eta": 2.0}}}}
     result = run(small_cfg(mt2st=mt2st), slices, tmp_path)
