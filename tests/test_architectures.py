@@ -112,13 +112,15 @@ def test_shared_private_penalty_is_added_to_the_step(flights_frame: pd.DataFrame
 
 
 @pytest.mark.parametrize(("architecture", "per_task"), [("hps", ["heads"]), ("mmoe", ["heads", "gates"]),
-                                                       ("shared_private", ["heads", "private"])])
+                                                       ("shared_private", ["heads", "private"]),
+                                                       ("ft_transformer", ["heads"])])
 def test_switched_step_computes_nothing_of_the_auxiliary_tasks(architecture: str, per_task: list[str],
                                                                flights_frame: pd.DataFrame) -> None:
     """MT2ST's switch saves compute only if a primary-only step leaves every per-task part of the auxiliary
     tasks (heads, MMoE's gates, shared_private's private encoders) uncalled and without a gradient."""
     cfg = config_with(FLIGHTS, model={"architecture": architecture, "hidden": [16], "experts": 2,
-                                      "private_hidden": [8]})
+                                      "private_hidden": [8], "token_dim": 8, "attention_heads": 2,
+                                      "attention_layers": 1})
     df = window(flights_frame, cfg, "train").head(256)
     spec = FeatureSpec.fit(df, cfg)
     model = build_model(spec, cfg.model)
