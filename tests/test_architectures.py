@@ -153,16 +153,20 @@ def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFram
     assert model.numeric_weight.grad is not None and model.numeric_weight.grad.abs().sum() > 0
 
 
-def test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model(flights_frame: pd.DataFrame) -> None:
+# linear heads, and towers (what Rep-MTL needs on shared_private): β is then read from the tower's first layer
+@pytest.mark.parametrize("head_hidden", [0, 4])
+def test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model(head_hidden: int,
+                                                                                   flights_frame: pd.DataFrame) -> None:
     cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [2], "private_hidden": [3],
-                                      "similarity_penalty": 0.5})
+                                      "similarity_penalty": 0.5, "head_hidden": head_hidden})
     spec = FeatureSpec.fit(window(flights_frame, cfg, "train").head(256), cfg)
     model = build_model(spec, cfg.model)
     tasks = [t.name for t in cfg.tasks]
     betas = [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]] + [[0.0, 0.0]] * (len(tasks) - 3)
     with torch.no_grad():
         for name, beta in zip(tasks, betas, strict=True):
-            model.heads[name].weight[:, :2] = torch.tensor(beta)  # every output unit: β is their mean
+            first = model.heads[name][0] if head_hidden else model.heads[name]
+            first.weight[:, :2] = torch.tensor(beta)  # every output unit: β is their mean
     # only the pair (0, 1) is similar: cos = 1/√2, ‖β_0 − β_1‖² = 1, counted once per ordering;
     # (0, 2) and (1, 2) point apart (cos < 0) and are left alone, a zero β has no direction
     assert model.penalty(tasks).item() == pytest.approx(0.5 * 2 * (1 / math.sqrt(2)) * 1.0, rel=1e-5)
