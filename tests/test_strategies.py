@@ -93,6 +93,21 @@ def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
     assert not torch.allclose(layer.weight.grad, summed) and set(weights) == {"a", "b"}
 
 
+def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios() -> None:
+    dwa = make_strategy(["a", "b"], small_cfg({"name": "dwa", "temperature": 2.0}).training.strategy)
+
+    def epoch(loss_a: float, loss_b: float) -> list[float]:
+        used = dwa.backward({"a": torch.tensor(loss_a, requires_grad=True),
+                             "b": torch.tensor(loss_b, requires_grad=True)})
+        dwa.epoch_end()
+        return [float(used["a"]), float(used["b"])]
+
+    assert epoch(1.0, 1.0) == [1.0, 1.0] and epoch(0.5, 1.0) == [1.0, 1.0]  # no two epochs of history yet
+    # r = L(e-1)/L(e-2) = (0.5, 1.0); w = K·softmax(r / T) with K = 2, T = 2
+    e_a, e_b = math.exp(0.5 / 2), math.exp(1.0 / 2)
+    assert epoch(0.4, 1.0) == pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
+
+
 @pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
 def test_jacobian_update_adds_to_a_gradient_already_there(name: str) -> None:
     """The step backpropagates Rep-MTL's regulariser and the architecture's penalty before the strategy: a
