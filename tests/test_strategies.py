@@ -102,9 +102,9 @@ def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss
         dwa.epoch_end()
         return [float(used["a"]), float(used["b"])]
 
-    assert epoch(1.0, 1.0) == [1.0, 1.0] and epoch(0.5, 1.0) == [1.0, 1.0]  # no two epochs of history yet
-    # r = L(e-1)/L(e-2) = (0.5, 1.0); w = K·softmax(r / T) with K = 2, T = 2
-    e_a, e_b = math.exp(0.5 / 2), math.exp(1.0 / 2)
+    assert epoch(0.8, 0.5) == [1.0, 1.0] and epoch(0.2, 0.5) == [1.0, 1.0]  # no two epochs of history yet
+    # r = L(e-1)/L(e-2) = (0.25, 1.0); w = K·softmax(r / T) with K = 2, T = 2
+    e_a, e_b = math.exp(0.25 / 2), math.exp(1.0 / 2)
     assert epoch(0.4, 1.0) == pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
 
 
