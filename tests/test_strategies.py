@@ -97,12 +97,15 @@ def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss
     dwa = make_strategy(["a", "b"], small_cfg({"name": "dwa", "temperature": 2.0}).training.strategy)
 
     def epoch(loss_a: float, loss_b: float) -> list[float]:
-        used = dwa.backward({"a": torch.tensor(loss_a, requires_grad=True),
-                             "b": torch.tensor(loss_b, requires_grad=True)})
+        """Two steps whose losses average to (loss_a, loss_b); the weights the second step used."""
+        for step_a in (loss_a - 0.1, loss_a + 0.1):
+            used = dwa.backward({"a": torch.tensor(step_a, requires_grad=True),
+                                 "b": torch.tensor(loss_b, requires_grad=True)})
         dwa.epoch_end()
         return [float(used["a"]), float(used["b"])]
 
     assert epoch(0.8, 0.5) == [1.0, 1.0] and epoch(0.2, 0.5) == [1.0, 1.0]  # no two epochs of history yet
+    assert dwa.history == [pytest.approx({"a": 0.8, "b": 0.5}), pytest.approx({"a": 0.2, "b": 0.5})]
     # r = L(e-1)/L(e-2) = (0.25, 1.0); w = K·softmax(r / T) with K = 2, T = 2
     e_a, e_b = math.exp(0.25 / 2), math.exp(1.0 / 2)
     assert epoch(0.4, 1.0) == pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
