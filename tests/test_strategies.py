@@ -18,7 +18,7 @@ from components.data import label_column
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
 from components.stl import train_stl
-from components.strategies import make_strategy
+from components.strategies import Weighting, make_strategy
 from components.train import CHECKPOINT, TrainResult, make_autocast, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
@@ -96,19 +96,22 @@ def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
 def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios() -> None:
     dwa = make_strategy(["a", "b"], small_cfg({"name": "dwa", "temperature": 2.0}).training.strategy)
 
-    def epoch(loss_a: float, loss_b: float) -> list[float]:
+    def epoch(strategy: Weighting, loss_a: float, loss_b: float) -> list[float]:
         """Two steps whose losses average to (loss_a, loss_b); the weights the second step used."""
         for step_a in (loss_a - 0.1, loss_a + 0.1):
-            used = dwa.backward({"a": torch.tensor(step_a, requires_grad=True),
-                                 "b": torch.tensor(loss_b, requires_grad=True)})
-        dwa.epoch_end()
+            used = strategy.backward({"a": torch.tensor(step_a, requires_grad=True),
+                                      "b": torch.tensor(loss_b, requires_grad=True)})
+        strategy.epoch_end()
         return [float(used["a"]), float(used["b"])]
 
-    assert epoch(0.8, 0.5) == [1.0, 1.0] and epoch(0.2, 0.5) == [1.0, 1.0]  # no two epochs of history yet
+    assert epoch(dwa, 0.8, 0.5) == [1.0, 1.0] and epoch(dwa, 0.2, 0.5) == [1.0, 1.0]  # under two epochs of history
     assert dwa.history == [pytest.approx({"a": 0.8, "b": 0.5}), pytest.approx({"a": 0.2, "b": 0.5})]
     # r = L(e-1)/L(e-2) = (0.25, 1.0); w = K·softmax(r / T) with K = 2, T = 2
     e_a, e_b = math.exp(0.25 / 2), math.exp(1.0 / 2)
-    assert epoch(0.4, 1.0) == pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
+    expected = pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
+    resumed = make_strategy(["a", "b"], dwa.spec)
+    resumed.load_state_dict(dwa.state_dict())  # a checkpoint's DWA goes on with the same weights
+    assert epoch(dwa, 0.4, 1.0) == expected and epoch(resumed, 0.4, 1.0) == expected
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
