@@ -114,6 +114,14 @@ def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss
     assert epoch(dwa, 0.4, 1.0) == expected and epoch(resumed, 0.4, 1.0) == expected
 
 
+def test_uw_log_variances_follow_the_model_to_its_device() -> None:
+    """A GPU run's UW would otherwise add CPU log-variances to CUDA losses; the meta device stands in for the GPU
+    here (no GPU on this machine), as any device other than the CPU tells the two apart."""
+    uw = make_strategy(["a", "b"], small_cfg({"name": "uw"}).training.strategy)
+    uw.attach(torch.nn.Linear(2, 1, device="meta"))
+    assert [p.device.type for p in uw.parameters()] == ["meta"]
+
+
 @pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
 def test_jacobian_update_adds_to_a_gradient_already_there(name: str) -> None:
     """The step backpropagates Rep-MTL's regulariser and the architecture's penalty before the strategy: a
