@@ -18,6 +18,7 @@ tells it from the original).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,33 @@ ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ["killed", "survived", "timeout", "no tests", "suspicious", "segfault", "not checked"]
 
 # Every mutant that survived a run, by mutmut's name: why it is equivalent, or the test added to kill it.
-VERDICTS: dict[str, str] = {}
+SHARED_PRIVATE = "components.architectures.shared_private.xǁSharedPrivateModelǁ"
+DWA = "components.strategies.dwa.xǁDynamicWeightAverageǁ"
+UW = "components.strategies.uw.xǁUncertaintyWeightingǁ"
+STATIC = "components.strategies.static.xǁStaticWeightingǁ"
+PENALTY_TEST = "killed by `test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model[4]` (added)"
+DWA_TEST = "killed by `test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios` (added)"
+UW_DEVICE_TEST = "killed by `test_uw_log_variances_follow_the_model_to_its_device` (added)"
+REP_MTL_TEST = "killed by `test_regulariser_is_lambda_weighted_tsr_plus_csa_from_two_tasks_on` (added)"
+UNREAD = "equivalent: the base class keeps it for strategies that read it; this one reads its own argument or none"
+VERDICTS: dict[str, str] = {
+    SHARED_PRIVATE + "coefficients__mutmut_3": PENALTY_TEST,
+    SHARED_PRIVATE + "coefficients__mutmut_4": PENALTY_TEST,
+    SHARED_PRIVATE + "penalty__mutmut_19": "equivalent: the diagonal pairs a task with itself, whose distance "
+                                            "‖β_k − β_k‖² is 0, so whatever the affinity there it adds nothing",
+    **{DWA + f"current_weights__mutmut_{i}": DWA_TEST for i in (6, 7, 8, 15, 20, 24)},
+    **{DWA + f"backward__mutmut_{i}": DWA_TEST for i in (3, 7, 10, 14, 15, 24)},
+    DWA + "epoch_end__mutmut_2": DWA_TEST,
+    DWA + "load_state_dict__mutmut_5": DWA_TEST,
+    UW + "__init____mutmut_2": UNREAD + " (UW has no setting)",
+    UW + "attach__mutmut_1": UW_DEVICE_TEST,
+    UW + "attach__mutmut_5": UW_DEVICE_TEST,
+    **{UW + f"backward__mutmut_{i}": "equivalent: a 0-dim CPU tensor adds to losses on any device as a scalar, so the "
+                               "total lands on the losses' device either way" for i in (3, 5)},
+    **{f"components.rep_mtl.x_rep_mtl_loss__mutmut_{i}": REP_MTL_TEST for i in (1, 2, 3, 10, 12)},
+    STATIC + "__init____mutmut_1": UNREAD,
+    STATIC + "__init____mutmut_2": UNREAD,
+}
 
 
 def mutmut_fastest_tests_first(names: list[str]) -> None:
@@ -93,15 +120,17 @@ def diff(name: str, path: str) -> str:
     return "<br>".join(f"`{line.strip()}`" for line in changed)
 
 
-def report(found: dict[str, dict[str, str]], wall_s: float, minutes: float) -> str:
+def report(found: dict[str, dict[str, str]], runs: list[dict]) -> str:
     import mutmut
 
     lines = ["# Mutation testing of the methods' modules", "",
              f"mutmut {mutmut.__version__} over `[tool.mutmut]` of pyproject.toml, one mutant at a time, each against "
-             "the selected tests that call the mutated function. Command: `python benchmarks/mutation_methods.py "
-             f"--minutes {minutes:g}`; this run {wall_s / 60:.0f} min of wall time on 2 shared CPU cores. "
-             "*not checked*: left when the time ran out (mutmut runs the mutants with the fastest tests first).", "",
-             "| module | mutants | " + " | ".join(STATUSES) + " |", "|---|---|" + "---|" * len(STATUSES)]
+             "the selected tests that call the mutated function, on 2 shared CPU cores. *not checked*: left when the "
+             "time ran out (mutmut takes the mutants whose tests are quickest first). The runs:", ""]
+    for run in runs:
+        command = " ".join(["python benchmarks/mutation_methods.py", f"--minutes {run['minutes']:g}", *run["names"]])
+        lines.append(f"- `{command}`: {run['wall_s'] / 60:.0f} min")
+    lines += ["", "| module | mutants | " + " | ".join(STATUSES) + " |", "|---|---|" + "---|" * len(STATUSES)]
     total: Counter[str] = Counter()
     for path, statuses in found.items():
         counts = Counter(statuses.values())
@@ -131,9 +160,13 @@ def main(argv: list[str] | None = None) -> None:
         return mutmut_fastest_tests_first(args.names)
     if args.fresh:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-    wall_s = 0.0 if args.report_only else run_mutmut(args.minutes, args.names)
-    found = outcomes()
-    args.out.with_suffix(".md").write_text(report(found, wall_s, args.minutes))
+    log = ROOT / "mutants" / "mutation_methods_runs.jsonl"  # one line per run, for the report
+    if not args.report_only:
+        wall_s = run_mutmut(args.minutes, args.names)
+        with log.open("a") as f:
+            f.write(json.dumps({"minutes": args.minutes, "names": args.names, "wall_s": wall_s}) + "\n")
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    args.out.with_suffix(".md").write_text(report(outcomes(), runs))
     print(args.out.with_suffix(".md").read_text())
 
 

@@ -45,6 +45,20 @@ def test_saliency_is_each_samples_loss_gradient_on_z() -> None:
     assert torch.allclose(s[1, :, :, 0], expected_b)
 
 
+def test_regulariser_is_lambda_weighted_tsr_plus_csa_from_two_tasks_on() -> None:
+    """R = λ_tsr·TSR + λ_csa·CSA on the batch's saliencies as soon as two tasks train; zero for one task (after
+    MT2ST's switch)."""
+    z = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 3.0], [2.0, 0.1, -0.4]], requires_grad=True)
+    w_a, w_b = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 2.0, 1.0])
+    losses = {"a": ((z @ w_a) ** 2).mean(), "b": (z @ w_b).exp().mean()}
+    spec = RepMtlSpec(lambda_tsr=0.3, lambda_csa=2.0, tau=0.5)
+    s = saliencies(losses, z)
+    expected = 0.3 * tsr_loss(s) + 2.0 * csa_loss(s, spec.tau, spec.csa_samples)
+    assert tsr_loss(s) > 0 and csa_loss(s, spec.tau, spec.csa_samples) > 0
+    assert rep_mtl_loss(losses, z, spec).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert rep_mtl_loss({"a": losses["a"]}, z, spec).item() == 0.0
+
+
 def test_tsr_is_the_mean_entropy_over_tasks_of_where_each_task_reads() -> None:
     # one sample, two positions, two tasks: task a reads position 0 three times as much as position 1,
     # task b reads only position 1; per-task shares q_a = (3/4, 1/4), q_b = (0, 1)
