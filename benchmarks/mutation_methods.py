@@ -56,6 +56,17 @@ VERDICTS: dict[str, str] = {
     **{UW + f"backward__mutmut_{i}": "equivalent: a 0-dim CPU tensor adds to losses on any device as a scalar, so the "
                                "total lands on the losses' device either way" for i in (3, 5)},
     **{f"components.rep_mtl.x_rep_mtl_loss__mutmut_{i}": REP_MTL_TEST for i in (1, 2, 3, 10, 12)},
+    "components.rep_mtl.x_saliencies__mutmut_13": "killed by `test_saliency_is_each_samples_loss_gradient_on_z` "
+                                                  "(a [batch, positions, channels] Z, added)",
+    "components.rep_mtl.x_csa_loss__mutmut_9": "killed by `test_csa_is_infonce_over_two_tasks_and_two_samples` "
+                                               "(one position, added)",
+    "components.rep_mtl.x_csa_loss__mutmut_75":
+        "killed by `test_csa_stays_finite_when_tasks_oppose_at_the_smallest_tau_searched` (added)",
+    **{f"components.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: EPS guards a zero denominator, where the "
+                                                      "numerator is zero too; ±1e-12 elsewhere is below float "
+                                                      "resolution" for i in (7, 17)},
+    **{f"components.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: the [B, P] sum broadcasts over the task axis "
+                                                      "exactly as the kept [1, B, P] one" for i in (21, 23)},
     STATIC + "__init____mutmut_1": UNREAD,
     STATIC + "__init____mutmut_2": UNREAD,
 }

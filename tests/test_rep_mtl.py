@@ -43,6 +43,8 @@ def test_saliency_is_each_samples_loss_gradient_on_z() -> None:
     assert torch.allclose(s[0, :, :, 0], w1.expand(2, 3) / batch)
     expected_b = torch.stack([2 * (z[i] @ w2) * w2 / batch for i in range(2)]).detach()
     assert torch.allclose(s[1, :, :, 0], expected_b)
+    tokens = torch.ones(2, 3, 4, requires_grad=True)  # a [batch, positions, channels] Z keeps its shape
+    assert saliencies({"a": tokens.sum(), "b": tokens.pow(2).sum()}, tokens).shape == (2, 2, 3, 4)
 
 
 def test_regulariser_is_lambda_weighted_tsr_plus_csa_from_two_tasks_on() -> None:
@@ -115,6 +117,16 @@ def test_csa_is_infonce_over_two_tasks_and_two_samples() -> None:
     scaled = (u * torch.tensor([2.0, 7.0]).view(1, 2, 1)).unsqueeze(-1)  # L2-normalised inside: scale-free
     assert csa_loss(scaled, tau, samples=2).item() == pytest.approx(expected, rel=1e-5)
     assert csa_loss(scaled[:1], tau, samples=2).item() == 0.0  # one task: nothing to align
+    assert csa_loss(scaled[:, :1], tau, samples=2).item() == 0.0  # one sample: no negatives
+    one_position = u.unsqueeze(2)  # [tasks, samples, 1 position, 2 channels] (MMoE with one expert): same loss
+    assert csa_loss(one_position, tau, samples=2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_csa_stays_finite_when_tasks_oppose_at_the_smallest_tau_searched() -> None:
+    """Each sample's two tasks point apart and each task the same way on both samples: at τ = 0.05 the positive's
+    share is e^-40 (4e-18); the EPS inside the log keeps the loss finite, as the trainer needs."""
+    s = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[-1.0, 0.0], [-1.0, 0.0]]]).unsqueeze(-1)
+    assert math.isfinite(csa_loss(s, tau=0.05, samples=2).item())
 
 
 def test_rep_mtl_on_hps_needs_task_towers() -> None:
