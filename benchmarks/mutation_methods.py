@@ -40,6 +40,14 @@ PENALTY_TEST = "killed by `test_shared_private_penalty_by_hand_and_alternating_g
 DWA_TEST = "killed by `test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios` (added)"
 UW_DEVICE_TEST = "killed by `test_uw_log_variances_follow_the_model_to_its_device` (added)"
 REP_MTL_TEST = "killed by `test_regulariser_is_lambda_weighted_tsr_plus_csa_from_two_tasks_on` (added)"
+MT2ST = "components.mt2st.xǁMt2stScheduleǁ"
+JACOBIAN = "components.strategies.jacobian.xǁJacobianWeightingǁ"
+
+
+def added_after_the_run(test: str) -> str:
+    return f"`{test}` added after this run (fails on this mutant); not yet rerun"
+
+
 UNREAD = "equivalent: the base class keeps it for strategies that read it; this one reads its own argument or none"
 VERDICTS: dict[str, str] = {
     SHARED_PRIVATE + "coefficients__mutmut_3": PENALTY_TEST,
@@ -67,6 +75,14 @@ VERDICTS: dict[str, str] = {
                                                       "resolution" for i in (7, 17)},
     **{f"components.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: the [B, P] sum broadcasts over the task axis "
                                                       "exactly as the kept [1, B, P] one" for i in (21, 23)},
+    **{MT2ST + f"_params__mutmut_{i}": added_after_the_run("test_diminish_per_task_overrides_and_switch_pending")
+       for i in (7, 13)},
+    **{MT2ST + f"switch_pending__mutmut_{i}": added_after_the_run("test_diminish_per_task_overrides_and_switch_pending")
+       for i in (1, 2)},
+    **{JACOBIAN + f"backward__mutmut_{i}": added_after_the_run(
+        "test_jacobian_method_with_one_task_left_is_its_plain_gradient") for i in (5, 6, 7, 8)},
+    **{UW + f"backward__mutmut_{i}": added_after_the_run(
+        "test_uw_weighs_each_loss_by_half_its_precision_plus_half_its_log_variance") for i in (11, 20)},
     STATIC + "__init____mutmut_1": UNREAD,
     STATIC + "__init____mutmut_2": UNREAD,
 }
@@ -139,7 +155,8 @@ def report(found: dict[str, dict[str, str]], runs: list[dict]) -> str:
              "the selected tests that call the mutated function, on 2 shared CPU cores. *not checked*: left when the "
              "time ran out (mutmut takes the mutants whose tests are quickest first). The runs:", ""]
     for run in runs:
-        command = " ".join(["python benchmarks/mutation_methods.py", f"--minutes {run['minutes']:g}", *run["names"]])
+        names = run["names"] if len(run["names"]) <= 4 else [f"<{len(run['names'])} mutant names>"]
+        command = " ".join(["python benchmarks/mutation_methods.py", f"--minutes {run['minutes']:g}", *names])
         lines.append(f"- `{command}`: {run['wall_s'] / 60:.0f} min")
     lines += ["", "| module | mutants | " + " | ".join(STATUSES) + " |", "|---|---|" + "---|" * len(STATUSES)]
     total: Counter[str] = Counter()

@@ -114,6 +114,41 @@ def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss
     assert epoch(dwa, 0.4, 1.0) == expected and epoch(resumed, 0.4, 1.0) == expected
 
 
+def test_uw_weighs_each_loss_by_half_its_precision_plus_half_its_log_variance() -> None:
+    uw = make_strategy(["a", "b"], small_cfg({"name": "uw"}).training.strategy)
+    s = torch.tensor([0.5, -1.0])
+    with torch.no_grad():
+        uw.parameters()[0].copy_(s)
+    losses = torch.tensor([2.0, 3.0])
+    used = uw.backward({"a": losses[0].clone().requires_grad_(), "b": losses[1].clone().requires_grad_()})
+    assert torch.allclose(torch.stack([used["a"], used["b"]]), torch.exp(-s) / 2)
+    # d/ds (e^-s·L/2 + s/2) = 1/2 − e^-s·L/2
+    assert torch.allclose(uw.parameters()[0].grad, 0.5 - torch.exp(-s) * losses / 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
+def test_jacobian_method_with_one_task_left_is_its_plain_gradient(name: str) -> None:
+    """After MT2ST's switch one loss is left: its gradient as it is, weight 1."""
+    layer = torch.nn.Linear(2, 1)
+    strategy = make_strategy(["a", "b"], small_cfg({"name": name}).training.strategy).attach(layer)
+    x = torch.tensor([[1.0, -2.0]])
+    used = strategy.backward({"a": (layer(x) ** 2).sum()})
+    expected = torch.autograd.grad((layer(x) ** 2).sum(), layer.weight)[0]
+    assert torch.allclose(layer.weight.grad, expected) and {n: float(w) for n, w in used.items()} == {"a": 1.0}
+
+
+def test_diminish_per_task_overrides_and_switch_pending() -> None:
+    spec = small_cfg(mt2st={"diminish": {"eta": 0.1, "per_task": {"dep_delay": {"gamma0": 0.5, "nu": 2}}},
+                            "switch": {"epoch": 2}}).training.mt2st
+    schedule = Mt2stSchedule(spec, TASKS, "arr_delayed")
+    weights = schedule.loss_weights(1.5)
+    assert weights["dep_delay"] == pytest.approx(0.5 * math.exp(-0.1 * 1.5**2))  # its own γ0 and ν
+    assert weights["cancelled"] == pytest.approx(math.exp(-0.1 * 1.5))  # the section's
+    assert [schedule.switch_pending(e) for e in range(4)] == [True, True, False, False]
+    diminish_only = Mt2stSchedule(small_cfg(mt2st={"diminish": {}}).training.mt2st, TASKS, "arr_delayed")
+    assert not diminish_only.switch_pending(0) and not Mt2stSchedule(None, TASKS, "arr_delayed").switch_pending(0)
+
+
 def test_uw_log_variances_follow_the_model_to_its_device() -> None:
     """A GPU run's UW would otherwise add CPU log-variances to CUDA losses; the meta device stands in for the GPU
     here (no GPU on this machine), as any device other than the CPU tells the two apart."""
