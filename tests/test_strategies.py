@@ -91,6 +91,7 @@ def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
     weights = strategy.backward(losses)
     summed = torch.autograd.grad(sum(layer(x).sum() * w for w in (1.0, -0.5)), layer.weight)[0]
     assert not torch.allclose(layer.weight.grad, summed) and set(weights) == {"a", "b"}
+    assert {float(w) for w in weights.values()} != {1.0}  # the aggregator's own weights are reported
 
 
 def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios() -> None:
