@@ -112,13 +112,15 @@ def test_shared_private_penalty_is_added_to_the_step(flights_frame: pd.DataFrame
 
 
 @pytest.mark.parametrize(("architecture", "per_task"), [("hps", ["heads"]), ("mmoe", ["heads", "gates"]),
-                                                       ("shared_private", ["heads", "private"])])
+                                                       ("shared_private", ["heads", "private"]),
+                                                       ("ft_transformer", ["heads"])])
 def test_switched_step_computes_nothing_of_the_auxiliary_tasks(architecture: str, per_task: list[str],
                                                                flights_frame: pd.DataFrame) -> None:
     """MT2ST's switch saves compute only if a primary-only step leaves every per-task part of the auxiliary
     tasks (heads, MMoE's gates, shared_private's private encoders) uncalled and without a gradient."""
     cfg = config_with(FLIGHTS, model={"architecture": architecture, "hidden": [16], "experts": 2,
-                                      "private_hidden": [8]})
+                                      "private_hidden": [8], "token_dim": 8, "attention_heads": 2,
+                                      "attention_layers": 1})
     df = window(flights_frame, cfg, "train").head(256)
     spec = FeatureSpec.fit(df, cfg)
     model = build_model(spec, cfg.model)
@@ -151,16 +153,20 @@ def test_rep_mtl_on_feature_tokens_of_the_transformer(flights_frame: pd.DataFram
     assert model.numeric_weight.grad is not None and model.numeric_weight.grad.abs().sum() > 0
 
 
-def test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model(flights_frame: pd.DataFrame) -> None:
+# linear heads, and towers (what Rep-MTL needs on shared_private): β is then read from the tower's first layer
+@pytest.mark.parametrize("head_hidden", [0, 4])
+def test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model(head_hidden: int,
+                                                                                   flights_frame: pd.DataFrame) -> None:
     cfg = config_with(FLIGHTS, model={"architecture": "shared_private", "hidden": [2], "private_hidden": [3],
-                                      "similarity_penalty": 0.5})
+                                      "similarity_penalty": 0.5, "head_hidden": head_hidden})
     spec = FeatureSpec.fit(window(flights_frame, cfg, "train").head(256), cfg)
     model = build_model(spec, cfg.model)
     tasks = [t.name for t in cfg.tasks]
     betas = [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]] + [[0.0, 0.0]] * (len(tasks) - 3)
     with torch.no_grad():
         for name, beta in zip(tasks, betas, strict=True):
-            model.heads[name].weight[:, :2] = torch.tensor(beta)  # every output unit: β is their mean
+            first = model.heads[name][0] if head_hidden else model.heads[name]
+            first.weight[:, :2] = torch.tensor(beta)  # every output unit: β is their mean
     # only the pair (0, 1) is similar: cos = 1/√2, ‖β_0 − β_1‖² = 1, counted once per ordering;
     # (0, 2) and (1, 2) point apart (cos < 0) and are left alone, a zero β has no direction
     assert model.penalty(tasks).item() == pytest.approx(0.5 * 2 * (1 / math.sqrt(2)) * 1.0, rel=1e-5)

@@ -18,7 +18,7 @@ from components.data import label_column
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
 from components.stl import train_stl
-from components.strategies import make_strategy
+from components.strategies import Weighting, make_strategy
 from components.train import CHECKPOINT, TrainResult, make_autocast, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
@@ -91,6 +91,90 @@ def test_jacobian_aggregator_departs_from_the_sum_under_conflict() -> None:
     weights = strategy.backward(losses)
     summed = torch.autograd.grad(sum(layer(x).sum() * w for w in (1.0, -0.5)), layer.weight)[0]
     assert not torch.allclose(layer.weight.grad, summed) and set(weights) == {"a", "b"}
+    assert {float(w) for w in weights.values()} != {1.0}  # the aggregator's own weights are reported
+
+
+def test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios() -> None:
+    dwa = make_strategy(["a", "b"], small_cfg({"name": "dwa", "temperature": 2.0}).training.strategy)
+
+    def epoch(strategy: Weighting, loss_a: float, loss_b: float) -> list[float]:
+        """Two steps whose losses average to (loss_a, loss_b); the weights the second step used."""
+        for step_a in (loss_a - 0.1, loss_a + 0.1):
+            used = strategy.backward({"a": torch.tensor(step_a, requires_grad=True),
+                                      "b": torch.tensor(loss_b, requires_grad=True)})
+        strategy.epoch_end()
+        return [float(used["a"]), float(used["b"])]
+
+    assert epoch(dwa, 0.8, 0.5) == [1.0, 1.0] and epoch(dwa, 0.2, 0.5) == [1.0, 1.0]  # under two epochs of history
+    assert dwa.history == [pytest.approx({"a": 0.8, "b": 0.5}), pytest.approx({"a": 0.2, "b": 0.5})]
+    # r = L(e-1)/L(e-2) = (0.25, 1.0); w = K·softmax(r / T) with K = 2, T = 2
+    e_a, e_b = math.exp(0.25 / 2), math.exp(1.0 / 2)
+    expected = pytest.approx([2 * e_a / (e_a + e_b), 2 * e_b / (e_a + e_b)])
+    resumed = make_strategy(["a", "b"], dwa.spec)
+    resumed.load_state_dict(dwa.state_dict())  # a checkpoint's DWA goes on with the same weights
+    assert epoch(dwa, 0.4, 1.0) == expected and epoch(resumed, 0.4, 1.0) == expected
+
+
+def test_uw_weighs_each_loss_by_half_its_precision_plus_half_its_log_variance() -> None:
+    uw = make_strategy(["a", "b"], small_cfg({"name": "uw"}).training.strategy)
+    s = torch.tensor([0.5, -1.0])
+    with torch.no_grad():
+        uw.parameters()[0].copy_(s)
+    losses = torch.tensor([2.0, 3.0])
+    used = uw.backward({"a": losses[0].clone().requires_grad_(), "b": losses[1].clone().requires_grad_()})
+    assert torch.allclose(torch.stack([used["a"], used["b"]]), torch.exp(-s) / 2)
+    # d/ds (e^-s·L/2 + s/2) = 1/2 − e^-s·L/2
+    assert torch.allclose(uw.parameters()[0].grad, 0.5 - torch.exp(-s) * losses / 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
+def test_jacobian_method_with_one_task_left_is_its_plain_gradient(name: str) -> None:
+    """After MT2ST's switch one loss is left: its gradient as it is, weight 1."""
+    layer = torch.nn.Linear(2, 1)
+    strategy = make_strategy(["a", "b"], small_cfg({"name": name}).training.strategy).attach(layer)
+    x = torch.tensor([[1.0, -2.0]])
+    used = strategy.backward({"a": (layer(x) ** 2).sum()})
+    expected = torch.autograd.grad((layer(x) ** 2).sum(), layer.weight)[0]
+    assert torch.allclose(layer.weight.grad, expected) and {n: float(w) for n, w in used.items()} == {"a": 1.0}
+
+
+def test_diminish_per_task_overrides_and_switch_pending() -> None:
+    spec = small_cfg(mt2st={"diminish": {"eta": 0.1, "per_task": {"dep_delay": {"gamma0": 0.5, "nu": 2}}},
+                            "switch": {"epoch": 2}}).training.mt2st
+    schedule = Mt2stSchedule(spec, TASKS, "arr_delayed")
+    weights = schedule.loss_weights(1.5)
+    assert weights["dep_delay"] == pytest.approx(0.5 * math.exp(-0.1 * 1.5**2))  # its own γ0 and ν
+    assert weights["cancelled"] == pytest.approx(math.exp(-0.1 * 1.5))  # the section's
+    assert [schedule.switch_pending(e) for e in range(4)] == [True, True, False, False]
+    diminish_only = Mt2stSchedule(small_cfg(mt2st={"diminish": {}}).training.mt2st, TASKS, "arr_delayed")
+    assert not diminish_only.switch_pending(0) and not Mt2stSchedule(None, TASKS, "arr_delayed").switch_pending(0)
+
+
+def test_uw_log_variances_follow_the_model_to_its_device() -> None:
+    """A GPU run's UW would otherwise add CPU log-variances to CUDA losses; the meta device stands in for the GPU
+    here (no GPU on this machine), as any device other than the CPU tells the two apart."""
+    uw = make_strategy(["a", "b"], small_cfg({"name": "uw"}).training.strategy)
+    uw.attach(torch.nn.Linear(2, 1, device="meta"))
+    assert [p.device.type for p in uw.parameters()] == ["meta"]
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "mgda", "cagrad"])
+def test_jacobian_update_adds_to_a_gradient_already_there(name: str) -> None:
+    """The step backpropagates Rep-MTL's regulariser and the architecture's penalty before the strategy: a
+    Jacobian method's aggregate is added to that gradient, not written over it (docs/methods.md, "What reaches
+    what")."""
+    layer = torch.nn.Linear(2, 1)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+
+    def aggregate(already: torch.Tensor | None) -> torch.Tensor:
+        layer.weight.grad = None if already is None else already.clone()
+        layer.bias.grad = None
+        strategy = make_strategy(["a", "b"], small_cfg({"name": name}).training.strategy).attach(layer)
+        strategy.backward({"a": layer(x)[0, 0], "b": -0.5 * layer(x)[1, 0] + layer(x)[0, 0] ** 2})
+        return layer.weight.grad.clone()  # type: ignore[union-attr]
+
+    already = torch.tensor([[0.25, -1.5]])
+    assert torch.allclose(aggregate(already), aggregate(None) + already)
 
 
 def test_diminish_weights_follow_the_formula(slices: tuple, tmp_path: Path) -> None:
