@@ -689,6 +689,9 @@ class PrometheusSpec(Strict):
     # 8 clients x 256 records on 2 CPUs; 0.9 s only when overloaded, 32 clients x 256)
     latency_p99_seconds: float = Field(0.5, gt=0)
     error_ratio: float = Field(0.01, gt=0, lt=1)  # share of /predict requests answered 5xx over 5 minutes that alerts
+    # the prediction log's disk with less than this share free, or filling within a day at the last 6 hours' pace,
+    # alerts (a full disk drops log records: answers go on, monitoring goes blind)
+    log_disk_free_ratio: float = Field(0.1, gt=0, lt=1)
     # the monitor's schedule (the monitoring pipeline's recurring run: monthly, 31 days at most between runs);
     # no run for longer than this alerts
     monitor_every_hours: float = Field(744, gt=0)

@@ -7,17 +7,31 @@ tracks. The prediction log is the contract between serving (writer) and
 monitoring (reader): parquet parts under `<log_dir>/date=YYYY-MM-DD/`, one row
 per scored record with `request_id`, `record_index`, `timestamp` (UTC),
 `model_version`, the features as received, and the prediction columns.
+
+The log is also operated here: `compact_log` merges each hour's small parts into one
+(a merged part names the parts it holds in its parquet metadata, so a reader never counts a
+row twice, even when a compaction stopped half-way), `expire_log` drops date partitions
+past the retention, `log_usage` says how much disk the log takes and how much is left.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import shutil
+import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components.config import ProjectConfig
 from components.data import label_column
@@ -31,6 +45,10 @@ LOG_COLUMNS = ["request_id", "record_index", "timestamp", "model_version"]
 SHADOW_LOG_FOLDER = "shadow"  # the shadow version's rows (serving/shadow.py); the readers here never descend into it
 REFERENCE_FILE = "reference.parquet"  # stored with every exported model: what monitoring compares against
 REFERENCE_ROWS = 5000
+COMPACTED = "compacted"  # in the name of a part that merged others
+MERGED_PARTS_KEY = b"mtlops.merged_parts"  # a compacted part's parquet metadata: the names of the parts it holds
+MERGED_ROW_GROUP = 128_000  # rows per row group of a merged part
+READ_ATTEMPTS = 5  # a compaction or expiry may remove parts between a reader's listing and its reads
 
 
 def monitored_column(target: TargetSpec) -> str:
@@ -55,17 +73,28 @@ def prediction_frame(spec: FeatureSpec, raw: dict[str, np.ndarray], tasks: list[
 
 def write_log_part(frame: pd.DataFrame, log_dir: Path) -> Path | None:
     """Append one parquet part under the partition of its first record's UTC date.
-    Parts are written to a temporary name and renamed, so readers never see half a file."""
+    Parts are written to a temporary name and renamed, so readers never see half a file; a write
+    that fails (a full disk) leaves nothing behind."""
     if frame.empty:
         return None
     when = pd.Timestamp(frame["timestamp"].iloc[0])
     folder = Path(log_dir) / f"date={when:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{datetime.now(UTC):%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.rename(path)
+    with _renamed_when_complete(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
+
+
+@contextmanager
+def _renamed_when_complete(path: Path) -> Iterator[Path]:
+    tmp = path.with_suffix(".tmp")
+    try:
+        yield tmp
+        tmp.rename(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _utc(when: datetime) -> pd.Timestamp:
@@ -73,12 +102,30 @@ def _utc(when: datetime) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+def _merged_parts(part: Path) -> list[str]:
+    return json.loads((pq.read_schema(part).metadata or {}).get(MERGED_PARTS_KEY, b"[]"))
+
+
+def log_parts(log_dir: Path) -> list[Path]:
+    """The parts that hold the log: every part, less those a compacted part already holds (left
+    behind when a compaction stopped between writing its part and removing the ones it merged)."""
+    parts = sorted(Path(log_dir).glob("date=*/*.parquet"))
+    held = {p.parent / name for p in parts if COMPACTED in p.name for name in _merged_parts(p)}
+    return [p for p in parts if p not in held]
+
+
 def read_prediction_log(log_dir: Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """All logged records with since <= timestamp < until (UTC), oldest first."""
-    parts = sorted(Path(log_dir).glob("date=*/*.parquet"))
-    if not parts:
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            frames = [pd.read_parquet(p) for p in log_parts(log_dir)]
+            break
+        except FileNotFoundError:  # merged or expired since it was listed: list again
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    if not frames:
         return pd.DataFrame(columns=LOG_COLUMNS)
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
     ts = pd.to_datetime(df["timestamp"], utc=True)
     keep = np.ones(len(df), dtype=bool)
     if since is not None:
@@ -86,6 +133,102 @@ def read_prediction_log(log_dir: Path, since: datetime | None = None, until: dat
     if until is not None:
         keep &= (ts < _utc(until)).to_numpy()
     return df[keep].sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    parts_before: int
+    parts_after: int
+    rows: int  # rows in the parts that were merged (the merged parts hold exactly these)
+
+
+@contextmanager
+def maintenance_lock(log_dir: Path) -> Iterator[bool]:
+    """True when this process may compact or expire the log now: several workers (or a CLI run) share
+    one log folder, and two compactions of the same parts would hold their rows twice."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(log_dir) / ".maintenance.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compact_log(log_dir: Path, min_age_seconds: float = 3600) -> Compaction:
+    """Merge the parts written in the same hour (the first two digits of their name) into one part per
+    hour and partition, once they are `min_age_seconds` old. Call it under `maintenance_lock`. The merged
+    part is written and renamed into place before the parts it holds are removed; readers skip those
+    meanwhile, so at every moment each row is read exactly once. A failed write (a full disk) removes
+    nothing."""
+    listed = sorted(Path(log_dir).glob("date=*/*.parquet"))
+    kept = log_parts(log_dir)
+    for stale in set(listed) - set(kept):  # a compaction that stopped half-way: its merged part holds these
+        stale.unlink(missing_ok=True)
+    cutoff = time.time() - min_age_seconds
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for part in kept:
+        if part.stat().st_mtime <= cutoff:
+            groups.setdefault((part.parent, part.name[:2]), []).append(part)
+    merged = rows = 0
+    for (folder, hour), parts in groups.items():
+        if len(parts) < 2:
+            continue
+        rows += _merge(parts, folder / f"{hour}-{COMPACTED}-{uuid.uuid4().hex[:8]}.parquet")
+        merged += len(parts) - 1
+    return Compaction(len(kept), len(kept) - merged, rows)
+
+
+def _merge(parts: list[Path], path: Path) -> int:
+    """Parts read one at a time and written in row groups of about MERGED_ROW_GROUP rows (memory stays at one
+    row group, compression works on large groups), cast to a schema all parts fit (a categorical column
+    that was all null in one part is typed by the others)."""
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    schema = schema.with_metadata((schema.metadata or {}) | {MERGED_PARTS_KEY: json.dumps([p.name for p in parts])})
+    rows, pending = 0, []
+    with _renamed_when_complete(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for p in parts:
+            pending.append(pq.read_table(p).select(schema.names).cast(schema))
+            if sum(t.num_rows for t in pending) >= MERGED_ROW_GROUP or p == parts[-1]:
+                group = pa.concat_tables(pending)
+                writer.write_table(group, row_group_size=len(group))
+                rows, pending = rows + len(group), []
+    for p in parts:
+        p.unlink()
+    return rows
+
+
+def expire_log(log_dir: Path, retention_days: int, today: date | None = None) -> list[str]:
+    """Remove the date partitions older than `retention_days` (UTC); returns their names."""
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=retention_days)
+    expired = [f for f in Path(log_dir).glob("date=*") if date.fromisoformat(f.name[len("date="):]) < cutoff]
+    for folder in expired:
+        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(f.name for f in expired)
+
+
+@dataclass(frozen=True)
+class LogUsage:
+    parts: int
+    bytes: int
+    disk_free_bytes: int
+    disk_size_bytes: int
+
+
+def log_usage(log_dir: Path) -> LogUsage:
+    """The log's parts and bytes (the shadow's log included), and the free and total bytes of its disk."""
+    sizes = []
+    for p in Path(log_dir).rglob("*.parquet"):  # the shadow's log below it too
+        try:
+            sizes.append(p.stat().st_size)
+        except FileNotFoundError:  # merged or expired meanwhile
+            continue
+    disk = shutil.disk_usage(log_dir)
+    return LogUsage(len(sizes), sum(sizes), disk.free, disk.total)
 
 
 def score_frame(model: OnnxModel, df: pd.DataFrame, model_version: str, tasks: list[str] | None = None) -> pd.DataFrame:

@@ -46,6 +46,11 @@ ENDPOINT = (
           ((f"sum by (cause) (increase(mtlops_worker_exits_total{{{SERVING}}}[1h]))", "{{cause}}"),)),
     Panel("Model version served", "short",
           ((f"count by (model_version) (mtlops_model_info{{{SERVING}}} == 1)", "{{model_version}}"),)),
+    Panel("Prediction log disk free", "percentunit",
+          ((f"max by (instance) (mtlops_prediction_log_disk_free_bytes{{{SERVING}}}) "
+            f"/ max by (instance) (mtlops_prediction_log_disk_size_bytes{{{SERVING}}})", "{{instance}}"),)),
+    Panel("Prediction log parts (compaction merges each hour's)", "short",
+          ((f"max by (instance) (mtlops_prediction_log_parts{{{SERVING}}})", "{{instance}}"),)),
 )
 MONITOR_PANELS = (
     Panel("Feature drift score", "short",

@@ -97,6 +97,17 @@ def serving_alerts(cfg: ProjectConfig) -> list[AlertRule]:
                   "Answers go on, but monitoring misses what is not written: check the log volume's free space and "
                   "permissions (`df`, the server log's 'prediction log flush failed'); "
                   "mtlops_prediction_log_lag_seconds says how far behind it is.", "5m"),
+        AlertRule("MtlopsPredictionLogDiskFilling",
+                  f'max by (job, instance) (mtlops_prediction_log_disk_free_bytes{{job="{SERVING_JOB}"}}) '
+                  f'/ max by (job, instance) (mtlops_prediction_log_disk_size_bytes{{job="{SERVING_JOB}"}}) '
+                  f'< {p.log_disk_free_ratio:g} or max by (job, instance) (predict_linear('
+                  f'mtlops_prediction_log_disk_free_bytes{{job="{SERVING_JOB}"}}[6h], 86400)) < 0',
+                  "serving", "warning",
+                  "{{ $labels.instance }}: the prediction log's disk is full within a day or has less than "
+                  f"{p.log_disk_free_ratio:.0%} free",
+                  "Grow the volume, or shorten the log's retention (MTLOPS_LOG_RETENTION_DAYS, at least the "
+                  "monitor's window); mtlops_prediction_log_bytes and _parts show whether the log or something "
+                  "else fills it (many parts: is compaction running? the server log says).", "15m"),
         AlertRule("MtlopsModelVersionChanged",
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}}) == 1 unless '
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}} offset 15m) == 1',

@@ -569,6 +569,9 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
           prediction_log: Annotated[Path, typer.Option(
               help="Prediction log folder (parquet parts by date), read by monitoring.")] = Path("predictions"),
+          log_retention_days: Annotated[int, typer.Option(
+              min=0, help="Remove prediction-log days older than this (0: keep every day). Keep at least the "
+                          "monitor's window.")] = 0,
           max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024,
           workers: Annotated[int, typer.Option(help="Worker processes, each with its own ONNX session "
                                                     "(default: the usable CPUs, a container's limit).")] = 0,
@@ -591,7 +594,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
     env = {**os.environ, "MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_MAX_ROWS": str(max_rows),
            "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve()), "MTLOPS_WORKERS": str(workers),
            "MTLOPS_MAX_BATCH_SIZE": str(max_batch_size), "MTLOPS_MAX_LATENCY_MS": str(max_latency_ms),
-           "MTLOPS_ACCESS_LOG": "1" if access_log else "0",
+           "MTLOPS_ACCESS_LOG": "1" if access_log else "0", "MTLOPS_LOG_RETENTION_DAYS": str(log_retention_days),
            "MTLOPS_ORT_THREADS": str(ort_threads or os.environ.get("MTLOPS_ORT_THREADS") or max(1, cores // workers))}
     project = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "serving.server", "serving.service:MultiTaskModelService",

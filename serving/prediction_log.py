@@ -7,6 +7,9 @@ A flush also starts early once `flush_records` records are buffered: under heavy
 stays bounded instead of growing with the request rate. A batch is kept as the encoder's columns
 (NumPy arrays and one list per categorical feature), not as a Python dict per record: less memory,
 fewer objects for the garbage collector, and a flush that does not loop over every value.
+
+`maintain_log` keeps the folder operable: each hour's parts merged into one, partitions past the
+retention removed, and the disk use measured (what /metrics exports and the disk alert reads).
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ import numpy as np
 import pandas as pd
 
 from components.features import EncodedRecords, FeatureSpec
-from components.predictions import prediction_frame, write_log_part
+from components.predictions import (
+    SHADOW_LOG_FOLDER,
+    LogUsage,
+    compact_log,
+    expire_log,
+    log_usage,
+    maintenance_lock,
+    prediction_frame,
+    write_log_part,
+)
 from serving.runtime import ServedModel
 
 log = logging.getLogger(__name__)
@@ -139,3 +151,25 @@ def features_frame(spec: FeatureSpec, inputs: list[EncodedRecords]) -> pd.DataFr
     for k, c in enumerate(spec.categorical):
         columns[c.name] = np.array([v for i in inputs for v in i.raw_categorical[k]], dtype=object)
     return pd.DataFrame(columns, columns=spec.feature_names)
+
+
+@dataclass(frozen=True)
+class LogMaintenance:
+    compacted_parts: int  # parts merged away
+    expired_partitions: list[str]
+    usage: LogUsage
+
+
+def maintain_log(log_dir: Path, compact_after_seconds: float, retention_days: int) -> LogMaintenance:
+    """Compact and expire the log and the shadow's log beside it, unless another process is at it
+    (then only measure); always measure the disk use."""
+    log_dir = Path(log_dir)
+    compacted, expired = 0, []
+    with maintenance_lock(log_dir) as ours:
+        if ours:
+            for folder in (log_dir, log_dir / SHADOW_LOG_FOLDER):
+                if retention_days:
+                    expired += expire_log(folder, retention_days)
+                done = compact_log(folder, compact_after_seconds)
+                compacted += done.parts_before - done.parts_after
+    return LogMaintenance(compacted, expired, log_usage(log_dir))

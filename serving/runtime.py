@@ -32,6 +32,12 @@ class ServingSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     prediction_log: Path | None = None
     log_flush_seconds: float = 2.0
+    log_max_buffered_batches: int = 100_000  # kept while the disk refuses writes; beyond, the oldest go (counted)
+    # every this often one worker merges each hour's log parts once they are `log_compact_after_seconds` old,
+    # removes date partitions older than `log_retention_days` (0: keeps them) and publishes the disk use; 0: never
+    log_maintenance_seconds: float = 60.0
+    log_compact_after_seconds: float = 3600.0
+    log_retention_days: int = 0
     admin_token: str | None = None
     workers: int = 1
     ort_threads: int = 0  # 0: ONNX Runtime's default (all cores)
@@ -72,6 +78,11 @@ class ServingSettings:
             max_body_bytes=int(env.get("MTLOPS_MAX_BODY_BYTES", cls.max_body_bytes)),
             prediction_log=Path(log) if log else None,
             log_flush_seconds=float(env.get("MTLOPS_LOG_FLUSH_SECONDS", cls.log_flush_seconds)),
+            log_max_buffered_batches=int(env.get("MTLOPS_LOG_MAX_BUFFERED_BATCHES", cls.log_max_buffered_batches)),
+            log_maintenance_seconds=float(env.get("MTLOPS_LOG_MAINTENANCE_SECONDS", cls.log_maintenance_seconds)),
+            log_compact_after_seconds=float(env.get("MTLOPS_LOG_COMPACT_AFTER_SECONDS",
+                                                    cls.log_compact_after_seconds)),
+            log_retention_days=int(env.get("MTLOPS_LOG_RETENTION_DAYS", cls.log_retention_days)),
             admin_token=env.get("MTLOPS_ADMIN_TOKEN") or None,
             workers=int(env.get("MTLOPS_WORKERS", cls.workers)),
             ort_threads=int(env.get("MTLOPS_ORT_THREADS", cls.ort_threads)),

@@ -34,7 +34,7 @@ from serving.guards import (
     duplicate_key,
     error_body,
 )
-from serving.prediction_log import PredictionLogWriter, ServedBatch
+from serving.prediction_log import LogMaintenance, PredictionLogWriter, ServedBatch, maintain_log
 from serving.runtime import (
     ModelLoadError,
     ServingSettings,
@@ -104,6 +104,22 @@ class ServiceMetrics:
                                              "Age of the oldest record waiting for the prediction log",
                                              multiprocess_mode="livemax")
         self._log_seen = (0, 0, 0)
+        self.log_bytes = bentoml.metrics.Gauge("mtlops_prediction_log_bytes",
+                                               "Bytes the prediction log's parts take on disk",
+                                               multiprocess_mode="livemax")
+        self.log_parts = bentoml.metrics.Gauge(
+            "mtlops_prediction_log_parts", "Parquet parts in the prediction log (compaction merges an hour's into one)",
+            multiprocess_mode="livemax")
+        self.log_disk_free = bentoml.metrics.Gauge("mtlops_prediction_log_disk_free_bytes",
+                                                   "Free bytes on the prediction log's disk",
+                                                   multiprocess_mode="livemin")
+        self.log_disk_size = bentoml.metrics.Gauge("mtlops_prediction_log_disk_size_bytes",
+                                                   "Size in bytes of the prediction log's disk",
+                                                   multiprocess_mode="livemax")
+        self.log_compacted = bentoml.metrics.Counter("mtlops_prediction_log_compacted_parts",
+                                                     "Prediction-log parts merged away by compaction")
+        self.log_expired = bentoml.metrics.Counter("mtlops_prediction_log_expired_partitions",
+                                                   "Prediction-log date partitions removed past the retention")
         self.batch_rows = bentoml.metrics.Histogram(
             "mtlops_batch_rows", "Rows in one ONNX Runtime call (concurrent requests merged by the micro-batcher)",
             buckets=[2 ** k for k in range(11)])
@@ -134,6 +150,14 @@ class ServiceMetrics:
         records, lag = writer.backlog()
         self.log_buffered.set(records)
         self.log_lag.set(lag)
+
+    def log_maintained(self, done: LogMaintenance) -> None:
+        self.log_compacted.inc(done.compacted_parts)
+        self.log_expired.inc(len(done.expired_partitions))
+        self.log_bytes.set(done.usage.bytes)
+        self.log_parts.set(done.usage.parts)
+        self.log_disk_free.set(done.usage.disk_free_bytes)
+        self.log_disk_size.set(done.usage.disk_size_bytes)
 
     def shadow(self, outcome: str, records: int) -> None:
         self.shadow_records.labels(outcome=outcome).inc(records)
@@ -214,13 +238,15 @@ class MultiTaskModelService:
         self.metrics = ServiceMetrics()
         self.batcher = MeteredBatcher(self.metrics.batch_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
         self.metrics.serving(self.model.tag)
-        self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds) \
-            if SETTINGS.prediction_log else None
+        self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds,
+                                       SETTINGS.log_max_buffered_batches) if SETTINGS.prediction_log else None
         self.control.report(self.generation, self.model.tag)
         self.shadow: ShadowScorer | None = None
         self._set_shadow(self.control.published_shadow() if self.control.target() else STARTUP_SHADOW)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_control, name="version-control", daemon=True).start()
+        if SETTINGS.prediction_log and SETTINGS.log_maintenance_seconds > 0:
+            threading.Thread(target=self._maintain_log, name="prediction-log-maintenance", daemon=True).start()
         self.draining = False
         self._stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's: stop accepting, finish in-flight, exit
         signal.signal(signal.SIGTERM, self._drain)
@@ -385,6 +411,17 @@ class MultiTaskModelService:
                 continue
             self._adopt(generation, model)
             self._set_shadow(self.control.published_shadow())
+
+    def _maintain_log(self) -> None:
+        """Background thread: compaction and retention (one worker at a time), and the log's disk use."""
+        while True:
+            try:
+                self.metrics.log_maintained(maintain_log(SETTINGS.prediction_log, SETTINGS.log_compact_after_seconds,
+                                                         SETTINGS.log_retention_days))
+            except Exception:  # a full disk fails a compaction: nothing was removed, the next round retries
+                log.exception("prediction log maintenance failed")
+            if self._stop.wait(SETTINGS.log_maintenance_seconds):
+                return
 
     async def __is_ready__(self) -> bool:
         return self.healthy and not self.draining and not self.control.any_stalled()

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.config import PrometheusSpec
 from pipelines.cluster import load_cluster_settings
 from serving.runtime import ServingSettings
 
@@ -205,6 +206,8 @@ def test_serving_wiring_probes_service_autoscaling_and_read_only_model_store(ren
         assert float(env["MTLOPS_READINESS_PERIOD_SECONDS"]) == probe["periodSeconds"]
         assert int(env["MTLOPS_READINESS_FAILURE_THRESHOLD"]) == probe["failureThreshold"]
         assert 0.0 <= float(env["MTLOPS_SHADOW_SHARE"]) <= 1.0  # the deployment carries the shadow setting
+        # the log keeps what the monitor reads: a window of one schedule, and a run that is one schedule late
+        assert int(env["MTLOPS_LOG_RETENTION_DAYS"]) * 24 >= 2 * PrometheusSpec().monitor_every_hours
         drain = ServingSettings(model_name="m", readiness_period_seconds=probe["periodSeconds"],
                                 readiness_failure_threshold=probe["failureThreshold"]).drain_seconds
         assert probe["periodSeconds"] * probe["failureThreshold"] < drain

@@ -183,6 +183,12 @@ def alert_cases(cfg: ProjectConfig) -> list[Case]:
     version = f"mtlops_model_info{{{serving}"
     failed_flushes = "mtlops_prediction_log_failed_flushes_total"
     dropped_batches = "mtlops_prediction_log_dropped_batches_total"
+    disk = 100e9
+
+    def log_disk(free: str) -> dict[str, str]:
+        return {f"mtlops_prediction_log_disk_free_bytes{{{serving}}}": free,
+                f"mtlops_prediction_log_disk_size_bytes{{{serving}}}": f"{disk:.0f}x30"}
+
     return [
         Case("MtlopsEndpointErrorRatio", requests(2 * p.error_ratio), "20m", {"job": SERVING_JOB}),
         Case("MtlopsEndpointErrorRatio", requests(p.error_ratio / 2), "20m", None),
@@ -201,6 +207,11 @@ def alert_cases(cfg: ProjectConfig) -> list[Case]:
              {"job": SERVING_JOB, "instance": "a"}),
         Case("MtlopsPredictionLogFailing", {f"{failed_flushes}{{{serving}}}": "0x10",
                                             f"{dropped_batches}{{{serving}}}": "0x10"}, "8m", None),
+        Case("MtlopsPredictionLogDiskFilling", log_disk(f"{disk * p.log_disk_free_ratio / 2:.0f}x30"), "20m",
+             {"job": SERVING_JOB, "instance": "a"}),  # little free
+        Case("MtlopsPredictionLogDiskFilling", log_disk(f"{disk / 2:.0f}-{disk / 100:.0f}x30"), "20m",
+             {"job": SERVING_JOB, "instance": "a"}),  # half free, full within the hour at this pace
+        Case("MtlopsPredictionLogDiskFilling", log_disk(f"{disk / 2:.0f}x30"), "20m", None),
         Case("MtlopsModelVersionChanged", {f'{version},model_version="m:1"}}': "1x20 0x20",
                                            f'{version},model_version="m:2"}}': "_x20 1x20"}, "25m",
              {"job": SERVING_JOB, "model_version": "m:2"}),
@@ -512,6 +523,7 @@ def test_prometheus_scrapes_the_endpoint_and_the_monitor_and_fires_the_data_aler
     drawn = plot_panels(stack.prometheus.url, started, time.time(), tmp_path / "dashboard.png")
     assert set(drawn) == {p.title for p in PANELS}
     for title in ("Requests by route", "/predict latency", "Rows per ONNX call (mean)", "Workers",
+                  "Prediction log disk free", "Prediction log parts (compaction merges each hour's)",
                   "Feature drift score", "Broken columns (data alert reasons)", "Alerts of the latest window"):
         assert drawn[title] > 0, (title, drawn)
     assert (tmp_path / "dashboard.png").stat().st_size > 20_000

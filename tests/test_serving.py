@@ -34,7 +34,16 @@ from components.data import load_source, with_labels
 from components.export import export_onnx
 from components.features import SPEC_FILE
 from components.inference import ONNX_FILE, OnnxModel
-from components.predictions import prediction_frame, read_prediction_log
+from components.predictions import (
+    Compaction,
+    compact_log,
+    expire_log,
+    log_usage,
+    maintenance_lock,
+    prediction_frame,
+    read_prediction_log,
+    write_log_part,
+)
 from components.train import train
 from serving.client import to_records
 from serving.launch import ServerProcess
@@ -318,7 +327,7 @@ def test_reload_under_load_switches_once_without_a_failed_request(server: Server
         registry.promote(champion.cfg.registry.model_name, new_tag)
         r = server.post({}, path="/admin/reload", token=TOKEN)
         assert r.status_code == 200 and r.json() == {"status": "reloaded", "model_version": new_tag,
-                                                     "workers": WORKERS}, r.text
+                                                     "workers": WORKERS, "shadow": None}, r.text
         # every worker answers with the new version once the reload has returned
         after = [httpx.get(server.url + "/model", timeout=10).json()["model_version"] for _ in range(20)]
         assert set(after) == {new_tag}, after
@@ -494,3 +503,81 @@ def test_prediction_log_flushes_early_once_enough_records_are_buffered(champion:
         time.sleep(0.05)
     assert len(read_prediction_log(tmp_path / "log")) == 6
     writer.close()
+
+
+def test_compaction_under_load_keeps_every_row_exactly_once(champion: Champion, tmp_path: Path) -> None:
+    """The writer flushes a part every few milliseconds while compaction merges them and readers read:
+    no reader ever sees a row twice, and at the end rows in = rows out in one part per hour."""
+    model = load_version(champion.tag)
+    features = model.spec.record_encoder().encode_records(_records(champion.test.head(3), champion.cfg))
+    stacked = np.zeros((3, sum(model.head_widths)), np.float32)
+    log_dir = tmp_path / "log"
+    writer = PredictionLogWriter(log_dir, flush_seconds=0.01)
+    done, problems, compacted = threading.Event(), [], []
+
+    def compact() -> None:
+        while not done.is_set():
+            with maintenance_lock(log_dir) as ours:
+                assert ours
+                c = compact_log(log_dir, min_age_seconds=0)
+                compacted.append(c.parts_before - c.parts_after)
+
+    def read() -> None:
+        while not done.is_set():
+            log = read_prediction_log(log_dir)
+            if log.duplicated(["request_id", "record_index"]).any():
+                problems.append(f"{log.duplicated(['request_id', 'record_index']).sum()} rows read twice")
+
+    threads = [threading.Thread(target=compact), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for i in range(300):
+        writer.append(ServedBatch(f"r{i}", datetime.now(UTC), model, features, stacked))
+        time.sleep(0.002)
+    writer.close()
+    done.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not problems, problems[:3]
+    assert sum(compacted) > 0  # it did merge while the writer wrote
+    with maintenance_lock(log_dir):
+        compact_log(log_dir, min_age_seconds=0)
+    log = read_prediction_log(log_dir)
+    assert len(log) == 900 and not log.duplicated(["request_id", "record_index"]).any()
+    parts = list(log_dir.rglob("*.parquet"))
+    assert len(parts) == len({(p.parent, p.name[:2]) for p in parts})  # one part per partition and hour
+    assert not list(log_dir.rglob("*.tmp"))
+
+
+def test_a_compaction_stopped_half_way_is_read_once_and_finished_by_the_next(champion: Champion,
+                                                                             tmp_path: Path) -> None:
+    model = load_version(champion.tag)
+    features = model.spec.record_encoder().encode_records(_records(champion.test.head(3), champion.cfg))
+    stacked = np.zeros((3, sum(model.head_widths)), np.float32)
+    log_dir, saved = tmp_path / "log", tmp_path / "saved"
+    writer = PredictionLogWriter(log_dir, flush_seconds=3600)
+    for i in range(4):
+        writer.append(ServedBatch(f"r{i}", datetime.now(UTC), model, features, stacked))
+        writer.flush()
+    writer.close()
+    shutil.copytree(log_dir, saved)
+    assert compact_log(log_dir, min_age_seconds=0) == Compaction(parts_before=4, parts_after=1, rows=12)
+    for part in saved.rglob("*.parquet"):  # the merged part is in place, the four it holds were not removed yet
+        shutil.copy(part, log_dir / part.relative_to(saved))
+    assert len(list(log_dir.rglob("*.parquet"))) == 5
+    assert len(read_prediction_log(log_dir)) == 12
+    compact_log(log_dir, min_age_seconds=0)
+    assert len(list(log_dir.rglob("*.parquet"))) == 1 and len(read_prediction_log(log_dir)) == 12
+    # young parts wait: nothing under an hour old is merged by default
+    shutil.copytree(saved, tmp_path / "young")
+    assert compact_log(tmp_path / "young").parts_after == 4
+
+
+def test_retention_removes_whole_days_past_it_and_nothing_younger(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"request_id": ["a"], "record_index": [0], "model_version": ["m:1"]})
+    for day in ("2026-01-01", "2026-01-29", "2026-01-30"):
+        write_log_part(frame.assign(timestamp=pd.Timestamp(day, tz="UTC")), tmp_path)
+    expired = expire_log(tmp_path, retention_days=30, today=datetime(2026, 3, 1).date())
+    assert expired == ["date=2026-01-01", "date=2026-01-29"]
+    assert sorted(p.name for p in tmp_path.glob("date=*")) == ["date=2026-01-30"]  # 30 days old on March 1st
+    assert log_usage(tmp_path).parts == 1 and log_usage(tmp_path).bytes > 0

@@ -1,6 +1,7 @@
 """`mtlops serve` as it is operated: restarted as PID 1 over a /tmp that outlives it, two servers on one
 model store, a champion that cannot load, scanners probing random paths, a stalled or killed worker,
-and a rolling update's SIGTERM seen through a load balancer that polls /readyz like Kubernetes does.
+and a rolling update's SIGTERM seen through a load balancer that polls /readyz like Kubernetes does, and a
+prediction log whose disk fills up (a real, small tmpfs).
 
 Every test starts its own real server (2 workers) on a loopback port; signals are real."""
 
@@ -46,8 +47,8 @@ def start(champion: Champion, tmp_path: Path) -> Iterator:
 
     def _start(wait: bool = True, env: dict[str, str] | None = None, **kwargs: object) -> ServerProcess:
         n = len(started)
-        process = ServerProcess(tmp_path / "config.yaml", tmp_path / f"server-{n}.out",
-                                prediction_log=tmp_path / f"predictions-{n}", workers=WORKERS,
+        kwargs.setdefault("prediction_log", tmp_path / f"predictions-{n}")
+        process = ServerProcess(tmp_path / "config.yaml", tmp_path / f"server-{n}.out", workers=WORKERS,
                                 env={"MTLOPS_ADMIN_TOKEN": TOKEN, "MTLOPS_ORT_THREADS": "1", **(env or {})},
                                 **kwargs)  # type: ignore[arg-type]
         started.append(process)
@@ -320,3 +321,85 @@ def test_a_run_folder_is_swept_only_once_its_server_is_gone(tmp_path: Path) -> N
     assert live.path.exists() and fresh.exists() and not abandoned.exists()
     live.remove()
     assert not live.path.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB file system (tmpfs), unmounted at the end."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk` with one file."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
+def test_a_full_disk_keeps_answers_coming_counts_drops_and_writes_nothing_half(
+        champion: Champion, start, small_disk: Path) -> None:  # type: ignore[no-untyped-def]
+    """The log's disk fills: every request is still answered, the writer keeps what it can (10 requests)
+    and counts what it drops, no half-written part is left, and once space is back every record it
+    kept is written: rows in the log = records answered - records dropped."""
+    from components.predictions import read_prediction_log
+
+    log_dir = small_disk / "predictions"
+    server = start(prediction_log=log_dir, env={"MTLOPS_LOG_FLUSH_SECONDS": "0.2",
+                                                "MTLOPS_LOG_MAINTENANCE_SECONDS": "0.5",
+                                                "MTLOPS_LOG_MAX_BUFFERED_BATCHES": "10"})
+    answered = len(predict(server, champion).json()["predictions"])  # the day's folder exists when the disk fills
+    assert wait_until(lambda: metric(server, "mtlops_prediction_log_written_records_total") == answered, 30)
+    filler = fill(small_disk)
+    with httpx.Client() as client:
+        for _ in range(60):
+            r = predict(server, champion, client)
+            assert r.status_code == 200, r.text
+            answered += len(r.json()["predictions"])
+    assert wait_until(lambda: metric(server, "mtlops_prediction_log_dropped_batches_total") > 0, 60)
+    assert metric(server, "mtlops_prediction_log_failed_flushes_total") > 0
+    assert wait_until(lambda: metric(server, "mtlops_prediction_log_disk_free_bytes") < 65536, 30)
+    assert not list(small_disk.rglob("*.tmp"))  # nothing written half
+    assert len(read_prediction_log(log_dir)) == answered - 60 * 2  # nothing written while full; what is there reads
+    assert metric(server, "mtlops_prediction_log_buffered_records") > 0
+    filler.unlink()
+    assert wait_until(lambda: metric(server, "mtlops_prediction_log_buffered_records") == 0, 60)
+    dropped_requests = metric(server, "mtlops_prediction_log_dropped_batches_total")
+    assert server.stop() == 0
+    logged = read_prediction_log(log_dir)
+    assert len(logged) == answered - 2 * dropped_requests  # 2 records a request
+    assert 0 < dropped_requests < 60
+
+
+def test_a_compaction_on_a_full_disk_fails_whole_and_loses_nothing(small_disk: Path) -> None:
+    import pandas as pd
+
+    from components.predictions import compact_log, read_prediction_log, write_log_part
+
+    log_dir = small_disk / "predictions"
+    for k in range(3):
+        write_log_part(pd.DataFrame({"request_id": [f"r{k}"] * 2000, "record_index": range(2000),
+                                     "timestamp": pd.Timestamp.now(tz="UTC"), "model_version": "m:1",
+                                     "city": [uuid.uuid4().hex for _ in range(2000)]}), log_dir)
+    filler = fill(small_disk)
+    with pytest.raises(OSError):
+        compact_log(log_dir, min_age_seconds=0)
+    assert not list(small_disk.rglob("*.tmp"))
+    assert len(list(log_dir.rglob("*.parquet"))) == 3 and len(read_prediction_log(log_dir)) == 6000
+    filler.unlink()
+    assert compact_log(log_dir, min_age_seconds=0).parts_after == 1
+    assert len(read_prediction_log(log_dir)) == 6000
