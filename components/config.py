@@ -542,6 +542,10 @@ class RegistrySpec(Strict):
     # a model with a task no better than its trivial baseline (training prevalence, class frequencies or median)
     # on the test rows is not promoted, the first model included, unless the task is named here with a reason
     allow_below_baseline: list[AllowedBelowBaseline] = []
+    # where a retrained challenger that passes the offline gate goes: champion at once, or shadow — scored on live
+    # traffic beside the champion, answering no one, until `mtlops shadow decide` (or the shadow pipeline) promotes
+    # or rejects it on labelled live records. The first model always becomes champion.
+    passing_challenger: Literal["champion", "shadow"] = "champion"
 
 
 class AlertPolicy(Strict):

@@ -34,6 +34,7 @@ class GateDecision:
     challenger: dict[str, float] = field(default_factory=dict)  # task -> gated metric
     champion: dict[str, float] = field(default_factory=dict)
     champion_tag: str | None = None
+    shadow: bool = False  # passed, and scored as shadow beside the champion (registry.passing_challenger: shadow)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -171,7 +172,12 @@ def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame,
         decision.reasons = ["no champion yet, but the first model is not promoted either"]
     decision.promote = decision.promote and above
     decision.reasons += reasons
-    if decision.promote:
+    if decision.promote and current is not None and cfg.registry.passing_challenger == "shadow":
+        decision.promote, decision.shadow = False, True
+        decision.reasons.append("passed the offline gate: scored as shadow beside the champion until `mtlops shadow "
+                                "decide` promotes or rejects it on labelled live records")
+        start_shadow(cfg.registry.model_name, tag, gate=asdict(decision))
+    elif decision.promote:
         promote(cfg.registry.model_name, tag, gate=asdict(decision))
     else:
         _relabel(new, REJECTED, gate=asdict(decision))
@@ -205,7 +211,7 @@ def shadow(name: str) -> bentoml.Model | None:
     return found[-1] if found else None
 
 
-def start_shadow(name: str, tag: str) -> str | None:
+def start_shadow(name: str, tag: str, **metadata: Any) -> str | None:
     """Make `tag` the shadow (one at a time: a previous shadow goes back to challenger); returns
     the previous shadow's tag. The champion cannot be its own shadow."""
     model = bentoml.models.get(tag)
@@ -214,7 +220,7 @@ def start_shadow(name: str, tag: str) -> str | None:
     if model.info.labels.get(STAGE) == CHAMPION:
         raise ValueError(f"{tag} is the champion: a shadow is scored beside it, not as it")
     previous = stop_shadow(name)
-    _relabel(model, SHADOW)
+    _relabel(model, SHADOW, **metadata)
     return previous
 
 

@@ -193,7 +193,7 @@ def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path
     tag = register(Path(onnx_dir), cfg, {**metrics, "parity": parity}, lineage)
     old = pd.read_parquet(old_test_path) if old_test_path else None
     decision = promote_if_better(cfg, tag, pd.read_parquet(test_path), old)
-    out = {"tag": tag, "promoted": decision.promote, "reasons": decision.reasons,
+    out = {"tag": tag, "promoted": decision.promote, "shadowed": decision.shadow, "reasons": decision.reasons,
            "champion_before": decision.champion_tag, "challenger": decision.challenger,
            "champion": decision.champion}
     Path(decision_path).write_text(json.dumps(out, indent=1))

@@ -5,7 +5,8 @@ and how far apart their output distributions are. Once labels arrive: each task'
 both on the same labelled records, and a paired bootstrap of the shadow's relative change (the same
 resamples for both, so what the two share cancels): "not worse" when the one-sided lower bound at
 `confidence` clears the task's gate tolerance (non-inferiority), "worse" when even the upper bound is
-below it, "undecided" in between.
+below it, "undecided" in between. `decide` turns that into the registry's decision: promote the
+shadow, reject it, or keep shadowing (what `mtlops shadow decide` and the shadow pipeline run).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from components.metrics import relative_change, task_metrics
 from components.predictions import SHADOW_LOG_FOLDER, read_prediction_log
 from components.tasks import kind_of, label_output_column
 from monitoring.drift import bootstrap_counts, labelled_raw
-from monitoring.windows import LOG_KEYS
+from monitoring.windows import LOG_KEYS, read_labels
 
 SHADOW_SUFFIX = "@shadow"
 
@@ -133,3 +134,31 @@ def _compare_task(cfg: ProjectConfig, task: TaskSpec, champion: pd.DataFrame, sh
     out.verdict = "not worse" if out.change_low >= -out.tolerance else \
         "worse" if out.change_high < -out.tolerance else "undecided"
     return out
+
+
+@dataclass
+class ShadowDecision:
+    outcome: str  # promoted | rejected | undecided
+    tag: str | None  # the shadow decided on (None while undecided)
+    reason: str
+    comparison: ShadowComparison
+
+
+def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: int = 1000,
+           confidence: float = 0.95) -> ShadowDecision:
+    """Promote the shadow when every task is shown not worse than the champion beyond its tolerance on at
+    least `min_labelled` labelled live records; reject it as soon as a task is shown worse; otherwise keep
+    shadowing. A decision goes into the shadow's registry metadata with its numbers."""
+    from components.registry import decide_shadow
+
+    champion, shadow = paired_log(log_dir, labels=read_labels(cfg, labels_file))
+    result = compare(cfg, champion, shadow, confidence)
+    short = [t.task for t in result.tasks if t.labelled < min_labelled]
+    worse = [t.task for t in result.tasks if t.verdict == "worse"]
+    if worse or (not short and result.shadow_not_worse):
+        tag = decide_shadow(cfg.registry.model_name, not worse, result.to_dict() | {"min_labelled": min_labelled})
+        return ShadowDecision("rejected", tag, f"worse on {', '.join(worse)}", result) if worse else \
+            ShadowDecision("promoted", tag, "no task worse beyond its tolerance", result)
+    why = f"too few labelled records for {', '.join(short)}" if short else \
+        "some task is shown neither worse nor not worse"
+    return ShadowDecision("undecided", None, why, result)

@@ -124,7 +124,9 @@ def run(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
         raise typer.Exit(1) from None
     console.print(metrics_table(cfg, result.metrics, test_split_title(cfg)))
     d = result.decision
-    verdict = "[green]promoted to champion[/green]" if d["promoted"] else "[yellow]rejected (not promoted)[/yellow]"
+    verdict = "[green]promoted to champion[/green]" if d["promoted"] else \
+        "[cyan]shadow: scored beside the champion until `mtlops shadow decide`[/cyan]" if d.get("shadowed") else \
+        "[yellow]rejected (not promoted)[/yellow]"
     console.print(f"registered [bold]{result.tag}[/bold]: {verdict}")
     for reason in d["reasons"]:
         console.print(f"  - {reason}")
@@ -412,32 +414,23 @@ def shadow_decide(config: ConfigOpt = DEFAULT_CONFIG,
     """Promote the shadow when every task is shown not worse than the champion beyond its tolerance on
     at least --min-labelled live records; reject it when a task is shown worse; otherwise keep shadowing
     (exit 3). The decision and its numbers go into the shadow's metadata."""
-    from components.registry import decide_shadow
-    from monitoring.shadow import compare, paired_log
-    from monitoring.windows import read_labels
+    from monitoring.shadow import decide
 
     cfg = _load(config)
     try:
-        champion, shadow = paired_log(log, labels=read_labels(cfg, labels_file))
-    except (ValueError, FileNotFoundError) as err:
+        decision = decide(cfg, log, labels_file, min_labelled, confidence)
+    except (ValueError, FileNotFoundError, LookupError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
-    result = compare(cfg, champion, shadow, confidence)
-    short = [t.task for t in result.tasks if t.labelled < min_labelled]
-    worse = [t.task for t in result.tasks if t.verdict == "worse"]
-    for t in result.tasks:
+    for t in decision.comparison.tasks:
         console.print(f"{t.task}: {t.labelled:,} labelled, {t.metric} {_fmt(t.champion)} -> {_fmt(t.shadow)}, "
                       f"change {t.change:+.2%} [{t.change_low:+.2%}, {t.change_high:+.2%}], tolerance "
                       f"{t.tolerance:.1%}: {t.verdict}")
-    if worse or (not short and result.shadow_not_worse):
-        tag = decide_shadow(cfg.registry.model_name, not worse, result.to_dict() | {"min_labelled": min_labelled})
-        console.print(f"[red]rejected {tag}: worse on {', '.join(worse)}[/red]" if worse else
-                      f"[green]promoted {tag}: no task worse beyond its tolerance[/green] (`mtlops reload` serves it)")
-        return
-    why = f"too few labelled records for {', '.join(short)}" if short else \
-        "some task is shown neither worse nor not worse"
-    console.print(f"[yellow]undecided: keep shadowing ({why})[/yellow]")
-    raise typer.Exit(3)
+    if decision.outcome == "undecided":
+        console.print(f"[yellow]undecided: keep shadowing ({decision.reason})[/yellow]")
+        raise typer.Exit(3)
+    colour, after = ("green", " (`mtlops reload` serves it)") if decision.outcome == "promoted" else ("red", "")
+    console.print(f"[{colour}]{decision.outcome} {decision.tag}: {decision.reason}[/{colour}]{after}")
 
 
 @app.command("retrain")
@@ -452,7 +445,8 @@ def retrain_(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
     from pipelines.retrain import retrain
 
     out = retrain(_load(config), root, new_start, new_end, pipeline_root, kfp_host)
-    colour = {"promoted": "green", "rejected": "yellow", "failed": "red", "submitted": "cyan"}[out.status]
+    colour = {"promoted": "green", "shadowed": "cyan", "rejected": "yellow", "failed": "red",
+              "submitted": "cyan"}[out.status]
     console.print(f"[{colour}]{out.status}[/{colour}] {out.tag or out.run_id or ''} "
                   f"(champion before: {out.champion_before}) in {out.seconds:.0f}s")
     for reason in out.reasons:

@@ -1,7 +1,7 @@
 """Every pipeline of the product, compiled to Kubeflow IR YAML.
 
 `PIPELINES` is the one list: a builder takes (image, gpu_image, cluster) and returns the
-pipeline object. A new pipeline (retraining, monitoring) is one more entry here; `mtlops
+pipeline object. A new pipeline (retraining, monitoring, shadow) is one more entry here; `mtlops
 compile`, `submit` and `schedule` then know it.
 """
 
@@ -15,6 +15,7 @@ from kfp import compiler
 from pipelines.cluster import ClusterSettings
 from pipelines.continual import build_pipeline as build_retraining_pipeline
 from pipelines.monitoring import build_monitoring_pipeline
+from pipelines.shadow import build_shadow_pipeline
 from pipelines.training import build_pipeline as build_training_pipeline
 
 PipelineBuilder = Callable[..., object]
@@ -23,6 +24,7 @@ PIPELINES: dict[str, PipelineBuilder] = {
     "training": build_training_pipeline,
     "retraining": build_retraining_pipeline,
     "monitoring": build_monitoring_pipeline,
+    "shadow": build_shadow_pipeline,
 }
 
 

@@ -50,7 +50,7 @@ def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_js
     lineage = {k: train.metadata.get(k) for k in CONTINUAL_LINEAGE}
     out = register_model(config_yaml, onnx_model.path, metrics_json.path, new_test.path, lineage, decision.path,
                          old_test_path=old_test.path)
-    decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})
+    decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"], "shadowed": out["shadowed"]})
     return out["tag"]
 
 

@@ -18,7 +18,7 @@ from components.config import ProjectConfig, config_to_yaml
 from components.versioning import git_revision
 from pipelines.continual import build_pipeline, run_in_process
 
-Status = Literal["promoted", "rejected", "failed", "submitted"]
+Status = Literal["promoted", "shadowed", "rejected", "failed", "submitted"]
 StepRunner = Literal["kfp", "in-process"]
 
 
@@ -56,7 +56,8 @@ def retrain(cfg: ProjectConfig, data_root: Path, new_start: str, new_end: str, p
         return RetrainOutcome("failed", before, error=f"{type(exc).__name__}: {exc}",
                               seconds=time.perf_counter() - t0)
     d = run.decision
-    return RetrainOutcome("promoted" if d["promoted"] else "rejected", before, run.tag, d["reasons"],
+    status = "promoted" if d["promoted"] else "shadowed" if d.get("shadowed") else "rejected"
+    return RetrainOutcome(status, before, run.tag, d["reasons"],
                           seconds=time.perf_counter() - t0, train_flops=run.train_metrics.get("train_flops", 0.0),
                           gate={k: d.get(k, {}) for k in ("challenger", "champion")})
 

@@ -83,7 +83,7 @@ def register_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[
 
     lineage = {k: dataset.metadata.get(k) for k in ("data_version", "partitions", "rows", "git_revision")}
     out = register_model(config_yaml, onnx_model.path, metrics_json.path, test.path, lineage, decision.path)
-    decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"]})
+    decision.metadata.update({"tag": out["tag"], "promoted": out["promoted"], "shadowed": out["shadowed"]})
     return out["tag"]
 
 

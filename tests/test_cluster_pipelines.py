@@ -94,7 +94,7 @@ def test_compile_command_writes_every_registered_pipeline_and_rejects_unknown_na
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}_pipeline.yaml" for n in PIPELINES)
     result = CliRunner().invoke(app, ["compile", "--out-dir", str(tmp_path), "-p", "nope"])
     assert result.exit_code == 2
-    assert "unknown pipeline(s) nope; known: training, retraining, monitoring" in result.output
+    assert "unknown pipeline(s) nope; known: training, retraining, monitoring, shadow" in result.output
 
 
 class RecordingKfpClient:

@@ -100,6 +100,15 @@ def test_gate_promotes_rejects_and_rolls_back(good: tuple[ProjectConfig, Path, P
     assert str(registry.champion(cfg.registry.model_name).tag) == first  # type: ignore[union-attr]
     assert bentoml.models.get(second).info.labels["stage"] == "retired"
 
+    # registry.passing_challenger: shadow -- a passing challenger is scored beside the champion, not promoted
+    shadowing = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"passing_challenger": "shadow"})})
+    third = registry.register(onnx_dir, shadowing, metrics, {"data_version": "v4"})
+    decision = registry.promote_if_better(shadowing, third, test)
+    assert not decision.promote and decision.shadow, decision.reasons
+    assert str(registry.champion(cfg.registry.model_name).tag) == first  # type: ignore[union-attr]
+    assert str(registry.shadow(cfg.registry.model_name).tag) == third  # type: ignore[union-attr]
+    assert bentoml.models.get(third).info.metadata["gate"]["shadow"] is True
+
 
 def test_a_first_model_below_a_trivial_baseline_is_not_promoted_unless_the_config_allows_that_task(
         flights_frame: pd.DataFrame, tmp_path: Path) -> None:

@@ -126,7 +126,12 @@ def test_shadow_report_and_decision_on_the_live_log_with_labels(champion: Champi
                                                                 shadowed: tuple[ServerProcess, str],
                                                                 tmp_path: Path) -> None:
     """`mtlops shadow report` pairs the live log with labels; `mtlops shadow decide` waits for enough
-    labelled records, then promotes the shadow (a copy: not worse on any task) with its evidence."""
+    labelled records; the shadow pipeline (through kfp.local) then promotes the shadow (a copy: not worse
+    on any task) with its evidence."""
+    from kfp import local
+
+    from pipelines.shadow import build_shadow_pipeline
+
     server, shadow = shadowed
     rows = champion.test.head(30).reset_index(drop=True)
     r = _predict(server.url, {"records": _records(rows, champion.cfg)})
@@ -162,8 +167,11 @@ def test_shadow_report_and_decision_on_the_live_log_with_labels(champion: Champi
     waiting = decide(len(rows) + 1)
     assert waiting.returncode == 3 and "too few labelled records" in waiting.stdout, waiting.stdout + waiting.stderr
     assert str(registry.champion(name).tag) == champion.tag
-    decided = decide(len(rows))
-    assert decided.returncode == 0 and "promoted" in decided.stdout, decided.stdout + decided.stderr
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True)
+    decided = build_shadow_pipeline()(config_yaml=config_to_yaml(champion.cfg), prediction_log=str(log_dir),
+                                      labels_file=str(tmp_path / "labels.csv"), min_labelled=len(rows))
+    assert decided.output == "promoted"
     promoted = registry.champion(name)
     assert str(promoted.tag) == shadow and registry.shadow(name) is None
     assert {t["verdict"] for t in promoted.info.metadata["shadow_decision"]["tasks"]} == {"not worse"}
