@@ -325,7 +325,7 @@ class MultiTaskModelService:
         if self.log:
             self.log.append(ServedBatch(request_id, now, model.served, encoded, stacked))
         if shadow := self.shadow:
-            shadow.offer(request_id, now, encoded)
+            shadow.offer(request_id, now, encoded, model.served)
         return {"model_version": model.tag, "request_id": request_id,
                 "predictions": model.served.outputs(stacked, names if tasks else None)}
 

@@ -3,9 +3,11 @@
 The champion alone answers; the shadow's outputs go only to the prediction log's `shadow/` folder, with
 the same request_id and record_index as the champion's rows, so the two compare record by record
 (`mtlops shadow report`). A request is handed over after its answer is computed, to a bounded queue
-that one background thread drains (what has queued up meanwhile is scored in one ONNX call). A shadow
-that is slow, broken or failing never changes or delays an answer: its failures are counted and
-logged, and a request that finds the queue full is dropped and counted.
+that one background thread drains (what has queued up meanwhile is scored in one ONNX call). The records
+are encoded again with the shadow's own scales and vocabularies where they differ from the version that
+answered (a retrained shadow has its own). A shadow that is slow, broken or failing never changes or
+delays an answer: its failures are counted and logged, and a request that finds the queue full is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from components.features import EncodedRecords
 from components.predictions import SHADOW_LOG_FOLDER
 from serving.prediction_log import PredictionLogWriter, ServedBatch
+from serving.runtime import ServedModel
 from serving.worker import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class _Request:
     request_id: str
     timestamp: datetime
     inputs: EncodedRecords
+    encoded_by: ServedModel  # the version that answered: its scales and vocabularies made `inputs`
 
 
 class ShadowScorer:
@@ -49,6 +53,7 @@ class ShadowScorer:
         self.log = PredictionLogWriter(Path(log_dir) / SHADOW_LOG_FOLDER) if log_dir else None
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queued)
         self.failures = 0
+        self._encodes_like: dict[str, bool] = {}  # answering version's tag -> its encoding is the shadow's
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
 
@@ -56,12 +61,12 @@ class ShadowScorer:
     def tag(self) -> str:
         return self.model.tag
 
-    def offer(self, request_id: str, timestamp: datetime, inputs: EncodedRecords) -> None:
+    def offer(self, request_id: str, timestamp: datetime, inputs: EncodedRecords, encoded_by: ServedModel) -> None:
         """Hand over an answered request; never blocks."""
         if self.share < 1.0 and random.random() >= self.share:
             return
         try:
-            self._queue.put_nowait(_Request(request_id, timestamp, inputs))
+            self._queue.put_nowait(_Request(request_id, timestamp, inputs, encoded_by))
         except queue.Full:
             self.counts.shadow("dropped", len(inputs.numeric))
 
@@ -82,11 +87,21 @@ class ShadowScorer:
                 batch.append(item)
             self._score(batch)
 
+    def _own_encoding(self, r: _Request) -> EncodedRecords:
+        tag = r.encoded_by.tag
+        if tag not in self._encodes_like:
+            mine, theirs = self.model.served.spec, r.encoded_by.spec
+            self._encodes_like[tag] = (mine.numeric, mine.categorical) == (theirs.numeric, theirs.categorical)
+        if self._encodes_like[tag]:
+            return r.inputs
+        return self.model.encoder.encode_columns(r.inputs.raw_numeric, r.inputs.raw_categorical)
+
     def _score(self, batch: list[_Request]) -> None:
         records = sum(len(r.inputs.numeric) for r in batch)
         try:
-            stacked = self.model.run(np.concatenate([r.inputs.numeric for r in batch]),
-                                     np.concatenate([r.inputs.categorical for r in batch]))
+            inputs = [self._own_encoding(r) for r in batch]
+            stacked = self.model.run(np.concatenate([i.numeric for i in inputs]),
+                                     np.concatenate([i.categorical for i in inputs]))
             if not np.isfinite(stacked).all():
                 raise ValueError("non-finite outputs")
         except Exception as exc:

@@ -305,6 +305,13 @@ def _register_copy(champion: Champion, tmp: Path, edit: str | None = None) -> st
         spec = json.loads((folder / SPEC_FILE).read_text())
         spec["numeric"][0]["name"] = "month_of_year"
         (folder / SPEC_FILE).write_text(json.dumps(spec))
+    elif edit == "rescaled":  # the same graph fed on other scales and vocabularies, as a retrained version is
+        spec = json.loads((folder / SPEC_FILE).read_text())
+        for n in spec["numeric"]:
+            n["mean"] += 2 * n["std"]
+        for c in spec["categorical"]:
+            c["values"].reverse()
+        (folder / SPEC_FILE).write_text(json.dumps(spec))
     return registry.register(folder, champion.cfg, {}, {"data_version": edit or "v2"})
 
 

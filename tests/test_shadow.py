@@ -206,3 +206,28 @@ def test_a_broken_shadow_costs_no_request_and_is_counted(champion: Champion, sha
     assert httpx.get(server.url + "/model", timeout=10).json()["shadow"] is None
     assert _metric(server.url, "mtlops_shadow_load_failures_total") >= 1
     assert "shadow " + broken in server.output.read_text() and "is not scored" in server.output.read_text()
+
+
+def test_a_retrained_shadow_scores_records_on_its_own_scales_and_vocabularies(
+        champion: Champion, shadowed: tuple[ServerProcess, str], tmp_path: Path) -> None:
+    """A retrained version has its own standardisation and vocabularies: the shadow's logged outputs are
+    what the shadow gives offline for the same records, not the champion's encoding fed to its graph."""
+    server, _ = shadowed
+    rescaled = _register_copy(champion, tmp_path, edit="rescaled")
+    registry.start_shadow(champion.cfg.registry.model_name, rescaled)
+    r = httpx.post(server.url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}, timeout=120)
+    assert r.status_code == 200 and r.json()["shadow"] == rescaled, r.text
+    rows = champion.test.head(20).reset_index(drop=True)
+    answer = _predict(server.url, {"records": _records(rows, champion.cfg)}).json()
+    log_dir = server.output.parent / "predictions"
+    deadline, logged = time.monotonic() + 30, pd.DataFrame()
+    while time.monotonic() < deadline and len(logged) < len(rows):
+        time.sleep(0.5)
+        logged = read_prediction_log(log_dir / SHADOW_LOG_FOLDER)
+        logged = logged[logged["request_id"] == answer["request_id"]].sort_values("record_index")
+    assert set(logged["model_version"]) == {rescaled} and len(logged) == len(rows)
+    offline = score_frame(OnnxModel(tmp_path / "copy-rescaled"), rows, rescaled)
+    champion_offline = score_frame(OnnxModel(champion.export_dir), rows, champion.tag)
+    for column in ("sales__value", "busy_month__proba"):
+        assert np.abs(logged[column].to_numpy() - offline[column].to_numpy()).max() < 1e-3, column
+        assert np.abs(offline[column].to_numpy() - champion_offline[column].to_numpy()).max() > 1e-2  # it differs
