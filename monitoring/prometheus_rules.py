@@ -108,6 +108,11 @@ def serving_alerts(cfg: ProjectConfig) -> list[AlertRule]:
                   "Grow the volume, or shorten the log's retention (MTLOPS_LOG_RETENTION_DAYS, at least the "
                   "monitor's window); mtlops_prediction_log_bytes and _parts show whether the log or something "
                   "else fills it (many parts: is compaction running? the server log says).", "15m"),
+        AlertRule("MtlopsCanaryRolledBack",
+                  f'increase(mtlops_canary_rollbacks_total{{job="{SERVING_JOB}"}}[15m]) > 0', "serving", "warning",
+                  "{{ $labels.instance }}: the canary broke its error or latency budget and was rolled back",
+                  "The champion answers everything again; the server log's 'canary ... rolled back' line says why. "
+                  "Reject the version (`mtlops shadow decide` or `mtlops shadow stop`) before it is promoted."),
         AlertRule("MtlopsModelVersionChanged",
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}}) == 1 unless '
                   f'max by (job, model_version) (mtlops_model_info{{job="{SERVING_JOB}"}} offset 15m) == 1',

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 from components.features import SPEC_FILE, FeatureSpec, NumericStats
 from components.inference import ONNX_FILE
 from components.tasks import kind_of
+from serving.canary import CanaryBudget
 
 
 class ModelLoadError(RuntimeError):
@@ -54,6 +55,8 @@ class ServingSettings:
     access_log: bool = False  # a line per request costs ~10% of throughput; the prediction log has every record
     trace_predictions: bool = False  # OpenTelemetry spans for /predict cost ~25% of throughput
     shadow_share: float = 1.0  # share of answered requests the registry's shadow version also scores; 0: none
+    # a share of requests the shadow version answers itself, rolled back on its own past its budget (serving/canary.py)
+    canary: CanaryBudget = field(default_factory=CanaryBudget)
 
     @property
     def drain_seconds(self) -> float:
@@ -70,8 +73,13 @@ class ServingSettings:
                                  "(`mtlops serve --config ...` sets it from the config)")
         log, control = env.get("MTLOPS_PREDICTION_LOG"), env.get("MTLOPS_CONTROL_DIR")
         share = float(env.get("MTLOPS_SHADOW_SHARE", cls.shadow_share))
-        if not 0.0 <= share <= 1.0:
-            raise ModelLoadError(f"MTLOPS_SHADOW_SHARE must be a share within [0, 1], not {share:g}")
+        canary = CanaryBudget(float(env.get("MTLOPS_CANARY_SHARE", CanaryBudget.share)),
+                              float(env.get("MTLOPS_CANARY_MAX_ERROR_RATIO", CanaryBudget.max_error_ratio)),
+                              float(env.get("MTLOPS_CANARY_MAX_LATENCY_RATIO", CanaryBudget.max_latency_ratio)),
+                              int(env.get("MTLOPS_CANARY_MIN_REQUESTS", CanaryBudget.min_requests)))
+        for name, value in (("MTLOPS_SHADOW_SHARE", share), ("MTLOPS_CANARY_SHARE", canary.share)):
+            if not 0.0 <= value <= 1.0:
+                raise ModelLoadError(f"{name} must be a share within [0, 1], not {value:g}")
         return cls(
             model_name=env["MTLOPS_MODEL_NAME"],
             max_rows=int(env.get("MTLOPS_MAX_ROWS", cls.max_rows)),
@@ -98,6 +106,7 @@ class ServingSettings:
             access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
             trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
             shadow_share=share,
+            canary=canary,
         )
 
 

@@ -11,6 +11,7 @@ import gc
 import hmac
 import signal
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -24,7 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from components.features import EncodedRecords
 from components.tasks import kind_of
+from serving.canary import CanaryGuard
 from serving.guards import (
     BodyLimit,
     JsonOnly,
@@ -64,7 +67,7 @@ except ModelLoadError as exc:
     CONTROL.give_up(str(exc))
 Record = record_model(STARTUP_MODEL.spec, SETTINGS.max_category_chars)
 TaskName = task_name_type(STARTUP_MODEL.spec)
-STARTUP_SHADOW = shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 else None
+STARTUP_SHADOW = shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 or SETTINGS.canary.share > 0 else None
 bound_route_labels()
 
 
@@ -91,6 +94,14 @@ class ServiceMetrics:
             "mtlops_shadow_info", "1 for the shadow version being scored, 0 for versions scored before",
             ["model_version"], multiprocess_mode="livemax")
         self.current_shadow: str | None = None
+        self.canary_requests = bentoml.metrics.Counter(
+            "mtlops_canary_requests", "Requests the canary (the shadow version) answered, or failed and the champion "
+            "answered", ["outcome"])
+        self.canary_rollbacks = bentoml.metrics.Counter("mtlops_canary_rollbacks",
+                                                        "Canaries stopped for breaking their error or latency budget")
+        self.canary_active = bentoml.metrics.Gauge("mtlops_canary_active",
+                                                   "1 while the shadow version answers the canary share",
+                                                   multiprocess_mode="livemax")
         self.log_written = bentoml.metrics.Counter("mtlops_prediction_log_written_records",
                                                    "Records written to the prediction log")
         self.log_dropped = bentoml.metrics.Counter(
@@ -201,6 +212,9 @@ async def model_info(request: Request) -> JSONResponse:
         "metrics": m.metadata.get("metrics", {}),
         "lineage": m.metadata.get("lineage", {}),
         "shadow": ({"model_version": svc.shadow.tag, "share": SETTINGS.shadow_share} if svc.shadow else None),
+        "canary": ({"model_version": svc.shadow.tag, "share": SETTINGS.canary.share,
+                    "rolled_back": svc.shadow.tag == svc.canary_stopped}
+                   if svc.shadow and SETTINGS.canary.share > 0 else None),
     })
 
 
@@ -241,6 +255,8 @@ class MultiTaskModelService:
         self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds,
                                        SETTINGS.log_max_buffered_batches) if SETTINGS.prediction_log else None
         self.control.report(self.generation, self.model.tag)
+        self.canary_guard = CanaryGuard(SETTINGS.canary)
+        self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
         self.shadow: ShadowScorer | None = None
         self._set_shadow(self.control.published_shadow() if self.control.target() else STARTUP_SHADOW)
         self._stop = threading.Event()
@@ -304,30 +320,75 @@ class MultiTaskModelService:
         return await self.answer(records, tasks)
 
     async def answer(self, records: list[Any], tasks: list[str] | None) -> dict[str, Any] | JSONResponse:
+        rows = [vars(r) for r in records]
+        if (canary := self._canary()) is not None and self.canary_guard.wants():
+            answered = await self._answer_by_canary(canary, rows, tasks)
+            if answered is not None:
+                return answered
         model = self.model
-        encoded = model.encoder.encode_records([vars(r) for r in records])
-        numeric, categorical, oov = encoded.numeric, encoded.categorical, encoded.oov
+        encoded = model.encoder.encode_records(rows)
+        numeric, categorical = encoded.numeric, encoded.categorical
         if not np.isfinite(numeric).all():  # in range, yet beyond float32 once standardised
             i, j = map(int, np.argwhere(~np.isfinite(numeric))[0])
             field = model.encoder.numeric_names[j % len(model.encoder.numeric_names)]
             return JSONResponse(error_body("value too large for the model's scale", ["records", i, field]),
                                 status_code=400)
+        started = time.perf_counter()
         try:
             stacked = await self.batcher.infer(model, numeric, categorical)
         except Exception:
             self.healthy = False  # /readyz reports it until an inference succeeds again
             raise
         self.healthy = True
+        if canary is not None:
+            self.canary_guard.champion_answered(time.perf_counter() - started)
+        return self._respond(model, encoded, stacked, tasks)
+
+    def _respond(self, model: LoadedModel, encoded: EncodedRecords, stacked: np.ndarray,
+                 tasks: list[str] | None) -> dict[str, Any]:
         names = list(dict.fromkeys(tasks)) if tasks else [t.name for t in model.served.spec.targets]
-        self.metrics.answered(model.tag, names, len(records), dict(zip(model.encoder.categorical_names, oov.tolist(),
-                                                                    strict=True)))
+        self.metrics.answered(model.tag, names, len(stacked), dict(zip(model.encoder.categorical_names,
+                                                                       encoded.oov.tolist(), strict=True)))
         request_id, now = uuid.uuid4().hex, datetime.now(UTC)
         if self.log:
             self.log.append(ServedBatch(request_id, now, model.served, encoded, stacked))
-        if shadow := self.shadow:
+        if (shadow := self.shadow) and model is not shadow.model:
             shadow.offer(request_id, now, encoded, model.served)
         return {"model_version": model.tag, "request_id": request_id,
                 "predictions": model.served.outputs(stacked, names if tasks else None)}
+
+    def _canary(self) -> LoadedModel | None:
+        """The version that answers the canary share: the shadow, unless this server rolled it back."""
+        shadow = self.shadow
+        if SETTINGS.canary.share == 0 or shadow is None or shadow.tag == self.canary_stopped:
+            return None
+        return shadow.model
+
+    async def _answer_by_canary(self, canary: LoadedModel, rows: list[dict[str, Any]],
+                                tasks: list[str] | None) -> dict[str, Any] | None:
+        """The canary's answer; None (the champion answers) when it fails or the records do not fit its scale."""
+        encoded = canary.encoder.encode_records(rows)
+        if not np.isfinite(encoded.numeric).all():
+            return None
+        started = time.perf_counter()
+        try:
+            stacked = await self.batcher.infer(canary, encoded.numeric, encoded.categorical)
+            ok = bool(np.isfinite(stacked).all())
+        except Exception as exc:
+            log.error("canary %s failed: %s: %s", canary.tag, type(exc).__name__, exc)
+            ok = False
+        self.metrics.canary_requests.labels(outcome="answered" if ok else "failed").inc()
+        breach = self.canary_guard.canary_answered(ok, time.perf_counter() - started)
+        if breach:
+            self._roll_back_canary(canary.tag, breach)
+        return self._respond(canary, encoded, stacked, tasks) if ok else None
+
+    def _roll_back_canary(self, tag: str, reason: str) -> None:
+        self.control.stop_canary(tag, reason)
+        self.canary_stopped = tag
+        self.metrics.canary_rollbacks.inc()
+        self.metrics.canary_active.set(0)
+        log.error("canary %s rolled back, the champion answers every request: %s", tag, reason)
 
     def reload(self) -> dict[str, Any]:
         """Serve the store's current champion in every worker, if it differs, loads and passes
@@ -363,7 +424,7 @@ class MultiTaskModelService:
 
     @staticmethod
     def _shadow_wanted() -> str | None:
-        return shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 else None
+        return STARTUP_SHADOW and shadow_tag(SETTINGS.model_name)
 
     def _set_shadow(self, tag: str | None) -> None:
         """Score `tag` beside the champion from now on (None: no shadow). A shadow that cannot be
@@ -399,6 +460,8 @@ class MultiTaskModelService:
         while not self._stop.wait(POLL_SECONDS):
             if self.log:
                 self.metrics.prediction_log(self.log)
+            self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
+            self.metrics.canary_active.set(1 if self._canary() else 0)
             target = self.control.target()
             if target is None or target[0] <= self.generation or target[0] == failed:
                 continue

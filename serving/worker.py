@@ -40,6 +40,7 @@ from serving.runtime import ModelLoadError, ServedModel, load_version, warm_up_r
 from serving.server import EXITS_FOLDER, FATAL_FILE, HEARTBEAT_FOLDER, STALLED_FILE
 
 CONTROL_FILE = "serving.json"
+CANARY_STOPPED_FILE = "canary-stopped.json"
 log = logging.getLogger("bentoml.mtlops")  # a child of the logger BentoML configures, in the server and its workers
 POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 0.5
@@ -225,6 +226,17 @@ class VersionControl:
         """The shadow version published with the current generation (serving/shadow.py), if any."""
         try:
             return json.loads(self.control.read_text()).get("shadow")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def stop_canary(self, tag: str, reason: str) -> None:
+        """The canary `tag` broke its budget: every worker answers with the champion alone from now on."""
+        _write_json(self.folder / CANARY_STOPPED_FILE, {"tag": tag, "reason": reason})
+
+    def canary_stopped(self) -> dict[str, str] | None:
+        """The canary version rolled back in this server, and why (None: none was)."""
+        try:
+            return json.loads((self.folder / CANARY_STOPPED_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 

@@ -212,6 +212,9 @@ def alert_cases(cfg: ProjectConfig) -> list[Case]:
         Case("MtlopsPredictionLogDiskFilling", log_disk(f"{disk / 2:.0f}-{disk / 100:.0f}x30"), "20m",
              {"job": SERVING_JOB, "instance": "a"}),  # half free, full within the hour at this pace
         Case("MtlopsPredictionLogDiskFilling", log_disk(f"{disk / 2:.0f}x30"), "20m", None),
+        Case("MtlopsCanaryRolledBack", {f"mtlops_canary_rollbacks_total{{{serving}}}": "0 0 1 1 1 1"}, "4m",
+             {"job": SERVING_JOB, "instance": "a"}),
+        Case("MtlopsCanaryRolledBack", {f"mtlops_canary_rollbacks_total{{{serving}}}": "0x5"}, "4m", None),
         Case("MtlopsModelVersionChanged", {f'{version},model_version="m:1"}}': "1x20 0x20",
                                            f'{version},model_version="m:2"}}': "_x20 1x20"}, "25m",
              {"job": SERVING_JOB, "model_version": "m:2"}),

@@ -23,6 +23,7 @@ from components.data import label_column
 from components.inference import OnnxModel
 from components.predictions import SHADOW_LOG_FOLDER, read_prediction_log, score_frame
 from monitoring.shadow import compare
+from serving.canary import CanaryBudget, CanaryGuard
 from serving.launch import PROJECT, ServerProcess
 from tests.test_serving import TOKEN, Champion, _records, _register_copy, train_champion
 
@@ -231,3 +232,58 @@ def test_a_retrained_shadow_scores_records_on_its_own_scales_and_vocabularies(
     for column in ("sales__value", "busy_month__proba"):
         assert np.abs(logged[column].to_numpy() - offline[column].to_numpy()).max() < 1e-3, column
         assert np.abs(offline[column].to_numpy() - champion_offline[column].to_numpy()).max() > 1e-2  # it differs
+
+
+def test_the_canary_budget_rolls_back_on_errors_or_latency_only_once_it_has_seen_enough() -> None:
+    guard = CanaryGuard(CanaryBudget(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
+    for _ in range(10):
+        guard.champion_answered(0.001)
+    assert all(guard.canary_answered(False, 0.001) is None for _ in range(9))  # 9 errors: not judged yet
+    assert "error ratio 100.0%" in guard.canary_answered(False, 0.001)  # type: ignore[operator]
+    guard = CanaryGuard(CanaryBudget(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
+    for _ in range(10):
+        guard.champion_answered(0.001)
+    assert [guard.canary_answered(True, 0.0019) for _ in range(10)] == [None] * 10  # 1.9x: within budget
+    assert guard.canary_answered(True, 0.001) is None and guard.canary_answered(False, 0.001) is None  # 10 % errors
+    slow = CanaryGuard(CanaryBudget(share=0.5, max_latency_ratio=2.0, min_requests=10))
+    slow.champion_answered(0.001)
+    reasons = [slow.canary_answered(True, 0.003) for _ in range(10)]
+    assert reasons[:9] == [None] * 9 and "3.0x the champion's" in reasons[9]  # type: ignore[operator]
+    assert not CanaryGuard(CanaryBudget(share=0.0)).wants()
+
+
+@pytest.mark.parametrize("latency_budget", [100.0, 0.001])
+def test_a_canary_answers_its_share_and_rolls_back_on_its_own_past_its_budget(champion: Champion, tmp_path: Path,
+                                                                             latency_budget: float) -> None:
+    """The shadow version answers about half the requests; with a latency budget it cannot meet (0.001x the
+    champion) the server stops the canary by itself after 20 canary requests, in every worker, and says so."""
+    name = champion.cfg.registry.model_name
+    registry.promote(name, champion.tag)
+    canary = _register_copy(champion, tmp_path)
+    registry.start_shadow(name, canary)
+    (tmp_path / "config.yaml").write_text(config_to_yaml(champion.cfg))
+    server = ServerProcess(tmp_path / "config.yaml", tmp_path / "server.out", prediction_log=tmp_path / "predictions",
+                           workers=2, env={"MTLOPS_ORT_THREADS": "1", "MTLOPS_SHADOW_SHARE": "0",
+                                           "MTLOPS_CANARY_SHARE": "0.5", "MTLOPS_CANARY_MIN_REQUESTS": "20",
+                                           "MTLOPS_CANARY_MAX_LATENCY_RATIO": str(latency_budget)})
+    server.wait_ready()
+    try:
+        body = {"records": _records(champion.test.head(3), champion.cfg)}
+        answered_by = [_predict(server.url, body).json()["model_version"] for _ in range(120)]
+        assert set(answered_by) == {champion.tag, canary}
+        info = httpx.get(server.url + "/model", timeout=10).json()["canary"]
+        assert info["model_version"] == canary and info["share"] == 0.5
+        if latency_budget > 1:
+            assert not info["rolled_back"] and _metric(server.url, "mtlops_canary_rollbacks_total") == 0
+            assert _metric(server.url, "mtlops_canary_active") == 1
+            return
+        time.sleep(1)  # the other worker reads the rollback within a poll
+        assert {_predict(server.url, body).json()["model_version"] for _ in range(30)} == {champion.tag}
+        assert httpx.get(server.url + "/model", timeout=10).json()["canary"]["rolled_back"] is True
+        assert _metric(server.url, "mtlops_canary_rollbacks_total") >= 1
+        assert _metric(server.url, "mtlops_canary_active") == 0
+        assert 20 <= _metric(server.url, "mtlops_canary_requests_total") < 120
+        assert f"canary {canary} rolled back" in server.output.read_text()
+    finally:
+        server.stop()
+        registry.stop_shadow(name)
