@@ -1,7 +1,7 @@
 """Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks"): each classification head's
 logits divided by one positive number T, fitted after training on the validation window by minimising the head's
 log loss. Dividing by T > 0 keeps every ranking and every argmax, so ROC-AUC, accuracy at 0.5 and macro-F1 do not
-move; only the probabilities do. The temperatures are stored beside the weights (`calibration.json`), folded into
+move; only the probabilities do. The temperatures are stored beside the weights (`temperatures.json`), folded into
 the feature spec when a model is loaded (`TargetSpec.temperature`) and into the exported ONNX graph
 (`components.export.ExportModule`), so PyTorch, the graph and the service answer the same probabilities."""
 
@@ -17,7 +17,7 @@ import numpy as np
 from components.features import FeatureSpec, TargetSpec
 from components.tasks import kind_of
 
-CALIBRATION_FILE = "calibration.json"
+TEMPERATURES_FILE = "temperatures.json"  # beside the graph too, where the monitor keeps its calibration.json
 CALIBRATED_TYPES = ("binary", "multiclass")  # the types whose raw outputs are logits of one softmax / sigmoid
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: beyond, the head says (almost) nothing or (almost) only 0/1
 
@@ -54,10 +54,10 @@ def calibrated(raw: dict[str, np.ndarray], targets: list[TargetSpec]) -> dict[st
 
 
 def save_temperatures(model_dir: Path, temperatures: dict[str, float]) -> None:
-    (Path(model_dir) / CALIBRATION_FILE).write_text(json.dumps(temperatures, indent=1))
+    (Path(model_dir) / TEMPERATURES_FILE).write_text(json.dumps(temperatures, indent=1))
 
 
 def load_temperatures(model_dir: Path) -> dict[str, float]:
     """The model's temperatures; none for a model trained without calibration (or before it existed)."""
-    path = Path(model_dir) / CALIBRATION_FILE
+    path = Path(model_dir) / TEMPERATURES_FILE
     return json.loads(path.read_text()) if path.exists() else {}

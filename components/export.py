@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from components.architectures import Architecture
-from components.calibration import CALIBRATION_FILE, calibrated
+from components.calibration import TEMPERATURES_FILE, calibrated
 from components.features import FeatureSpec
 from components.inference import ONNX_FILE, OnnxModel
 from components.tasks import kind_of
@@ -86,8 +86,8 @@ def export_onnx(model_dir: Path, out_dir: Path, sample: pd.DataFrame, opset: int
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     for name in (SPEC, CONFIG, SUMMARY, WEIGHTS):  # weights: continual retraining warm-starts from them
         shutil.copy(Path(model_dir) / name, out_dir / name)
-    if (Path(model_dir) / CALIBRATION_FILE).exists():  # the temperatures in the graph, on record beside it
-        shutil.copy(Path(model_dir) / CALIBRATION_FILE, out_dir / CALIBRATION_FILE)
+    if (Path(model_dir) / TEMPERATURES_FILE).exists():  # the temperatures in the graph, on record beside it
+        shutil.copy(Path(model_dir) / TEMPERATURES_FILE, out_dir / TEMPERATURES_FILE)
     return path
 
 

@@ -63,7 +63,7 @@ class TargetSpec:
     threshold: float = 0.5  # binary decision threshold
     transform: str = "standardize"  # regression: standardize (f = identity) | log1p (f = log1p) | none
     # classification: the logits' divisor fitted on validation (components/calibration.py); kept in the model's
-    # calibration.json, not in the spec file, so a warm-started model keeps its champion's spec
+    # temperatures.json, not in the spec file, so a warm-started model keeps its champion's spec
     temperature: float = 1.0
 
     @property

@@ -94,6 +94,9 @@ def stored_calibration(folder: Path, cfg: ProjectConfig, model_version: str) -> 
     path = Path(folder) / CALIBRATION_FILE
     if not path.exists():
         return None
+    raw = json.loads(path.read_text())
+    if "columns" not in raw:  # a model exported before the temperatures moved to temperatures.json: not ours
+        return None
     found = Calibration.from_json(path.read_text())
     return found if found.settings_match(cfg, model_version) else None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.calibration import CALIBRATION_FILE, fit_temperature, load_temperatures
+from components.calibration import TEMPERATURES_FILE, fit_temperature, load_temperatures
 from components.evaluate import evaluate
 from components.export import check_parity, export_onnx
 from components.features import TargetSpec
@@ -48,7 +48,7 @@ def test_temperatures_lower_the_validation_log_loss_and_keep_the_ranking(calibra
                                                                        flights_frame: pd.DataFrame) -> None:
     temperatures = load_temperatures(calibrated_and_not["temperature"])
     assert set(temperatures) == {"arr_delayed", "cancelled"}  # the binary heads; regression is not scaled
-    assert not (calibrated_and_not["none"] / CALIBRATION_FILE).exists()
+    assert not (calibrated_and_not["none"] / TEMPERATURES_FILE).exists()
     cfg = config_with(FLIGHTS)
     val, train_df = window(flights_frame, cfg, "validation"), window(flights_frame, cfg, "train")
     scores = {name: evaluate(folder, train_df, val)["test"] for name, folder in calibrated_and_not.items()}

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from components import registry
+from components.calibration import load_temperatures
 from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
 from components.data import label_column, load_source, partition_dir, with_labels, write_partitions
 from components.evaluate import evaluate
@@ -272,6 +273,8 @@ def test_calibration_is_stored_with_the_model_and_redone_when_its_settings_chang
     first = model_calibration(cfg, onnx_dir, "m:v1", reference)
     stored = Calibration.from_json((onnx_dir / CALIBRATION_FILE).read_text())
     assert stored == first and stored.model_version == "m:v1" and stored.quantile == 0.99
+    # the exported temperatures beside it are another file, which the monitor leaves alone
+    assert set(load_temperatures(onnx_dir)) == {t.name for t in cfg.tasks if t.type in ("binary", "multiclass")}
     temp = first.columns["temp"]
     assert temp.method == "wasserstein" and not temp.p_value and temp.threshold > temp.null_median > 0
     looser = config_with(FLIGHTS, monitoring={"calibration_quantile": 0.6, "calibration_draws": 50})
