@@ -190,8 +190,9 @@ LGBM_OBJECTIVES: dict[str, tuple[str, dict[str, str]]] = {
     "multiclass": ("multiclass", {"log_loss": "multi_logloss", "accuracy": "multi_error"}),
     "regression": ("regression", {"mae": "l1", "rmse": "rmse"}),
 }
-# a regression task's objective per metric (the squared error's mean is not the absolute error's minimiser)
-LGBM_REGRESSION_OBJECTIVE = {"mae": "regression_l1", "rmse": "regression"}
+# an objective per metric where the type's default does not minimise it (the squared error's mean is not the
+# absolute error's minimiser)
+LGBM_OBJECTIVE_FOR_METRIC = {"regression": {"mae": "regression_l1", "rmse": "regression"}}
 FALLBACK_STOPPING = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "l2"}
 EARLY_STOPPING_ROUNDS = 100
 # the untuned booster (canonical LightGBM names; a tuning search starts from them: benchmarks/tune_methods.py)
@@ -207,8 +208,7 @@ def booster_objective(task: TaskSpec) -> dict[str, str]:
         raise ValueError(f"task '{task.name}': the LightGBM baseline has no objective for a {task.type} task "
                          f"(it fits {sorted(LGBM_OBJECTIVES)})")
     objective, stopping = LGBM_OBJECTIVES[task.type]
-    if task.type == "regression":
-        objective = LGBM_REGRESSION_OBJECTIVE[task.metric]  # type: ignore[index]
+    objective = LGBM_OBJECTIVE_FOR_METRIC.get(task.type, {}).get(task.metric or "", objective)
     return {"objective": objective, "metric": stopping.get(task.metric, FALLBACK_STOPPING[task.type])}  # type: ignore[arg-type]
 
 

@@ -37,6 +37,7 @@ from components.predictions import (  # noqa: E402
     read_prediction_log,
     write_log_part,
 )
+from components.tasks import kind_of  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -46,9 +47,7 @@ def log_rows(cfg_path: Path, rows: int, seed: int) -> pd.DataFrame:
     cfg = load_config(cfg_path)
     source = load_source(cfg.data, ROOT).sample(n=rows, random_state=seed, replace=True).reset_index(drop=True)
     rng = np.random.default_rng(seed)
-    outputs = {}
-    for task in cfg.tasks:
-        outputs[f"{task.name}__value" if task.type == "regression" else f"{task.name}__proba"] = rng.random(rows)
+    outputs = {kind_of(task).monitored_column(task.name): rng.random(rows) for task in cfg.tasks}
     return pd.concat([pd.DataFrame({"request_id": [f"r{i // 4}" for i in range(rows)],
                                     "record_index": np.arange(rows) % 4, "model_version": "flights-mtl:bench"}),
                       source[cfg.features.names], pd.DataFrame(outputs)], axis=1)

@@ -149,9 +149,21 @@ def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: i
     """Promote the shadow when every task is shown not worse than the champion beyond its tolerance on at
     least `min_labelled` labelled live records; reject it as soon as a task is shown worse; otherwise keep
     shadowing. A decision goes into the shadow's registry metadata with its numbers."""
+    from components.registry import champion as current_champion
     from components.registry import decide_shadow
+    from components.registry import shadow as current_shadow
 
+    name = cfg.registry.model_name
+    if current_shadow(name) is None:
+        raise LookupError(f"{name!r} has no shadow to decide on")
     champion, shadow = paired_log(log_dir, labels=read_labels(cfg, labels_file))
+    # only what today's champion and shadow scored: the log keeps every version that served or shadowed before
+    ours = ((shadow["model_version"] == str(current_shadow(name).tag)) &
+            (champion["model_version"] == str(current_champion(name).tag))).to_numpy()
+    champion, shadow = champion[ours].reset_index(drop=True), shadow[ours].reset_index(drop=True)
+    if champion.empty:
+        return ShadowDecision("undecided", None, f"no record in {log_dir} was scored by both the champion and a "
+                              "shadow yet", ShadowComparison("", "", []))
     result = compare(cfg, champion, shadow, confidence)
     short = [t.task for t in result.tasks if t.labelled < min_labelled]
     worse = [t.task for t in result.tasks if t.verdict == "worse"]

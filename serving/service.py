@@ -402,8 +402,9 @@ class MultiTaskModelService:
                     return {"status": "unchanged", "model_version": tag, "workers": self._workers_on(generation),
                             "shadow": shadow}
                 self.control.publish(generation + 1, tag, shadow)  # the same champion, another shadow
-                self._adopt(generation + 1, self.model)
                 self._set_shadow(shadow)
+                self._adopt(generation + 1, self.model)
+                self.control.wait_for(generation + 1, SETTINGS.workers)
                 return {"status": "reloaded", "model_version": tag, "workers": self._workers_on(generation + 1),
                         "shadow": self.shadow.tag if self.shadow else None}
             if new.signature != STARTUP_MODEL.signature:
@@ -431,10 +432,8 @@ class MultiTaskModelService:
         loaded, or does not take the champion's features and tasks, is counted and logged, never served."""
         if tag == (self.shadow.tag if self.shadow else None):
             return
-        old, self.shadow = self.shadow, None
-        if old:
-            old.close()
-        if tag is not None:
+        new = None
+        if tag is not None:  # loaded before the swap: the old shadow scores meanwhile
             try:
                 model = open_version(tag, SETTINGS.ort_threads)
                 if model.served.signature != STARTUP_MODEL.signature:
@@ -443,7 +442,10 @@ class MultiTaskModelService:
                 log.error("shadow %s is not scored: %s", tag, exc)
                 self.metrics.shadow_load_failures.inc()
             else:
-                self.shadow = ShadowScorer(model, SETTINGS.prediction_log, SETTINGS.shadow_share, self.metrics)
+                new = ShadowScorer(model, SETTINGS.prediction_log, SETTINGS.shadow_share, self.metrics)
+        old, self.shadow = self.shadow, new
+        if old:
+            old.close()
         self.metrics.shadowing(self.shadow.tag if self.shadow else None)
 
     def _workers_on(self, generation: int) -> int:
@@ -472,8 +474,8 @@ class MultiTaskModelService:
                 failed = generation
                 self.control.report(self.generation, self.model.tag, failed=generation, error=str(exc))
                 continue
+            self._set_shadow(self.control.published_shadow())  # before reporting: a reload waits for the report
             self._adopt(generation, model)
-            self._set_shadow(self.control.published_shadow())
 
     def _maintain_log(self) -> None:
         """Background thread: compaction and retention (one worker at a time), and the log's disk use."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bentoml
 import httpx
 import numpy as np
 import pandas as pd
@@ -287,3 +288,52 @@ def test_a_canary_answers_its_share_and_rolls_back_on_its_own_past_its_budget(ch
     finally:
         server.stop()
         registry.stop_shadow(name)
+
+
+def test_a_shadow_trained_on_broken_labels_is_rejected_on_live_labelled_records(champion: Champion,
+                                                                              shadowed: tuple[ServerProcess, str],
+                                                                              tmp_path: Path) -> None:
+    """A challenger trained with its labels shuffled (an upstream join gone wrong) is scored as shadow on
+    live requests; once their labels arrive, `decide` finds a task worse and rejects it: the champion
+    stays, the version is `rejected` with its evidence."""
+    from components.data import load_source, with_labels
+    from components.export import export_onnx
+    from components.train import train
+    from monitoring.shadow import decide
+    from tests.conftest import window
+
+    server, _ = shadowed
+    cfg, name = champion.cfg, champion.cfg.registry.model_name
+    registry.promote(name, champion.tag)
+    df = with_labels(load_source(cfg.data), cfg)
+    rng = np.random.default_rng(0)
+    broken = {}
+    for split in ("train", "validation"):
+        rows = window(df, cfg, split).reset_index(drop=True)
+        for t in cfg.tasks:
+            rows[label_column(t.name)] = rng.permutation(rows[label_column(t.name)].to_numpy())
+        broken[split] = rows
+    train(cfg, broken["train"], broken["validation"], tmp_path / "model", progress=False)
+    export_onnx(tmp_path / "model", tmp_path / "onnx", champion.test)
+    tag = registry.register(tmp_path / "onnx", cfg, {}, {"data_version": "shuffled labels"})
+    registry.start_shadow(name, tag)
+    r = httpx.post(server.url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}, timeout=120)
+    assert r.status_code == 200 and r.json()["shadow"] == tag, r.text
+    rows = champion.test.reset_index(drop=True)
+    answer = _predict(server.url, {"records": _records(rows.head(64), champion.cfg)}).json()
+    labels = pd.DataFrame({"request_id": answer["request_id"], "record_index": np.arange(64)})
+    for t in cfg.tasks:
+        labels[label_column(t.name)] = rows[label_column(t.name)].head(64).to_numpy()
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    log_dir = server.output.parent / "predictions"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        decision = decide(cfg, log_dir, tmp_path / "labels.csv", min_labelled=64)
+        if decision.outcome != "undecided" or min((t.labelled for t in decision.comparison.tasks), default=0) >= 64:
+            break
+    assert decision.outcome == "rejected" and decision.tag == tag, decision
+    assert str(registry.champion(name).tag) == champion.tag
+    stored = bentoml.models.get(tag).info
+    assert stored.labels["stage"] == "rejected"
+    assert "worse" in {t["verdict"] for t in stored.metadata["shadow_decision"]["tasks"]}
