@@ -106,11 +106,16 @@ def _merged_parts(part: Path) -> list[str]:
     return json.loads((pq.read_schema(part).metadata or {}).get(MERGED_PARTS_KEY, b"[]"))
 
 
+def _held(parts: list[Path]) -> set[Path]:
+    """The parts a compacted part among `parts` already holds (left behind when a compaction stopped
+    between writing its part and removing the ones it merged)."""
+    return {p.parent / name for p in parts if COMPACTED in p.name for name in _merged_parts(p)}
+
+
 def log_parts(log_dir: Path) -> list[Path]:
-    """The parts that hold the log: every part, less those a compacted part already holds (left
-    behind when a compaction stopped between writing its part and removing the ones it merged)."""
+    """The parts that hold the log: every part, less those a compacted part already holds."""
     parts = sorted(Path(log_dir).glob("date=*/*.parquet"))
-    held = {p.parent / name for p in parts if COMPACTED in p.name for name in _merged_parts(p)}
+    held = _held(parts)
     return [p for p in parts if p not in held]
 
 
@@ -166,9 +171,10 @@ def compact_log(log_dir: Path, min_age_seconds: float = 3600) -> Compaction:
     meanwhile, so at every moment each row is read exactly once. A failed write (a full disk) removes
     nothing."""
     listed = sorted(Path(log_dir).glob("date=*/*.parquet"))
-    kept = log_parts(log_dir)
-    for stale in set(listed) - set(kept):  # a compaction that stopped half-way: its merged part holds these
+    held = _held(listed)
+    for stale in held:  # a compaction that stopped half-way: its merged part holds these
         stale.unlink(missing_ok=True)
+    kept = [p for p in listed if p not in held]
     cutoff = time.time() - min_age_seconds
     groups: dict[tuple[Path, str], list[Path]] = {}
     for part in kept:
@@ -189,14 +195,14 @@ def _merge(parts: list[Path], path: Path) -> int:
     that was all null in one part is typed by the others)."""
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
     schema = schema.with_metadata((schema.metadata or {}) | {MERGED_PARTS_KEY: json.dumps([p.name for p in parts])})
-    rows, pending = 0, []
+    rows, pending, pending_rows = 0, [], 0
     with _renamed_when_complete(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for p in parts:
             pending.append(pq.read_table(p).select(schema.names).cast(schema))
-            if sum(t.num_rows for t in pending) >= MERGED_ROW_GROUP or p == parts[-1]:
-                group = pa.concat_tables(pending)
-                writer.write_table(group, row_group_size=len(group))
-                rows, pending = rows + len(group), []
+            pending_rows += pending[-1].num_rows
+            if pending_rows >= MERGED_ROW_GROUP or p == parts[-1]:
+                writer.write_table(pa.concat_tables(pending), row_group_size=pending_rows)
+                rows, pending, pending_rows = rows + pending_rows, [], 0
     for p in parts:
         p.unlink()
     return rows

@@ -154,12 +154,13 @@ def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: i
     from components.registry import shadow as current_shadow
 
     name = cfg.registry.model_name
-    if current_shadow(name) is None:
+    shadowed, serving = current_shadow(name), current_champion(name)
+    if shadowed is None:
         raise LookupError(f"{name!r} has no shadow to decide on")
     champion, shadow = paired_log(log_dir, labels=read_labels(cfg, labels_file))
     # only what today's champion and shadow scored: the log keeps every version that served or shadowed before
-    ours = ((shadow["model_version"] == str(current_shadow(name).tag)) &
-            (champion["model_version"] == str(current_champion(name).tag))).to_numpy()
+    ours = ((shadow["model_version"] == str(shadowed.tag)) &
+            (champion["model_version"] == str(serving.tag) if serving else False)).to_numpy()
     champion, shadow = champion[ours].reset_index(drop=True), shadow[ours].reset_index(drop=True)
     if champion.empty:
         return ShadowDecision("undecided", None, f"no record in {log_dir} was scored by both the champion and a "
@@ -168,7 +169,7 @@ def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: i
     short = [t.task for t in result.tasks if t.labelled < min_labelled]
     worse = [t.task for t in result.tasks if t.verdict == "worse"]
     if worse or (not short and result.shadow_not_worse):
-        tag = decide_shadow(cfg.registry.model_name, not worse, result.to_dict() | {"min_labelled": min_labelled})
+        tag = decide_shadow(name, not worse, result.to_dict() | {"min_labelled": min_labelled})
         return ShadowDecision("rejected", tag, f"worse on {', '.join(worse)}", result) if worse else \
             ShadowDecision("promoted", tag, "no task worse beyond its tolerance", result)
     why = f"too few labelled records for {', '.join(short)}" if short else \

@@ -462,8 +462,9 @@ class MultiTaskModelService:
         while not self._stop.wait(POLL_SECONDS):
             if self.log:
                 self.metrics.prediction_log(self.log)
-            self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
-            self.metrics.canary_active.set(1 if self._canary() else 0)
+            if SETTINGS.canary.share > 0:
+                self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
+                self.metrics.canary_active.set(1 if self._canary() else 0)
             target = self.control.target()
             if target is None or target[0] <= self.generation or target[0] == failed:
                 continue
