@@ -542,7 +542,13 @@ class TrainingSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto`: CUDA when available, else the CPU")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (default: all cores)")
     warm_start: str | None = Field(None,
-        description="continual retraining: start from this exported model folder's weights and FeatureSpec")
+        description="continual retraining: start from this exported model folder's weights and FeatureSpec; a task "
+                    "the config has and that model lacks gets a new head (its target fitted on the training rows), a "
+                    "task it has and the config lacks loses its head (registry.retire_tasks must name it)")
+    new_task_head_epochs: int = Field(1, ge=0,
+        description="with `warm_start` and a task the warm start's model lacks: epochs that train only the new tasks' "
+                    "heads, the shared layers and the other heads frozen, before every task trains jointly (so a "
+                    "random head's first gradients do not reach the trunk the old tasks rely on)")
     compile: bool = Field(False, description="torch.compile the model for the training steps (worth it on GPU)")
     ema_decay: float | None = Field(None, gt=0, lt=1,
         description="validate, keep and export an exponential moving average of the weights, updated after every step")
@@ -575,6 +581,10 @@ class RegistrySpec(Strict):
                     "scored on live traffic beside the champion, answering no one, until `mtlops shadow decide` (or "
                     "the shadow pipeline) promotes or rejects it on labelled live records. The first model always "
                     "becomes champion.")
+    retire_tasks: list[str] = Field([],
+        description="tasks the champion has that this config drops on purpose: a challenger without one of the "
+                    "champion's tasks is refused (before training, and by the gate) unless the task is named here; "
+                    "its head leaves the exported graph, and the registry records the version that retired it")
 
 
 class AlertPolicy(Strict):
@@ -623,10 +633,10 @@ class RetrainingSpec(Strict):
     replay_rows: int = Field(50_000, ge=0,
         description="`warm_replay`: sample of data before the new window, trained on again")
     validation_fraction: float = Field(0.15, gt=0, lt=0.5, description="of the new window, by time")
-    new_test_fraction: float = Field(0.25, gt=0, lt=0.5, description="of the new window, by time: the gate's new rows,")
-    epochs: int | None = Field(None, ge=1,
-        description="after every row the challenger trained on, and never seen by the champion default: "
-                    "training.epochs")
+    new_test_fraction: float = Field(0.25, gt=0, lt=0.5,
+        description="of the new window, by time: the gate's new rows, after every row the challenger trained on, "
+                    "and never seen by the champion")
+    epochs: int | None = Field(None, ge=1, description="epochs of a retrain (default: training.epochs)")
 
     @property
     def warm_start(self) -> bool:
@@ -817,6 +827,10 @@ class ProjectConfig(Strict):
         unknown = sorted({a.task for a in self.registry.allow_below_baseline} - set(names))
         if unknown:
             raise ValueError(f"registry.allow_below_baseline names unknown tasks: {unknown} (tasks: {names})")
+        kept = sorted(set(self.registry.retire_tasks) & set(names))
+        if kept:
+            raise ValueError(f"registry.retire_tasks names tasks the config still has: {kept}; retiring a task means "
+                             "removing it from `tasks`")
         unknown = sorted({a.feature for a in self.leakage.allow_leaky} - set(self.features.names))
         if unknown:
             raise ValueError(f"leakage.allow_leaky names unknown features: {unknown}")

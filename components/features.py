@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from types import NoneType
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import ProjectConfig
+from components.config import ProjectConfig, TaskSpec
 from components.data import label_column
 from components.tasks import head_width, kind_of
 
@@ -72,6 +72,10 @@ class TargetSpec:
         return head_width(self.type, len(self.classes))
 
 
+def _fit_target(task: TaskSpec, train: pd.DataFrame) -> TargetSpec:
+    return TargetSpec(task.name, task.type, **kind_of(task).fit(task, train[label_column(task.name)]))
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     numeric: list[NumericStats]
@@ -99,8 +103,19 @@ class FeatureSpec:
             values = sorted(counts.index.tolist(), key=lambda v: (-counts[v], v))
             categorical.append(Vocabulary(f.name, values, f.allow_null,
                                           NULL_INDEX if f.nulls == "own" else OOV_INDEX))
-        targets = [TargetSpec(t.name, t.type, **kind_of(t).fit(t, train[label_column(t.name)])) for t in cfg.tasks]
-        return cls(numeric, categorical, targets)
+        return cls(numeric, categorical, [_fit_target(t, train) for t in cfg.tasks])
+
+    def with_tasks(self, train: pd.DataFrame, cfg: ProjectConfig) -> FeatureSpec:
+        """This spec's features with the config's tasks, for a warm start: a task the spec has keeps its target
+        (the scale its trained head predicts in), a new task's target is fitted on `train`, and a task the config
+        no longer has goes."""
+        have = {t.name: t for t in self.targets}
+        for task in cfg.tasks:
+            if task.name in have and have[task.name].type != task.type:
+                raise ValueError(f"task '{task.name}' is {have[task.name].type} in the warm start's model and "
+                                 f"{task.type} in the config: a head cannot change its type; give the task a new "
+                                 "name (and retire the old one) or train from scratch")
+        return replace(self, targets=[have.get(t.name) or _fit_target(t, train) for t in cfg.tasks])
 
     # --- transforming ----------------------------------------------------
 

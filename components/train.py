@@ -33,7 +33,7 @@ from components.calibration import (
     save_temperatures,
     with_temperatures,
 )
-from components.config import ProjectConfig, RepMtlSpec, TaskSpec, config_to_yaml, load_config
+from components.config import ProjectConfig, RepMtlSpec, StrategySpec, TaskSpec, config_to_yaml, load_config
 from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.mt2st import Mt2stSchedule
@@ -299,8 +299,34 @@ def _feature_spec(cfg: ProjectConfig, train_df: pd.DataFrame, ckpt: dict | None)
     if ckpt:
         return FeatureSpec.from_json(ckpt["feature_spec"])
     if cfg.training.warm_start:
-        return FeatureSpec.load(Path(cfg.training.warm_start) / SPEC)
+        return FeatureSpec.load(Path(cfg.training.warm_start) / SPEC).with_tasks(train_df, cfg)
     return FeatureSpec.fit(train_df, cfg)
+
+
+def tasks_new_to(folder: Path, model: Architecture) -> list[str]:
+    """The tasks of `model` that the model in `folder` (an exported model or a training run) has no head for."""
+    old_tasks = {t.name for t in FeatureSpec.load(folder / SPEC).targets}
+    return [name for name in model.task_names if name not in old_tasks]
+
+
+def warm_start(model: Architecture, folder: Path) -> None:
+    """Load the weights of the model in `folder` into `model`. A new task's head (and any module of its own) keeps
+    its fresh initialisation, a retired task's parameters are left out; any other mismatch is an error."""
+    new_tasks = tasks_new_to(folder, model)
+    retired = {t.name for t in FeatureSpec.load(folder / SPEC).targets} - set(model.task_names)
+    own = model.state_dict()
+    state = torch.load(folder / WEIGHTS, weights_only=True)
+    stray = [k for k in state if k not in own and not set(k.split(".")) & retired]
+    stray += [k for k in own if k not in state and not set(k.split(".")) & set(new_tasks)]
+    if stray:
+        raise ValueError(f"{folder}: its weights do not fit this architecture ({stray[:3]} ...): warm start from a "
+                         "model trained with the same `model:` settings, or train from scratch")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def task_parameters(model: Architecture, tasks: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters that belong to `tasks` alone: modules keyed by a task's name (heads, gates, encoders)."""
+    return [p for name, p in model.named_parameters() if set(name.split(".")) & set(tasks)]
 
 
 def _progress(enabled: bool) -> Progress:
@@ -348,8 +374,13 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     (out_dir / CONFIG).write_text(config_to_yaml(cfg))
     train_t, val_t = to_tensors(train_df, spec).to(device), to_tensors(val_df, spec).to(device)
     model = build_model(spec, cfg.model)
+    new_tasks = tasks_new_to(Path(tc.warm_start), model) if tc.warm_start else []
     if tc.warm_start and not ckpt:
-        model.load_state_dict(torch.load(Path(tc.warm_start) / WEIGHTS, weights_only=True))
+        warm_start(model, Path(tc.warm_start))
+    head_epochs = tc.new_task_head_epochs if new_tasks else 0
+    if head_epochs and world > 1:
+        raise ValueError(f"training.new_task_head_epochs: the head-only stage for the new tasks {new_tasks} runs on "
+                         "one rank; set it to 0 for a distributed run")
     model = model.to(device)
     if world > 1 and tc.compile:
         raise ValueError("training.compile is not supported with several ranks (WORLD_SIZE > 1) yet: "
@@ -377,6 +408,9 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     validated = averaged.model if averaged is not None else model
 
     tasks = {t.name: t for t in cfg.tasks}
+    new_heads = {id(p) for p in task_parameters(model, new_tasks)}
+    # the new heads alone learn first, by a plain loss sum: a frozen trunk has no gradient for a strategy to weigh
+    head_strategy = make_strategy(new_tasks, StrategySpec(name="ew")) if head_epochs else None
     autocast = make_autocast(device)
     t0, seen = time.perf_counter(), 0
     with _progress(progress) as bar:
@@ -385,8 +419,13 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 state.bad_epochs = 0  # the single-task phase gets its own early-stopping patience
             if state.bad_epochs >= tc.early_stopping_patience and not schedule.switch_pending(epoch):
                 break
-            active = schedule.active_tasks(epoch)
-            job = bar.add_task("train", total=steps, epoch=epoch + 1, status="")
+            heads_only = epoch < head_epochs
+            active = new_tasks if heads_only else schedule.active_tasks(epoch)
+            for p in model.parameters():
+                p.requires_grad_(not heads_only or id(p) in new_heads)
+            if heads_only:
+                state.best_epoch = -1  # a head-only epoch is kept whatever the primary metric (it did not move)
+            job = bar.add_task("train", total=steps, epoch=epoch + 1, status="heads of new tasks" if heads_only else "")
 
             def after_step(job: TaskID = job) -> None:
                 if averaged is not None:
@@ -395,10 +434,11 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
 
             model.train()
             stats = run_epoch(
-                model, strategy, optimizer, train_t, tasks,
+                model, head_strategy if heads_only else strategy, optimizer, train_t, tasks,
                 epoch_batches(len(train_t), tc.batch_size, tc.seed * 100_003 + epoch, device, rank, world),
-                autocast, active=active, loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done),
-                rep_mtl=tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
+                autocast, active=active,
+                loss_weights=None if heads_only else lambda done, e=epoch: schedule.loss_weights(e + done),
+                rep_mtl=None if heads_only else tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
                 flops_per_sample=state.flops_per_sample, step_model=step_model,
                 on_step=after_step)
             if diverged := sorted(name for name, loss in stats.train_loss.items() if not math.isfinite(loss)):
