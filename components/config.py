@@ -7,6 +7,7 @@ before any work, with the path of the offending field.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -863,6 +864,28 @@ class ProjectConfig(Strict):
     @property
     def primary_task(self) -> TaskSpec:
         return next(t for t in self.tasks if t.primary)
+
+    def for_tasks(self, names: Sequence[str]) -> ProjectConfig:
+        """This config with only the tasks `names` (the primary stays primary if kept, else the first kept task
+        is), and every setting that names another task dropped: alert lists, per-column monitoring settings,
+        allowed leaks and baseline allowances. It trains a single-task model, and monitors a model whose task set
+        differs from the config's (a task the config added and no promoted model answers yet)."""
+        raw = self.model_dump(mode="json", exclude_none=True)
+        raw["tasks"] = [t for t in raw["tasks"] if t["name"] in names]
+        if not raw["tasks"]:
+            raise ValueError(f"none of the tasks {list(names)} is in the config ({[t.name for t in self.tasks]})")
+        if not any(t.get("primary") for t in raw["tasks"]):
+            raw["tasks"][0]["primary"] = True
+        alerts, monitoring = raw["alerts"], raw["monitoring"]
+        alerts["prediction_drift"] = [t for t in alerts["prediction_drift"] if t == "*" or t in names]
+        alerts["metric_drop"] = {t: v for t, v in alerts["metric_drop"].items() if t in names}
+        columns = {*self.features.names, *names}
+        for key in ("per_column_method", "per_column_threshold"):
+            monitoring[key] = {k: v for k, v in monitoring[key].items() if k in columns}
+        raw["leakage"]["allow_leaky"] = [a for a in raw["leakage"]["allow_leaky"] if a.get("task") in (None, *names)]
+        raw["registry"]["allow_below_baseline"] = [a for a in raw["registry"]["allow_below_baseline"]
+                                                   if a["task"] in names]
+        return parse_config(raw, f"<tasks {', '.join(names)}>")
 
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)

@@ -19,8 +19,10 @@ import bentoml
 import pandas as pd
 
 from components.config import ProjectConfig
+from components.data import label_column
 from components.inference import OnnxModel
 from components.metrics import is_better, relative_change, task_metrics
+from components.tasks import kind_of
 
 STAGE = "stage"
 CHAMPION, CHALLENGER, REJECTED, RETIRED = "champion", "challenger", "rejected", "retired"
@@ -42,15 +44,56 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str), object_hook=lambda d: {k: v for k, v in d.items() if v is not None})
 
 
+class TaskRetirementRefused(ValueError):
+    """The config lacks a task the champion has and does not say the task is retired (registry.retire_tasks)."""
+
+
+@dataclass(frozen=True)
+class TaskChanges:
+    """How a config's task set differs from a model version's."""
+
+    against: str | None  # the version compared with (None: there is none)
+    added: list[str]
+    retired: list[str]
+
+
+def task_changes(cfg: ProjectConfig, model: bentoml.Model | None) -> TaskChanges:
+    if model is None:
+        return TaskChanges(None, [], [])
+    old, new = model.info.metadata.get("tasks", []), [t.name for t in cfg.tasks]
+    return TaskChanges(str(model.tag), [t for t in new if t not in old], [t for t in old if t not in new])
+
+
+def check_retirements(cfg: ProjectConfig, model: bentoml.Model | None) -> TaskChanges:
+    """`task_changes` against `model`, refused when a task would go without registry.retire_tasks naming it."""
+    changes = task_changes(cfg, model)
+    unsaid = [t for t in changes.retired if t not in cfg.registry.retire_tasks]
+    if unsaid:
+        raise TaskRetirementRefused(
+            f"the champion {changes.against} answers the task(s) {unsaid}, which the config no longer has: a new "
+            "version would drop their heads for every client. To retire them, name them in registry.retire_tasks "
+            "(`mtlops retrain --retire-task NAME`); otherwise put them back in `tasks`")
+    return changes
+
+
 def register(model_dir: Path, cfg: ProjectConfig, metrics: dict, lineage: dict) -> str:
-    """Copy the exported folder into the model store as a challenger; return its tag."""
-    with bentoml.models.create(
-        cfg.registry.model_name,
-        labels={STAGE: CHALLENGER, "primary_task": cfg.primary_task.name},
-        metadata=_jsonable({"metrics": metrics, "lineage": lineage, "tasks": [t.name for t in cfg.tasks]}),
-    ) as bento_model:
+    """Copy the exported folder into the model store as a challenger; return its tag. Its metadata says which
+    version introduced each task (inherited from the champion) and which retired the tasks gone since."""
+    current = champion(cfg.registry.model_name)
+    before = current.info.metadata if current is not None else {}
+    changes = task_changes(cfg, current)
+    with bentoml.models.create(cfg.registry.model_name,
+                               labels={STAGE: CHALLENGER, "primary_task": cfg.primary_task.name}) as bento_model:
+        tag = str(bento_model.tag)
+        introduced = {t.name: before.get("task_introduced", {}).get(t.name, changes.against) for t in cfg.tasks}
+        introduced |= {t: tag for t in changes.added} if current is not None else {t: tag for t in introduced}
+        retired = {k: v for k, v in before.get("retired_tasks", {}).items() if k not in introduced}
+        bento_model.info.metadata.update(_jsonable({
+            "metrics": metrics, "lineage": lineage, "tasks": [t.name for t in cfg.tasks],
+            "task_introduced": introduced, "retired_tasks": retired | {t: tag for t in changes.retired},
+            "task_changes": asdict(changes) if changes.added or changes.retired else None}))
         shutil.copytree(model_dir, bento_model.path, dirs_exist_ok=True)
-    return str(bento_model.tag)
+    return tag
 
 
 def versions(name: str) -> list[bentoml.Model]:
@@ -70,12 +113,14 @@ def _relabel(model: bentoml.Model, stage: str, **metadata: Any) -> None:
 
 
 def score(cfg: ProjectConfig, folder: Path, df: pd.DataFrame) -> dict[str, float]:
-    """Each task's gated metric for the exported model in `folder` on `df`."""
+    """Each task's gated metric for the exported model in `folder` on `df`: the tasks the model and the config both
+    have (a champion's retired task has no label column any more)."""
     onnx_model = OnnxModel(folder)
     raw = onnx_model.predict_frame(df)
-    targets = onnx_model.spec.transform_targets(df)
-    return {t.name: task_metrics(t, raw[t.name], targets[t.name], standardised=False).get(
-        cfg.task(t.name).metric, math.nan) for t in onnx_model.spec.targets}
+    names = {t.name for t in cfg.tasks}
+    return {t.name: task_metrics(t, raw[t.name], kind_of(t).encode(t, df[label_column(t.name)]),
+                                 standardised=False).get(cfg.task(t.name).metric, math.nan)
+            for t in onnx_model.spec.targets if t.name in names}
 
 
 def _check(cfg: ProjectConfig, new: dict[str, float], old: dict[str, float], window: str,
@@ -168,11 +213,26 @@ def promote_if_better(cfg: ProjectConfig, tag: str, test_df: pd.DataFrame,
         decision = gate(cfg, Path(new.path), Path(current.path), test_df)
         decision.champion_tag = str(current.tag)
     above, reasons = beats_baseline(cfg, new.info.metadata.get("metrics", {}))
+    changes = task_changes(cfg, current)
+    try:
+        check_retirements(cfg, current)
+    except TaskRetirementRefused as exc:
+        decision.promote = False
+        decision.reasons.append(f"NOT PROMOTED: {exc}")
+    decision.reasons += [f"task added: {t} (a new head; no champion score, so it is gated against its trivial "
+                         "baseline below)" for t in changes.added]
+    decision.reasons += [f"task retired: {t} (registry.retire_tasks): its head and output leave the model"
+                         for t in changes.retired if t in cfg.registry.retire_tasks]
     if not above and current is None:
         decision.reasons = ["no champion yet, but the first model is not promoted either"]
     decision.promote = decision.promote and above
     decision.reasons += reasons
-    if decision.promote and current is not None and cfg.registry.passing_challenger == "shadow":
+    shadowing = decision.promote and current is not None and cfg.registry.passing_challenger == "shadow"
+    if shadowing and (changes.added or changes.retired):
+        shadowing = False
+        decision.reasons.append("promoted without a shadow phase: a shadow is scored on the champion's tasks, and "
+                                "this version changes them (serve it by restarting the service)")
+    if shadowing:
         decision.promote, decision.shadow = False, True
         decision.reasons.append("passed the offline gate: scored as shadow beside the champion until `mtlops shadow "
                                 "decide` promotes or rejects it on labelled live records")

@@ -74,7 +74,7 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
     the challenger trains on, and the champion predates the new window: the gate scores both
     models on rows neither has seen.
     Returns (under `config_yaml`) the config the run trains with (warm start for `warm_replay`)."""
-    from components.registry import champion
+    from components.registry import champion, check_retirements
 
     cfg = _cfg(config_yaml)
     if cfg.data.split.method != "time":
@@ -83,6 +83,7 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
                          "pipeline (`mtlops run`): its gate compares the challenger with the champion on the "
                          "test split")
     current = champion(cfg.registry.model_name)
+    check_retirements(cfg, current)  # before any training: a task does not go by accident
     r, w, time = cfg.retraining, cfg.data.windows, cfg.data.time_column
     start, end = pd.Timestamp(new_start), pd.Timestamp(new_end)
     if start < pd.Timestamp(w.test.end):

@@ -12,19 +12,11 @@ from components.train import TrainResult, train
 
 def single_task_config(cfg: ProjectConfig, task: str) -> ProjectConfig:
     """`cfg` with `task` as its only (and so primary) task, trained with plain EW and no MT2ST schedule."""
-    raw = cfg.model_dump(mode="json", exclude_none=True)
-    raw["tasks"] = [{**t, "primary": True} for t in raw["tasks"] if t["name"] == task]
-    if not raw["tasks"]:
+    if task not in [t.name for t in cfg.tasks]:
         raise ValueError(f"unknown task '{task}' (known: {[t.name for t in cfg.tasks]})")
+    raw = cfg.for_tasks([task]).model_dump(mode="json", exclude_none=True)
     raw["training"]["strategy"] = {"name": "ew"}
     raw["training"].pop("mt2st", None)
-    raw.pop("alerts", None)  # the policy may name the other tasks
-    keep = {*cfg.features.names, task}
-    for key in ("per_column_method", "per_column_threshold"):
-        raw["monitoring"][key] = {k: v for k, v in raw["monitoring"][key].items() if k in keep}
-    if "leakage" in raw:  # a kept leak of another task does not concern this one
-        raw["leakage"]["allow_leaky"] = [a for a in raw["leakage"].get("allow_leaky", [])
-                                         if a.get("task") in (None, task)]
     return parse_config(raw, f"<single-task {task}>")
 
 

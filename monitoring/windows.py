@@ -17,6 +17,7 @@ import pandas as pd
 
 from components.config import ProjectConfig
 from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
+from components.features import SPEC_FILE, FeatureSpec
 from components.inference import OnnxModel
 from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
 from monitoring.alerts import Alert, decide
@@ -44,6 +45,16 @@ def champion_model(cfg: ProjectConfig) -> Champion:
     if found is None:
         raise LookupError(f"no champion for '{cfg.registry.model_name}' in the model store: run `mtlops run` first")
     return Champion(str(found.tag), Path(found.path), found.info.metadata.get("metrics", {}).get("test", {}))
+
+
+def monitored_config(cfg: ProjectConfig, folder: Path) -> ProjectConfig:
+    """`cfg` for monitoring the model in `folder`: the tasks both have. A task the config added is monitored from
+    the promotion of a model that answers it (its reference, calibration and panels come with that model); a
+    task the config retired, from the promotion of a model without it."""
+    answered = {t.name for t in FeatureSpec.load(Path(folder) / SPEC_FILE).targets}
+    names = [t.name for t in cfg.tasks]
+    return cfg if answered.issuperset(names) and len(answered) == len(names) else cfg.for_tasks(
+        [n for n in names if n in answered])
 
 
 def model_calibration(cfg: ProjectConfig, folder: Path, model_version: str, reference: pd.DataFrame) -> Calibration:
@@ -110,6 +121,7 @@ def monitor_window(cfg: ProjectConfig, window: str, out_dir: Path, *, data_root:
     if (data_root is None) == (log_dir is None):
         raise ValueError("give exactly one source for the current window: data_root or log_dir")
     champ = champion_model(cfg)
+    cfg = monitored_config(cfg, champ.folder)
     reference = pd.read_parquet(champ.folder / REFERENCE_FILE)
     if data_root is not None:
         current = scored_partitions(cfg, OnnxModel(champ.folder), champ.tag, data_root, window, labels)
@@ -128,6 +140,9 @@ def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert
     """The alert policy on a monitored window (`monitoring.alerts.decide`: alert log, cool-down,
     webhook), the alert marked on the dashboard when there is one, the run pushed to the config's
     Pushgateway when there is one; what `mtlops monitor` and the monitoring pipeline run."""
+    watched = [t.name for t in cfg.tasks if t.name in summary.prediction_scores]
+    if watched and len(watched) < len(cfg.tasks):  # the model monitored lacks a task the config added
+        cfg = cfg.for_tasks(watched)
     alert = decide(cfg, summary, pd.Timestamp(window_bounds(window)[1]), alert_log)
     if alert is not None and workspace is not None:
         add_alert_marker(workspace, cfg, window, "; ".join(alert.all_reasons), alert.kind)

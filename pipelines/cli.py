@@ -433,18 +433,59 @@ def shadow_decide(config: ConfigOpt = DEFAULT_CONFIG,
     console.print(f"[{colour}]{decision.outcome} {decision.tag}: {decision.reason}[/{colour}]{after}")
 
 
+def _confirm_task_changes(cfg: ProjectConfig, retire: list[str]) -> ProjectConfig:
+    """The config with `retire` (and the retirements confirmed on a terminal) in registry.retire_tasks; the task
+    changes against the champion printed. Exits (2) when a task would go unconfirmed."""
+    from components import registry
+
+    current = registry.champion(cfg.registry.model_name)
+    changes = registry.task_changes(cfg, current)
+    if stray := sorted(set(retire) - set(changes.retired)):
+        console.print(f"[red]--retire-task {stray}: not a task the champion {changes.against} has and the config "
+                      "dropped[/red]")
+        raise typer.Exit(2)
+    said = [*cfg.registry.retire_tasks, *retire]
+    for task in changes.retired:
+        if task not in said and sys.stdin.isatty() and typer.confirm(
+                f"The config no longer has the task '{task}' that the champion {changes.against} answers. Retire "
+                "it (its head and output leave the model for every client)?", default=False):
+            said.append(task)
+    retiring = cfg.registry.model_copy(update={"retire_tasks": list(dict.fromkeys(said))})
+    cfg = cfg.model_copy(update={"registry": retiring})
+    try:
+        registry.check_retirements(cfg, current)
+    except registry.TaskRetirementRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    for task in changes.added:
+        console.print(f"adding task {task}: a new head on {changes.against}'s trunk, trained alone for "
+                      f"{cfg.training.new_task_head_epochs} epoch(s), then with every task")
+    for task in changes.retired:
+        console.print(f"retiring task {task}: its head leaves the model")
+    return cfg
+
+
 @app.command("retrain")
 def retrain_(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              new_start: Annotated[str, typer.Option(help="First day of the new window (YYYY-MM-DD).")] = ...,
              new_end: Annotated[str, typer.Option(help="Day after the new window (YYYY-MM-DD).")] = ...,
              pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes artifacts.")] = Path("runs/kfp"),
              kfp_host: Annotated[str | None, typer.Option(help="Submit to this Kubeflow Pipelines API.")] = None,
+             retire_task: Annotated[list[str], typer.Option(
+                 help="A task of the champion that the config no longer has, retired on purpose (adds it to "
+                      "registry.retire_tasks; repeat for several). Without it a terminal asks, and a script is "
+                      "refused.")] = [],  # noqa: B006 - typer reads the default, never mutates it
              ) -> None:
     """Continual retraining on a new window: warm start from the champion, replay of older data,
-    promoted only if the primary task holds on new data and no task forgets the old window."""
+    promoted only if the primary task holds on new data and no task forgets the old window.
+    A task added to the config gets a new head on the champion's trunk; a task removed from it must be retired
+    on purpose (`--retire-task`, registry.retire_tasks, or a yes on the terminal)."""
     from pipelines.retrain import retrain
 
-    out = retrain(_load(config), root, new_start, new_end, pipeline_root, kfp_host)
+    cfg = _load(config)
+    if kfp_host is None:
+        cfg = _confirm_task_changes(cfg, retire_task)
+    out = retrain(cfg, root, new_start, new_end, pipeline_root, kfp_host)
     colour = {"promoted": "green", "shadowed": "cyan", "rejected": "yellow", "failed": "red",
               "submitted": "cyan"}[out.status]
     console.print(f"[{colour}]{out.status}[/{colour}] {out.tag or out.run_id or ''} "
@@ -685,7 +726,7 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
             as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False) -> None:
     """Drift (features, task outputs), estimated and, with labels, realized per-task quality of the champion on a
     window (Evidently); then the alert policy: alert log, webhook, dashboard marker, and with --act retraining."""
-    from monitoring.windows import apply_policy, monitor_window, window_bounds
+    from monitoring.windows import apply_policy, champion_model, monitor_window, monitored_config, window_bounds
 
     cfg = _load(config)
     if not window or data == (log is not None):
@@ -693,6 +734,12 @@ def monitor(config: ConfigOpt = DEFAULT_CONFIG,
         raise typer.Exit(2)
     t0 = time.perf_counter()
     try:
+        champion = champion_model(cfg)
+        monitored = monitored_config(cfg, champion.folder)
+        if unanswered := sorted({t.name for t in cfg.tasks} - {t.name for t in monitored.tasks}):
+            err_console.print(f"the champion {champion.tag} does not answer the task(s) {unanswered} yet: they are "
+                              "monitored from the promotion of a model that does")
+        cfg = monitored
         with console.status(f"monitoring {window}"):
             s = monitor_window(cfg, window, out or Path("runs/monitor") / window, data_root=root if data else None,
                                log_dir=log, labels=labels, labels_file=labels_file,

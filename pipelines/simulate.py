@@ -86,7 +86,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
     log, and every promotion is reloaded into it; otherwise the champion scores offline."""
     from monitoring.dashboard import add_alert_marker
     from monitoring.drift import monitor
-    from monitoring.windows import model_calibration
+    from monitoring.windows import model_calibration, monitored_config
 
     if not cfg.data.time_column:
         raise ValueError("mtlops simulate replays the data month by month and needs data.time_column; without one, "
@@ -108,13 +108,14 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         else:
             current = scored_with_labels(OnnxModel(Path(champion.path)), df, cfg, str(champion.tag))
         reference = pd.read_parquet(Path(champion.path) / REFERENCE_FILE)
-        summary = monitor(cfg, reference, current, out_dir / "reports" / month, window=month,
+        watched = monitored_config(cfg, Path(champion.path))
+        summary = monitor(watched, reference, current, out_dir / "reports" / month, window=month,
                           model_version=str(champion.tag), workspace=workspace,
-                          calibration=model_calibration(cfg, Path(champion.path), str(champion.tag), reference),
+                          calibration=model_calibration(watched, Path(champion.path), str(champion.tag), reference),
                           reference_quality=champion.info.metadata.get("metrics", {}).get("test"))
-        alert = decide(cfg, summary, end, alert_log)
+        alert = decide(watched, summary, end, alert_log)
         if alert is not None:
-            add_alert_marker(workspace, cfg, month, "; ".join(alert.all_reasons), alert.kind)
+            add_alert_marker(workspace, watched, month, "; ".join(alert.all_reasons), alert.kind)
         outcome = None
         # the last month's retrain would serve a month outside the replay
         if month != months[-1] and should_retrain(cfg, alert):

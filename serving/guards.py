@@ -221,12 +221,23 @@ class OpenApiDocument:
         reloaded = {"type": "object", "required": ["status", "model_version", "workers"], "properties": {
             "status": {"type": "string", "enum": ["reloaded", "unchanged"]}, "model_version": {"type": "string"},
             "workers": {"type": "integer", "description": "workers serving that version"}}}
+        version = {"type": ["string", "null"], "description": "a model version"}
+        task = {"type": "object", "required": ["name", "type", "introduced_by"], "properties": {
+            "name": {"type": "string"}, "type": {"type": "string"},
+            "introduced_by": version | {"description": "the version that added the task (null: not recorded)"}}}
+        retired = {"type": "object", "required": ["name", "retired_by"], "properties": {
+            "name": {"type": "string"}, "retired_by": version | {"description": "the version that dropped it"}}}
+        model = {"type": "object", "required": ["model_version", "tasks", "retired_tasks", "features"],
+                 "properties": {"model_version": {"type": "string"}, "tasks": {"type": "array", "items": task},
+                                "retired_tasks": {"type": "array", "items": retired,
+                                                  "description": "a `tasks` filter naming one of these gets a 400"}}}
         return {
             "/model": {"get": {
                 "tags": ["Service APIs"], "operationId": "mtlops__model",
-                "description": "The served version: tasks, features, training metrics, data lineage.",
+                "description": "The served version: its tasks (with the version that added each), the tasks retired "
+                               "before it, features, training metrics, data lineage.",
                 "responses": {"200": {"description": "the served model", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["model_version", "tasks", "features"]}}}}}}},
+                    "schema": model}}}}}},
             "/admin/reload": {"post": {
                 "tags": ["Service APIs"], "operationId": "mtlops__admin_reload",
                 "description": "Serve the store's current champion in every worker "

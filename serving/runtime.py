@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, create_model
 
 from components.features import SPEC_FILE, FeatureSpec, NumericStats
 from components.inference import ONNX_FILE
@@ -237,9 +237,25 @@ def task_name_type(spec: FeatureSpec) -> Any:
     return Literal[tuple(t.name for t in spec.targets)]  # type: ignore[valid-type]
 
 
+TASKS_FILTER = ("answer only these tasks (default: every task); a new task's answer is added to each record's "
+                "predictions, and a task retired from the model gets a 400 naming the version that retired it")
+
+
+def retired_task_asked(error: ValidationError, model: ServedModel) -> tuple[str, list[str | int]] | None:
+    """A request's `tasks` filter naming a task the model no longer has: the message and where it is."""
+    retired = model.metadata.get("retired_tasks", {})
+    for e in error.errors(include_url=False):
+        if e["loc"][:1] == ("tasks",) and e["type"] == "literal_error" and e["input"] in retired:
+            known = [t.name for t in model.spec.targets]
+            return (f"task {e['input']!r} was retired by model version {retired[e['input']]}: ask for any of "
+                    f"{known}", list(e["loc"]))
+    return None
+
+
 def request_model(record: type[BaseModel], spec: FeatureSpec, max_rows: int) -> type[BaseModel]:
     """The /predict body: 1 to `max_rows` records, and optionally the tasks to answer."""
     return create_model(
         "Input", __config__=ConfigDict(extra="forbid"),
         records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type]
-        tasks=(Annotated[list[task_name_type(spec)] | None, Field(min_length=1)], None))  # type: ignore[valid-type]
+        tasks=(Annotated[list[task_name_type(spec)] | None, Field(min_length=1, description=TASKS_FILTER)],  # type: ignore[valid-type]
+               None))

@@ -39,11 +39,13 @@ from serving.guards import (
 )
 from serving.prediction_log import LogMaintenance, PredictionLogWriter, ServedBatch, maintain_log
 from serving.runtime import (
+    TASKS_FILTER,
     ModelLoadError,
     ServingSettings,
     load_champion,
     record_model,
     request_model,
+    retired_task_asked,
     shadow_tag,
     task_name_type,
 )
@@ -204,7 +206,10 @@ async def model_info(request: Request) -> JSONResponse:
     m = svc.model.served
     return JSONResponse({
         "model_version": m.tag,
-        "tasks": [{"name": t.name, "type": t.type, **kind_of(t).settings(t)} for t in m.spec.targets],
+        "tasks": [{"name": t.name, "type": t.type, **kind_of(t).settings(t),
+                   "introduced_by": m.metadata.get("task_introduced", {}).get(t.name)} for t in m.spec.targets],
+        "retired_tasks": [{"name": name, "retired_by": tag}
+                          for name, tag in m.metadata.get("retired_tasks", {}).items()],
         "features": {"numeric": [{"name": n.name, "allow_null": n.allow_null, "min": n.min, "max": n.max,
                                   "integer": n.integer} for n in m.spec.numeric],
                      "categorical": [{"name": c.name, "allow_null": c.allow_null, "vocabulary_size": len(c.values)}
@@ -314,7 +319,7 @@ class MultiTaskModelService:
     async def predict(
         self,
         records: Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_rows)],  # type: ignore[valid-type]
-        tasks: Annotated[list[TaskName] | None, Field(min_length=1)] = None,  # type: ignore[valid-type]
+        tasks: Annotated[list[TaskName] | None, Field(min_length=1, description=TASKS_FILTER)] = None,  # type: ignore[valid-type]
     ) -> dict[str, Any]:
         """Every requested task's answer for every record, from one model version."""
         return await self.answer(records, tasks)
@@ -529,6 +534,8 @@ class PredictEndpoint:
         try:
             body = PredictRequest.model_validate_json(raw)
         except ValidationError as exc:
+            if retired := retired_task_asked(exc, bentoml.get_current_service().model.served):
+                return JSONResponse(error_body(*retired), status_code=400)
             return JSONResponse({
                 "error": f"{exc.error_count()} validation error for {exc.title}",
                 "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
