@@ -221,7 +221,7 @@ class OpenApiDocument:
         reloaded = {"type": "object", "required": ["status", "model_version", "workers"], "properties": {
             "status": {"type": "string", "enum": ["reloaded", "unchanged"]}, "model_version": {"type": "string"},
             "workers": {"type": "integer", "description": "workers serving that version"}}}
-        version = {"type": ["string", "null"], "description": "a model version"}
+        version = {"type": "string", "nullable": True, "description": "a model version"}
         task = {"type": "object", "required": ["name", "type", "introduced_by"], "properties": {
             "name": {"type": "string"}, "type": {"type": "string"},
             "introduced_by": version | {"description": "the version that added the task (null: not recorded)"}}}
