@@ -30,7 +30,7 @@ from components.config import ProjectConfig, parse_config
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
 from components.strategies import Weighting, make_strategy
-from components.train import epoch_batches, make_autocast, run_epoch, to_tensors
+from components.train import EpochPlan, StepContext, epoch_batches, make_autocast, run_epoch, to_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,9 @@ def strategy_weights(cfg: ProjectConfig, spec: FeatureSpec, data: object) -> tup
     for epoch in range(cfg.training.epochs):
         seen.clear()
         model.train()
-        run_epoch(model, strategy, optimizer, data, tasks,  # type: ignore[arg-type]
-                  epoch_batches(len(data), cfg.training.batch_size, epoch, torch.device("cpu")),  # type: ignore[arg-type]
-                  make_autocast(torch.device("cpu")),
-                  loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done))
+        run_epoch(StepContext(model, optimizer, data, tasks, make_autocast(torch.device("cpu"))),  # type: ignore[arg-type]
+                  EpochPlan(strategy, loss_weights=lambda done, e=epoch: schedule.loss_weights(e + done)),
+                  epoch_batches(len(data), cfg.training.batch_size, epoch, torch.device("cpu")))  # type: ignore[arg-type]
         strategy.epoch_end()
         weights.append({name: sum(v) / len(v) for name, v in seen.items()})
         gammas.append(schedule.loss_weights(epoch + 0.5))

@@ -42,7 +42,16 @@ from components.data import load_source, select_window, with_labels
 from components.features import FeatureSpec
 from components.strategies import Weighting, make_strategy
 from components.tasks import kind_of
-from components.train import TensorData, epoch_batches, make_autocast, run_epoch, to_tensors, train
+from components.train import (
+    EpochPlan,
+    StepContext,
+    TensorData,
+    epoch_batches,
+    make_autocast,
+    run_epoch,
+    to_tensors,
+    train,
+)
 from pipelines.steplog import LOG_FILE
 
 TARGET_SAMPLES_PER_S = 50_000
@@ -131,7 +140,8 @@ def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size
     autocast = make_autocast(torch.device("cpu"))
 
     def epoch(batches: list[torch.Tensor]) -> float:
-        return sum(run_epoch(model, strategy, optimizer, data, tasks, batches, autocast).train_loss.values())
+        return sum(run_epoch(StepContext(model, optimizer, data, tasks, autocast), EpochPlan(strategy),
+                             batches).train_loss.values())
 
     return timed_epochs(epoch, len(data), batch_size, cfg.training.seed, seconds)
 

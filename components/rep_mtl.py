@@ -20,6 +20,8 @@ Z is [B, P, C] (positions × channels: feature tokens × width for a token trunk
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +62,17 @@ def rep_mtl_loss(losses: dict[str, torch.Tensor], z: torch.Tensor, spec: RepMtlS
         return z.new_zeros(())
     s = saliencies(losses, z)
     return spec.lambda_tsr * tsr_loss(s) + spec.lambda_csa * csa_loss(s, spec.tau, spec.csa_samples)
+
+
+# a loss term on the shared representation Z, given the step's task losses: what the trainer adds (None: nothing)
+RepresentationTerm = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor | None]
+
+
+class RepMtlTerm:
+    """Rep-MTL as the trainer's representation term: `rep_mtl_loss` on steps that train two tasks or more."""
+
+    def __init__(self, spec: RepMtlSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, losses: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor | None:
+        return rep_mtl_loss(losses, z, self.spec) if len(losses) > 1 else None

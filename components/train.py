@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, cast
 
@@ -33,11 +34,11 @@ from components.calibration import (
     save_temperatures,
     with_temperatures,
 )
-from components.config import ProjectConfig, RepMtlSpec, StrategySpec, TaskSpec, config_to_yaml, load_config
+from components.config import ProjectConfig, StrategySpec, TaskSpec, config_to_yaml, load_config
 from components.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.metrics import is_better, task_metrics
 from components.mt2st import Mt2stSchedule
-from components.rep_mtl import rep_mtl_loss
+from components.rep_mtl import RepMtlTerm, RepresentationTerm
 from components.strategies import Weighting, make_strategy
 from components.tasks import kind_of
 
@@ -107,43 +108,67 @@ def evaluate_tensors(model: Architecture, data: TensorData, targets: list[Target
     return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
-def train_step(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
-               idx: torch.Tensor, tasks: dict[str, TaskSpec], autocast: torch.autocast,
-               active: list[str] | None = None, scale: dict[str, float] | None = None,
-               rep_mtl: RepMtlSpec | None = None, step: int = 0,
-               parallel: distributed.DataParallel | None = None) -> dict[str, torch.Tensor]:
-    """One optimisation step on the rows `idx`; returns the per-task losses (no host sync).
+@dataclass(frozen=True)
+class StepContext:
+    """What every optimisation step of a run reads: the model and its optimiser, the training tensors, the tasks,
+    the autocast, and with several ranks how gradients reach them (`components.distributed`). `compiled` (a
+    `torch.compile`d model) runs the steps that do not count FLOPs."""
 
-    Only the `active` heads (default: all) are computed; the others get no gradient (`grad` stays None, so
-    AdamW leaves them alone). `scale` multiplies each loss before the strategy sees it (MT2ST's γ); `rep_mtl`
-    adds the Rep-MTL regulariser on the shared representation (the config allows it on a
-    `SharedRepresentation` architecture only). The architecture's `penalty` is added, and with
-    `alternating_groups` only group `step % len(groups)` is updated. With `parallel` (several ranks) the forward
-    goes through `DistributedDataParallel` where it reduces the gradients, and the rest is averaged before the
-    step (`components.distributed`)."""
-    with autocast:
-        if rep_mtl is None:
-            forward = parallel.forward_model if parallel is not None else model
-            out = forward(data.numeric[idx], data.categorical[idx], tasks=active)
+    model: Architecture
+    optimizer: torch.optim.Optimizer
+    data: TensorData
+    tasks: dict[str, TaskSpec]
+    autocast: torch.autocast
+    parallel: distributed.DataParallel | None = None
+    compiled: Architecture | None = None
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch trains. `active`: the heads computed (None: all; the others get no gradient, so AdamW leaves
+    them alone). `loss_weights(fraction of the epoch done)` scales each loss before the strategy sees it (MT2ST's
+    γ). `loss_terms` are regularisers on the shared representation (Rep-MTL), their gradient added to the
+    strategy's. `trainable` (None: every parameter) are the only parameters that learn this epoch."""
+
+    strategy: Weighting
+    active: list[str] | None = None
+    loss_weights: Callable[[float], dict[str, float]] | None = None
+    loss_terms: tuple[RepresentationTerm, ...] = ()
+    trainable: frozenset[int] | None = None  # ids of parameters
+
+
+def train_step(ctx: StepContext, plan: EpochPlan, idx: torch.Tensor, scale: dict[str, float] | None = None,
+               step: int = 0, model: Architecture | None = None) -> dict[str, torch.Tensor]:
+    """One optimisation step of `plan` on the rows `idx` (forward by `model`, default `ctx.model`); returns the
+    per-task losses (no host sync). `scale` multiplies each loss; the architecture's `penalty` is added, and with
+    `alternating_groups` only group `step % len(groups)` is updated. With several ranks the forward goes through
+    `DistributedDataParallel` where it reduces the gradients, and the rest is averaged before the step."""
+    data, base = ctx.data, ctx.model
+    with ctx.autocast:
+        if plan.loss_terms:  # the terms read the shared representation the heads are computed from
+            z, out = cast(SharedRepresentation, base).represent(data.numeric[idx], data.categorical[idx], plan.active)
         else:
-            z, out = cast(SharedRepresentation, model).represent(data.numeric[idx], data.categorical[idx], active)
-        losses = {name: masked_loss(tasks[name], out[name], data.targets[name][idx]) for name in out}
-    optimizer.zero_grad(set_to_none=True)
-    if rep_mtl is not None and len(losses) > 1:  # its gradient accumulates with the strategy's below
-        rep_mtl_loss(losses, z, rep_mtl).backward(retain_graph=True)
-    penalty = model.penalty(list(losses))
+            forward = ctx.parallel.forward_model if ctx.parallel is not None else model if model is not None else base
+            out = forward(data.numeric[idx], data.categorical[idx], tasks=plan.active)
+        losses = {name: masked_loss(ctx.tasks[name], out[name], data.targets[name][idx]) for name in out}
+    ctx.optimizer.zero_grad(set_to_none=True)
+    for term in plan.loss_terms:  # its gradient accumulates with the strategy's below
+        extra = term(losses, z)
+        if extra is not None:
+            extra.backward(retain_graph=True)
+    penalty = base.penalty(list(losses))
     if penalty is not None:
         penalty.backward()
-    strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
-    groups = model.alternating_groups()
+    plan.strategy.backward({name: loss * scale[name] for name, loss in losses.items()} if scale else losses)
+    groups = base.alternating_groups()
     if groups:
         for i, group in enumerate(groups):
             if i != step % len(groups):
                 for p in group:
                     p.grad = None  # AdamW skips parameters without a gradient
-    if parallel is not None:
-        parallel.finish(list(model.parameters()), strategy.parameters())
-    optimizer.step()
+    if ctx.parallel is not None:
+        ctx.parallel.finish(list(base.parameters()), plan.strategy.parameters())
+    ctx.optimizer.step()
     return losses
 
 
@@ -248,32 +273,28 @@ class EpochStats:
     flops: float  # training FLOPs of the epoch (0 when not counted)
 
 
-def run_epoch(model: Architecture, strategy: Weighting, optimizer: torch.optim.Optimizer, data: TensorData,
-              tasks: dict[str, TaskSpec], batches: list[torch.Tensor], autocast: torch.autocast, *,
-              active: list[str] | None = None, loss_weights: Callable[[float], dict[str, float]] | None = None,
-              rep_mtl: RepMtlSpec | None = None, first_step: int = 0, parallel: distributed.DataParallel | None = None,
-              flops_per_sample: dict[str, float] | None = None, step_model: Architecture | None = None,
+def run_epoch(ctx: StepContext, plan: EpochPlan, batches: list[torch.Tensor], *, first_step: int = 0,
+              flops_per_sample: dict[str, float] | None = None,
               on_step: Callable[[], None] | None = None) -> EpochStats:
     """The one training loop (`train`, PBT and the throughput benchmark run it): `train_step` on every batch.
 
-    `loss_weights(fraction of the epoch done)` scales each loss (MT2ST's γ). With `flops_per_sample`, the first
-    step of a phase not in it (its set of active heads) runs eagerly under `FlopCounterMode` and its FLOPs per
-    sample are recorded there; dynamo meeting the counter's dispatch mode would skip the model for good, and
-    FLOPs are counted on the eager ops anyway. `step_model` (a `torch.compile`d model) runs the other steps.
-    The losses stay on the device until the epoch ends (no host sync per step)."""
-    names = active or model.task_names
+    With `flops_per_sample`, the first step of a phase not in it (its set of active heads) runs eagerly under
+    `FlopCounterMode` and its FLOPs per sample are recorded there; dynamo meeting the counter's dispatch mode would
+    skip the model for good, and FLOPs are counted on the eager ops anyway. The losses stay on the device until the
+    epoch ends (no host sync per step)."""
+    for p in ctx.model.parameters():
+        p.requires_grad_(plan.trainable is None or id(p) in plan.trainable)
+    names = plan.active or ctx.model.task_names
     phase = "+".join(names)
-    sums = {name: torch.zeros((), device=data.numeric.device) for name in names}
+    sums = {name: torch.zeros((), device=ctx.data.numeric.device) for name in names}
     flops = 0.0
     for s, idx in enumerate(batches):
         counter = None
         if flops_per_sample is not None and phase not in flops_per_sample:
             counter = FlopCounterMode(display=False)
         with counter or contextlib.nullcontext():
-            losses = train_step(step_model if step_model is not None and counter is None else model, strategy,
-                                optimizer, data, idx, tasks, autocast, active=active, rep_mtl=rep_mtl,
-                                scale=loss_weights(s / len(batches)) if loss_weights else None, step=first_step + s,
-                                parallel=parallel)
+            losses = train_step(ctx, plan, idx, plan.loss_weights(s / len(batches)) if plan.loss_weights else None,
+                                first_step + s, ctx.compiled if counter is None else None)
         if counter is not None:
             flops_per_sample[phase] = counter.get_total_flops() / len(idx)  # type: ignore[index]
         if flops_per_sample is not None:
@@ -354,8 +375,61 @@ def _record_epoch(state: TrainState, validated: Architecture, epoch: int, active
     return improved, switched
 
 
-def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+@dataclass
+class TrainingRun:
+    """A run set up by `start_run`: what the epoch loop of `train` reads besides the config."""
+
+    cfg: ProjectConfig
+    out_dir: Path
+    spec: FeatureSpec
+    ctx: StepContext
+    state: TrainState
+    val_t: TensorData
+    averaged: WeightAverage | None  # `training.ema_decay`: validated, kept and exported instead of the model
+    rank: int
+    world: int
+    new_tasks: list[str]  # heads the warm start's model did not have
+    loss_terms: tuple[RepresentationTerm, ...]
+
+    @property
+    def validated(self) -> Architecture:
+        return self.averaged.model if self.averaged is not None else self.state.model
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps per epoch."""
+        return (len(self.ctx.data) + self.cfg.training.batch_size - 1) // self.cfg.training.batch_size
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The first `training.new_task_head_epochs` epochs of a warm start with new tasks train their heads alone
+        (a plain loss sum: a frozen trunk has no gradient for a strategy to weigh); then MT2ST's schedule."""
+        schedule = self.state.schedule
+        if self.new_tasks and epoch < self.cfg.training.new_task_head_epochs:
+            own = task_parameters(self.state.model, self.new_tasks)
+            return EpochPlan(make_strategy(self.new_tasks, StrategySpec(name="ew")), self.new_tasks,
+                             trainable=frozenset(map(id, own)))
+        return EpochPlan(self.state.strategy, schedule.active_tasks(epoch),
+                         lambda done: schedule.loss_weights(epoch + done), self.loss_terms)
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        tc = self.cfg.training
+        return epoch_batches(len(self.ctx.data), tc.batch_size, tc.seed * 100_003 + epoch,
+                             self.ctx.data.numeric.device, self.rank, self.world)
+
+    def after_step(self, bar: Progress, job: TaskID) -> None:
+        if self.averaged is not None:
+            self.averaged.update()
+        bar.advance(job)
+
+    def save_checkpoint(self) -> None:
+        _atomic_save({**self.state.to_checkpoint(), "feature_spec": self.spec.to_json(),
+                      "config": config_to_yaml(self.cfg)}, self.out_dir / CHECKPOINT)
+
+
+def start_run(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path, resume: bool,
+              progress: bool) -> TrainingRun:
+    """Device and ranks, seeds, the FeatureSpec and tensors, the model (resumed, warm-started or new), its
+    strategy, optimiser and weight average, and the state restored from the checkpoint with `resume`."""
     tc = cfg.training
     device = distributed.local_device(pick_device(tc.device))
     rank, world = distributed.init(device)
@@ -365,10 +439,7 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
-
-    # resume or warm start
-    ckpt_path = out_dir / CHECKPOINT
-    ckpt = _checkpoint_to_resume(ckpt_path, cfg, resume)
+    ckpt = _checkpoint_to_resume(out_dir / CHECKPOINT, cfg, resume)
     spec = _feature_spec(cfg, train_df, ckpt)
     spec.save(out_dir / SPEC)
     (out_dir / CONFIG).write_text(config_to_yaml(cfg))
@@ -377,41 +448,40 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
     new_tasks = tasks_new_to(Path(tc.warm_start), model) if tc.warm_start else []
     if tc.warm_start and not ckpt:
         warm_start(model, Path(tc.warm_start))
-    head_epochs = tc.new_task_head_epochs if new_tasks else 0
-    if head_epochs and world > 1:
+    if new_tasks and tc.new_task_head_epochs and world > 1:
         raise ValueError(f"training.new_task_head_epochs: the head-only stage for the new tasks {new_tasks} runs on "
                          "one rank; set it to 0 for a distributed run")
     model = model.to(device)
     if world > 1 and tc.compile:
         raise ValueError("training.compile is not supported with several ranks (WORLD_SIZE > 1) yet: "
                          "set it to false for a distributed run")
-    step_model = cast(Architecture, torch.compile(model)) if tc.compile else None
     strategy = make_strategy(model.task_names, tc.strategy).attach(model)
     parallel = distributed.DataParallel(model, strategy, device, rep_mtl=tc.rep_mtl is not None,
                                         subsets=tc.mt2st is not None) if world > 1 else None
     optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
-    primary = cfg.primary_task
-    state = TrainState(model, optimizer, strategy, Mt2stSchedule(tc.mt2st, model.task_names, primary.name))
-    schedule = state.schedule
+    state = TrainState(model, optimizer, strategy, Mt2stSchedule(tc.mt2st, model.task_names, cfg.primary_task.name))
     if ckpt:
         state.restore(ckpt)
         if progress:
-            print(f"resuming from {ckpt_path} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
-    steps = (len(train_t) + tc.batch_size - 1) // tc.batch_size
-    # every epoch takes `steps` steps, so the finished epochs say how many updates a resumed average has had
-    averaged = WeightAverage(model, tc.ema_decay, (state.epoch + 1) * steps) if tc.ema_decay else None
-    if averaged is not None:
+            print(f"resuming from {out_dir / CHECKPOINT} after epoch {state.epoch + 1} of {tc.epochs}", flush=True)
+    ctx = StepContext(model, optimizer, train_t, {t.name: t for t in cfg.tasks}, make_autocast(device), parallel,
+                      cast(Architecture, torch.compile(model)) if tc.compile else None)
+    run = TrainingRun(cfg, out_dir, spec, ctx, state, val_t, None, rank, world, new_tasks,
+                      (RepMtlTerm(tc.rep_mtl),) if tc.rep_mtl else ())
+    if tc.ema_decay:  # every epoch takes `steps` steps: the finished epochs say how many updates it has had
+        run.averaged = WeightAverage(model, tc.ema_decay, (state.epoch + 1) * run.steps)
         if state.average is not None:
-            averaged.model.load_state_dict(state.average)
-        state.average = averaged.model.state_dict()  # the checkpoint saves the average as it moves
-    validated = averaged.model if averaged is not None else model
+            run.averaged.model.load_state_dict(state.average)
+        state.average = run.averaged.model.state_dict()  # the checkpoint saves the average as it moves
+    return run
 
-    tasks = {t.name: t for t in cfg.tasks}
-    new_heads = {id(p) for p in task_parameters(model, new_tasks)}
-    # the new heads alone learn first, by a plain loss sum: a frozen trunk has no gradient for a strategy to weigh
-    head_strategy = make_strategy(new_tasks, StrategySpec(name="ew")) if head_epochs else None
-    autocast = make_autocast(device)
+
+def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    run = start_run(cfg, train_df, val_df, out_dir, resume, progress)
+    tc, state, primary = cfg.training, run.state, cfg.primary_task
+    schedule = state.schedule
     t0, seen = time.perf_counter(), 0
     with _progress(progress) as bar:
         for epoch in range(state.epoch + 1, tc.epochs):
@@ -419,47 +489,34 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
                 state.bad_epochs = 0  # the single-task phase gets its own early-stopping patience
             if state.bad_epochs >= tc.early_stopping_patience and not schedule.switch_pending(epoch):
                 break
-            heads_only = epoch < head_epochs
-            active = new_tasks if heads_only else schedule.active_tasks(epoch)
-            for p in model.parameters():
-                p.requires_grad_(not heads_only or id(p) in new_heads)
+            plan = run.plan(epoch)
+            heads_only = plan.trainable is not None
             if heads_only:
                 state.best_epoch = -1  # a head-only epoch is kept whatever the primary metric (it did not move)
-            job = bar.add_task("train", total=steps, epoch=epoch + 1, status="heads of new tasks" if heads_only else "")
-
-            def after_step(job: TaskID = job) -> None:
-                if averaged is not None:
-                    averaged.update()
-                bar.advance(job)
-
-            model.train()
-            stats = run_epoch(
-                model, head_strategy if heads_only else strategy, optimizer, train_t, tasks,
-                epoch_batches(len(train_t), tc.batch_size, tc.seed * 100_003 + epoch, device, rank, world),
-                autocast, active=active,
-                loss_weights=None if heads_only else lambda done, e=epoch: schedule.loss_weights(e + done),
-                rep_mtl=None if heads_only else tc.rep_mtl, first_step=epoch * steps, parallel=parallel,
-                flops_per_sample=state.flops_per_sample, step_model=step_model,
-                on_step=after_step)
+            job = bar.add_task("train", total=run.steps, epoch=epoch + 1, status="new heads" if heads_only else "")
+            run.ctx.model.train()
+            stats = run_epoch(run.ctx, plan, run.batches(epoch), first_step=epoch * run.steps,
+                              flops_per_sample=state.flops_per_sample, on_step=partial(run.after_step, bar, job))
             if diverged := sorted(name for name, loss in stats.train_loss.items() if not math.isfinite(loss)):
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the training loss of {diverged} is "
                                        f"not finite (lr {tc.lr:g}); lower training.lr, or the regularisers' weights")
             state.train_flops += stats.flops
-            seen += len(train_t)
-            strategy.epoch_end()
-            val = evaluate_tensors(validated, val_t, spec.targets)
-            improved, switched = _record_epoch(state, validated, epoch, active, stats.train_loss, val, primary)
+            seen += len(run.ctx.data)
+            plan.strategy.epoch_end()
+            val = evaluate_tensors(run.validated, run.val_t, run.spec.targets)
+            improved, switched = _record_epoch(state, run.validated, epoch, plan.active or run.ctx.model.task_names,
+                                               stats.train_loss, val, primary)
             if switched and progress:
                 print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
             metric = val[primary.name][primary.metric]  # type: ignore[index]
             bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
-            _atomic_save({**state.to_checkpoint(), "feature_spec": spec.to_json(), "config": config_to_yaml(cfg)},
-                         ckpt_path)
+            run.save_checkpoint()
     if progress and tc.mt2st and tc.mt2st.switch and not schedule.reached(len(state.history)):
         print(f"MT2ST switch not reached: {primary.name} did not plateau for the trigger's patience in "
               f"{len(state.history)} epochs, so every epoch trained all tasks (train_summary.json: switch_reached)",
               flush=True)
-    return _finish(state, cfg, out_dir, time.perf_counter() - t0, seen, device, parallel, spec, val_t)
+    return _finish(state, cfg, run.out_dir, time.perf_counter() - t0, seen, run.ctx.data.numeric.device,
+                   run.ctx.parallel, run.spec, run.val_t)
 
 
 def _finish(state: TrainState, cfg: ProjectConfig, out_dir: Path, wall: float, seen: int, device: torch.device,

@@ -25,6 +25,8 @@ from components.features import FeatureSpec
 from components.metrics import is_better
 from components.strategies import make_strategy
 from components.train import (
+    EpochPlan,
+    StepContext,
     TensorData,
     epoch_batches,
     evaluate_tensors,
@@ -128,9 +130,8 @@ def train_epochs(member: Member, cfg: ProjectConfig, train_t: TensorData, epochs
     member.model.train()
     flops: dict[str, float] | None = {} if count_flops else None
     for e in range(epochs):
-        run_epoch(member.model, strategy, member.optimizer, train_t, tasks,
-                  epoch_batches(len(train_t), cfg.training.batch_size, seed * 7919 + e, device), autocast,
-                  flops_per_sample=flops)
+        run_epoch(StepContext(member.model, member.optimizer, train_t, tasks, autocast), EpochPlan(strategy),
+                  epoch_batches(len(train_t), cfg.training.batch_size, seed * 7919 + e, device), flops_per_sample=flops)
     return next(iter(flops.values()), 0.0) if flops else 0.0
 
 

@@ -16,7 +16,7 @@ from components.export import ONNX_FILE, check_parity, export_onnx
 from components.features import FeatureSpec
 from components.rep_mtl import rep_mtl_loss
 from components.strategies import make_strategy
-from components.train import make_autocast, masked_loss, to_tensors, train, train_step
+from components.train import EpochPlan, StepContext, make_autocast, masked_loss, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 
@@ -75,8 +75,8 @@ def test_shared_private_penalty_and_alternating_steps(flights_frame: pd.DataFram
     encoders, heads = model.alternating_groups()
     for step, (moved, frozen) in enumerate([(encoders, heads), (heads, encoders)]):
         before = [p.detach().clone() for p in [*moved, *frozen]]
-        train_step(model, strategy, optimizer, data, torch.arange(256), specs, make_autocast(torch.device("cpu")),
-                   step=step)
+        train_step(StepContext(model, optimizer, data, specs, make_autocast(torch.device("cpu"))), EpochPlan(strategy),
+                   torch.arange(256), step=step)
         after = [*moved, *frozen]
         assert any(not torch.equal(b, a) for b, a in zip(before[:len(moved)], after[:len(moved)], strict=True))
         assert all(torch.equal(b, a) for b, a in zip(before[len(moved):], after[len(moved):], strict=True))
@@ -102,8 +102,9 @@ def test_shared_private_penalty_is_added_to_the_step(flights_frame: pd.DataFrame
         if weight:
             expected = torch.autograd.grad(model.penalty(tasks), heads, allow_unused=True)
         strategy = make_strategy(tasks, cfg.training.strategy).attach(model)
-        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256),
-                   {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")), step=1)  # the heads' step
+        train_step(StepContext(model, torch.optim.AdamW(model.parameters()), data, {t.name: t for t in cfg.tasks},
+                               make_autocast(torch.device("cpu"))), EpochPlan(strategy), torch.arange(256),
+                   step=1)  # the heads' step
         grads.append([p.grad.clone() for p in heads])  # type: ignore[union-attr]
     assert expected is not None and any(g is not None and g.abs().max() > 0 for g in expected)
     for without, with_penalty, own in zip(*grads, expected, strict=True):
@@ -130,8 +131,9 @@ def test_switched_step_computes_nothing_of_the_auxiliary_tasks(architecture: str
         for name in [primary, *aux]:
             getattr(model, part)[name].register_forward_hook(lambda *_, n=f"{part}.{name}": calls.append(n))
     strategy = make_strategy([t.name for t in cfg.tasks], cfg.training.strategy).attach(model)
-    train_step(model, strategy, torch.optim.AdamW(model.parameters()), to_tensors(df, spec), torch.arange(256),
-               {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")), active=[primary])
+    train_step(StepContext(model, torch.optim.AdamW(model.parameters()), to_tensors(df, spec),
+                           {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu"))),
+               EpochPlan(strategy, [primary]), torch.arange(256))
     assert sorted(calls) == sorted(f"{part}.{primary}" for part in per_task)  # the primary's parts only
     for part in per_task:
         assert all(p.grad is None for name in aux for p in getattr(model, part)[name].parameters())

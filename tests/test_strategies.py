@@ -17,9 +17,19 @@ from components.config import ConfigError, ProjectConfig
 from components.data import label_column
 from components.features import FeatureSpec
 from components.mt2st import Mt2stSchedule
+from components.rep_mtl import RepMtlTerm
 from components.stl import train_stl
 from components.strategies import Weighting, make_strategy
-from components.train import CHECKPOINT, TrainResult, make_autocast, to_tensors, train, train_step
+from components.train import (
+    CHECKPOINT,
+    EpochPlan,
+    StepContext,
+    TrainResult,
+    make_autocast,
+    to_tensors,
+    train,
+    train_step,
+)
 from tests.conftest import FLIGHTS, config_with, window
 
 TASKS = ["arr_delayed", "dep_delay", "cancelled", "air_time"]
@@ -75,8 +85,8 @@ def test_static_weights_reach_each_tasks_gradient(slices: tuple) -> None:
         torch.manual_seed(0)
         model = HardSharingModel(spec, cfg.model).eval()
         strategy = make_strategy(TASKS, strategy_spec).attach(model)
-        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256),
-                   {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu")))
+        train_step(StepContext(model, torch.optim.AdamW(model.parameters()), data, {t.name: t for t in cfg.tasks},
+                               make_autocast(torch.device("cpu"))), EpochPlan(strategy), torch.arange(256))
         grads.append({n: model.heads[n].weight.grad.clone() for n in TASKS})  # type: ignore[union-attr]
     for name, share in zip(TASKS, (4 / 8, 2 / 8, 1 / 8, 1 / 8), strict=True):
         assert torch.allclose(grads[1][name], len(TASKS) * share * grads[0][name], atol=1e-7), name
@@ -201,8 +211,8 @@ def test_gamma_scales_each_auxiliary_loss_in_the_step(slices: tuple) -> None:
         torch.manual_seed(0)
         model = HardSharingModel(spec, cfg.model).eval()
         strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
-        train_step(model, strategy, torch.optim.AdamW(model.parameters()), data, torch.arange(256), tasks,
-                   make_autocast(torch.device("cpu")), scale=scale)
+        train_step(StepContext(model, torch.optim.AdamW(model.parameters()), data, tasks,
+                               make_autocast(torch.device("cpu"))), EpochPlan(strategy), torch.arange(256), scale)
         grads.append({n: model.heads[n].weight.grad.clone() for n in TASKS})  # type: ignore[union-attr]
     plain, scaled = grads
     for name in TASKS:
@@ -242,8 +252,8 @@ def test_switch_drops_auxiliary_heads_from_forward_and_backward(slices: tuple, t
     strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
     optimizer = torch.optim.AdamW(model.parameters())
     before = {n: model.heads[n].weight.detach().clone() for n in AUX}
-    train_step(model, strategy, optimizer, data, torch.arange(256), {t.name: t for t in cfg.tasks},
-               make_autocast(torch.device("cpu")), active=["arr_delayed"])
+    train_step(StepContext(model, optimizer, data, {t.name: t for t in cfg.tasks}, make_autocast(torch.device("cpu"))),
+               EpochPlan(strategy, ["arr_delayed"]), torch.arange(256))
     assert calls == []
     for name in AUX:
         assert model.heads[name].weight.grad is None
@@ -334,8 +344,8 @@ def test_rep_mtl_regulariser_is_finite_and_moves_the_trunk_in_the_trainer(slices
         model = HardSharingModel(spec, cfg.model).eval()  # eval: the same forward both times (no dropout draw)
         strategy = make_strategy(TASKS, cfg.training.strategy).attach(model)
         optimizer = torch.optim.AdamW([*model.parameters(), *strategy.parameters()])
-        train_step(model, strategy, optimizer, data, torch.arange(300), tasks, make_autocast(torch.device("cpu")),
-                   rep_mtl=rep_mtl)
+        train_step(StepContext(model, optimizer, data, tasks, make_autocast(torch.device("cpu"))),
+                   EpochPlan(strategy, loss_terms=(RepMtlTerm(rep_mtl),) if rep_mtl else ()), torch.arange(300))
         trunk_grads.append(model.trunk.net[0].weight.grad.clone())  # type: ignore[union-attr]
     plain, regularised = trunk_grads
     assert torch.isfinite(regularised).all()
