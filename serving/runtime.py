@@ -245,7 +245,7 @@ def retired_task_asked(error: ValidationError, model: ServedModel) -> tuple[str,
     """A request's `tasks` filter naming a task the model no longer has: the message and where it is."""
     retired = model.metadata.get("retired_tasks", {})
     for e in error.errors(include_url=False):
-        if e["loc"][:1] == ("tasks",) and e["type"] == "literal_error" and e["input"] in retired:
+        if e["loc"][:1] == ("tasks",) and isinstance(e["input"], str) and e["input"] in retired:
             known = [t.name for t in model.spec.targets]
             return (f"task {e['input']!r} was retired by model version {retired[e['input']]}: ask for any of "
                     f"{known}", list(e["loc"]))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
 from components import registry, steps
 from components.config import ProjectConfig, config_to_yaml, parse_config
@@ -20,6 +21,7 @@ from components.train import SPEC, WEIGHTS, train
 from monitoring.windows import monitor_window, monitored_config
 from pipelines.retrain import retrain
 from serving.launch import ServerProcess
+from serving.runtime import ServedModel, record_model, request_model, retired_task_asked
 from tests.conftest import FLIGHTS, allow_smoke_model, load_benchmark, raw_config, window
 from tests.test_pipeline_e2e import mtlops, repo_with_data
 
@@ -286,3 +288,21 @@ def test_the_add_task_benchmark_runs_every_arm_and_a_head_only_run_leaves_the_ol
         old = [k for k in before if k.split(bench.SEP)[1:2] in ([t] for t in OLD_TASKS)]
         assert old and all(warm[k] == pytest.approx(before[k], rel=1e-6) for k in old), new  # one epoch: heads only
         assert any(k.split(bench.SEP)[1] == new for k in warm)
+
+
+def test_a_retired_task_is_named_in_the_400_and_any_other_bad_tasks_item_is_left_to_the_schema(
+        three_task_run: Path) -> None:
+    spec = FeatureSpec.load(three_task_run / SPEC)
+    served = ServedModel("m:new", three_task_run, spec, {"retired_tasks": {"cancelled": "m:old"}})
+    body = request_model(record_model(spec), spec, 10)
+    record = {n.name: n.mean for n in spec.numeric} | {c.name: "x" for c in spec.categorical}
+    for tasks, expected in ((["air_time", "cancelled"], ("task 'cancelled' was retired by model version m:old",
+                                                          ["tasks", 1])),
+                            ([{}], None), ([["cancelled"]], None), (["nope"], None)):
+        with pytest.raises(ValidationError) as caught:
+            body.model_validate({"records": [record], "tasks": tasks})
+        found = retired_task_asked(caught.value, served)
+        if expected is None:
+            assert found is None, tasks  # the schema's own 400
+        else:
+            assert found is not None and found[0].startswith(expected[0]) and found[1] == expected[1], tasks
