@@ -319,6 +319,24 @@ def store_mib(work: Path, name: str) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+BLOCKING = ("WORSE", "BEYOND", "BELOW BASELINE")  # the gate's words for a failed check (components/registry.py)
+
+
+def rejections(work: Path, name: str, record: dict) -> list[tuple[str, str]]:
+    """(month, the gate's failed checks) of each retrain of `name` that was not promoted: its decision files, in the
+    order they were written, are the months that retrained."""
+    decisions = sorted((work / "runs" / name / "kfp").glob("*/decision"), key=lambda p: p.stat().st_mtime)
+    months = [row["month"] for row in record["rows"] if row["retrain"] in ("promoted", "rejected", "shadowed")]
+    out = []
+    for month, path in zip(months, decisions, strict=True):
+        decision = json.loads(path.read_text())
+        if not decision["promoted"]:
+            blocks = [r.split(": BELOW BASELINE")[0].split(" (registry")[0] for r in decision["reasons"]
+                      if any(word in r for word in BLOCKING)]
+            out.append((month, "; ".join(blocks) or "; ".join(decision["reasons"])))
+    return out
+
+
 def summarize(arms: dict[str, list[tuple[str, ProjectConfig]]], records: dict[str, dict], work: Path,
               served: dict[str, dict], months: list[str]) -> dict[str, dict]:
     """Per arm: the sums over its models."""
@@ -400,13 +418,26 @@ def cost_rows(s: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def quality_rows(cfg: ProjectConfig, q: dict[str, dict[str, list[float]]]) -> list[tuple[str, ...]]:
+def initial_test(work: Path, arms: dict[str, list[tuple[str, ProjectConfig]]]) -> dict[str, dict[str, float]]:
+    """task -> arm -> the initial champion's metric on the config's test window (its evaluate step's)."""
+    out: dict[str, dict[str, float]] = {}
+    for arm, models in arms.items():
+        for name, arm_cfg in models:
+            test = json.loads((work / "runs" / name / "initial" / "metrics_json").read_text())["test"]
+            for task in arm_cfg.tasks:
+                out.setdefault(task.name, {})[arm] = test[task.name][task.metric]
+    return out
+
+
+def quality_rows(cfg: ProjectConfig, q: dict[str, dict[str, list[float]]],
+                 initial: dict[str, dict[str, float]]) -> list[tuple[str, ...]]:
     rows = []
     for task in cfg.tasks:
         a, b = statistics.mean(q[task.name][ONE]), statistics.mean(q[task.name][K])
         better = (a > b) == higher_is_better(task.metric)
         rows.append((f"{task.name}{' (primary)' if task.primary else ''}", task.metric, f"{a:.4f}", f"{b:.4f}",
-                     f"{b - a:+.4f}", "1 model" if better and a != b else "K models" if a != b else "tie"))
+                     f"{b - a:+.4f}", "1 model" if better and a != b else "K models" if a != b else "tie",
+                     f"{initial[task.name][ONE]:.4f} / {initial[task.name][K]:.4f}"))
     return rows
 
 
@@ -471,8 +502,8 @@ def report(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[f
     k = len(cfg.tasks)
     head = ["", "1 multi-head model", f"K={k} single-task models", "K / 1"]
     costs = cost_rows(s)
-    qhead = ["task", "metric", "1 model", "K models", "K − 1", "better"]
-    qrows = quality_rows(cfg, q)
+    qhead = ["task", "metric", "1 model", "K models", "K − 1", "better", "initial champions, test window: 1 / K"]
+    qrows = quality_rows(cfg, q, setup["initial_test"])
     print_table(f"lifecycle cost, {months[0]}..{months[-1]}", head, costs)
     print_table("served metric per task, mean over the months", qhead, qrows)
     mhead = ["month", *(f"{t.name} {t.metric}: 1 / K" for t in cfg.tasks), "retrain: 1 / K"]
@@ -509,12 +540,17 @@ def report(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[f
         "The served model's metric, 1 model / K models; the retrain after the month: P promoted, R rejected, "
         "F failed, - none (K: one letter per task, in the config's order).", "",
         *markdown_table(mhead, mrows), "",
-        "## Reading", "", *reading(cfg, s, q, args.quick), "",
+        "## Why retrains were rejected", "",
+        "The gate's failed checks (new window: the month's last rows; old window: the initial test month, June; a "
+        "task must also beat its trivial baseline on the new window).", "",
+        *markdown_table(["model", "month", "failed checks"], setup["rejections"]), "",
+        "## Reading", "", *reading(cfg, s, q, args.quick, setup), "",
     ]
     return "\n".join(lines)
 
 
-def reading(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[float]]], quick: bool) -> list[str]:
+def reading(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[float]]], quick: bool,
+            setup: dict) -> list[str]:
     """A few sentences computed from the numbers (the honest caveats are fixed text)."""
     one, many = s[ONE], s[K]
     k = len(cfg.tasks)
@@ -532,10 +568,12 @@ def reading(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[
                    f"({svk['peak_mib'] / sv1['peak_mib']:.1f}×); every task answered at "
                    + ", ".join(f"batch {b} {sv1['rps'][b]:,.0f} vs {svk['rps'][b]:,.0f} rec/s" for b in BATCHES)
                    + " (1 vs K).")
-    wins = [r for r in quality_rows(cfg, q)]
+    wins = quality_rows(cfg, q, setup["initial_test"])
     out.append("- Quality (mean served metric over the months): " + "; ".join(
         f"{r[0]} {r[1]} {r[2]} vs {r[3]} ({r[5]})" for r in wins) + ". One seed: differences of the size of the "
-        "seed-to-seed spread in `simulate_policies.md` (±0.002–0.005 ROC-AUC) are not evidence either way."
+        "seed-to-seed spread in `simulate_policies.md` (±0.002–0.005 ROC-AUC) are not evidence either way, and "
+        "which retrains a gate lets through varies by seed too (compare the 1-model arm with that file's "
+        "`scheduled/warm_replay` row, the same policy over 3 seeds)."
         + (" Quick mode (a quarter of the rows, 3 epochs) says little about quality at the config's budget." if quick
            else ""))
     retrains = {arm: (x["promoted"] - x["models"], x["retrains"]) for arm, x in s.items()}
@@ -543,6 +581,12 @@ def reading(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[
                f"{retrains[K][0]} of {retrains[K][1]} for the K models. One gate over every task is all or nothing: "
                "a retrain that helps some tasks and costs another more than its tolerance is rejected for all, "
                "where K gates promote the tasks it helped.")
+    blocked = [(month, [t.name for t in cfg.tasks if t.name in why]) for name, month, why in setup["rejections"]
+               if name == model_name(None)]
+    if blocked:
+        out.append("- The one model's rejected retrains: " + "; ".join(f"{m} ({', '.join(t)})" for m, t in blocked)
+                   + ": it kept serving the older champion for every task in the months after, while the K models "
+                     "moved on where their own gates let them (the per-month table).")
     return out
 
 
@@ -622,6 +666,9 @@ def main() -> None:
              "serving_s": serving_s, "seconds": next(iter(served.values()))["wrk_s"] if served else seconds,
              "total_s": data_s + sum(r.get("process_s", r["wall_s"]) for r in records.values()) + serving_s,
              "this_run_s": time.perf_counter() - t_start,
+             "initial_test": initial_test(work, arms),
+             "rejections": [(name, month, why) for models in arms.values() for name, _ in models
+                            for month, why in rejections(work, name, records[name])],
              "retrain": {arm: ["".join(OUTCOME.get(records[name]["rows"][i]["retrain"], "?") for name, _ in models)
                                for i in range(len(months))] for arm, models in arms.items()}}
     text = report(cfg, s, q, months, args, setup)
