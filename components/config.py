@@ -546,10 +546,11 @@ class TrainingSpec(Strict):
         description="continual retraining: start from this exported model folder's weights and FeatureSpec; a task "
                     "the config has and that model lacks gets a new head (its target fitted on the training rows), a "
                     "task it has and the config lacks loses its head (registry.retire_tasks must name it)")
-    new_task_head_epochs: int = Field(1, ge=0,
-        description="with `warm_start` and a task the warm start's model lacks: epochs that train only the new tasks' "
-                    "heads, the shared layers and the other heads frozen, before every task trains jointly (so a "
-                    "random head's first gradients do not reach the trunk the old tasks rely on)")
+    new_task_head_epochs: int = Field(3, ge=0,
+        description="with `warm_start` and a task the warm start's model lacks: epochs (within `epochs`) that train "
+                    "only the new tasks' heads, the shared layers and the other heads frozen, before every task trains "
+                    "jointly, so a random head's first gradients do not reach the trunk the old tasks rely on "
+                    "(flights: 3 kept the old tasks closest to the model before, benchmarks/results/task_lifecycle.md)")
     compile: bool = Field(False, description="torch.compile the model for the training steps (worth it on GPU)")
     ema_decay: float | None = Field(None, gt=0, lt=1,
         description="validate, keep and export an exponential moving average of the weights, updated after every step")

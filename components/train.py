@@ -1,5 +1,6 @@
 """The training loop: in-memory tensor batches, masked per-task losses, a weighting
-strategy, AdamW, early stopping on the primary task, a checkpoint every epoch.
+strategy, AdamW, early stopping on the primary task (on a new task's when a warm start adds one), a
+checkpoint every epoch.
 
 Reads top to bottom: tensors -> model -> for each epoch: shuffle, step, validate,
 checkpoint -> best weights.
@@ -358,11 +359,11 @@ def _progress(enabled: bool) -> Progress:
 
 def _record_epoch(state: TrainState, validated: Architecture, epoch: int, active: list[str],
                   train_loss: dict[str, float], val: dict[str, dict[str, float]],
-                  primary: TaskSpec) -> tuple[bool, bool]:
-    """Early stopping, MT2ST's plateau watch and the history line of one epoch: (the primary metric improved,
+                  watched: TaskSpec) -> tuple[bool, bool]:
+    """Early stopping, MT2ST's plateau watch and the history line of one epoch: (the watched task's metric improved,
     MT2ST switches to the primary task alone). `validated` (the model, or its weight average) scored `val`."""
-    metric = val[primary.name][primary.metric]  # type: ignore[index]
-    improved = state.best_epoch < 0 or is_better(primary.metric, metric, state.best_metric)  # type: ignore[arg-type]
+    metric = val[watched.name][watched.metric]  # type: ignore[index]
+    improved = state.best_epoch < 0 or is_better(watched.metric, metric, state.best_metric)  # type: ignore[arg-type]
     if improved:
         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
         state.best_state = copy.deepcopy(validated.state_dict())
@@ -394,6 +395,12 @@ class TrainingRun:
     @property
     def validated(self) -> Architecture:
         return self.averaged.model if self.averaged is not None else self.state.model
+
+    @property
+    def watched(self) -> TaskSpec:
+        """The task whose validation metric stops training and picks the best epoch: the primary task, or in a run
+        that adds tasks the first new one (the old tasks, which start trained, are held by the promotion gate)."""
+        return self.cfg.task(self.new_tasks[0]) if self.new_tasks else self.cfg.primary_task
 
     @property
     def steps(self) -> int:
@@ -480,7 +487,7 @@ def start_run(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, 
 def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_dir: Path,
           resume: bool = False, progress: bool = True) -> TrainResult:
     run = start_run(cfg, train_df, val_df, out_dir, resume, progress)
-    tc, state, primary = cfg.training, run.state, cfg.primary_task
+    tc, state, primary, watched = cfg.training, run.state, cfg.primary_task, run.watched
     schedule = state.schedule
     t0, seen = time.perf_counter(), 0
     with _progress(progress) as bar:
@@ -490,10 +497,8 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             if state.bad_epochs >= tc.early_stopping_patience and not schedule.switch_pending(epoch):
                 break
             plan = run.plan(epoch)
-            heads_only = plan.trainable is not None
-            if heads_only:
-                state.best_epoch = -1  # a head-only epoch is kept whatever the primary metric (it did not move)
-            job = bar.add_task("train", total=run.steps, epoch=epoch + 1, status="new heads" if heads_only else "")
+            job = bar.add_task("train", total=run.steps, epoch=epoch + 1,
+                               status="new heads" if plan.trainable is not None else "")
             run.ctx.model.train()
             stats = run_epoch(run.ctx, plan, run.batches(epoch), first_step=epoch * run.steps,
                               flops_per_sample=state.flops_per_sample, on_step=partial(run.after_step, bar, job))
@@ -505,11 +510,11 @@ def train(cfg: ProjectConfig, train_df: pd.DataFrame, val_df: pd.DataFrame, out_
             plan.strategy.epoch_end()
             val = evaluate_tensors(run.validated, run.val_t, run.spec.targets)
             improved, switched = _record_epoch(state, run.validated, epoch, plan.active or run.ctx.model.task_names,
-                                               stats.train_loss, val, primary)
+                                               stats.train_loss, val, watched)
             if switched and progress:
                 print(f"MT2ST switch: {primary.name} plateaued, training it alone from epoch {epoch + 2}", flush=True)
-            metric = val[primary.name][primary.metric]  # type: ignore[index]
-            bar.update(job, status=f"val {primary.name} {primary.metric}={metric:.4f}{' *' if improved else ''}")
+            metric = val[watched.name][watched.metric]  # type: ignore[index]
+            bar.update(job, status=f"val {watched.name} {watched.metric}={metric:.4f}{' *' if improved else ''}")
             run.save_checkpoint()
     if progress and tc.mt2st and tc.mt2st.switch and not schedule.reached(len(state.history)):
         print(f"MT2ST switch not reached: {primary.name} did not plateau for the trigger's patience in "
