@@ -152,7 +152,7 @@ def monitor_alerts(cfg: ProjectConfig) -> list[AlertRule]:
                   "The estimate cannot decide alerts at this task's tolerance until it tracks the labels again: "
                   "judge the task on labelled windows (estimates.jsonl in the workspace)."),
         AlertRule("MtlopsMonitorRunMissing",
-                  f"mtlops:monitor_run_age_seconds > {hours * 3600:g} "
+                  f"{RECORDING['mtlops:monitor_run_age_seconds']} > {hours * 3600:g} "
                   f"or absent(mtlops_monitor_last_run_timestamp_seconds{{{job}}})", "model", "warning",
                   f"No monitor run for over {hours:g} h (its schedule)",
                   "Check the monitoring pipeline's recurring run (kfp UI) or the cron running `mtlops monitor`, and "
