@@ -44,7 +44,7 @@ compile: $(BIN)/.installed
 	$(BIN)/mtlops compile
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python -m benchmarks.train_throughput
 
 .PHONY: images gpu-image push-images base-image local-images local-gpu-image
 
@@ -111,12 +111,12 @@ push-images: images
 MODE ?= --quick
 bench-mtl: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	nice $(BIN)/python benchmarks/mtl_methods.py $(MODE)
+	nice $(BIN)/python -m benchmarks.mtl_methods $(MODE)
 
 ## bench-tune: every method tuned with the same Optuna budget, then seeds of its best setting; MODE= for the full run
 bench-tune: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	nice $(BIN)/python benchmarks/tune_methods.py $(MODE)
+	nice $(BIN)/python -m benchmarks.tune_methods $(MODE)
 
 clean:
 	rm -rf runs build .pytest_cache .ruff_cache

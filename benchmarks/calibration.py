@@ -5,8 +5,8 @@ set to `none` and to `temperature`, the same seed), and every binary and multicl
 split: the gated metric (which scaling leaves alone) and the log loss, against the trivial model's (the
 training split's class frequencies). Writes `benchmarks/results/calibration.md`. Run from the repository root:
 
-    nice .venv/bin/python benchmarks/calibration.py                                   # every shipped config
-    .venv/bin/python benchmarks/calibration.py --config configs/txhousing.yaml --seeds 1
+    nice .venv/bin/python -m benchmarks.calibration                                   # every shipped config
+    .venv/bin/python -m benchmarks.calibration --config configs/txhousing.yaml --seeds 1
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
-from mtl_methods import RESULTS, ROOT, machine, with_training
-
-from components.calibration import CALIBRATED_TYPES, load_temperatures
-from components.config import load_config
-from components.data import load_source, sample_rows, split_assignment, with_labels
-from components.evaluate import evaluate
-from components.train import train
+from benchmarks.common import RESULTS, ROOT, machine, with_training
+from components.config.schema import load_config
+from components.data.tables import load_source, sample_rows, split_assignment, with_labels
+from components.training.calibration import CALIBRATED_TYPES, load_temperatures
+from components.training.evaluate import evaluate
+from components.training.train import train
 
 CONFIGS = ("flights", "txhousing", "diamonds")
 
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> str:
                          f"| {mean('temperature', 'test', task.metric):.4f} | {mean('none', 'test', 'log_loss'):.4f} "
                          f"| **{mean('temperature', 'test', 'log_loss'):.4f}** | "
                          f"{mean('none', 'baseline', 'log_loss'):.4f} | {t:.3f} |")
-    command = ("python benchmarks/calibration.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    command = ("python -m benchmarks.calibration " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     text = (f"# Temperature scaling: log loss on the test split, beside the trivial baseline's\n\nCommand: "
             f"`{command}`  \nMachine: {machine(args.threads, 'cpu')}  \nData: {args.fraction:.0%} row sample, each "
             f"config's own splits and epoch budget, seeds 0..{args.seeds - 1} (means). The same network trained "

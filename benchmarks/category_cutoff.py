@@ -7,17 +7,16 @@ out-of-vocabulary embedding; a null keeps its own), the config trains with seeds
 scored on the validation window (May: the cut-off is chosen there) and on every task on the later test window
 (June). A cut-off above every count keeps no value of those columns (only null vs not-null).
 
-Writes `<out>.md` (the table) and `<out>.runs.jsonl` (a run journal: a stopped sweep resumes). Run from the
+Writes `<out>.md` (the table) and `journals/<out>.runs.jsonl` (a run journal: a stopped sweep resumes). Run from the
 repository root:
 
-    .venv/bin/python benchmarks/category_cutoff.py                     # configs/flights.yaml, 5 seeds: ~10 min
-    .venv/bin/python benchmarks/category_cutoff.py --cutoffs 30 200 --seeds 3 --training lr=0.002
+    .venv/bin/python -m benchmarks.category_cutoff                     # configs/flights.yaml, 5 seeds: ~10 min
+    .venv/bin/python -m benchmarks.category_cutoff --cutoffs 30 200 --seeds 3 --training lr=0.002
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +27,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling resolves when imported from elsewhere too
-from mtl_methods import (  # the sibling benchmark: its runner pieces and journal
+from benchmarks.common import (  # the sibling benchmark: its runner pieces and journal
     RESULTS,
     ROOT,
     MethodSummary,
     RunJournal,
     RunResult,
     beside,
+    journal_file,
     load_windows,
     results_header,
     seed_runs,
@@ -44,11 +43,10 @@ from mtl_methods import (  # the sibling benchmark: its runner pieces and journa
     with_min_frequency,
     with_training,
 )
-
-from components.config import ProjectConfig, load_config
-from components.features import FeatureSpec
-from components.tasks import higher_is_better
-from components.train import train
+from components.config.schema import ProjectConfig, load_config
+from components.config.tasks import higher_is_better
+from components.data.features import FeatureSpec
+from components.training.train import train
 
 VALIDATION = "validation:"  # prefix of the validation-window metric in a run's metrics
 
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     train_df, val_df, test_df = load_windows(base, args.fraction)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    journal = RunJournal(out.parent / f"{out.name}.runs.jsonl",
+    journal = RunJournal(journal_file(out, "runs"),
                          # the key: the config with the swept columns' own cut-off taken out
                          {"config": with_cutoff(base, args.columns, 1).model_dump(mode="json"),
                           "columns": args.columns, "fraction": args.fraction})

@@ -1,7 +1,7 @@
 """Drift scenarios: does the alert policy stay quiet when nothing changed and speak when a task breaks?
 
-    python benchmarks/drift_scenarios.py            # 10 no-drift samples, Jun-Dec, 7 injected faults
-    python benchmarks/drift_scenarios.py --quick    # 3 no-drift samples, Jun-Jul, the faults, a small model
+    python -m benchmarks.drift_scenarios            # 10 no-drift samples, Jun-Dec, 7 injected faults
+    python -m benchmarks.drift_scenarios --quick    # 3 no-drift samples, Jun-Jul, the faults, a small model
 
 Trains the champion as `mtlops run` does (the config's training window, epochs and seed; `--quick`:
 2 epochs on a 20% sample), exports it with its monitoring reference, calibrates the drift
@@ -45,23 +45,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-sys.path.remove(str(Path(__file__).resolve().parent))  # this file would shadow the `monitoring` package
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from components import registry
-from components.config import ProjectConfig, load_config
-from components.data import label_column, load_source, sample_rows, select_window, with_labels
-from components.export import export_onnx
-from components.inference import OnnxModel
-from components.metrics import relative_change
-from components.predictions import REFERENCE_FILE, REFERENCE_ROWS, score_frame, write_reference
-from components.train import train
+from components.artifacts import registry
+from components.artifacts.export import export_onnx
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import REFERENCE_FILE, REFERENCE_ROWS, score_frame, write_reference
+from components.config.schema import ProjectConfig, load_config
+from components.data.tables import label_column, load_source, sample_rows, select_window, with_labels
+from components.training.metrics import relative_change
+from components.training.train import train
 from monitoring.alerts import data_reasons, reasons_to_alert
 from monitoring.drift import monitor, reference_calibration
 from monitoring.summary import MonitorSummary
@@ -351,7 +348,7 @@ def report(cfg: ProjectConfig, outcomes: list[Outcome], console: Console | None,
         console.print(table)
         for line in headline:
             console.print(line)
-    command = " ".join(["python benchmarks/drift_scenarios.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.drift_scenarios", *sys.argv[1:]])
     trained = (f"the exported model in `{args.champion}` (trained before this run, on the config's training "
                "window)" if args.champion else "the champion trained by this run")
     held_out = ", ".join(f"{t} {cfg.task(t).metric} {test_metrics[t][cfg.task(t).metric]:.4f}" for t in tasks)

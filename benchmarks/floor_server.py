@@ -2,9 +2,9 @@
 with the same FeatureSpec and calls the same ONNX graph — no validation, no logging, no metrics;
 orjson both ways, the graph's arrays serialized as they are (no per-value Python lists).
 
-    python benchmarks/floor_server.py MODEL_DIR --port 3200 --workers 2
+    python -m benchmarks.floor_server MODEL_DIR --port 3200 --workers 2
 
-MODEL_DIR is an exported model folder (model.onnx + feature_spec.json). benchmarks/serving.py
+MODEL_DIR is an exported model folder (model.onnx + feature_spec.json). benchmarks/serving_load.py
 starts it beside `mtlops serve` so both are measured in the same run.
 """
 
@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 from starlette.applications import Starlette
@@ -23,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from components.features import SPEC_FILE, FeatureSpec
-from components.inference import ONNX_FILE, onnx_session
+from components.artifacts.inference import ONNX_FILE, onnx_session
+from components.data.features import SPEC_FILE, FeatureSpec
 
 
 def build_app(model_dir: Path, threads: int = 1) -> Starlette:

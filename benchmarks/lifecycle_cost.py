@@ -1,11 +1,11 @@
 """The whole-lifecycle cost of one multi-head model against K single-task models, over the Jul–Dec replay.
 
-Two arms run the same month-by-month replay (`pipelines.simulate.simulate`: the champion scores the month, the
+Two arms run the same month-by-month replay (`pipelines.cli.simulate.simulate`: the champion scores the month, the
 monitor compares it with the champion's reference, the alert policy decides, a retrain runs the retraining
 pipeline's steps in the replay's Python (`steps="in-process"`), the gate promotes or rejects):
   - 1 model: the config as it is (one multi-head network, one gate, one monitor, one service);
-  - K models: one replay per task with `components.stl.single_task_config(cfg, task)` (its own model name in the
-    registry, its own gate, monitor, retraining and service).
+  - K models: one replay per task with `components.training.stl.single_task_config(cfg, task)` (its own model
+    name in the registry, its own gate, monitor, retraining and service).
 Each replay starts from its own initial champion, trained by the training pipeline's steps (ingest, validate,
 split, train, evaluate, export, register: what `make run` runs through kfp.local) called in the replay's process,
 and runs in a process of its own (the model store is per process), one after another. All of it lives in one
@@ -21,8 +21,8 @@ answer waits for the slowest, so its rate is the K arm's): rec/s at batch 1 and 
 alternating rounds) and the resident memory of the server process trees (idle, and the peak sampled under load).
 Prints the tables and writes `benchmarks/results/lifecycle_cost[_quick].md` and `.png`.
 
-    .venv/bin/python benchmarks/lifecycle_cost.py --quick   # Jul-Sep, 25% rows, 3 epochs: ~10 min on 2 cores
-    .venv/bin/python benchmarks/lifecycle_cost.py           # Jul-Dec, all rows, the config's epochs
+    .venv/bin/python -m benchmarks.lifecycle_cost --quick   # Jul-Sep, 25% rows, 3 epochs: ~10 min on 2 cores
+    .venv/bin/python -m benchmarks.lifecycle_cost           # Jul-Dec, all rows, the config's epochs
 """
 
 from __future__ import annotations
@@ -45,20 +45,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serving` is the package there
-
 import psutil
 from rich.console import Console
 from rich.table import Table
 
-from components.config import ProjectConfig, config_to_yaml, load_config, parse_config
-from components.stl import single_task_config
-from components.tasks import higher_is_better
+from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config
+from components.config.tasks import higher_is_better
+from components.training.stl import single_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MTLOPS = Path(sys.executable).parent / "mtlops"
-# the overrides of `mtlops simulate --quick` (pipelines/cli.py), and its months
+# the overrides of `mtlops simulate --quick` (pipelines/cli/main.py), and its months
 QUICK = {"data": {"sample_fraction": 0.25}, "training": {"epochs": 3}, "retraining": {"replay_rows": 12_500},
          "monitoring": {"sample_size": 5000, "calibration_draws": 50}}
 QUICK_MONTHS = "2013-07..2013-09"
@@ -117,7 +115,7 @@ def month_names(months: str) -> list[str]:
 def initial_champion(cfg: ProjectConfig, root: Path, run_dir: Path) -> dict:
     """The training pipeline's steps (pipelines/training.py), in its order, in this process: the initial champion."""
     from components import steps
-    from components.versioning import git_revision
+    from components.data.versioning import git_revision
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = {n: str(run_dir / n) for n in ("dataset", "report", "train", "validation", "test", "model",
@@ -153,7 +151,7 @@ def replay(config: Path, root: Path, months: list[str], out: Path) -> dict:
     replay makes are timed (the replay imports them when it starts, so wrapping the modules' functions reaches it)."""
     import monitoring.drift
     import monitoring.windows
-    from pipelines.simulate import simulate
+    from pipelines.cli.simulate import simulate
 
     cfg = load_config(config)
     load_start = os.getloadavg()[0]
@@ -300,9 +298,10 @@ def run_replay(name: str, config: Path, root: Path, months: str, work: Path) -> 
         console.print(f"replay {name} ...")
         t0 = time.perf_counter()
         with (out / "replay.log").open("w") as log:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_replay", "--config", str(config),
-                                   "--root", str(root), "--months", months, "--out", str(out)],
-                                  stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "160"})
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.lifecycle_cost", "_replay", "--config",
+                                   str(config), "--root", str(root), "--months", months, "--out", str(out)],
+                                  stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)})
         if proc.returncode != 0:
             raise SystemExit(f"the replay of {name} failed ({proc.returncode}): {out / 'replay.log'}")
         r = json.loads(record.read_text())
@@ -319,7 +318,8 @@ def store_mib(work: Path, name: str) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-BLOCKING = ("WORSE", "BEYOND", "BELOW BASELINE")  # the gate's words for a failed check (components/registry.py)
+# the gate's words for a failed check (components/artifacts/registry.py)
+BLOCKING = ("WORSE", "BEYOND", "BELOW BASELINE")
 
 
 def rejections(work: Path, name: str, record: dict) -> list[tuple[str, str]]:
@@ -511,7 +511,7 @@ def report(cfg: ProjectConfig, s: dict[str, dict], q: dict[str, dict[str, list[f
     for i, month in enumerate(months):
         mrows.append((month, *(f"{q[t.name][ONE][i]:.4f} / {q[t.name][K][i]:.4f}" for t in cfg.tasks),
                       f"{setup['retrain'][ONE][i]} / {setup['retrain'][K][i]}"))
-    command = "python benchmarks/lifecycle_cost.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m benchmarks.lifecycle_cost " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     overrides = ", ".join(f"{sec}.{k_}={v}" for sec, f in (QUICK if args.quick else {}).items() for k_, v in f.items())
     lines = [
         f"# Lifecycle cost: 1 multi-head model vs K={k} single-task models{' (quick)' if args.quick else ''}", "",
@@ -642,7 +642,7 @@ def main() -> None:
     elif not args.no_serving:
         t0 = time.perf_counter()
         load = os.getloadavg()[0]
-        from pipelines.simulate import month_frame
+        from pipelines.cli.simulate import month_frame
         from serving.client import to_records
 
         bodies = {}

@@ -4,7 +4,7 @@
 adapts to the loss it is given can undo it: uncertainty weighting's log-variance s_k settles where e^{s_k} equals
 the loss it weights, so with γ it tends to log(γ_k·L_k) and the effective weight γ_k·e^{−s_k}/2 to 1/(2L_k), no
 longer depending on γ. This script trains each strategy twice on the same data and seed, plain and with Diminish,
-through the trainer's own loop (`components.train.run_epoch`), records the weight the strategy put on each task
+through the trainer's own loop (`components.training.train.run_epoch`), records the weight the strategy put on each task
 (the mean over the epoch's steps of what its `backward` returned) and reports per epoch and auxiliary task
 
     effective weight = γ_k(t) · w_k / w_primary
@@ -12,7 +12,7 @@ through the trainer's own loop (`components.train.run_epoch`), records the weigh
 with Diminish, against w_k / w_primary without it: if the strategy keeps γ, their ratio is γ_k(t); if it cancels
 γ, the ratio is 1. `survives` is log(ratio) / log γ_k(t) at the last epoch (1: all of γ acts, 0: none).
 
-    .venv/bin/python benchmarks/mt2st_effective_weights.py --out benchmarks/results/mt2st_effective_weights
+    .venv/bin/python -m benchmarks.mt2st_effective_weights --out benchmarks/results/mt2st_effective_weights
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 
 import torch
-from mtl_methods import load_windows, with_training
 
-from components.architectures import build_model
-from components.config import ProjectConfig, parse_config
-from components.features import FeatureSpec
-from components.mt2st import Mt2stSchedule
-from components.strategies import Weighting, make_strategy
-from components.train import EpochPlan, StepContext, epoch_batches, make_autocast, run_epoch, to_tensors
+from benchmarks.common import load_windows, with_training
+from components.config.schema import ProjectConfig, parse_config
+from components.data.features import FeatureSpec
+from components.training.architectures import build_model
+from components.training.mt2st import Mt2stSchedule
+from components.training.strategies import Weighting, make_strategy
+from components.training.train import EpochPlan, StepContext, epoch_batches, make_autocast, run_epoch, to_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ The report (`--out`.md) counts the outcomes per module and lists every surviving
 verdict from `VERDICTS` below: the test that now kills it, or why it is equivalent (no input the product can give
 tells it from the original).
 
-    nohup nice -n 15 .venv/bin/python benchmarks/mutation_methods.py --minutes 60 \\
+    nohup nice -n 15 .venv/bin/python -m benchmarks.mutation_methods --minutes 60 \\
         --out benchmarks/results/mutation_methods &
 """
 
@@ -32,18 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ["killed", "survived", "timeout", "no tests", "suspicious", "segfault", "not checked"]
 
 # Every mutant that survived a run, by mutmut's name: why it is equivalent, or the test added to kill it.
-SHARED_PRIVATE = "components.architectures.shared_private.xǁSharedPrivateModelǁ"
-DWA = "components.strategies.dwa.xǁDynamicWeightAverageǁ"
-UW = "components.strategies.uw.xǁUncertaintyWeightingǁ"
-STATIC = "components.strategies.static.xǁStaticWeightingǁ"
+SHARED_PRIVATE = "components.training.architectures.shared_private.xǁSharedPrivateModelǁ"
+DWA = "components.training.strategies.dwa.xǁDynamicWeightAverageǁ"
+UW = "components.training.strategies.uw.xǁUncertaintyWeightingǁ"
+STATIC = "components.training.strategies.static.xǁStaticWeightingǁ"
 PENALTY_TEST = "killed by `test_shared_private_penalty_by_hand_and_alternating_groups_partition_the_model[4]` (added)"
 DWA_TEST = "killed by `test_dwa_weights_are_equal_for_two_epochs_then_k_times_a_softmax_of_the_loss_ratios` (added)"
 UW_DEVICE_TEST = "killed by `test_uw_log_variances_follow_the_model_to_its_device` (added)"
 BY_HAND = ("; run by hand on mutmut's copy (`MUTANT_UNDER_TEST=<name> pytest <test>` in mutants/): fails; the "
            "third run did not record it")
 REP_MTL_TEST = "`test_regulariser_is_lambda_weighted_tsr_plus_csa_from_two_tasks_on` added" + BY_HAND
-MT2ST = "components.mt2st.xǁMt2stScheduleǁ"
-JACOBIAN = "components.strategies.jacobian.xǁJacobianWeightingǁ"
+MT2ST = "components.training.mt2st.xǁMt2stScheduleǁ"
+JACOBIAN = "components.training.strategies.jacobian.xǁJacobianWeightingǁ"
 
 
 def added_after_the_run(test: str) -> str:
@@ -65,18 +65,18 @@ VERDICTS: dict[str, str] = {
     UW + "attach__mutmut_5": UW_DEVICE_TEST,
     **{UW + f"backward__mutmut_{i}": "equivalent: a 0-dim CPU tensor adds to losses on any device as a scalar, so the "
                                "total lands on the losses' device either way" for i in (3, 5)},
-    **{f"components.rep_mtl.x_rep_mtl_loss__mutmut_{i}": REP_MTL_TEST for i in (1, 2, 3, 10, 12)},
-    "components.rep_mtl.x_saliencies__mutmut_13": "`test_saliency_is_each_samples_loss_gradient_on_z` (a [batch, "
-                                                  "positions, channels] Z) added" + BY_HAND,
-    "components.rep_mtl.x_csa_loss__mutmut_9": "`test_csa_is_infonce_over_two_tasks_and_two_samples` (one "
+    **{f"components.training.rep_mtl.x_rep_mtl_loss__mutmut_{i}": REP_MTL_TEST for i in (1, 2, 3, 10, 12)},
+    "components.training.rep_mtl.x_saliencies__mutmut_13": "`test_saliency_is_each_samples_loss_gradient_on_z` "
+                                                  "(a [batch, positions, channels] Z) added" + BY_HAND,
+    "components.training.rep_mtl.x_csa_loss__mutmut_9": "`test_csa_is_infonce_over_two_tasks_and_two_samples` (one "
                                                "position) added" + BY_HAND,
-    "components.rep_mtl.x_csa_loss__mutmut_75":
+    "components.training.rep_mtl.x_csa_loss__mutmut_75":
         "`test_csa_stays_finite_when_tasks_oppose_at_the_smallest_tau_searched` added" + BY_HAND,
-    **{f"components.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: EPS guards a zero denominator, where the "
+    **{f"components.training.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: EPS guards a zero denominator, where the "
                                                       "numerator is zero too; ±1e-12 elsewhere is below float "
                                                       "resolution" for i in (7, 17)},
-    **{f"components.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: the [B, P] sum broadcasts over the task axis "
-                                                      "exactly as the kept [1, B, P] one" for i in (21, 23)},
+    **{f"components.training.rep_mtl.x_tsr_loss__mutmut_{i}": "equivalent: the [B, P] sum broadcasts over the task "
+                                                      "axis exactly as the kept [1, B, P] one" for i in (21, 23)},
     **{MT2ST + f"_params__mutmut_{i}": added_after_the_run("test_diminish_per_task_overrides_and_switch_pending")
        for i in (7, 13)},
     **{MT2ST + f"switch_pending__mutmut_{i}": added_after_the_run("test_diminish_per_task_overrides_and_switch_pending")
@@ -121,7 +121,7 @@ def run_mutmut(minutes: float, names: list[str]) -> float:
     """mutmut over `names` (all mutants when empty), stopped with Ctrl-C after `minutes`; returns the wall
     seconds."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, __file__, "--as-mutmut", *names], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.mutation_methods", "--as-mutmut", *names], cwd=ROOT,
                             start_new_session=True)  # its own group: the stop reaches its test workers too
     try:
         proc.wait(timeout=minutes * 60)
@@ -167,7 +167,7 @@ def report(found: dict[str, dict[str, str]], runs: list[dict]) -> str:
              "time ran out (mutmut takes the mutants whose tests are quickest first). The runs:", ""]
     for run in runs:
         names = run["names"] if len(run["names"]) <= 4 else [f"<{len(run['names'])} mutant names>"]
-        command = " ".join(["python benchmarks/mutation_methods.py", f"--minutes {run['minutes']:g}", *names])
+        command = " ".join(["python -m benchmarks.mutation_methods", f"--minutes {run['minutes']:g}", *names])
         lines.append(f"- `{command}`: {run['wall_s'] / 60:.0f} min")
     lines += ["", "| module | mutants | " + " | ".join(STATUSES) + " |", "|---|---|" + "---|" * len(STATUSES)]
     total: Counter[str] = Counter()

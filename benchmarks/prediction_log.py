@@ -7,8 +7,8 @@ column group per task), then times what a monitoring run pays to read the hour, 
 `compact_log` (what `mtlops serve` runs every minute on parts over an hour old), and reads it again: parts,
 bytes, read time and rows (in = out) for both, and the compaction's own time.
 
-    .venv/bin/python benchmarks/prediction_log.py --quick   # 120 parts of 500 rows: ~15 s
-    .venv/bin/python benchmarks/prediction_log.py           # 1,020 parts of 1,500 rows (one hour), ~2 min
+    .venv/bin/python -m benchmarks.prediction_log --quick   # 120 parts of 500 rows: ~15 s
+    .venv/bin/python -m benchmarks.prediction_log           # 1,020 parts of 1,500 rows (one hour), ~2 min
 """
 
 from __future__ import annotations
@@ -26,18 +26,17 @@ from rich.progress import track
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project's packages
 
-from components.config import load_config  # noqa: E402
-from components.data import load_source  # noqa: E402
-from components.predictions import (  # noqa: E402
+from components.artifacts.predictions import (  # noqa: E402
     compact_log,
     log_usage,
     maintenance_lock,
     read_prediction_log,
     write_log_part,
 )
-from components.tasks import kind_of  # noqa: E402
+from components.config.schema import load_config  # noqa: E402
+from components.config.tasks import kind_of  # noqa: E402
+from components.data.tables import load_source  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -99,7 +98,7 @@ def main() -> None:
                f"{24 * before.parts:,} parts as written, {24 * after.parts} compacted")
     Console().print(summary)
     args.out.write_text(
-        f"# The prediction log, compacted\n\n`{' '.join(['benchmarks/prediction_log.py', *sys.argv[1:]])}`\n\n"
+        f"# The prediction log, compacted\n\n`{' '.join(['python -m benchmarks.prediction_log', *sys.argv[1:]])}`\n\n"
         f"| | parts | MiB on disk | read the hour (s) | rows read |\n|---|---|---|---|---|\n"
         f"| as written | {before.parts:,} | {before.bytes / 2**20:.1f} | {read_before:.2f} | {rows_before:,} |\n"
         f"| compacted | {after.parts:,} | {after.bytes / 2**20:.1f} | {read_after:.2f} | {rows_after:,} |\n\n"

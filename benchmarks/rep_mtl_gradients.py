@@ -10,13 +10,13 @@ losses). Every TSR normalisation in `TSR_VARIANTS` is measured:
   With piecewise-linear heads a sample's saliency is its residual g times a vector that depends on Z only through
   ReLU masks, so dividing per sample removes g and, with it, every path to Z;
 - `none`: the paper's statement, the raw magnitudes normalised over the tasks only;
-- `per_task`: each task's saliency divided by its mean magnitude over the batch and positions (`components.rep_mtl`
-  now): a task whose residuals are all larger does not dominate (the audit's scale problem), but which samples a
-  task fits worse still shapes P, so the gradient reaches Z.
+- `per_task`: each task's saliency divided by its mean magnitude over the batch and positions
+  (`components.training.rep_mtl` now): a task whose residuals are all larger does not dominate (the audit's scale
+  problem), but which samples a task fits worse still shapes P, so the gradient reaches Z.
 
 CSA is measured as the project defines it (cosine similarity of L2-normalised saliencies, as the paper states).
 
-    .venv/bin/python benchmarks/rep_mtl_gradients.py --seeds 3 --out benchmarks/results/rep_mtl_gradients
+    .venv/bin/python -m benchmarks.rep_mtl_gradients --seeds 3 --out benchmarks/results/rep_mtl_gradients
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from components.architectures import SharedRepresentation, build_model
-from components.config import ProjectConfig, RepMtlSpec, parse_config
-from components.data import load_source, sample_rows, select_window, with_labels
-from components.features import FeatureSpec
-from components.rep_mtl import EPS, csa_loss, saliencies, tsr_loss
-from components.train import TensorData, masked_loss, to_tensors
+from components.config.schema import ProjectConfig, RepMtlSpec, parse_config
+from components.data.features import FeatureSpec
+from components.data.tables import load_source, sample_rows, select_window, with_labels
+from components.training.architectures import SharedRepresentation, build_model
+from components.training.rep_mtl import EPS, csa_loss, saliencies, tsr_loss
+from components.training.train import TensorData, masked_loss, to_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 

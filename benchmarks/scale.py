@@ -4,7 +4,7 @@ For each size k the benchmark builds a k-times larger flights table in its own t
 with its own DVC remote and `BENTOML_HOME`; the real `data/flights` is never touched), then runs, each as its own
 subprocess: `mtlops data build`, `mtlops run` (the training pipeline through kfp.local, a row per kfp step),
 `mtlops monitor --window 2013-07 --data --labels` (one monitoring window), and a batch-scoring pass with the
-champion over Jul-Dec (month by month through `components.predictions.score_frame` into prediction-log parts,
+champion over Jul-Dec (month by month through `components.artifacts.predictions.score_frame` into prediction-log parts,
 as `mtlops simulate` scores offline). Per step: wall time, peak RSS, rows/s and the growth exponent b between
 sizes (time ∝ rows^b, from the two neighbouring sizes), with the extrapolated peak RSS at 64x.
 
@@ -29,7 +29,7 @@ Peak RSS: the whole command's peak is `ru_maxrss` of its largest process (`RUSAG
 process); per kfp step, the largest process RSS sampled every 0.1 s with psutil while that step ran (kfp.local
 runs the steps one at a time), so a peak shorter than the sampling interval can be missed there.
 
-Run from the repository root: `.venv/bin/python benchmarks/scale.py [--quick]`.
+Run from the repository root: `.venv/bin/python -m benchmarks.scale [--quick]`.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ from datetime import datetime
 from itertools import chain, pairwise
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import pandas as pd
 import psutil
@@ -61,9 +59,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.train_throughput import ANSI, MTLOPS, RSS_PROBE, STEP_LINE, parse_pipeline_log
-from components.config import ProjectConfig, config_to_yaml, load_config
-from components.data import load_source, partition_dir, read_window
-from components.predictions import score_frame, write_log_part
+from components.artifacts.predictions import score_frame, write_log_part
+from components.config.schema import ProjectConfig, config_to_yaml, load_config
+from components.data.tables import load_source, partition_dir, read_window
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -229,7 +227,7 @@ def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, ep
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"]):
         subprocess.run(cmd, cwd=root, check=True)
-    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     log = base / f"x{k}.log"
     per_month = month_rows(source, cfg.data.time_column)
     w = cfg.data.windows
@@ -265,7 +263,7 @@ def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, ep
     results.append(StepResult(f"monitor {MONITORED_MONTH}", k, window_rows(start, start + pd.offsets.MonthBegin(1)),
                               wall, peak))
 
-    wall, peak, _ = run_measured([sys.executable, str(Path(__file__).resolve()), "score", *common,
+    wall, peak, _ = run_measured([sys.executable, "-m", "benchmarks.scale", "score", *common,
                                   "--log-dir", str(root / "predictions")], root, env, log)
     scored = int(per_month.reindex(SCORED_MONTHS).fillna(0).sum())
     results.append(StepResult(f"batch scoring {SCORED_MONTHS[0]}..{SCORED_MONTHS[-1]}", k, scored, wall, peak))
@@ -275,7 +273,7 @@ def run_size(k: int, reference: pd.DataFrame, cfg: ProjectConfig, base: Path, ep
 
 def batch_score(config: Path, root: Path, log_dir: Path) -> None:
     """Score `SCORED_MONTHS` with the champion, month by month, into prediction-log parts."""
-    from components.inference import OnnxModel
+    from components.artifacts.inference import OnnxModel
     from monitoring.windows import champion_model, window_bounds
 
     cfg = load_config(config)
@@ -419,7 +417,7 @@ def main() -> None:
     title = (f"flights x k (k = {', '.join(map(str, sizes))}; reference {len(reference):,} rows), training "
              f"{args.epochs} epoch(s), config otherwise as configs/flights.yaml; monitor: {MONITORED_MONTH}, "
              f"labels attached, monitoring.sample_size {cfg.monitoring.sample_size:,}")
-    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.scale " + " ".join(sys.argv[1:])
     results: list[StepResult] = []
     trainer_rates: dict[int, float] = {}
     base_ctx = tempfile.TemporaryDirectory(prefix="mtlops-scale-") if args.keep is None else None

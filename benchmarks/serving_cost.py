@@ -2,9 +2,9 @@
 
 Trains the config's default multi-head network (`configs/flights.yaml` as it is) and exports it to the ONNX graph
 `mtlops serve` runs; trains one LightGBM booster per task with each task's tuned setting from the tuning journal
-(`benchmarks/results/tune_methods.optuna.jsonl`, studies `LightGBM/<task>`; the untuned setting where a study is
-missing). Then, in one process and one thread each, in alternating turns, it times what a service does per request
-from the same JSON records, batch 1, 64 and 1024:
+(`benchmarks/results/journals/tune_methods.optuna.jsonl`, studies `LightGBM/<task>`; the untuned setting where a
+study is missing). Then, in one process and one thread each, in alternating turns, it times what a service does per
+request from the same JSON records, batch 1, 64 and 1024:
   - the graph: `RecordEncoder.encode` (what `/predict` runs) and one `session.run` for every task;
   - the boosters: the same records to LightGBM's matrix (numeric values, a category's code by dict lookup: the
     cheapest encoding a booster service could use; checked equal to LightGBM's own pandas path) and one
@@ -12,8 +12,8 @@ from the same JSON records, batch 1, 64 and 1024:
 Also each one's June test metrics (one seed; the 5-seed comparison is benchmarks/results/tune_methods.md), size
 on disk and parameters / trees. Prints the tables and writes `benchmarks/results/serving_cost.md`.
 
-    .venv/bin/python benchmarks/serving_cost.py --quick     # 10% rows, 150 rounds, 0.3 s a cell: ~30 s
-    .venv/bin/python benchmarks/serving_cost.py             # all rows, the config's epochs, 2000 rounds
+    .venv/bin/python -m benchmarks.serving_cost --quick     # 10% rows, 150 rounds, 0.3 s a cell: ~30 s
+    .venv/bin/python -m benchmarks.serving_cost             # all rows, the config's epochs, 2000 rounds
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serving` is the package there
-from mtl_methods import (  # the sibling benchmark: data windows, the boosters, the test metrics
+from benchmarks.common import (  # the sibling benchmark: data windows, the boosters, the test metrics
     LGBM_PARAMS,
     RESULTS,
     ROOT,
@@ -47,16 +45,15 @@ from mtl_methods import (  # the sibling benchmark: data windows, the boosters, 
     test_metrics,
     with_training,
 )
-
-from components.config import load_config
-from components.export import export_onnx
-from components.features import FIRST_VALUE_INDEX, OOV_INDEX, SPEC_FILE, FeatureSpec
-from components.inference import ONNX_FILE, OnnxModel, onnx_session
-from components.train import load_trained, train
+from components.artifacts.export import export_onnx
+from components.artifacts.inference import ONNX_FILE, OnnxModel, onnx_session
+from components.config.schema import load_config
+from components.data.features import FIRST_VALUE_INDEX, OOV_INDEX, SPEC_FILE, FeatureSpec
+from components.training.train import load_trained, train
 from serving.client import to_records
 
 BATCHES = (1, 64, 1024)
-TUNING_JOURNAL = RESULTS / "tune_methods.optuna.jsonl"
+TUNING_JOURNAL = RESULTS / "journals" / "tune_methods.optuna.jsonl"
 
 
 class BoosterRecordEncoder:
@@ -86,7 +83,8 @@ class BoosterRecordEncoder:
 def tuned_booster_params(tasks: list[str], journal: Path) -> dict[str, dict[str, float | int]]:
     """Each task's best LightGBM setting from the tuning journal; a task without a study gets the untuned one."""
     import optuna
-    from tune_methods import LIGHTGBM_SPACE, with_values
+
+    from benchmarks.tune_methods import LIGHTGBM_SPACE, with_values
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not journal.exists():
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
         quality.add_row(*row)
     console.print(cost, quality)
 
-    command = ("python benchmarks/serving_cost.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    command = ("python -m benchmarks.serving_cost " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     text = (f"# Serving cost: one multi-head ONNX graph vs one LightGBM booster per task\n\n"
             f"Command: `{command}`  \nMachine: {machine(1, 'cpu')}  \n"
             f"Data: `{Path(args.config).name}`, {fraction:.0%} row sample; {len(train_df):,} train / {len(val_df):,} "

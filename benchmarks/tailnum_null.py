@@ -2,13 +2,13 @@
 
 A missing tail number in nycflights13 means the flight was cancelled (P(cancelled | no tailnum) = 1.0 in
 the training window): the aircraft is recorded only for flights that flew or were cancelled late. The
-leakage check flags it (components/leakage.py, null purity). This trains the reference config with
+leakage check flags it (components/data/leakage.py, null purity). This trains the reference config with
 tailnum's nulls as their own category (`nulls: own`, the leak), as unknown (`nulls: unknown`: they share the
 out-of-vocabulary embedding with rare aircraft) and without tailnum at all, for several seeds, and scores the
 June test window: every task's metric, and `cancelled` ROC-AUC on the rows with a tail number (where the
 null indicator cannot help).
 
-    .venv/bin/python benchmarks/tailnum_null.py --seeds 3        # writes benchmarks/results/tailnum_null.md
+    .venv/bin/python -m benchmarks.tailnum_null --seeds 3        # writes benchmarks/results/tailnum_null.md
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from components.config import ProjectConfig, load_config, parse_config
-from components.data import label_column, load_source, select_window, with_labels
-from components.tasks import sigmoid
-from components.train import evaluate_tensors, load_trained, predict_raw, to_tensors, train
+from components.config.schema import ProjectConfig, load_config, parse_config
+from components.config.tasks import sigmoid
+from components.data.tables import label_column, load_source, select_window, with_labels
+from components.training.train import evaluate_tensors, load_trained, predict_raw, to_tensors, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tailnum_null.md"
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     Console().print(table)
     metrics = ", ".join(f"{t.name}: {t.metric}" for t in base.tasks)
     header = [f"# tailnum's null indicator on flights ({args.seeds} seeds)", "",
-              f"`python benchmarks/tailnum_null.py --seeds {args.seeds}` on {platform.machine()}, "
+              f"`python -m benchmarks.tailnum_null --seeds {args.seeds}` on {platform.machine()}, "
               f"{os.cpu_count()} CPUs. Metrics: {metrics}; `cancelled_with_tailnum`: cancelled ROC-AUC on "
               "the test rows that have a tail number.", ""]
     args.out.write_text("\n".join(header + lines) + "\n")

@@ -15,12 +15,12 @@ training wall time, FLOPs and epochs are kept. Rows: mean ± std over the seeds;
 over the later months. The question each table answers: does the warm start keep the old tasks where they were
 (no forgetting) and learn the new one as well as a new model, for less compute?
 
-The finished (model, seed) runs persist in `<out>.runs.jsonl` (a stopped run resumes), the trained networks under
-`--work` (default `runs/bench/task_lifecycle/`). Writes `<out>.md` and `<out>.png`. Needs the `bench` extra. From
+The finished (model, seed) runs persist in `journals/<out>.runs.jsonl` (a stopped run resumes), the trained networks
+under `--work` (default `runs/bench/task_lifecycle/`). Writes `<out>.md` and `<out>.png`. Needs the `bench` extra. From
 the repository root:
 
-    nice .venv/bin/python benchmarks/task_lifecycle.py                 # flights: all rows, 3 seeds
-    .venv/bin/python benchmarks/task_lifecycle.py --fraction 0.05 --epochs 2 --seeds 1 --rounds 20 --head-epochs 1
+    nice .venv/bin/python -m benchmarks.task_lifecycle                 # flights: all rows, 3 seeds
+    .venv/bin/python -m benchmarks.task_lifecycle --fraction 0.05 --epochs 2 --seeds 1 --rounds 20 --head-epochs 1
 """
 
 from __future__ import annotations
@@ -28,22 +28,29 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
-from mtl_methods import RESULTS, ROOT, RunJournal, RunResult, beside, fit_lightgbm, results_header, with_training
-from vs_gbdt import LATER, SEP, network_scores, periods, scores, with_later_mean
-
-from components.config import ProjectConfig, load_config, parse_config
-from components.data import load_source, sample_rows, with_labels
-from components.stl import single_task_config
-from components.tasks import higher_is_better
-from components.train import SUMMARY
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    RunJournal,
+    RunResult,
+    beside,
+    fit_lightgbm,
+    journal_file,
+    results_header,
+    with_training,
+)
+from benchmarks.vs_gbdt import LATER, SEP, network_scores, periods, scores, with_later_mean
+from components.config.schema import ProjectConfig, load_config, parse_config
+from components.config.tasks import higher_is_better
+from components.data.tables import load_source, sample_rows, with_labels
+from components.training.stl import single_task_config
+from components.training.train import SUMMARY
 
 OLD_TASKS = ("arr_delayed", "dep_delay", "air_time")
 DERIVED = {"name": "arr_delayed_60", "type": "binary", "label": {"column": "arr_delay", "op": "gt", "value": 60},
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[RunResult]]]
     console = Console(stderr=True)
     console.print(f"{len(train_df):,} train / {len(val_df):,} validation rows; scored on {', '.join(months)}")
     settings = {"config": Path(args.config).name, "fraction": args.fraction, "epochs": epochs, "rounds": args.rounds}
-    journal = RunJournal(beside(out, ".runs.jsonl"), settings)
+    journal = RunJournal(journal_file(out, "runs"), settings)
     work = Path(args.work) / f"{args.fraction:g}-{epochs}"
     t0 = time.perf_counter()
 

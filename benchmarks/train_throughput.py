@@ -3,11 +3,11 @@
 What it measures:
 
 1. Hot-loop throughput (training samples/s) of the config's model on CPU with torch using all cores: the
-   trainer's own epoch loop `components.train.run_epoch` over batches drawn as `train` draws them (randperm
+   trainer's own epoch loop `components.training.train.run_epoch` over batches drawn as `train` draws them (randperm
    indexing of in-memory tensors, forward, masked per-task losses, the strategy's backward, AdamW step), next to
    a bare hand-written loop on the same model and batches (`bare_loop`: the floor), at the config's batch size
    and at 512 and 8192. A few warm-up steps are discarded, then whole epochs are timed for at least a fixed wall
-   time. Also the end-to-end `components.train.train` samples/s over 2 epochs (per-epoch
+   time. Also the end-to-end `components.training.train.train` samples/s over 2 epochs (per-epoch
    validation and checkpointing included), and the peak RSS of this process. The target is 50,000
    samples/s for the default MLP.
 2. Seconds per kfp.local step of `mtlops run`: parsed from kfp.local's log (`--pipeline-log PATH`: a run
@@ -15,7 +15,7 @@ What it measures:
    end-to-end `mtlops data build` + `mtlops run` in a temporary git repository (`--run-pipeline`), which also
    reports each command's wall time and the peak RSS of the child process tree.
 
-Run from the repository root: `.venv/bin/python benchmarks/train_throughput.py [--quick] [--run-pipeline]`.
+Run from the repository root: `.venv/bin/python -m benchmarks.train_throughput [--quick] [--run-pipeline]`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from components.architectures.hps import HardSharingModel
-from components.config import ProjectConfig, config_to_yaml, load_config
-from components.data import load_source, select_window, with_labels
-from components.features import FeatureSpec
-from components.strategies import Weighting, make_strategy
-from components.tasks import kind_of
-from components.train import (
+from components.config.schema import ProjectConfig, config_to_yaml, load_config
+from components.config.tasks import kind_of
+from components.data.features import FeatureSpec
+from components.data.tables import load_source, select_window, with_labels
+from components.training.architectures.hps import HardSharingModel
+from components.training.strategies import Weighting, make_strategy
+from components.training.train import (
     EpochPlan,
     StepContext,
     TensorData,
@@ -134,7 +134,7 @@ def timed_epochs(epoch: Callable[[list[torch.Tensor]], float], n: int, batch_siz
 
 
 def hot_loop(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, batch_size: int, seconds: float) -> LoopResult:
-    """The trainer's own epoch loop (`components.train.run_epoch`) on a fresh model."""
+    """The trainer's own epoch loop (`components.training.train.run_epoch`) on a fresh model."""
     model, optimizer, strategy = _fresh(cfg, spec)
     tasks = {t.name: t for t in cfg.tasks}
     autocast = make_autocast(torch.device("cpu"))
@@ -228,7 +228,8 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool, threads: int) 
                           f"{1000 * r.seconds / r.steps:.1f}", f"{r.samples_per_s:,.0f}",
                           f"{r.samples_per_s / bare.samples_per_s:.2f}x", f"≥ {TARGET_SAMPLES_PER_S:,}",
                           verdict(r.samples_per_s), f"{r.mean_loss:.4f}")
-    table.caption = (f"trainer: components.train.run_epoch with the config's strategy ({cfg.training.strategy.name}); "
+    table.caption = (f"trainer: components.training.train.run_epoch with the config's strategy "
+                     f"({cfg.training.strategy.name}); "
                      "bare: the same model and batches in a hand-written loop (benchmarks/train_throughput.py "
                      "bare_loop). Mean loss: sum over tasks of the masked losses, averaged over all steps run")
     console.print(table)
@@ -236,7 +237,7 @@ def throughput(console: Console, cfg: ProjectConfig, quick: bool, threads: int) 
     e2e_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": E2E_EPOCHS})})
     with tempfile.TemporaryDirectory(prefix="mtlops-bench-train-") as out:
         result = train(e2e_cfg, train_df, val_df, Path(out), progress=False)
-    e2e = Table(title=f"end-to-end components.train.train: {result.epochs_run} epochs, batch "
+    e2e = Table(title=f"end-to-end components.training.train.train: {result.epochs_run} epochs, batch "
                       f"{cfg.training.batch_size}, validation + checkpoint every epoch")
     for col in ("epochs", "wall s", "samples/s", "target", "result", f"val {cfg.primary_task.name}"):
         e2e.add_column(col, justify="right")

@@ -9,20 +9,19 @@ metric's direction. Trial 0 is the untuned setting of mtl_methods.py, so the bes
 on validation. Then each method's best setting trains with `--seeds` seeds and is scored on the test window
 (June), reported like mtl_methods.py (per-task metrics, Δm% vs the tuned STL, wall time, FLOPs).
 
-The studies persist in an Optuna journal (`<out>.optuna.jsonl`) and the seed runs in a run journal
-(`<out>.runs.jsonl`): a stopped run resumes where it was, and a rerun with more `--trials` extends the studies.
+The studies persist in an Optuna journal (`journals/<out>.optuna.jsonl`) and the seed runs in a run journal
+(`journals/<out>.runs.jsonl`): a stopped run resumes where it was, and a rerun with more `--trials` extends the studies.
 Needs the `bench` extra (`pip install -e '.[bench]'`: lightgbm, optuna). Run from the repository root:
 
-    .venv/bin/python benchmarks/tune_methods.py --quick        # 10% rows, 4 epochs, 4 trials, 2 seeds, QUICK_METHODS:
+    .venv/bin/python -m benchmarks.tune_methods --quick        # 10% rows, 4 epochs, 4 trials, 2 seeds, QUICK_METHODS:
                                                                # 3.5 min on 2 shared CPU cores (--threads 1)
-    nice .venv/bin/python benchmarks/tune_methods.py           # all rows, 8 epochs, 30 trials, 5 seeds: hours
+    nice .venv/bin/python -m benchmarks.tune_methods           # all rows, 8 epochs, 30 trials, 5 seeds: hours
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,8 +34,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling resolves when imported from elsewhere too
-from mtl_methods import (  # the sibling benchmark: its runners, journal and table
+from benchmarks.common import (  # the sibling benchmark: its runners, journal and table
     LGBM_PARAMS,
     RESULTS,
     ROOT,
@@ -46,6 +44,7 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     bench_config,
     beside,
     config_key,
+    journal_file,
     load_windows,
     markdown,
     merged,
@@ -59,10 +58,9 @@ from mtl_methods import (  # the sibling benchmark: its runners, journal and tab
     with_min_frequency,
     with_training,
 )
-
-from components.config import ProjectConfig, TaskSpec, parse_config
-from components.stl import single_task_config
-from components.train import TrainingDiverged
+from components.config.schema import ProjectConfig, TaskSpec, parse_config
+from components.training.stl import single_task_config
+from components.training.train import TrainingDiverged
 
 Value = int | float | str
 # --quick tunes one method of each family (and EW+towers, Rep-MTL's baseline), not the combined variants
@@ -323,13 +321,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
     parser.add_argument("--min-frequency", action="append", default=[], metavar="COLUMN=N",
                         help="a categorical feature's min_frequency over the config's, e.g. tailnum=30 (repeatable)")
-    parser.add_argument("--fresh", action="store_true", help="delete the journals (<out>.optuna.jsonl, "
+    parser.add_argument("--fresh", action="store_true", help="delete the journals (journals/<out>.optuna.jsonl, "
                         "<out>.runs.jsonl) and start over")
     args = parser.parse_args(argv)
 
     import optuna
 
-    from components.config import load_config
+    from components.config.schema import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = with_min_frequency(load_config(args.config), setting_overrides(args.min_frequency, "min-frequency"))
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     table = candidates(cfg, train_df, val_df, args.threads, lightgbm_rounds, only)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    study_path, runs_path = (out.parent / f"{out.name}.{suffix}" for suffix in ("optuna.jsonl", "runs.jsonl"))
+    study_path, runs_path = journal_file(out, "optuna"), journal_file(out, "runs")
     if args.fresh:
         study_path.unlink(missing_ok=True)
         runs_path.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ without retraining, on the test window and on every calendar month after it (fli
 2013); a config without later months (or with a hash / random split) is scored on its test split only. The models:
 
   - multi-head: the config as it is (its architecture, strategy and epoch budget), one network for every task;
-  - STL: one network per task, the same config with the other tasks removed (`components.stl`);
+  - STL: one network per task, the same config with the other tasks removed (`components.training.stl`);
   - LightGBM: one booster per task (`mtl_methods.fit_lightgbm`: objective and early stopping from the task's metric,
     the networks' vocabularies), each task's setting tuned first by an Optuna TPE study of `--trials` trials on the
     validation window (`tune_methods.tune`, trial 0 the untuned booster).
@@ -15,18 +15,18 @@ metric, and a "later months" row the mean over the months (per seed, then over s
 classification head's log loss against its trivial baseline (the training window's class frequencies): a head
 whose log loss is worse serves probabilities worse than knowing nothing.
 
-The studies persist in `<out>.optuna.jsonl` and the finished (model, seed) runs in `<out>.runs.jsonl`: a stopped
-run resumes. Writes `<out>.md` and `<out>.png`. Needs the `bench` extra. Run from the repository root:
+The studies persist in `journals/<out>.optuna.jsonl` and the finished (model, seed) runs in
+`journals/<out>.runs.jsonl`: a stopped run resumes. Writes `<out>.md` and `<out>.png`. Needs the `bench` extra. Run
+from the repository root:
 
-    nice .venv/bin/python benchmarks/vs_gbdt.py                        # flights: all rows, 30 trials, 3 seeds
-    .venv/bin/python benchmarks/vs_gbdt.py --fraction 0.05 --epochs 1 --trials 2 --seeds 1 --rounds 20   # a sample
+    nice .venv/bin/python -m benchmarks.vs_gbdt                        # flights: all rows, 30 trials, 3 seeds
+    .venv/bin/python -m benchmarks.vs_gbdt --fraction 0.05 --epochs 1 --trials 2 --seeds 1 --rounds 20   # a sample
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,8 +36,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
-from mtl_methods import (  # the sibling benchmark: boosters, journal, header
+from benchmarks.common import (  # the sibling benchmark: boosters, journal, header
     LGBM_PARAMS,
     RESULTS,
     ROOT,
@@ -46,18 +45,18 @@ from mtl_methods import (  # the sibling benchmark: boosters, journal, header
     beside,
     config_key,
     fit_lightgbm,
+    journal_file,
     results_header,
     with_training,
 )
-from tune_methods import LIGHTGBM_SPACE, candidates, tune, with_values
-
-from components.config import ProjectConfig, load_config
-from components.data import load_source, sample_rows, split_assignment, with_labels
-from components.features import FeatureSpec
-from components.metrics import baseline_raw, task_metrics
-from components.stl import single_task_config
-from components.tasks import higher_is_better
-from components.train import evaluate_tensors, load_trained, to_tensors, train
+from benchmarks.tune_methods import LIGHTGBM_SPACE, candidates, tune, with_values
+from components.config.schema import ProjectConfig, load_config
+from components.config.tasks import higher_is_better
+from components.data.features import FeatureSpec
+from components.data.tables import load_source, sample_rows, split_assignment, with_labels
+from components.training.metrics import baseline_raw, task_metrics
+from components.training.stl import single_task_config
+from components.training.train import evaluate_tensors, load_trained, to_tensors, train
 
 MODELS = ("multi-head", "STL", "LightGBM")
 LATER = "later months"  # the row of the mean over the months after the test window
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(beside(out, ".optuna.jsonl"))))
+        str(journal_file(out, "optuna"))))
     settings: dict[str, object] = config_key(args.config, base) | {"fraction": args.fraction, "epochs": epochs,
                                                                     "lightgbm_rounds": args.rounds}
     t0 = time.perf_counter()
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunResult]]:
                                     f"untuned, {study.best_value:.4f} best")
     # the networks' runs are keyed on the run's settings, the boosters' also on their tuned settings: a rerun with
     # more trials retrains the boosters whose best setting moved, and no network
-    journals = {model: RunJournal(beside(out, ".runs.jsonl"), settings | ({"best": best} if model == "LightGBM"
+    journals = {model: RunJournal(journal_file(out, "runs"), settings | ({"best": best} if model == "LightGBM"
                                                                          else {})) for model in MODELS}
 
     def fit(model: str, seed: int, work: Path) -> RunResult:

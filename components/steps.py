@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.columns import check_columns
-from components.config import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
-from components.data import (
+from components.config.schema import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
+from components.data.columns import check_columns
+from components.data.tables import (
     build_partitions,
     partition_dir,
     partitions_for,
@@ -24,8 +24,8 @@ from components.data import (
     split_assignment,
     with_labels,
 )
-from components.validate import report_to_dicts, validate_or_raise
-from components.versioning import data_version, dvc_md5, ensure_dvc_repo, pull, track_files
+from components.data.validate import report_to_dicts, validate_or_raise
+from components.data.versioning import data_version, dvc_md5, ensure_dvc_repo, pull, track_files
 
 
 def _cfg(config_yaml: str) -> ProjectConfig:
@@ -74,7 +74,7 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
     the challenger trains on, and the champion predates the new window: the gate scores both
     models on rows neither has seen.
     Returns (under `config_yaml`) the config the run trains with (warm start for `warm_replay`)."""
-    from components.registry import champion, check_retirements
+    from components.artifacts.registry import champion, check_retirements
 
     cfg = _cfg(config_yaml)
     if cfg.data.split.method != "time":
@@ -150,7 +150,7 @@ def split(config_yaml: str, dataset_path: str, train_path: str, validation_path:
 
 def train_model(config_yaml: str, train_path: str, validation_path: str, model_dir: str,
                 resume: bool = False) -> dict:
-    from components.train import train
+    from components.training.train import train
 
     r = train(_cfg(config_yaml), pd.read_parquet(train_path), pd.read_parquet(validation_path), Path(model_dir),
               resume=resume, progress=True)
@@ -159,7 +159,7 @@ def train_model(config_yaml: str, train_path: str, validation_path: str, model_d
 
 
 def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path: str) -> dict:
-    from components.evaluate import evaluate, save_metrics
+    from components.training.evaluate import evaluate, save_metrics
 
     result = evaluate(Path(model_dir), pd.read_parquet(train_path), pd.read_parquet(test_path))
     save_metrics(result, Path(metrics_path))
@@ -169,9 +169,9 @@ def evaluate_model(model_dir: str, train_path: str, test_path: str, metrics_path
 def export_model(config_yaml: str, model_dir: str, train_path: str, test_path: str, onnx_dir: str) -> dict:
     """ONNX export + parity check (a parity failure raises and fails the pipeline), then the
     monitoring reference: a sample of the training window scored by the exported graph."""
-    from components.export import check_parity, export_onnx
-    from components.inference import OnnxModel
-    from components.predictions import write_reference
+    from components.artifacts.export import check_parity, export_onnx
+    from components.artifacts.inference import OnnxModel
+    from components.artifacts.predictions import write_reference
 
     cfg = _cfg(config_yaml)
     test = pd.read_parquet(test_path)
@@ -185,8 +185,8 @@ def register_model(config_yaml: str, onnx_dir: str, metrics_path: str, test_path
                    decision_path: str, old_test_path: str = "") -> dict:
     """Register as challenger, gate against the champion, write and return the decision.
     With `old_test_path` (continual retraining) the gate also checks the old window."""
-    from components.export import PARITY_FILE
-    from components.registry import promote_if_better, register
+    from components.artifacts.export import PARITY_FILE
+    from components.artifacts.registry import promote_if_better, register
 
     cfg = _cfg(config_yaml)
     metrics = json.loads(Path(metrics_path).read_text())

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import httpx
 import pandas as pd
 
-from components.config import AlertPolicy, ProjectConfig
-from components.metrics import is_better, relative_change
+from components.config.schema import AlertPolicy, ProjectConfig
+from components.training.metrics import is_better, relative_change
 from monitoring.segments import SegmentFinding
 
 

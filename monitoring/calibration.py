@@ -24,7 +24,7 @@ import pandas as pd
 from evidently.legacy.calculations.stattests import get_stattest
 from evidently.legacy.core import ColumnType
 
-from components.config import ProjectConfig
+from components.config.schema import ProjectConfig
 
 CALIBRATION_FILE = "calibration.json"
 

@@ -22,9 +22,9 @@ from evidently.sdk.models import PanelMetric
 from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
 from evidently.ui.workspace import Project, Workspace
 
-from components.config import ProjectConfig
-from components.features import TargetSpec
-from components.predictions import monitored_column
+from components.artifacts.predictions import monitored_column
+from components.config.schema import ProjectConfig
+from components.data.features import TargetSpec
 from monitoring.summary import MonitorSummary, window_start
 
 if TYPE_CHECKING:

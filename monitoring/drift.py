@@ -1,7 +1,7 @@
 """Drift and quality of one multi-task model: one Evidently report per monitored window.
 
 `monitor` compares a current window with the model's reference, both in the prediction
-log's format (`components.predictions`): features by name, per-task prediction columns and,
+log's format (`components.artifacts.predictions`): features by name, per-task prediction columns and,
 once known, label columns `label__<task>`. One Evidently `Report` computes
 
 - data drift per feature at thresholds calibrated on the reference (`monitoring.calibration`;
@@ -11,7 +11,7 @@ once known, label columns `label__<task>`. One Evidently `Report` computes
 - prediction drift per task, on the task's monitored column (`monitored_column`);
 - per-task quality estimated without labels (`monitoring.estimation`: CBPE, DLE) and, once the
   window has labels, the realized quality (`TaskQuality`, this module's metric, which
-  scores with `components.metrics.task_metrics`, the numbers the promotion gate uses).
+  scores with `components.training.metrics.task_metrics`, the numbers the promotion gate uses).
 
 Both windows are sampled to `sample_size` rows (Evidently is slow on large tables, upstream
 issue #1526); the summary reports rows before and after. The snapshot is saved as JSON and
@@ -32,19 +32,19 @@ from evidently.core.metric_types import SingleValue, SingleValueCalculation, Sin
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
-from components.config import MonitoringSpec, ProjectConfig, TaskSpec
-from components.data import label_column
-from components.features import FeatureSpec, TargetSpec
-from components.metrics import baseline_raw, relative_change, task_metrics
-from components.predictions import monitored_column
-from components.tasks import kind_of
+from components.artifacts.predictions import monitored_column
+from components.config.schema import MonitoringSpec, ProjectConfig, TaskSpec
+from components.config.tasks import kind_of
+from components.data.features import FeatureSpec, TargetSpec
+from components.data.tables import label_column
+from components.training.metrics import baseline_raw, relative_change, task_metrics
 from monitoring.calibration import Calibration, calibrate
 from monitoring.dashboard import RecordedValue, add_snapshot, recorded_values
 from monitoring.estimation import check_estimate, estimate_error, estimate_quality, last_errors, log_errors
 from monitoring.segments import duplicate_share, null_surges, segment_findings
 from monitoring.summary import MonitorSummary, window_start
 
-DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitoring.py
+DEFAULT_SAMPLE_SIZE: int = MonitoringSpec.model_fields["sample_size"].default  # chosen by benchmarks/monitor_speed.py
 SNAPSHOT_JSON, SNAPSHOT_HTML, SUMMARY_JSON = "snapshot.json", "report.html", "summary.json"
 OTHER = "(other)"  # categorical values outside the reference's top values
 

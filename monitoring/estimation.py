@@ -52,11 +52,11 @@ from scipy.stats import rankdata
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.isotonic import IsotonicRegression
 
-from components.config import ProjectConfig, TaskSpec
-from components.data import label_column
-from components.features import FeatureSpec, TargetSpec
-from components.metrics import relative_change
-from components.tasks import ClassLabels, kind_of
+from components.config.schema import ProjectConfig, TaskSpec
+from components.config.tasks import ClassLabels, kind_of
+from components.data.features import FeatureSpec, TargetSpec
+from components.data.tables import label_column
+from components.training.metrics import relative_change
 
 
 def expected_roc_auc(score: np.ndarray, p: np.ndarray) -> float:
@@ -208,7 +208,7 @@ def estimate_quality(cfg: ProjectConfig, reference: pd.DataFrame,
 
     One OpenMP thread: the monitor shares its node with other jobs, and there the gradient-boosted
     fit's per-split barriers wait on descheduled threads (20k reference rows, 2 cores with two other jobs
-    running: 2.3 s on one thread, stopped after 180 s on two; `python benchmarks/monitoring.py
+    running: 2.3 s on one thread, stopped after 180 s on two; `python -m benchmarks.monitor_speed
     --quality-only`)."""
     from threadpoolctl import threadpool_limits
 

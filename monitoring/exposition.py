@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from components.config import ProjectConfig
+from components.config.schema import ProjectConfig
 from monitoring.alerts import Alert, data_problems, model_problems
 from monitoring.summary import MonitorSummary
 

@@ -16,7 +16,7 @@ from grafana_foundation_sdk.builders import prometheus, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from components.config import ProjectConfig
+from components.config.schema import ProjectConfig
 from monitoring.exposition import JOB as MONITOR_JOB
 from monitoring.exposition import SERVING_JOB
 

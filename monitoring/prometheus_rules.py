@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from components.config import ProjectConfig, load_config
+from components.config.schema import ProjectConfig, load_config
 from monitoring.exposition import JOB as MONITOR_JOB
 from monitoring.exposition import SERVING_JOB
 

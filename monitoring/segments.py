@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from components.config import ProjectConfig
+from components.config.schema import ProjectConfig
 
 QUANTILES = np.linspace(0.05, 0.95, 19)
 OTHER = "(other)"

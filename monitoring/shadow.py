@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
-from components.config import ProjectConfig, TaskSpec
-from components.data import label_column
-from components.metrics import relative_change, task_metrics
-from components.predictions import SHADOW_LOG_FOLDER, read_prediction_log
-from components.tasks import kind_of, label_output_column
+from components.artifacts.predictions import SHADOW_LOG_FOLDER, read_prediction_log
+from components.config.schema import ProjectConfig, TaskSpec
+from components.config.tasks import kind_of, label_output_column
+from components.data.tables import label_column
+from components.training.metrics import relative_change, task_metrics
 from monitoring.drift import bootstrap_counts, labelled_raw
 from monitoring.windows import LOG_KEYS, read_labels
 
@@ -149,9 +149,9 @@ def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: i
     """Promote the shadow when every task is shown not worse than the champion beyond its tolerance on at
     least `min_labelled` labelled live records; reject it as soon as a task is shown worse; otherwise keep
     shadowing. A decision goes into the shadow's registry metadata with its numbers."""
-    from components.registry import champion as current_champion
-    from components.registry import decide_shadow
-    from components.registry import shadow as current_shadow
+    from components.artifacts.registry import champion as current_champion
+    from components.artifacts.registry import decide_shadow
+    from components.artifacts.registry import shadow as current_shadow
 
     name = cfg.registry.model_name
     shadowed, serving = current_shadow(name), current_champion(name)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.config import ProjectConfig
-from components.data import label_column, partition_dir, partitions_for, read_window, with_labels
-from components.features import SPEC_FILE, FeatureSpec
-from components.inference import OnnxModel
-from components.predictions import REFERENCE_FILE, read_prediction_log, score_frame
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import REFERENCE_FILE, read_prediction_log, score_frame
+from components.config.schema import ProjectConfig
+from components.data.features import SPEC_FILE, FeatureSpec
+from components.data.tables import label_column, partition_dir, partitions_for, read_window, with_labels
 from monitoring.alerts import Alert, decide
 from monitoring.calibration import Calibration, save_calibration, stored_calibration
 from monitoring.dashboard import add_alert_marker
@@ -39,7 +39,7 @@ class Champion:
 
 
 def champion_model(cfg: ProjectConfig) -> Champion:
-    from components.registry import champion
+    from components.artifacts.registry import champion
 
     found = champion(cfg.registry.model_name)
     if found is None:
@@ -76,7 +76,7 @@ def window_bounds(window: str) -> tuple[datetime, datetime]:
 def scored_partitions(cfg: ProjectConfig, model: OnnxModel, tag: str, root: Path, window: str,
                       labels: bool) -> pd.DataFrame:
     """The window's rows from the data partitions, scored offline; label columns if `labels`."""
-    from components.versioning import pull
+    from components.data.versioning import pull
 
     start, end = (pd.Timestamp(x) for x in window_bounds(window))
     part_dir = partition_dir(cfg, root)

@@ -18,7 +18,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from pydantic import Field, ValidationError
 
-from components.config import ConfigError, Strict, format_errors
+from components.config.schema import ConfigError, Strict, format_errors
 
 DEFAULT_CLUSTER_SETTINGS = Path("infra/kfp/cluster.yaml")
 

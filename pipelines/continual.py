@@ -20,7 +20,7 @@ from pathlib import Path
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.config import ProjectConfig, config_to_yaml
+from components.config.schema import ProjectConfig, config_to_yaml
 from pipelines.cluster import ClusterSettings, apply_cluster_settings
 from pipelines.local import LocalRun
 from pipelines.training import component, evaluate_op, export_op, images, train_op, validate_op

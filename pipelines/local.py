@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from kfp import compiler
 
-from components.config import ProjectConfig, config_to_yaml
-from components.versioning import REMOTE_URL_ENV, git_revision, local_remote_path
+from components.config.schema import ProjectConfig, config_to_yaml
+from components.data.versioning import REMOTE_URL_ENV, git_revision, local_remote_path
 from pipelines.steplog import ANSI, LOG_FILE, failed_step_output, step_lines
 from pipelines.steprun import owned_step_runs
 from pipelines.training import build_pipeline, images

@@ -36,7 +36,7 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
     import shutil
     from pathlib import Path
 
-    from components.config import config_from_yaml
+    from components.config.schema import config_from_yaml
     from monitoring.windows import monitor_window, previous_month
 
     cfg = config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
@@ -66,7 +66,7 @@ def policy_op(config_yaml: str, summary_json: str, data_root: str, alert_log: st
     condition on a step's single output, not on a NamedTuple field."""
     from pathlib import Path
 
-    from components.config import config_from_yaml
+    from components.config.schema import config_from_yaml
     from monitoring.summary import MonitorSummary
     from monitoring.windows import apply_policy
 

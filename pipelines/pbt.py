@@ -3,7 +3,7 @@
 Each round fans the members out with `dsl.ParallelFor` (one pod per member on a cluster, GPU-capable image),
 then one step exploits/explores over the collected member states and writes the next population. Rounds are
 unrolled when the pipeline is built (`pbt_pipeline(rounds)`); the last step keeps the best member and returns
-its weight schedule. Every step is a thin wrapper over `components.weight_search`, which also runs in-process.
+its weight schedule. Every step is a thin wrapper over `components.training.weight_search`, which also runs in-process.
 """
 
 # no `from __future__ import annotations`: kfp reads the annotations as types, and typing.List is the list
@@ -22,8 +22,8 @@ def pbt_init_op(config_yaml: str, population: int, seed: int, population_dir: Ou
     import os
     import random
 
-    from components.config import config_from_yaml
-    from components.weight_search import initial_weights
+    from components.config.schema import config_from_yaml
+    from components.training.weight_search import initial_weights
 
     cfg = config_from_yaml(config_yaml)
     os.makedirs(population_dir.path, exist_ok=True)
@@ -35,8 +35,8 @@ def pbt_member_op(config_yaml: str, train: Input[Dataset], validation: Input[Dat
                   population_dir: Input[Artifact], interval: int, round_index: int, state: Output[Model]) -> float:
     import pandas as pd
 
-    from components.config import config_from_yaml
-    from components.weight_search import run_member_round
+    from components.config.schema import config_from_yaml
+    from components.training.weight_search import run_member_round
 
     score = run_member_round(config_from_yaml(config_yaml), pd.read_parquet(train.path),
                              pd.read_parquet(validation.path), member, population_dir.path, interval, round_index,
@@ -47,16 +47,16 @@ def pbt_member_op(config_yaml: str, train: Input[Dataset], validation: Input[Dat
 
 def pbt_exploit_op(config_yaml: str, states: Input[List[Model]], replace: int, seed: int, round_index: int,
                    population_dir: Output[Artifact]) -> List[dict]:
-    from components.config import config_from_yaml
-    from components.weight_search import exploit_files
+    from components.config.schema import config_from_yaml
+    from components.training.weight_search import exploit_files
 
     return exploit_files(config_from_yaml(config_yaml), [s.path for s in states], replace, seed * 1000 + round_index,
                          population_dir.path)
 
 
 def pbt_select_op(config_yaml: str, states: Input[List[Model]], best: Output[Model]) -> dict:
-    from components.config import config_from_yaml
-    from components.weight_search import select_best
+    from components.config.schema import config_from_yaml
+    from components.training.weight_search import select_best
 
     return select_best(config_from_yaml(config_yaml), [s.path for s in states], best.path)
 

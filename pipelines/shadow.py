@@ -27,7 +27,7 @@ def shadow_decision_op(config_yaml: str, prediction_log: str, labels_file: str, 
     import math
     from pathlib import Path
 
-    from components.config import config_from_yaml
+    from components.config.schema import config_from_yaml
     from monitoring.shadow import decide
 
     cfg = config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")

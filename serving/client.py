@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from components.predictions import read_prediction_log
+from components.artifacts.predictions import read_prediction_log
 
 
 def to_records(df: pd.DataFrame, feature_names: list[str]) -> list[dict]:

@@ -1,5 +1,5 @@
 """The prediction log writer: requests hand over what they served and return at once;
-a background thread turns the buffer into parquet parts (components.predictions format).
+a background thread turns the buffer into parquet parts (components.artifacts.predictions format).
 
 Nothing is lost on shutdown: `close()` flushes what is buffered before it returns. If the
 disk refuses writes, batches are kept for the next flush, up to a bound (then the oldest go).
@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.features import EncodedRecords, FeatureSpec
-from components.predictions import (
+from components.artifacts.predictions import (
     SHADOW_LOG_FOLDER,
     LogUsage,
     compact_log,
@@ -35,6 +34,7 @@ from components.predictions import (
     prediction_frame,
     write_log_part,
 )
+from components.data.features import EncodedRecords, FeatureSpec
 from serving.runtime import ServedModel
 
 log = logging.getLogger(__name__)

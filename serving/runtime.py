@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, create_model
 
-from components.features import SPEC_FILE, FeatureSpec, NumericStats
-from components.inference import ONNX_FILE
-from components.tasks import kind_of
+from components.artifacts.inference import ONNX_FILE
+from components.config.tasks import kind_of
+from components.data.features import SPEC_FILE, FeatureSpec, NumericStats
 from serving.canary import CanaryBudget
 
 
@@ -157,7 +157,7 @@ class ServedModel:
 
 
 def load_champion(model_name: str) -> ServedModel:
-    from components import registry
+    from components.artifacts import registry
 
     model = registry.champion(model_name)
     if model is None:
@@ -168,7 +168,7 @@ def load_champion(model_name: str) -> ServedModel:
 
 def shadow_tag(model_name: str) -> str | None:
     """The registry's shadow version of the model, if any."""
-    from components import registry
+    from components.artifacts import registry
 
     model = registry.shadow(model_name)
     return str(model.tag) if model is not None else None

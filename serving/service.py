@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from components.features import EncodedRecords
-from components.tasks import kind_of
+from components.config.tasks import kind_of
+from components.data.features import EncodedRecords
 from serving.canary import CanaryGuard
 from serving.guards import (
     BodyLimit,

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from components.features import EncodedRecords
-from components.predictions import SHADOW_LOG_FOLDER
+from components.artifacts.predictions import SHADOW_LOG_FOLDER
+from components.data.features import EncodedRecords
 from serving.prediction_log import PredictionLogWriter, ServedBatch
 from serving.runtime import ServedModel
 from serving.worker import LoadedModel

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from components.features import RecordEncoder
-from components.inference import ONNX_FILE, onnx_session
+from components.artifacts.inference import ONNX_FILE, onnx_session
+from components.data.features import RecordEncoder
 from serving.runtime import ModelLoadError, ServedModel, load_version, warm_up_records
 from serving.server import EXITS_FOLDER, FATAL_FILE, HEARTBEAT_FOLDER, STALLED_FILE
 

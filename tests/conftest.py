@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -23,24 +20,13 @@ import yaml
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mtlops-bento-")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from components.config import ProjectConfig, parse_config
-from components.data import load_source, sample_rows, select_window, with_labels
+from components.config.schema import ProjectConfig, parse_config
+from components.data.tables import load_source, sample_rows, select_window, with_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FLIGHTS = ROOT / "configs" / "flights.yaml"
 TXHOUSING = ROOT / "configs" / "txhousing.yaml"
 DIAMONDS = ROOT / "configs" / "diamonds.yaml"  # no time column
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """`benchmarks/<name>.py` as the module `name`, once per session: the benchmarks import their siblings by
-    name, and their dataclasses resolve annotations through `sys.modules`."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
 
 
 def raw_config(path: Path = FLIGHTS) -> dict:

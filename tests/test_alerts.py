@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel
 
-from components.config import AlertPolicy, ConfigError, ProjectConfig
+from components.config.schema import AlertPolicy, ConfigError, ProjectConfig
 from monitoring.alerts import ALERT_RULES, DATA, POLICY_SETTINGS, data_reasons, decide, read_alerts, reasons_to_alert
 from tests.conftest import FLIGHTS, ROOT, config_with
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import registry
-from components.config import load_config
-from components.data import label_column
-from components.inference import OnnxModel
-from components.predictions import prediction_frame
+from components.artifacts import registry
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import prediction_frame
+from components.config.schema import load_config
+from components.data.tables import label_column
 from pipelines.local import run_local
 from serving.client import to_records
 from serving.launch import ServerProcess

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from components.architectures import ARCHITECTURES, build_model
-from components.config import ConfigError, ProjectConfig
-from components.export import ONNX_FILE, check_parity, export_onnx
-from components.features import FeatureSpec
-from components.rep_mtl import rep_mtl_loss
-from components.strategies import make_strategy
-from components.train import EpochPlan, StepContext, make_autocast, masked_loss, to_tensors, train, train_step
+from components.artifacts.export import ONNX_FILE, check_parity, export_onnx
+from components.config.schema import ConfigError, ProjectConfig
+from components.data.features import FeatureSpec
+from components.training.architectures import ARCHITECTURES, build_model
+from components.training.rep_mtl import rep_mtl_loss
+from components.training.strategies import make_strategy
+from components.training.train import EpochPlan, StepContext, make_autocast, masked_loss, to_tensors, train, train_step
 from tests.conftest import FLIGHTS, config_with, window
 
 

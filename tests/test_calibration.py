@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.calibration import TEMPERATURES_FILE, fit_temperature, load_temperatures
-from components.evaluate import evaluate
-from components.export import check_parity, export_onnx
-from components.features import TargetSpec
-from components.inference import OnnxModel
-from components.train import load_trained, predict_raw, to_tensors, train
-from tests.conftest import FLIGHTS, TXHOUSING, config_with, load_benchmark, window
+from components.artifacts.export import check_parity, export_onnx
+from components.artifacts.inference import OnnxModel
+from components.data.features import TargetSpec
+from components.training.calibration import TEMPERATURES_FILE, fit_temperature, load_temperatures
+from components.training.evaluate import evaluate
+from components.training.train import load_trained, predict_raw, to_tensors, train
+from tests.conftest import FLIGHTS, TXHOUSING, config_with, window
 
 
 def test_the_fitted_temperature_recovers_the_one_the_labels_were_drawn_with() -> None:
@@ -76,7 +76,7 @@ def test_the_graph_answers_the_calibrated_probabilities_and_parity_holds(calibra
 
 
 def test_a_multiclass_head_is_scaled_as_one_softmax(tmp_path: Path) -> None:
-    from components.data import load_source, sample_rows, select_window, with_labels
+    from components.data.tables import load_source, sample_rows, select_window, with_labels
 
     cfg = config_with(TXHOUSING, training={"epochs": 2, "threads": 2})
     df = with_labels(sample_rows(load_source(cfg.data), 0.5, seed=0), cfg)
@@ -87,7 +87,7 @@ def test_a_multiclass_head_is_scaled_as_one_softmax(tmp_path: Path) -> None:
 
 
 def test_the_calibration_benchmark_reports_every_classification_head_both_ways(tmp_path: Path) -> None:
-    benchmark = load_benchmark("calibration")
+    from benchmarks import calibration as benchmark
     text = benchmark.main(["--config", str(TXHOUSING), "--fraction", "0.3", "--epochs", "1", "--threads", "2",
                            "--out", str(tmp_path / "calibration.md")])
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| txhousing.yaml |")]

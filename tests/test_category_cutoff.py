@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_config
-from tests.conftest import FLIGHTS, load_benchmark
-
-mtl_methods = load_benchmark("mtl_methods")
-cutoff = load_benchmark("category_cutoff")
+from benchmarks import category_cutoff as cutoff
+from components.config.schema import load_config
+from tests.conftest import FLIGHTS
 
 
 def test_the_cutoff_lands_on_the_named_columns_only_and_an_unknown_column_is_named() -> None:
@@ -38,7 +36,7 @@ def test_a_sweep_reports_each_cutoffs_vocabulary_and_metrics_and_resumes(tmp_pat
     for row in rows:  # validation primary + four test metrics, each a mean ± std
         assert row.count("±") == 5
     assert "Best on the validation window: min_frequency" in out.with_suffix(".md").read_text()
-    journal = out.parent / "cutoff.runs.jsonl"
+    journal = out.parent / "journals" / "cutoff.runs.jsonl"
     assert len(journal.read_text().splitlines()) == 2
     cutoff.main(argv)
     assert len(journal.read_text().splitlines()) == 2  # both runs taken from the journal

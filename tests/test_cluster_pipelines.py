@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components.config import ConfigError, config_from_yaml
-from pipelines.cli import app
+from components.config.schema import ConfigError, config_from_yaml
+from pipelines.cli.main import app
 from pipelines.cluster import load_cluster_settings
 from pipelines.compile import PIPELINES, compile_pipelines
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ConfigError, ProjectConfig, config_from_yaml, load_config, parse_config
+from components.config.schema import ConfigError, ProjectConfig, config_from_yaml, load_config, parse_config
 from tests.conftest import DIAMONDS, FLIGHTS, TXHOUSING, raw_config
 
 
@@ -75,9 +75,9 @@ def test_static_weights_for_unknown_task() -> None:
 
 def test_config_knows_exactly_the_registered_strategies_and_architectures() -> None:
     """Validation reads torch-free name lists; they must name what the registries build."""
-    from components.architectures import ARCHITECTURES, SharedRepresentation
-    from components.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
-    from components.strategies import STRATEGIES
+    from components.config.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
+    from components.training.architectures import ARCHITECTURES, SharedRepresentation
+    from components.training.strategies import STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
     assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES)
@@ -86,7 +86,7 @@ def test_config_knows_exactly_the_registered_strategies_and_architectures() -> N
 
 
 def test_the_method_docs_cover_every_strategy_and_architecture() -> None:
-    from components.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+    from components.config.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert [n for n in (*STRATEGY_NAMES, *ARCHITECTURE_NAMES) if f"`{n}`" not in text] == []
@@ -158,7 +158,7 @@ def test_a_table_without_time_column_needs_a_non_time_split() -> None:
 
 
 def test_a_feature_typo_fails_at_config_time_with_the_closest_column(tmp_path: Path) -> None:
-    from components.columns import check_columns
+    from components.data.columns import check_columns
 
     raw = copy.deepcopy(raw_config(DIAMONDS))
     raw["features"]["categorical"][1]["name"] = "clarty"
@@ -175,12 +175,12 @@ def test_a_feature_typo_fails_at_config_time_with_the_closest_column(tmp_path: P
 
 
 def test_the_config_reference_is_generated_from_the_schema() -> None:
-    """docs/config.md must be what `python -m components.config_reference` writes; every example parses."""
-    from components.config import ProjectConfig as Schema
-    from components.config_reference import EXAMPLES, render
+    """docs/config.md must be what `python -m components.config.reference` writes; every example parses."""
+    from components.config.reference import EXAMPLES, render
+    from components.config.schema import ProjectConfig as Schema
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    assert committed == render(), "docs/config.md is stale: python -m components.config_reference > docs/config.md"
+    assert committed == render(), "docs/config.md is stale: python -m components.config.reference > docs/config.md"
     assert set(EXAMPLES) == set(Schema.model_fields)
     for section, example in EXAMPLES.items():
         merged = copy.deepcopy(raw_config(DIAMONDS))
@@ -201,11 +201,11 @@ def test_the_config_reference_is_generated_from_the_schema() -> None:
 def test_the_json_schema_editors_read_is_committed_and_every_option_is_described() -> None:
     """docs/config.schema.json is what the models give (the shipped configs point their editors at it), and
     every option carries a description or is a section whose model has its own docstring."""
-    from components.config_reference import json_schema
+    from components.config.reference import json_schema
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     assert (docs / "config.schema.json").read_text() == json_schema(), \
-        "stale: python -m components.config_reference --schema > docs/config.schema.json"
+        "stale: python -m components.config.reference --schema > docs/config.schema.json"
     schema = json.loads(json_schema())
     undocumented = [f"{model}.{name}" for model, spec in [("ProjectConfig", schema), *schema["$defs"].items()]
                     for name, field in spec.get("properties", {}).items()

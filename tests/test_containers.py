@@ -27,10 +27,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.config import ProjectConfig, load_config
-from components.inference import OnnxModel
-from components.predictions import prediction_frame, read_prediction_log
-from components.versioning import data_version, dvc_md5
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import prediction_frame, read_prediction_log
+from components.config.schema import ProjectConfig, load_config
+from components.data.versioning import data_version, dvc_md5
 from serving.client import to_records
 from tests.conftest import FLIGHTS, ROOT, allow_smoke_model, raw_config
 from tests.test_pipeline_e2e import repo_with_data
@@ -400,7 +400,7 @@ def wait_ready(url: str, name: str, timeout: float = 180) -> None:
 def promote_a_new_version(docker_run: DockerRun) -> str:
     """The run's ONNX model registered once more and made champion (in the run's model store); its tag."""
     promote = ("import json, pathlib, sys; from components import registry; "
-               "from components.config import load_config; "
+               "from components.config.schema import load_config; "
                "cfg = load_config(sys.argv[1]); run = pathlib.Path(sys.argv[2]); "
                "old = registry.champion(cfg.registry.model_name); "
                "metrics = json.loads((run / 'evaluate-op' / 'metrics_json').read_text()); "

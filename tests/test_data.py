@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from components import steps
-from components.config import DeriveSpec, ProjectConfig, config_to_yaml, parse_config
-from components.data import label_column
-from components.features import OOV_INDEX, FeatureSpec
-from components.validate import DataValidationError, validate_or_raise
-from components.versioning import data_version, dvc_md5
+from components.config.schema import DeriveSpec, ProjectConfig, config_to_yaml, parse_config
+from components.data.features import OOV_INDEX, FeatureSpec
+from components.data.tables import label_column
+from components.data.validate import DataValidationError, validate_or_raise
+from components.data.versioning import data_version, dvc_md5
 from tests.conftest import DIAMONDS, FLIGHTS, TXHOUSING, config_with, raw_config
 
 
@@ -127,19 +127,19 @@ def test_rebuilding_gives_the_same_data_version(tx_repo: tuple[Path, ProjectConf
 
 @pytest.fixture(scope="module")
 def diamonds() -> pd.DataFrame:
-    from components.data import load_source
+    from components.data.tables import load_source
 
     return load_source(config_with(DIAMONDS).data)
 
 
 def _task(label: dict, type_: str = "binary"):  # type: ignore[no-untyped-def]
-    from components.config import TaskSpec
+    from components.config.schema import TaskSpec
 
     return TaskSpec(name="t", type=type_, label=label)
 
 
 def test_set_range_and_negation_labels(diamonds: pd.DataFrame) -> None:
-    from components.data import derive_label
+    from components.data.tables import derive_label
 
     cut = diamonds["cut"].astype(str)
     fine = derive_label(diamonds, _task({"column": "cut", "op": "in", "values": ["Premium", "Ideal"]}))
@@ -160,8 +160,8 @@ def test_set_range_and_negation_labels(diamonds: pd.DataFrame) -> None:
 def test_arithmetic_datetime_and_cyclical_derives(tmp_path: Path) -> None:
     import warnings
 
-    from components.config import DataSpec
-    from components.data import load_source
+    from components.config.schema import DataSpec
+    from components.data.tables import load_source
 
     (tmp_path / "rides.csv").write_text("when,km,minutes\n31/01/2024 23:30,10,20\n01/02/2024 06:00,0,0\n"
                                         "15/07/2024 12:15,3,-1\n")
@@ -197,7 +197,7 @@ def test_streamed_build_writes_the_partitions_the_whole_table_gives(tmp_path: Pa
     """`data build` streams a parquet source a part at a time: the same files, byte for byte, as partitioning the
     whole table: rows sorted by time within a month as the whole table sorts them (ties in source order), ids
     numbered in time order across months, rows without a time left out, a string column null in a whole part."""
-    from components.data import build_partitions, load_source, write_partitions
+    from components.data.tables import build_partitions, load_source, write_partitions
 
     rng = np.random.default_rng(0)
     n = 500
@@ -225,7 +225,7 @@ def test_streamed_build_writes_the_partitions_the_whole_table_gives(tmp_path: Pa
 
 
 def test_random_hash_and_group_splits(diamonds: pd.DataFrame) -> None:
-    from components.data import split_assignment
+    from components.data.tables import split_assignment
 
     def side(df: pd.DataFrame, **split: object) -> pd.Series:
         return split_assignment(df, config_with(DIAMONDS, data={"split": split}))

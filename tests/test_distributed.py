@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import config_to_yaml
+from components.config.schema import config_to_yaml
 from tests.conftest import FLIGHTS, config_with, window
 
 _CHILD = """
 import sys
 from pathlib import Path
 import pandas as pd
-from components.config import config_from_yaml
-from components.train import train
+from components.config.schema import config_from_yaml
+from components.training.train import train
 cfg = config_from_yaml(Path(sys.argv[1]).read_text())
 train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.argv[4]), progress=False)
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.versioning import (
+from components.data.versioning import (
     ENDPOINT_URL_ENV,
     REMOTE_URL_ENV,
     ensure_dvc_repo,

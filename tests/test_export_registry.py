@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from components import registry
-from components.config import ConfigError, ProjectConfig
-from components.evaluate import evaluate
-from components.export import ONNX_FILE, OnnxModel, ParityError, check_parity, export_onnx
-from components.metrics import is_better
-from components.train import WEIGHTS, train
+from components.artifacts import registry
+from components.artifacts.export import ONNX_FILE, OnnxModel, ParityError, check_parity, export_onnx
+from components.config.schema import ConfigError, ProjectConfig
+from components.training.evaluate import evaluate
+from components.training.metrics import is_better
+from components.training.train import WEIGHTS, train
 from tests.conftest import FLIGHTS, SMOKE_MODEL, config_with, window
 
 

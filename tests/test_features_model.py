@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.architectures.hps import HardSharingModel
-from components.config import ProjectConfig, parse_config
-from components.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from components.config.schema import ProjectConfig, parse_config
+from components.data.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from components.training.architectures.hps import HardSharingModel
 from tests.conftest import TXHOUSING, config_with, window
 
 

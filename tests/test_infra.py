@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.config import PrometheusSpec
+from components.config.schema import PrometheusSpec
 from pipelines.cluster import load_cluster_settings
 from serving.runtime import ServingSettings
 

@@ -2,7 +2,11 @@
 
 The rule, from the bottom up:
 
-    components            the steps and the MTL core; imports no other layer
+    components            the steps and the MTL core; imports no other layer. Inside it, the
+                          lifecycle's stages from the bottom up: config (the schema, task kinds),
+                          data (tables, columns, features, versioning), training (the trainer,
+                          strategies, architectures, metrics), artifacts (export, registry,
+                          inference) and steps, the pipeline steps wiring them
     serving, monitoring   import components only, and never each other (both are read by
                           pipelines; one sharing code with the other would make a deployment
                           of the service carry the monitor's dependencies, or the reverse)
@@ -38,8 +42,8 @@ def modules(root: Path) -> dict[str, Path]:
 
 
 def _target(name: str, known: dict[str, Path]) -> str | None:
-    """The module an imported dotted name lives in (`components.config.load_config` ->
-    `components.config`); None for anything outside the layered packages."""
+    """The module an imported dotted name lives in (`components.config.schema.load_config` ->
+    `components.config.schema`); None for anything outside the layered packages."""
     while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
@@ -68,6 +72,19 @@ def import_graph(root: Path) -> dict[str, set[str]]:
         imported.discard(module)
         graph[module] = imported
     return graph
+
+
+STAGES = {"config": 0, "data": 1, "training": 2, "artifacts": 3, "steps": 4}
+
+
+def upward_stage_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports inside `components` from a later stage of the lifecycle, as 'importer -> imported'."""
+    def stage(module: str) -> int | None:
+        parts = module.split(".")
+        return STAGES.get(parts[1]) if parts[0] == "components" and len(parts) > 1 else None
+
+    return [f"{m} -> {t}" for m, imported in sorted(graph.items()) for t in sorted(imported)
+            if stage(m) is not None and stage(t) is not None and stage(t) > stage(m)]
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
@@ -125,6 +142,17 @@ def test_no_module_imports_a_layer_above_or_beside_its_own() -> None:
     assert upward_imports(import_graph(ROOT)) == []
 
 
+def test_each_stage_imports_only_the_stages_before_it_and_no_kfp_pipeline_imports_the_cli() -> None:
+    graph = import_graph(ROOT)
+    # the kfp pipelines never import the command line and the replays built on them
+    assert [f"{m} -> {t}" for m, imported in graph.items() if not m.startswith("pipelines.cli")
+            for t in imported if t.startswith("pipelines.cli")] == []
+    assert {m.split(".")[1] for m in graph if m.startswith("components.")} == set(STAGES)
+    assert upward_stage_imports(graph) == []
+    assert upward_stage_imports({"components.data.features": {"components.training.metrics"}}) == [
+        "components.data.features -> components.training.metrics"]
+
+
 def test_the_checks_find_function_level_cycles_and_upward_imports(tmp_path: Path) -> None:
     """The scan sees what the rules forbid: an upward import and a cycle closed inside a function."""
     files = {
@@ -149,8 +177,8 @@ def test_the_checks_find_function_level_cycles_and_upward_imports(tmp_path: Path
 
 
 @pytest.mark.parametrize("code", [
-    "import components.config",
-    "from components.config import load_config; load_config('configs/flights.yaml')",
+    "import components.config.schema",
+    "from components.config.schema import load_config; load_config('configs/flights.yaml')",
 ])
 def test_reading_a_config_does_not_import_torch(code: str) -> None:
     """`mtlops serve`, `monitor`, `models` and every kfp step read a config; torch costs them

@@ -22,15 +22,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components import registry
-from components.calibration import load_temperatures
-from components.config import ConfigError, ProjectConfig, config_to_yaml, parse_config
-from components.data import label_column, load_source, partition_dir, with_labels, write_partitions
-from components.evaluate import evaluate
-from components.export import export_onnx
-from components.inference import OnnxModel
-from components.predictions import REFERENCE_FILE, score_frame, write_reference
-from components.train import train
+from components.artifacts import registry
+from components.artifacts.export import export_onnx
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import REFERENCE_FILE, score_frame, write_reference
+from components.config.schema import ConfigError, ProjectConfig, config_to_yaml, parse_config
+from components.data.tables import label_column, load_source, partition_dir, with_labels, write_partitions
+from components.training.calibration import load_temperatures
+from components.training.evaluate import evaluate
+from components.training.train import train
 from monitoring.alerts import data_reasons, decide, read_alerts, reasons_to_alert
 from monitoring.calibration import CALIBRATION_FILE, Calibration
 from monitoring.drift import monitor, sample, task_quality
@@ -372,8 +372,8 @@ def test_mtlops_monitor_on_the_prediction_log_with_a_labels_file(model, flights_
     the alert policy is evaluated, logged and posted to the webhook."""
     from typer.testing import CliRunner
 
-    from components.predictions import write_log_part
-    from pipelines.cli import app
+    from components.artifacts.predictions import write_log_part
+    from pipelines.cli.main import app
 
     cfg, onnx_dir = model
     rows = window(flights_frame, cfg, "test")

@@ -11,7 +11,7 @@ import torch
 import yaml
 from kfp import compiler, local
 
-from components.config import config_to_yaml
+from components.config.schema import config_to_yaml
 from pipelines.pbt import pbt_pipeline
 from tests.conftest import FLIGHTS, config_with, window
 

@@ -17,17 +17,17 @@ import pytest
 import torch
 import yaml
 
-from components import registry
-from components.config import ProjectConfig, config_to_yaml, load_config, parse_config
-from components.data import select_window, with_labels
-from components.export import export_onnx
-from components.features import SPEC_FILE
-from components.predictions import REFERENCE_FILE, REFERENCE_ROWS
+from components.artifacts import registry
+from components.artifacts.export import export_onnx
+from components.artifacts.predictions import REFERENCE_FILE, REFERENCE_ROWS
+from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config
+from components.data.features import SPEC_FILE
+from components.data.tables import select_window, with_labels
+from components.data.versioning import data_version, dvc_md5
 from components.steps import prepare_continual
-from components.train import WEIGHTS, load_trained, train
-from components.versioning import data_version, dvc_md5
+from components.training.train import WEIGHTS, load_trained, train
+from pipelines.cli.retrain import retrain
 from pipelines.local import run_local
-from pipelines.retrain import retrain
 from pipelines.steplog import ANSI, LOG_FILE
 from tests.conftest import FLIGHTS, TXHOUSING, allow_smoke_model, config_with, raw_config
 
@@ -372,8 +372,8 @@ def test_the_monitoring_pipeline_retrains_in_its_dsl_if_branch_only_when_the_ale
     branch registers a challenger trained on July; the second, inside the cool-down, only logs."""
     from kfp import local
 
-    from components.inference import OnnxModel
-    from components.predictions import score_frame, write_log_part
+    from components.artifacts.inference import OnnxModel
+    from components.artifacts.predictions import score_frame, write_log_part
     from monitoring.alerts import read_alerts
     from monitoring.windows import champion_model
     from pipelines.monitoring import build_monitoring_pipeline

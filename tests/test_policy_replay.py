@@ -3,8 +3,8 @@ promoted model is the one closest to (or past) its task's tolerance, not the lar
 
 from __future__ import annotations
 
-from components.config import ProjectConfig
-from pipelines.policy_replay import forgetting, policy_markdown
+from components.config.schema import ProjectConfig
+from pipelines.cli.policy_replay import forgetting, policy_markdown
 
 
 def _row(month: str, retrain: str, challenger: dict[str, float], champion: dict[str, float]) -> dict:

@@ -28,7 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.config import ProjectConfig, config_to_yaml, load_config
+from components.config.schema import ProjectConfig, config_to_yaml, load_config
 from monitoring.exposition import JOB as MONITOR_JOB
 from monitoring.exposition import push_run, run_registry
 from monitoring.prometheus_rules import (
@@ -477,7 +477,7 @@ def monitor_log(stack: Stack, log: Path, tmp_path: Path, name: str) -> float:
     """`mtlops monitor` on the month the log holds, as a user runs it; returns when it began."""
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli.main import app
 
     window, began = f"{pd.Timestamp.now(tz='UTC'):%Y-%m}", time.time()
     result = CliRunner().invoke(app, ["monitor", "--config", str(stack.config), "--window", window, "--log", str(log),

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from components.architectures import SharedRepresentation, build_model
-from components.config import ConfigError, RepMtlSpec
-from components.features import FeatureSpec
-from components.rep_mtl import csa_loss, rep_mtl_loss, saliencies, tsr_loss
-from components.train import masked_loss, to_tensors
+from components.config.schema import ConfigError, RepMtlSpec
+from components.data.features import FeatureSpec
+from components.training.architectures import SharedRepresentation, build_model
+from components.training.rep_mtl import csa_loss, rep_mtl_loss, saliencies, tsr_loss
+from components.training.train import masked_loss, to_tensors
 from tests.conftest import FLIGHTS, config_with, window
 
 # Rep-MTL's regulariser R must move the shared representation Z and the trunk that computes it, not just the heads:

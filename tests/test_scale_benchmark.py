@@ -3,21 +3,15 @@ rates of the reference, and readable through the config it writes (a parquet sou
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.config import load_config
-from components.data import load_source, with_labels
-from tests.conftest import FLIGHTS, ROOT
-
-_spec = importlib.util.spec_from_file_location("scale", ROOT / "benchmarks" / "scale.py")
-scale = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-sys.modules["scale"] = scale  # its dataclasses resolve their annotations through it
-_spec.loader.exec_module(scale)  # type: ignore[union-attr]
+from benchmarks import scale
+from components.config.schema import load_config
+from components.data.tables import load_source, with_labels
+from tests.conftest import FLIGHTS
 
 
 def test_scaled_table_is_k_copies_with_the_reference_labels(tmp_path: Path) -> None:

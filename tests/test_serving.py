@@ -28,13 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components import registry
-from components.config import ProjectConfig, config_to_yaml
-from components.data import load_source, with_labels
-from components.export import export_onnx
-from components.features import SPEC_FILE
-from components.inference import ONNX_FILE, OnnxModel
-from components.predictions import (
+from components.artifacts import registry
+from components.artifacts.export import export_onnx
+from components.artifacts.inference import ONNX_FILE, OnnxModel
+from components.artifacts.predictions import (
     Compaction,
     compact_log,
     expire_log,
@@ -44,7 +41,10 @@ from components.predictions import (
     read_prediction_log,
     write_log_part,
 )
-from components.train import train
+from components.config.schema import ProjectConfig, config_to_yaml
+from components.data.features import SPEC_FILE
+from components.data.tables import load_source, with_labels
+from components.training.train import train
 from serving.client import to_records
 from serving.launch import ServerProcess
 from serving.prediction_log import PredictionLogWriter, ServedBatch

@@ -10,14 +10,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from components.config import load_config
-from components.data import with_labels
-from components.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from benchmarks import common, serving_cost
+from components.config.schema import load_config
+from components.data.features import FIRST_VALUE_INDEX, NULL_INDEX, OOV_INDEX, FeatureSpec
+from components.data.tables import with_labels
 from serving.client import to_records
-from tests.conftest import ROOT, load_benchmark
-
-mtl_methods = load_benchmark("mtl_methods")
-serving_cost = load_benchmark("serving_cost")
+from tests.conftest import ROOT
 
 
 def flights_rows(n: int, **categorical: list[object]) -> pd.DataFrame:
@@ -35,7 +33,7 @@ def test_the_booster_encoder_gives_the_boosters_own_codes_with_null_and_unseen_c
     cfg = load_config(ROOT / "configs" / "flights.yaml")
     seen = {"carrier": ["AA", "B6", "UA"], "origin": ["JFK"], "dest": ["BOS"], "tailnum": ["N1", None],
             "flight_number": [1]}
-    models = mtl_methods.LightGBMModels(FeatureSpec.fit(with_labels(flights_rows(600, **seen), cfg), cfg), {})
+    models = common.LightGBMModels(FeatureSpec.fit(with_labels(flights_rows(600, **seen), cfg), cfg), {})
     probe = flights_rows(3, carrier=["UA", "ZZ", None], origin=["JFK"], dest=["BOS"], tailnum=["N1", None, "N9"],
                          flight_number=[1, 2, None])
     probe.loc[1, "distance"] = np.nan
@@ -48,17 +46,17 @@ def test_the_booster_encoder_gives_the_boosters_own_codes_with_null_and_unseen_c
 
 
 def test_each_task_gets_its_best_booster_setting_from_the_journal_and_the_rest_none(tmp_path: Path) -> None:
-    tune = load_benchmark("tune_methods")
+    from benchmarks import tune_methods as tune
     journal = tmp_path / "tune.optuna.jsonl"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(study_name="LightGBM/arr_delayed", storage=storage, direction="maximize")
-    start = tune.start_values(mtl_methods.LGBM_PARAMS, tune.LIGHTGBM_SPACE)
+    start = tune.start_values(common.LGBM_PARAMS, tune.LIGHTGBM_SPACE)
     for leaves in (20, 40, 200):
         study.enqueue_trial(start | {"num_leaves": leaves})
     study.optimize(lambda trial: -abs({k.path: k.suggest(trial) for k in tune.LIGHTGBM_SPACE}["num_leaves"] - 40),
                    n_trials=3)
     params = serving_cost.tuned_booster_params(["arr_delayed", "dep_delay"], journal)
-    assert params == {"arr_delayed": mtl_methods.LGBM_PARAMS | start | {"num_leaves": 40}}
+    assert params == {"arr_delayed": common.LGBM_PARAMS | start | {"num_leaves": 40}}
     assert serving_cost.tuned_booster_params(["arr_delayed"], tmp_path / "missing.jsonl") == {}
 
 

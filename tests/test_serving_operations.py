@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components import registry
-from components.config import config_to_yaml
-from components.inference import ONNX_FILE
+from components.artifacts import registry
+from components.artifacts.inference import ONNX_FILE
+from components.config.schema import config_to_yaml
 from serving.launch import ServerProcess
 from serving.server import LOCK_FILE, RUN_PREFIX, RunFolder, sweep_abandoned
 from tests.test_serving import Champion, _records, train_champion
@@ -356,7 +356,7 @@ def test_a_full_disk_keeps_answers_coming_counts_drops_and_writes_nothing_half(
     """The log's disk fills: every request is still answered, the writer keeps what it can (10 requests)
     and counts what it drops, no half-written part is left, and once space is back every record it
     kept is written: rows in the log = records answered - records dropped."""
-    from components.predictions import read_prediction_log
+    from components.artifacts.predictions import read_prediction_log
 
     log_dir = small_disk / "predictions"
     server = start(prediction_log=log_dir, env={"MTLOPS_LOG_FLUSH_SECONDS": "0.2",
@@ -388,7 +388,7 @@ def test_a_full_disk_keeps_answers_coming_counts_drops_and_writes_nothing_half(
 def test_a_compaction_on_a_full_disk_fails_whole_and_loses_nothing(small_disk: Path) -> None:
     import pandas as pd
 
-    from components.predictions import compact_log, read_prediction_log, write_log_part
+    from components.artifacts.predictions import compact_log, read_prediction_log, write_log_part
 
     log_dir = small_disk / "predictions"
     for k in range(3):

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import registry
-from components.config import config_to_yaml
-from components.data import label_column
-from components.inference import OnnxModel
-from components.predictions import SHADOW_LOG_FOLDER, read_prediction_log, score_frame
+from components.artifacts import registry
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import SHADOW_LOG_FOLDER, read_prediction_log, score_frame
+from components.config.schema import config_to_yaml
+from components.data.tables import label_column
 from monitoring.shadow import compare
 from serving.canary import CanaryBudget, CanaryGuard
 from serving.launch import PROJECT, ServerProcess
@@ -296,9 +296,9 @@ def test_a_shadow_trained_on_broken_labels_is_rejected_on_live_labelled_records(
     """A challenger trained with its labels shuffled (an upstream join gone wrong) is scored as shadow on
     live requests; once their labels arrive, `decide` finds a task worse and rejects it: the champion
     stays, the version is `rejected` with its evidence."""
-    from components.data import load_source, with_labels
-    from components.export import export_onnx
-    from components.train import train
+    from components.artifacts.export import export_onnx
+    from components.data.tables import load_source, with_labels
+    from components.training.train import train
     from monitoring.shadow import decide
     from tests.conftest import window
 

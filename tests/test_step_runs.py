@@ -11,7 +11,7 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from components.config import ProjectConfig
+from components.config.schema import ProjectConfig
 from pipelines.local import PipelineFailed, run_local
 from pipelines.steplog import ANSI
 

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-from components.architectures.hps import HardSharingModel
-from components.config import ConfigError, ProjectConfig
-from components.data import label_column
-from components.features import FeatureSpec
-from components.mt2st import Mt2stSchedule
-from components.rep_mtl import RepMtlTerm
-from components.stl import train_stl
-from components.strategies import Weighting, make_strategy
-from components.train import (
+from components.config.schema import ConfigError, ProjectConfig
+from components.data.features import FeatureSpec
+from components.data.tables import label_column
+from components.training.architectures.hps import HardSharingModel
+from components.training.mt2st import Mt2stSchedule
+from components.training.rep_mtl import RepMtlTerm
+from components.training.stl import train_stl
+from components.training.strategies import Weighting, make_strategy
+from components.training.train import (
     CHECKPOINT,
     EpochPlan,
     StepContext,

@@ -14,15 +14,16 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from components import registry, steps
-from components.config import ProjectConfig, config_to_yaml, parse_config
-from components.features import FeatureSpec
-from components.train import CHECKPOINT, SPEC, WEIGHTS, train
+from components import steps
+from components.artifacts import registry
+from components.config.schema import ProjectConfig, config_to_yaml, parse_config
+from components.data.features import FeatureSpec
+from components.training.train import CHECKPOINT, SPEC, WEIGHTS, train
 from monitoring.windows import monitor_window, monitored_config
-from pipelines.retrain import retrain
+from pipelines.cli.retrain import retrain
 from serving.launch import ServerProcess
 from serving.runtime import ServedModel, record_model, request_model, retired_task_asked
-from tests.conftest import FLIGHTS, allow_smoke_model, load_benchmark, raw_config, window
+from tests.conftest import FLIGHTS, allow_smoke_model, raw_config, window
 from tests.test_pipeline_e2e import mtlops, repo_with_data
 
 OLD_TASKS = ("arr_delayed", "dep_delay", "air_time")
@@ -279,7 +280,7 @@ def retrain_or_raise(cfg: ProjectConfig, root: Path, tmp_path: Path) -> None:
 
 def test_the_add_task_benchmark_runs_every_arm_and_a_head_only_run_leaves_the_old_tasks_as_they_were(
         tmp_path: Path) -> None:
-    bench = load_benchmark("task_lifecycle")
+    from benchmarks import task_lifecycle as bench
     results = bench.main(["--fraction", "0.03", "--epochs", "1", "--seeds", "1", "--rounds", "5", "--head-epochs",
                           "1", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     text = (tmp_path / "out.md").read_text()

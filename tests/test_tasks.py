@@ -1,4 +1,4 @@
-"""`components.tasks` is the one description of the task types: what config validation accepts per type is
+"""`components.config.tasks` is the one description of the task types: what config validation accepts per type is
 what the metrics compute and the trainer's losses implement, the monitored column is one the prediction log
 has, and logged columns read back to the outputs they came from. The ordinal type, added by that module
 alone, trains, exports to ONNX with parity and is answered by the service's decoding on a real table."""
@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ProjectConfig, TaskSpec, parse_config
-from components.data import load_source, with_labels
-from components.export import check_parity, export_onnx
-from components.features import FeatureSpec, TargetSpec
-from components.inference import OnnxModel
-from components.leakage import leakage_scores
-from components.metrics import baseline_raw, task_metrics
-from components.predictions import monitored_column, prediction_frame, task_columns
-from components.tasks import LOSS_NAMES, TASK_KINDS, Ordinal, head_width, kind_of
-from components.train import masked_loss, train
+from components.artifacts.export import check_parity, export_onnx
+from components.artifacts.inference import OnnxModel
+from components.artifacts.predictions import monitored_column, prediction_frame, task_columns
+from components.config.schema import ProjectConfig, TaskSpec, parse_config
+from components.config.tasks import LOSS_NAMES, TASK_KINDS, Ordinal, head_width, kind_of
+from components.data.features import FeatureSpec, TargetSpec
+from components.data.leakage import leakage_scores
+from components.data.tables import load_source, with_labels
+from components.training.metrics import baseline_raw, task_metrics
+from components.training.train import masked_loss, train
 from monitoring.drift import task_quality
 from monitoring.estimation import ESTIMATORS, estimate_quality
 from serving.runtime import ServedModel
@@ -234,7 +234,7 @@ def _names_a_task_type(node: ast.expr) -> bool:
 
 
 def test_only_the_task_kinds_compare_task_types() -> None:
-    """components/tasks.py is the one module that knows task types: anywhere else, a comparison with a task
+    """components/config/tasks.py is the one module that knows task types: anywhere else, a comparison with a task
     type's name (`task.type == "binary"`, `t.type in ("multiclass", "ordinal")`) is a branch a new type
     silently falls through; ask the task's kind (`kind_of(task)`) instead."""
     tasks_module = ROOT / "components" / "tasks.py"
@@ -246,7 +246,7 @@ def test_only_the_task_kinds_compare_task_types() -> None:
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Compare) and any(map(_names_a_task_type, [node.left, *node.comparators])):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
-    assert not found, "task types compared outside components/tasks.py:\n" + "\n".join(found)
+    assert not found, "task types compared outside components/config/tasks.py:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("task_type", ["multiclass", "ordinal"])

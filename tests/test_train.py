@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ProjectConfig, config_to_yaml
-from components.train import CHECKPOINT, SUMMARY, WEIGHTS, TrainingDiverged, train
+from components.config.schema import ProjectConfig, config_to_yaml
+from components.training.train import CHECKPOINT, SUMMARY, WEIGHTS, TrainingDiverged, train
 from tests.conftest import FLIGHTS, config_with, window
 
 
@@ -42,8 +42,8 @@ _CHILD = """
 import sys
 from pathlib import Path
 import pandas as pd
-from components.config import config_from_yaml
-from components.train import train
+from components.config.schema import config_from_yaml
+from components.training.train import train
 cfg = config_from_yaml(Path(sys.argv[1]).read_text())
 train(cfg, pd.read_parquet(sys.argv[2]), pd.read_parquet(sys.argv[3]), Path(sys.argv[4]),
       resume=sys.argv[5] == "1", progress=True)
@@ -130,11 +130,11 @@ def test_compile_option_traces_the_model_and_trains_like_eager(flights_frame: pd
 def test_train_state_round_trips_through_a_weights_only_checkpoint(flights_frame: pd.DataFrame,
                                                                    tmp_path: Path) -> None:
     """What `to_checkpoint` writes, `restore` reads back whole: a resumed run continues from the same state."""
-    from components.architectures import build_model
-    from components.features import FeatureSpec
-    from components.mt2st import Mt2stSchedule
-    from components.strategies import make_strategy
-    from components.train import TrainState
+    from components.data.features import FeatureSpec
+    from components.training.architectures import build_model
+    from components.training.mt2st import Mt2stSchedule
+    from components.training.strategies import make_strategy
+    from components.training.train import TrainState
 
     cfg = config_with(FLIGHTS, model={"hidden": [8]}, training={"strategy": {"name": "uw"},
                                                                  "mt2st": {"switch": {"patience": 1}}})
@@ -171,7 +171,7 @@ def test_train_state_round_trips_through_a_weights_only_checkpoint(flights_frame
 
 
 def test_the_weight_average_warms_up_then_moves_by_one_minus_decay_and_copies_integer_buffers() -> None:
-    from components.train import WeightAverage
+    from components.training.train import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     model.register_buffer("steps", torch.tensor(0))
@@ -195,7 +195,7 @@ def test_the_weight_average_warms_up_then_moves_by_one_minus_decay_and_copies_in
 
 def test_with_ema_decay_the_average_is_validated_kept_and_exported(flights_frame: pd.DataFrame,
                                                                    tmp_path: Path) -> None:
-    from components.train import evaluate_tensors, load_trained, to_tensors
+    from components.training.train import evaluate_tensors, load_trained, to_tensors
 
     cfg = config_with(FLIGHTS, training={"epochs": 2, "threads": 2, "batch_size": 512, "ema_decay": 0.9,
                                          "early_stopping_patience": 2})

@@ -3,21 +3,15 @@ trains the same model on the same batches."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pandas as pd
 import pytest
 
-from components.features import FeatureSpec
-from components.train import to_tensors
-from tests.conftest import FLIGHTS, ROOT, config_with, window
-
-_spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-train_throughput = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-sys.modules["train_throughput"] = train_throughput  # its dataclasses resolve their annotations through it
-_spec.loader.exec_module(train_throughput)  # type: ignore[union-attr]
+from benchmarks import train_throughput
+from components.data.features import FeatureSpec
+from components.training.train import to_tensors
+from tests.conftest import FLIGHTS, config_with, window
 
 
 @pytest.mark.parametrize("strategy", ["ew", "pcgrad"])  # pcgrad: a Jacobian method needs `attach` before stepping

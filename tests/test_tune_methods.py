@@ -7,23 +7,22 @@ import copy
 
 import pytest
 
-from components.config import ProjectConfig, load_config
-from components.stl import single_task_config
-from tests.conftest import FLIGHTS, load_benchmark
-
-mtl_methods = load_benchmark("mtl_methods")
-tune = load_benchmark("tune_methods")
+from benchmarks import common
+from benchmarks import tune_methods as tune
+from components.config.schema import ProjectConfig, load_config
+from components.training.stl import single_task_config
+from tests.conftest import FLIGHTS
 
 EPOCHS = 8
-BASE = mtl_methods.bench_config(load_config(FLIGHTS), EPOCHS, threads=1, device="cpu")
+BASE = common.bench_config(load_config(FLIGHTS), EPOCHS, threads=1, device="cpu")
 
 
 def method_configs() -> dict[str, ProjectConfig]:
     """Every network model the benchmark tunes: each method's config and each task's STL config."""
     out = {f"STL/{t.name}": single_task_config(BASE, t.name) for t in BASE.tasks}
-    for name, settings in mtl_methods.methods(BASE).items():
+    for name, settings in common.methods(BASE).items():
         settings = copy.deepcopy(settings)
-        out[name] = mtl_methods.with_training(BASE, model=settings.pop("model", None), **settings)
+        out[name] = common.with_training(BASE, model=settings.pop("model", None), **settings)
     return out
 
 
@@ -57,15 +56,15 @@ def test_trial_zero_is_the_untuned_setting(name: str) -> None:
 
 
 def test_lightgbm_trial_zero_is_the_untuned_booster() -> None:
-    start = tune.start_values(mtl_methods.LGBM_PARAMS, tune.LIGHTGBM_SPACE)
+    start = tune.start_values(common.LGBM_PARAMS, tune.LIGHTGBM_SPACE)
     assert set(start) == {k.path for k in tune.LIGHTGBM_SPACE}
-    assert tune.with_values(mtl_methods.LGBM_PARAMS, tune.LIGHTGBM_SPACE, start) == mtl_methods.LGBM_PARAMS
+    assert tune.with_values(common.LGBM_PARAMS, tune.LIGHTGBM_SPACE, start) == common.LGBM_PARAMS
 
 
 def test_each_method_searches_the_knobs_of_the_parts_it_uses() -> None:
     configs = method_configs()
-    common = [k.path for k in tune.network_space(BASE)]
-    own = {name: [k.path for k in tune.network_space(c)][len(common):] for name, c in configs.items()}
+    shared = [k.path for k in tune.network_space(BASE)]
+    own = {name: [k.path for k in tune.network_space(c)][len(shared):] for name, c in configs.items()}
     assert own["EW"] == own["UW"] == own["STL/arr_delayed"] == []
     assert own["DWA"] == ["training.strategy.temperature"]
     assert own["MT2ST-Diminish+Switch"] == ["training.mt2st.diminish.eta", "training.mt2st.diminish.nu",
@@ -96,12 +95,12 @@ def test_a_diverging_trial_fails_within_the_budget_and_the_study_goes_on() -> No
     """The study loop with a stand-in `fit` (the real trainer's divergence error: tests/test_train.py)."""
     import optuna
 
-    from components.train import TrainingDiverged
+    from components.training.train import TrainingDiverged
 
     def fit(values: dict, window: object, seed: int) -> object:
         if values["training.lr"] > 0.02:
             raise TrainingDiverged("training diverged in epoch 1")
-        return mtl_methods.RunResult({BASE.primary_task.name: values["training.lr"]}, 1.0, None)
+        return common.RunResult({BASE.primary_task.name: values["training.lr"]}, 1.0, None)
 
     knobs = [tune.Knob("training.lr", 1e-3, 1e-1, log=True)]
     candidate = tune.Candidate("lr-only", BASE.primary_task, knobs, {"training.lr": 0.05}, fit)

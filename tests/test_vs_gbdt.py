@@ -8,23 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_config, parse_config
-from components.data import load_source, sample_rows, with_labels
-from tests.conftest import DIAMONDS, FLIGHTS, TXHOUSING, load_benchmark, raw_config
-
-mtl_methods = load_benchmark("mtl_methods")
-vs_gbdt = load_benchmark("vs_gbdt")
+from benchmarks import common, vs_gbdt
+from components.config.schema import load_config, parse_config
+from components.data.tables import load_source, sample_rows, with_labels
+from tests.conftest import DIAMONDS, FLIGHTS, TXHOUSING, raw_config
 
 
 def test_a_booster_fits_the_metric_its_task_is_gated_on_not_the_networks_loss() -> None:
     flights = {t.name: t for t in load_config(FLIGHTS).tasks}
     assert flights["air_time"].loss == "mse" and flights["air_time"].metric == "mae"
-    assert mtl_methods.booster_objective(flights["air_time"]) == {"objective": "regression_l1", "metric": "l1"}
-    assert mtl_methods.booster_objective(flights["arr_delayed"]) == {"objective": "binary", "metric": "auc"}
+    assert common.booster_objective(flights["air_time"]) == {"objective": "regression_l1", "metric": "l1"}
+    assert common.booster_objective(flights["arr_delayed"]) == {"objective": "binary", "metric": "auc"}
     txhousing = {t.name: t for t in load_config(TXHOUSING).tasks}
     assert txhousing["sales"].loss == "huber"
-    assert mtl_methods.booster_objective(txhousing["sales"]) == {"objective": "regression_l1", "metric": "l1"}
-    assert mtl_methods.booster_objective(txhousing["price_band"]) == {"objective": "multiclass",
+    assert common.booster_objective(txhousing["sales"]) == {"objective": "regression_l1", "metric": "l1"}
+    assert common.booster_objective(txhousing["price_band"]) == {"objective": "multiclass",
                                                                       "metric": "multi_logloss"}
 
 
@@ -34,7 +32,7 @@ def test_an_ordinal_task_is_refused_by_name() -> None:
                          "label": {"column": "arr_delay", "op": "bins", "edges": [0, 15, 60]}})
     cfg = parse_config(raw, "<ordinal>")
     with pytest.raises(ValueError, match="delay_band"):
-        mtl_methods.booster_objective(cfg.task("delay_band"))
+        common.booster_objective(cfg.task("delay_band"))
 
 
 def test_a_split_without_time_windows_is_scored_on_its_test_split_only() -> None:

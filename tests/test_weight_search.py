@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ProjectConfig, load_config
-from components.weight_search import (
+from components.config.schema import ProjectConfig, load_config
+from components.training.weight_search import (
     exploit_and_explore,
     exploit_files,
     population_based_training,
