@@ -38,7 +38,7 @@ from components.training.calibration import (
     save_temperatures,
     with_temperatures,
 )
-from components.training.metrics import is_better, task_metrics
+from components.training.metrics import head_metrics, is_better
 from components.training.mt2st import Mt2stSchedule
 from components.training.rep_mtl import RepMtlTerm, RepresentationTerm
 from components.training.strategies import Weighting, make_strategy
@@ -106,7 +106,7 @@ def predict_raw(model: Architecture, data: TensorData, batch_size: int = 16384) 
 def evaluate_tensors(model: Architecture, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
     """Every metric of every task; a calibrated head's logits divided by its temperature first."""
     raw = calibrated(predict_raw(model, data), targets)
-    return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
+    return {t.name: head_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
 @dataclass(frozen=True)
