@@ -23,6 +23,7 @@ import torch
 import yaml
 from rich.progress import Progress, TaskID
 
+from components.config.plugins import with_options
 from components.config.schema import ProjectConfig, TaskSpec, parse_config
 from components.config.tasks import higher_is_better
 from components.data.features import FeatureSpec
@@ -86,8 +87,8 @@ class RunJournal:
 def with_training(cfg: ProjectConfig, model: dict | None = None, **training: object) -> ProjectConfig:
     raw = cfg.model_dump(mode="json", exclude_none=True)
     raw["training"] = {**raw["training"], **training}
-    if model:
-        raw["model"] = {**raw["model"], **model}
+    if model:  # another architecture keeps the options the two share
+        raw["model"] = with_options(cfg.model, **model).model_dump(mode="json", exclude_none=True)
     return parse_config(raw, "<benchmark>")
 
 

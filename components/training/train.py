@@ -26,7 +26,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
-from components.config.schema import ProjectConfig, StrategySpec, TaskSpec, config_to_yaml, load_config
+from components.config.plugins import EqualWeightingSettings
+from components.config.schema import ProjectConfig, TaskSpec, config_to_yaml, load_config
 from components.config.tasks import kind_of
 from components.data.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.training import distributed
@@ -413,7 +414,7 @@ class TrainingRun:
         schedule = self.state.schedule
         if self.new_tasks and epoch < self.cfg.training.new_task_head_epochs:
             own = task_parameters(self.state.model, self.new_tasks)
-            return EpochPlan(make_strategy(self.new_tasks, StrategySpec(name="ew")), self.new_tasks,
+            return EpochPlan(make_strategy(self.new_tasks, EqualWeightingSettings()), self.new_tasks,
                              trainable=frozenset(map(id, own)))
         return EpochPlan(self.state.strategy, schedule.active_tasks(epoch),
                          lambda done: schedule.loss_weights(epoch + done), self.loss_terms)
