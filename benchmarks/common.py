@@ -23,11 +23,12 @@ import torch
 import yaml
 from rich.progress import Progress, TaskID
 
+from components.config.plugins import with_options
 from components.config.schema import ProjectConfig, TaskSpec, parse_config
 from components.config.tasks import higher_is_better
 from components.data.features import FeatureSpec
 from components.data.tables import load_source, sample_rows, select_window, with_labels
-from components.training.metrics import relative_change, task_metrics
+from components.training.metrics import head_metrics, relative_change
 from components.training.stl import single_task_config
 from components.training.train import evaluate_tensors, load_trained, to_tensors, train
 from components.training.weight_search import population_based_training
@@ -86,8 +87,8 @@ class RunJournal:
 def with_training(cfg: ProjectConfig, model: dict | None = None, **training: object) -> ProjectConfig:
     raw = cfg.model_dump(mode="json", exclude_none=True)
     raw["training"] = {**raw["training"], **training}
-    if model:
-        raw["model"] = {**raw["model"], **model}
+    if model:  # another architecture keeps the options the two share
+        raw["model"] = with_options(cfg.model, **model).model_dump(mode="json", exclude_none=True)
     return parse_config(raw, "<benchmark>")
 
 
@@ -239,7 +240,7 @@ class LightGBMModels:
     def all_metrics(self, tasks: list[TaskSpec], df: pd.DataFrame) -> dict[str, tuple[dict[str, float], str]]:
         """Each task's every metric on `df` (log loss beside ROC-AUC) and the name of the one it is gated on."""
         y, raw = self.spec.transform_targets(df), self.raw_scores(df)
-        return {task.name: (task_metrics(target, raw[task.name], y[task.name]), task.metric)  # type: ignore[misc]
+        return {task.name: (head_metrics(target, raw[task.name], y[task.name]), task.metric)  # type: ignore[misc]
                 for task, target in zip(tasks, self.spec.targets, strict=True)}
 
 

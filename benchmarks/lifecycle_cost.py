@@ -49,6 +49,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.serving_load import WRK_SCRIPT, wrk
 from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config
 from components.config.tasks import higher_is_better
 from components.training.stl import single_task_config
@@ -67,16 +68,6 @@ FIRST_PORT = 38100
 ONE, K = "1 model", "K models"
 OUTCOME = {"": "-", "promoted": "P", "rejected": "R", "shadowed": "S", "failed": "F"}  # a retrain, in the tables
 console = Console(width=150)
-WRK_SCRIPT = """
-local f = io.open(os.getenv("BODY_FILE"), "rb"); local body = f:read("*a"); f:close()
-wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, "p50": %f}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50)))
-end
-"""
 
 
 # ---- the arms' configs ------------------------------------------------------------------------------------------
@@ -207,18 +198,6 @@ class RssPeak:
         self._thread.join()
 
 
-def wrk(urls: list[str], body: Path, seconds: float, script: Path) -> list[dict]:
-    """One wrk per URL, all at once (c=CONCURRENCY, 1 thread each); each result as wrk's Lua `done` printed it."""
-    procs = [subprocess.Popen(["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s",
-                               str(script), u + "/predict"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "BODY_FILE": str(body)}) for u in urls]
-    out = []
-    for p in procs:
-        text = p.communicate(timeout=seconds + 60)[0]
-        out.append(json.loads(next(line[4:] for line in text.splitlines() if line.startswith("WRK "))))
-    return out
-
-
 def measure_serving(arms: dict[str, list[tuple[str, ProjectConfig]]], configs: dict[str, Path], work: Path,
                     bodies: dict[int, Path], seconds: float, rounds: int) -> dict[str, dict]:
     """Every arm's services started at once; per batch, `rounds` alternating rounds (arm A, arm B, A, B ...)."""
@@ -243,12 +222,12 @@ def measure_serving(arms: dict[str, list[tuple[str, ProjectConfig]]], configs: d
                      "p50_ms": {}, "failed": 0} for arm, ss in servers.items()}
         for batch in BATCHES:
             for ss in servers.values():
-                wrk([s.url for s in ss], bodies[batch], 1, script)  # warm-up
+                wrk([s.url for s in ss], bodies[batch], CONCURRENCY, 1, script)  # warm-up
             runs: dict[str, list[tuple[float, float]]] = {arm: [] for arm in servers}
             for _ in range(rounds):
                 for arm, ss in servers.items():
                     with RssPeak([s.proc.pid for s in ss]) as rss:
-                        results = wrk([s.url for s in ss], bodies[batch], seconds, script)
+                        results = wrk([s.url for s in ss], bodies[batch], CONCURRENCY, seconds, script)
                     out[arm]["peak_mib"] = max(out[arm]["peak_mib"], rss.peak)
                     out[arm]["failed"] += sum(r["errors"] + r["non2xx"] for r in results)
                     slowest = min(results, key=lambda r: r["requests"] / r["duration_us"])

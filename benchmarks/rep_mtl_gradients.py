@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from components.config.plugins import with_options
 from components.config.schema import ProjectConfig, RepMtlSpec, parse_config
 from components.data.features import FeatureSpec
 from components.data.tables import load_source, sample_rows, select_window, with_labels
@@ -117,7 +118,7 @@ def table(cfg: ProjectConfig, spec: FeatureSpec, data: TensorData, seeds: int) -
     lines = ["| architecture | TSR normalisation | ‖∇trunk R‖/‖∇trunk L‖ | TSR / L | CSA / L | "
              "‖∇Z R‖/‖∇Z L‖ | cos(∇Z R, ∇Z L) |", "|---|---|---|---|---|---|---|"]
     for arch, options in ARCHITECTURES.items():
-        model_cfg = cfg.model.model_copy(update=options)
+        model_cfg = with_options(cfg.model, **options)
         for variant, tsr in TSR_VARIANTS.items():
             runs = []
             for seed in range(seeds):

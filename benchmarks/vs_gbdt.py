@@ -54,7 +54,7 @@ from components.config.schema import ProjectConfig, load_config
 from components.config.tasks import higher_is_better
 from components.data.features import FeatureSpec
 from components.data.tables import load_source, sample_rows, split_assignment, with_labels
-from components.training.metrics import baseline_raw, task_metrics
+from components.training.metrics import baseline_raw, head_metrics
 from components.training.stl import single_task_config
 from components.training.train import evaluate_tensors, load_trained, to_tensors, train
 
@@ -111,7 +111,7 @@ def trivial_log_loss(cfg: ProjectConfig, train_df: pd.DataFrame, scored: dict[st
     for period, rows in scored.items():
         y = spec.transform_targets(rows)
         for target in spec.targets:
-            metrics = task_metrics(target, baseline_raw(target, y_train[target.name], len(rows)), y[target.name])
+            metrics = head_metrics(target, baseline_raw(target, y_train[target.name], len(rows)), y[target.name])
             if "log_loss" in metrics:
                 out[SEP.join((period, target.name, "log_loss"))] = metrics["log_loss"]
     return out

@@ -35,7 +35,7 @@ from evidently.presets import DataDriftPreset
 from components.artifacts.predictions import monitored_column
 from components.config.schema import MonitoringSpec, ProjectConfig, TaskSpec
 from components.config.tasks import kind_of
-from components.data.features import FeatureSpec, TargetSpec
+from components.data.features import TargetSpec
 from components.data.tables import label_column
 from components.training.metrics import baseline_raw, relative_change, task_metrics
 from monitoring.calibration import Calibration, calibrate
@@ -53,33 +53,32 @@ OTHER = "(other)"  # categorical values outside the reference's top values
 
 
 def _target(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> TargetSpec:
-    """The task as `task_metrics` sees it, for outputs already in the user's units
-    (regression mean 0 / std 1; classes in the log's column order)."""
+    """The task as `task_metrics` sees it on a prediction log (classes in the log's column order)."""
     classes = kind_of(task).classes_in(task.name, frame.columns)
     return TargetSpec(task.name, task.type, classes=classes, threshold=task.threshold)
 
 
-def _raw_outputs(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
-    """Logged predictions back to raw head outputs (logits / log-probabilities / values)."""
+def _outputs(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
+    """Logged predictions as the graph output them (logits / log-probabilities / values in units)."""
     return kind_of(target).from_columns(target, frame)
 
 
 def _labels(target: TargetSpec, frame: pd.DataFrame) -> np.ndarray:
-    return FeatureSpec([], [], [target]).transform_targets(frame)[target.name].astype(np.float64)
+    return kind_of(target).label_values(target, frame[label_column(target.name)])
 
 
 def task_quality(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> dict[str, float]:
     """`task_metrics` (what the gate uses) on a prediction-log frame with the task's label column."""
     target = _target(task, frame)
-    return task_metrics(target, _raw_outputs(target, frame), _labels(target, frame), standardised=False)
+    return task_metrics(target, _outputs(target, frame), _labels(target, frame))
 
 
-def labelled_raw(task: TaskSpec, frame: pd.DataFrame) -> tuple[TargetSpec, np.ndarray, np.ndarray]:
-    """The task, its raw head outputs and its encoded labels on the labelled rows of a prediction-log frame."""
+def labelled_outputs(task: TaskSpec, frame: pd.DataFrame) -> tuple[TargetSpec, np.ndarray, np.ndarray]:
+    """The task, its logged outputs and its labels on the labelled rows of a prediction-log frame."""
     target = _target(task, frame)
-    raw, y = _raw_outputs(target, frame), _labels(target, frame)
+    outputs, y = _outputs(target, frame), _labels(target, frame)
     labelled = ~np.isnan(y)
-    return target, kind_of(target).to_raw(target, raw[labelled]), y[labelled]
+    return target, outputs[labelled], y[labelled]
 
 
 def bootstrap_counts(n: int, draws: int, seed: int) -> np.ndarray:
@@ -95,7 +94,7 @@ def quality_bootstrap(task: TaskSpec, frame: pd.DataFrame, draws: int, confidenc
     one-sided bootstrap p-value of H0 "the window's metric is within `tolerance` (relative) of
     `reference`" — the share of resamples no further below, (1 + k) / (1 + draws) — which the alert
     policy tests."""
-    target, raw, y = labelled_raw(task, frame)
+    target, raw, y = labelled_outputs(task, frame)
     if len(y) == 0:
         return math.nan, math.nan, math.nan
     metric = task.metric or ""
@@ -113,7 +112,7 @@ def baseline_quality(task: TaskSpec, reference: pd.DataFrame, current: pd.DataFr
     current window's labels: what "no model at all" achieves on the same rows."""
     target = _target(task, current)
     y = _labels(target, current)
-    return task_metrics(target, baseline_raw(target, _labels(target, reference), len(y)), y, standardised=False)
+    return task_metrics(target, baseline_raw(target, _labels(target, reference), len(y)), y)
 
 
 def has_labels(task: TaskSpec | TargetSpec, frame: pd.DataFrame) -> bool:

@@ -54,7 +54,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from components.config.schema import ProjectConfig, TaskSpec
 from components.config.tasks import ClassLabels, kind_of
-from components.data.features import FeatureSpec, TargetSpec
+from components.data.features import TargetSpec
 from components.data.tables import label_column
 from components.training.metrics import relative_change
 
@@ -133,7 +133,7 @@ class ConfidenceCBPE(Estimator):
     def fit(self, reference: pd.DataFrame, seed: int) -> Estimator:
         kind = cast(ClassLabels, self.kind)
         target = TargetSpec(self.task.name, self.task.type, classes=kind.classes_in(self.task.name, reference.columns))
-        index = FeatureSpec([], [], [target]).transform_targets(reference)[self.task.name].astype(np.float64)
+        index = kind.label_values(target, reference[label_column(self.task.name)])
         confidence, predicted = kind.logged_confidence(self.task.name, reference)
         self.model = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
             confidence, (predicted == index).astype(np.float64))

@@ -25,7 +25,7 @@ from components.config.schema import ProjectConfig, TaskSpec
 from components.config.tasks import kind_of, label_output_column
 from components.data.tables import label_column
 from components.training.metrics import relative_change, task_metrics
-from monitoring.drift import bootstrap_counts, labelled_raw
+from monitoring.drift import bootstrap_counts, labelled_outputs
 from monitoring.windows import LOG_KEYS, read_labels
 
 SHADOW_SUFFIX = "@shadow"
@@ -115,8 +115,8 @@ def _compare_task(cfg: ProjectConfig, task: TaskSpec, champion: pd.DataFrame, sh
                          tolerance=cfg.gate_tolerance(task.name))
     if label_column(task.name) not in champion.columns:
         return out
-    target, raw_a, y = labelled_raw(task, champion)
-    _, raw_b, _ = labelled_raw(task, shadow)
+    target, raw_a, y = labelled_outputs(task, champion)
+    _, raw_b, _ = labelled_outputs(task, shadow)
     out.labelled = len(y)
     if len(y) == 0:
         return out

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from components.artifacts.export import ONNX_FILE, check_parity, export_onnx
+from components.config.plugins import with_options
 from components.config.schema import ConfigError, ProjectConfig
 from components.data.features import FeatureSpec
 from components.training.architectures import ARCHITECTURES, build_model
@@ -29,7 +30,9 @@ def test_architecture_trains_and_exports_with_parity(architecture: str, options:
                                                      flights_cfg: ProjectConfig, tmp_path: Path) -> None:
     small = {"hidden": [32, 16], "experts": 3, "private_hidden": [8], "token_dim": 8, "attention_layers": 1,
              "attention_heads": 2}
-    cfg = config_with(FLIGHTS, model={"architecture": architecture, **small, **options},
+    own = ARCHITECTURES[architecture].settings.model_fields  # each architecture takes only its own options
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, **{k: v for k, v in small.items() if k in own},
+                                      **options},
                       training={"epochs": 3, "threads": 2, "batch_size": 256, "early_stopping_patience": 3})
     train_df = window(flights_frame, cfg, "train").iloc[::3]
     result = train(cfg, train_df, window(flights_frame, cfg, "validation").iloc[::3], tmp_path / "model",
@@ -95,7 +98,7 @@ def test_shared_private_penalty_is_added_to_the_step(flights_frame: pd.DataFrame
     grads, expected = [], None
     for weight in (0.0, 0.5):
         torch.manual_seed(0)
-        model = build_model(spec, cfg.model.model_copy(update={"similarity_penalty": weight})).eval()
+        model = build_model(spec, with_options(cfg.model, similarity_penalty=weight)).eval()
         with torch.no_grad():  # two similar tasks, so the penalty has a pull
             model.heads[tasks[1]].weight.copy_(model.heads[tasks[0]].weight + 0.1)
         heads = list(model.heads.parameters())
@@ -119,9 +122,10 @@ def test_switched_step_computes_nothing_of_the_auxiliary_tasks(architecture: str
                                                                flights_frame: pd.DataFrame) -> None:
     """MT2ST's switch saves compute only if a primary-only step leaves every per-task part of the auxiliary
     tasks (heads, MMoE's gates, shared_private's private encoders) uncalled and without a gradient."""
-    cfg = config_with(FLIGHTS, model={"architecture": architecture, "hidden": [16], "experts": 2,
-                                      "private_hidden": [8], "token_dim": 8, "attention_heads": 2,
-                                      "attention_layers": 1})
+    small = {"hidden": [16], "experts": 2, "private_hidden": [8], "token_dim": 8, "attention_heads": 2,
+             "attention_layers": 1}
+    own = ARCHITECTURES[architecture].settings.model_fields
+    cfg = config_with(FLIGHTS, model={"architecture": architecture, **{k: v for k, v in small.items() if k in own}})
     df = window(flights_frame, cfg, "train").head(256)
     spec = FeatureSpec.fit(df, cfg)
     model = build_model(spec, cfg.model)

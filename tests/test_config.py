@@ -74,19 +74,40 @@ def test_static_weights_for_unknown_task() -> None:
 
 
 def test_config_knows_exactly_the_registered_strategies_and_architectures() -> None:
-    """Validation reads torch-free name lists; they must name what the registries build."""
-    from components.config.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
+    """Validation reads the torch-free settings classes; each registry holds one implementation per settings class,
+    keyed by its name, and an architecture's settings say what its class is (a shared representation or not)."""
+    from components.config.plugins import ARCHITECTURE_SETTINGS, STRATEGY_SETTINGS, plugin_name
     from components.training.architectures import ARCHITECTURES, SharedRepresentation
     from components.training.strategies import STRATEGIES
 
-    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
-    assert sorted(ARCHITECTURE_NAMES) == sorted(ARCHITECTURES)
-    assert sorted(SHARED_REPRESENTATION_ARCHITECTURES) == sorted(
-        name for name, cls in ARCHITECTURES.items() if issubclass(cls, SharedRepresentation))
+    assert [STRATEGIES[plugin_name(s)].settings for s in STRATEGY_SETTINGS] == list(STRATEGY_SETTINGS)
+    assert [ARCHITECTURES[plugin_name(a)].settings for a in ARCHITECTURE_SETTINGS] == list(ARCHITECTURE_SETTINGS)
+    assert len(STRATEGIES) == len(STRATEGY_SETTINGS) and len(ARCHITECTURES) == len(ARCHITECTURE_SETTINGS)
+    assert {name: issubclass(cls, SharedRepresentation) for name, cls in ARCHITECTURES.items()} == {
+        name: cls.settings.shares_representation for name, cls in ARCHITECTURES.items()}
+
+
+@pytest.mark.parametrize(("section", "chosen", "foreign"), [
+    ("strategy", {"name": "ew"}, {"temperature": 5.0}),
+    ("strategy", {"name": "dwa"}, {"cagrad_c": 3.0}),
+    ("strategy", {"name": "uw"}, {"weights": {"dep_delay": 1.0}}),
+    ("model", {"architecture": "hps"}, {"experts": 8}),
+    ("model", {}, {"token_dim": 16}),
+    ("model", {"architecture": "mmoe"}, {"private_hidden": [8]}),
+])
+def test_an_option_of_another_plug_in_is_an_error_naming_the_field(section: str, chosen: dict, foreign: dict) -> None:
+    """Each plug-in owns its options: one that belongs to another plug-in does not validate silently."""
+    where = (lambda r: r["training"]) if section == "strategy" else (lambda r: r)
+    message = _broken(lambda r: where(r).update({section: chosen | foreign}))
+    path = "training.strategy" if section == "strategy" else "model"
+    assert f"{path}.{next(iter(foreign))}: unknown field" in message
+    raw = copy.deepcopy(raw_config())
+    where(raw).update({section: chosen})
+    assert parse_config(raw, "flights.yaml")  # the chosen plug-in alone validates
 
 
 def test_the_method_docs_cover_every_strategy_and_architecture() -> None:
-    from components.config.plugin_names import ARCHITECTURE_NAMES, STRATEGY_NAMES
+    from components.config.plugins import ARCHITECTURE_NAMES, STRATEGY_NAMES
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert [n for n in (*STRATEGY_NAMES, *ARCHITECTURE_NAMES) if f"`{n}`" not in text] == []

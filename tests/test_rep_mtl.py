@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from components.config.plugins import with_options
 from components.config.schema import ConfigError, RepMtlSpec
 from components.data.features import FeatureSpec
 from components.training.architectures import SharedRepresentation, build_model
@@ -147,7 +148,7 @@ def reach_setup(name: str, flights_frame: pd.DataFrame) -> tuple[dict[str, torch
     torch.manual_seed(0)
     # linear heads are built past the config, which rejects them on hps and shared_private for CSA's sake (test
     # above); TSR reaches Z on them too
-    model = build_model(spec, cfg.model.model_copy(update={"head_hidden": 0, **SMALL_MODELS[name]})).double().eval()
+    model = build_model(spec, with_options(cfg.model, **{"head_hidden": 0, **SMALL_MODELS[name]})).double().eval()
     assert isinstance(model, SharedRepresentation)
     z, out = model.represent(data.numeric.double(), data.categorical)
     losses = {t.name: masked_loss(t, out[t.name], data.targets[t.name].double()) for t in cfg.tasks}

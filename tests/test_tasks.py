@@ -189,7 +189,7 @@ def test_an_ordinal_task_trains_exports_and_is_served_end_to_end(ordinal_cfg: Pr
     assert target.type == "ordinal" and target.classes == ["low", "mid", "high"] and target.width == 2
     raw = onnx.predict_frame(test_df)
     y = spec.transform_targets(test_df)["price_band"]
-    got = task_metrics(target, raw["price_band"], y, standardised=False)
+    got = task_metrics(target, raw["price_band"], y)
     trivial = task_metrics(target, baseline_raw(target, spec.transform_targets(train_df)["price_band"], len(y)), y)
     assert got["class_mae"] < trivial["class_mae"]  # held-out, later years: it learned the order
 
@@ -280,3 +280,25 @@ def test_label_free_estimates_fit_on_a_reference_whose_labels_are_class_names(ta
     assert set(estimated) == {t.name for t in cfg.tasks}
     assert 0.5 < estimated["price_band"] <= 1 and 0.5 < on_reference["price_band"] <= 1
     assert np.isfinite(estimated["sales"])
+
+
+def test_regression_metrics_read_units_past_the_graph_and_the_head_scale_crosses_once() -> None:
+    """One convention outside the trainer: a regression metric reads the graph's output and the label in the
+    column's units, whatever the target's scale; the trainer's head-scale tensors cross once (`head_metrics`)."""
+    from components.training.metrics import head_metrics
+
+    target = TargetSpec("sales", "regression", mean=5.0, std=2.0, transform="log1p")
+    kind = kind_of(target)
+    labels = pd.Series([100.0, 2500.0, np.nan, 40.0])
+    outputs = np.array([120.0, 2000.0, 7.0, 50.0])
+    y = kind.label_values(target, labels)
+    errors = np.abs(outputs - labels.to_numpy())[[0, 1, 3]]
+    got = task_metrics(target, outputs, y)
+    assert got["mae"] == pytest.approx(errors.mean()) and got["n"] == 3
+    assert got["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)))
+    # the trainer's tensors: the head's outputs and the encoded label, the same numbers once in units
+    head = head_metrics(target, kind.to_head(target, outputs), kind.encode(target, labels).astype(np.float64))
+    assert head["mae"] == pytest.approx(got["mae"], rel=1e-6)
+    # the trivial model is the median whatever the scale: a monotone transform keeps it
+    encoded = kind.encode(target, labels.dropna()).astype(np.float64)
+    assert kind.to_units(target, baseline_raw(target, encoded, 1))[0] == pytest.approx(np.median(labels.dropna()))

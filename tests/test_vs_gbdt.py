@@ -61,9 +61,9 @@ def test_a_small_sample_scores_every_model_on_june_and_each_later_month_and_resu
     assert "| later months | trivial |" in text
     assert "| later months | multi-head |" in text and "## Tuned LightGBM settings" in text
     assert (tmp_path / "vs.png").stat().st_size > 0
-    journal = (tmp_path / "vs.runs.jsonl").read_text().splitlines()
+    journal = (tmp_path / "journals" / "vs.runs.jsonl").read_text().splitlines()
     assert sorted((json.loads(line)["method"], json.loads(line)["seed"]) for line in journal) == sorted(
         (m, s) for m in vs_gbdt.MODELS for s in range(2))
     again = vs_gbdt.main(argv)  # every run from the journal: nothing retrains, the numbers are the same
-    assert (tmp_path / "vs.runs.jsonl").read_text().splitlines() == journal
+    assert (tmp_path / "journals" / "vs.runs.jsonl").read_text().splitlines() == journal
     assert again["LightGBM"][0].metrics == runs["LightGBM"][0].metrics

@@ -118,8 +118,8 @@ def score(cfg: ProjectConfig, folder: Path, df: pd.DataFrame) -> dict[str, float
     onnx_model = OnnxModel(folder)
     raw = onnx_model.predict_frame(df)
     names = {t.name for t in cfg.tasks}
-    return {t.name: task_metrics(t, raw[t.name], kind_of(t).encode(t, df[label_column(t.name)]),
-                                 standardised=False).get(cfg.task(t.name).metric, math.nan)
+    return {t.name: task_metrics(t, raw[t.name], kind_of(t).label_values(t, df[label_column(t.name)]))
+            .get(cfg.task(t.name).metric, math.nan)
             for t in onnx_model.spec.targets if t.name in names}
 
 

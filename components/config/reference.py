@@ -148,18 +148,17 @@ def _constraints(field: Any) -> str:
     return ", ".join(bounds)
 
 
-def _models(model: type[BaseModel], seen: list[type[BaseModel]]) -> list[type[BaseModel]]:
-    """`model` and every model its fields use, depth first, each once."""
+def _models(model: Any, seen: list[type[BaseModel]]) -> list[type[BaseModel]]:
+    """`model` (or each model of a union) and every model their fields use, depth first, each once."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        for arg in typing.get_args(model):
+            _models(arg, seen)
+        return seen
     if model in seen:
         return seen
     seen.append(model)
     for field in model.model_fields.values():
-        stack = [field.annotation]
-        while stack:
-            a = stack.pop()
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                _models(a, seen)
-            stack.extend(typing.get_args(a))
+        _models(field.annotation, seen)
     return seen
 
 
@@ -205,14 +204,22 @@ def render() -> str:
         model = field.annotation
         if typing.get_origin(model) is list:
             model = typing.get_args(model)[0]
-        out += ["", f'<a id="{model.__name__.lower()}"></a>', "", f"## `{section}`", ""]
-        doc = _doc(model)
-        if doc:
-            out += [doc, ""]
-        out += _table(model)
+        if not isinstance(model, type):  # a plug-in union: one table per plug-in below
+            subs = _models(model, [])
+            plugins = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+                       for a in typing.get_args(model)]
+            out += ["", f"## `{section}`", "", f"{field.description[0].upper()}{field.description[1:]}: one of "
+                    + ", ".join(_type_name(m) for m in plugins) + ".", ""]
+        else:
+            out += ["", f'<a id="{model.__name__.lower()}"></a>', "", f"## `{section}`", ""]
+            doc = _doc(model)
+            if doc:
+                out += [doc, ""]
+            out += _table(model)
+            subs = _models(model, [])[1:]
         if section in EXAMPLES:
             out += ["", "Example:", "", "```yaml", EXAMPLES[section].rstrip(), "```"]
-        for sub in _models(model, [])[1:]:
+        for sub in subs:
             out += ["", f"### {sub.__name__}", ""]
             doc = _doc(sub)
             if doc:

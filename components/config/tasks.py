@@ -163,14 +163,22 @@ class TaskKind:
         return False
 
     def to_raw(self, target: Target, output: np.ndarray) -> np.ndarray:
-        """An ONNX output back to the raw head output."""
+        """An ONNX output back to the raw head output (the export's parity check compares on the head's scale)."""
         scale, shift = self.output_scale(target)
         return (output - shift) / scale
+
+    def to_units(self, target: Target, raw: np.ndarray) -> np.ndarray:
+        """A raw head output, or an encoded label, as the ONNX graph outputs it: what every metric reads."""
+        return raw
+
+    def label_values(self, target: Target, labels: pd.Series) -> np.ndarray:
+        """A label column as the metrics read it, beside `to_units` outputs (a class index, 0/1; a value)."""
+        return self.encode(target, labels).astype(np.float64)
 
     # --- quality ---------------------------------------------------------------------
 
     def scores(self, target: Target, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Every metric in `metrics` on labelled rows; `raw` in the head's units, `y` encoded."""
+        """Every metric in `metrics` on labelled rows; `raw` and `y` as `to_units` and `label_values` give them."""
         raise NotImplementedError
 
     def resampled(self, target: Target, metric: str, raw: np.ndarray, y: np.ndarray,
@@ -523,9 +531,15 @@ class Regression(TaskKind):
     def to_raw(self, target: Target, output: np.ndarray) -> np.ndarray:
         return self.to_head(target, output.astype(np.float64))
 
+    def to_units(self, target: Target, raw: np.ndarray) -> np.ndarray:
+        return self.from_head(target, raw.astype(np.float64))
+
+    def label_values(self, target: Target, labels: pd.Series) -> np.ndarray:
+        return labels.astype("float64").to_numpy()
+
     def errors(self, target: Target, raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Prediction minus label, in the column's units."""
-        return self.from_head(target, raw.astype(np.float64)) - self.from_head(target, y.astype(np.float64))
+        """Prediction minus label, both in the column's units."""
+        return raw.astype(np.float64) - y.astype(np.float64)
 
     def scores(self, target: Target, raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
         err = self.errors(target, raw, y)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.training.calibration import calibrated
-from components.training.metrics import baseline_raw, task_metrics
+from components.training.metrics import baseline_raw, head_metrics
 from components.training.train import load_trained, predict_raw, to_tensors
 
 
@@ -24,8 +24,8 @@ def evaluate(model_dir: Path, train_df: pd.DataFrame, test_df: pd.DataFrame) -> 
     result: dict[str, dict] = {"test": {}, "baseline": {}, "rows": {"test": len(test_df)}}
     for t in spec.targets:
         y = test_t.targets[t.name].numpy()
-        result["test"][t.name] = task_metrics(t, raw[t.name], y)
-        result["baseline"][t.name] = task_metrics(t, baseline_raw(t, train_targets[t.name], len(y)), y)
+        result["test"][t.name] = head_metrics(t, raw[t.name], y)
+        result["baseline"][t.name] = head_metrics(t, baseline_raw(t, train_targets[t.name], len(y)), y)
     return result
 
 

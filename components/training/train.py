@@ -26,7 +26,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch.utils.flop_counter import FlopCounterMode
 
-from components.config.schema import ProjectConfig, StrategySpec, TaskSpec, config_to_yaml, load_config
+from components.config.plugins import EqualWeightingSettings
+from components.config.schema import ProjectConfig, TaskSpec, config_to_yaml, load_config
 from components.config.tasks import kind_of
 from components.data.features import SPEC_FILE, FeatureSpec, TargetSpec
 from components.training import distributed
@@ -38,7 +39,7 @@ from components.training.calibration import (
     save_temperatures,
     with_temperatures,
 )
-from components.training.metrics import is_better, task_metrics
+from components.training.metrics import head_metrics, is_better
 from components.training.mt2st import Mt2stSchedule
 from components.training.rep_mtl import RepMtlTerm, RepresentationTerm
 from components.training.strategies import Weighting, make_strategy
@@ -106,7 +107,7 @@ def predict_raw(model: Architecture, data: TensorData, batch_size: int = 16384) 
 def evaluate_tensors(model: Architecture, data: TensorData, targets: list[TargetSpec]) -> dict[str, dict[str, float]]:
     """Every metric of every task; a calibrated head's logits divided by its temperature first."""
     raw = calibrated(predict_raw(model, data), targets)
-    return {t.name: task_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
+    return {t.name: head_metrics(t, raw[t.name], data.targets[t.name].cpu().numpy()) for t in targets}
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,7 @@ class TrainingRun:
         schedule = self.state.schedule
         if self.new_tasks and epoch < self.cfg.training.new_task_head_epochs:
             own = task_parameters(self.state.model, self.new_tasks)
-            return EpochPlan(make_strategy(self.new_tasks, StrategySpec(name="ew")), self.new_tasks,
+            return EpochPlan(make_strategy(self.new_tasks, EqualWeightingSettings()), self.new_tasks,
                              trainable=frozenset(map(id, own)))
         return EpochPlan(self.state.strategy, schedule.active_tasks(epoch),
                          lambda done: schedule.loss_weights(epoch + done), self.loss_terms)

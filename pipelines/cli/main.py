@@ -631,7 +631,7 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
            "MTLOPS_MAX_BATCH_SIZE": str(max_batch_size), "MTLOPS_MAX_LATENCY_MS": str(max_latency_ms),
            "MTLOPS_ACCESS_LOG": "1" if access_log else "0", "MTLOPS_LOG_RETENTION_DAYS": str(log_retention_days),
            "MTLOPS_ORT_THREADS": str(ort_threads or os.environ.get("MTLOPS_ORT_THREADS") or max(1, cores // workers))}
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]  # the repository: pipelines/cli/main.py
     cmd = [sys.executable, "-m", "serving.server", "serving.service:MultiTaskModelService",
            "--host", host, "--port", str(port), "--working-dir", str(project)]
     os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM drains and flushes the log)
@@ -668,7 +668,7 @@ def bento(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     if current is None:
         console.print(f"[red]no champion for {cfg.registry.model_name}: run `mtlops run` first[/red]")
         raise typer.Exit(1)
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]  # the repository: pipelines/cli/main.py
     spec = yaml.safe_load((project / "serving" / "bentofile.yaml").read_text())
     envs = [*spec.pop("envs", []), {"name": "MTLOPS_MODEL_NAME", "value": cfg.registry.model_name}]
     os.environ["MTLOPS_MODEL_NAME"] = cfg.registry.model_name  # the service module reads it at import

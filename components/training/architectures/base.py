@@ -16,13 +16,17 @@ Optional hooks, with defaults that do nothing:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from components.config.plugins import ModelSettings
+
 
 class Architecture(nn.Module, ABC):
     task_names: list[str]
+    settings: ClassVar[type[ModelSettings]]  # its own options (components/config/plugins.py)
 
     @abstractmethod
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor,

@@ -8,12 +8,14 @@ saliency and [CLS]'s would be g·w_t, one scalar per sample and task (docs/metho
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from components.config.schema import ModelSpec
+from components.config.plugins import FtTransformerSettings
 from components.data.features import FeatureSpec
 from components.training.architectures.base import SharedRepresentation
 from components.training.architectures.layers import head_output, make_heads
@@ -36,7 +38,8 @@ class Block(nn.Module):
 
 
 class FTTransformerModel(SharedRepresentation):
-    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+    settings: ClassVar[type[FtTransformerSettings]] = FtTransformerSettings
+    def __init__(self, spec: FeatureSpec, cfg: FtTransformerSettings) -> None:
         super().__init__()
         dim = cfg.token_dim
         self.task_names = [t.name for t in spec.targets]

@@ -7,16 +7,19 @@ the ONNX graph.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from components.config.schema import ModelSpec
+from components.config.plugins import HardSharingSettings
 from components.data.features import FeatureSpec
 from components.training.architectures.base import SharedRepresentation
 from components.training.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 
 
 class HardSharingModel(SharedRepresentation):
-    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+    settings: ClassVar[type[HardSharingSettings]] = HardSharingSettings
+    def __init__(self, spec: FeatureSpec, cfg: HardSharingSettings) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
         self.inputs = FeatureEmbedding(spec, cfg)

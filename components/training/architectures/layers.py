@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from components.config.schema import ModelSpec
+from components.config.plugins import ModelSettings
 from components.config.tasks import head_width
 from components.data.features import FeatureSpec
 
@@ -55,7 +55,7 @@ class FeatureEmbedding(nn.Module):
     """[numeric, categorical] as one vector: the numeric features through `model.numeric_embedding` (as they are
     when `none`), then one embedding per categorical feature. `out_dim` is its width."""
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: ModelSettings) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(
             nn.Embedding(v.size, embedding_dim(v.size, cfg.max_embedding_dim)) for v in spec.categorical
@@ -73,7 +73,7 @@ class FeatureEmbedding(nn.Module):
                          dim=1)
 
 
-def make_heads(spec: FeatureSpec, cfg: ModelSpec, in_dim: int) -> nn.ModuleDict:
+def make_heads(spec: FeatureSpec, cfg: ModelSettings, in_dim: int) -> nn.ModuleDict:
     heads = nn.ModuleDict()
     for t in spec.targets:
         width = head_width(t.type, len(t.classes))

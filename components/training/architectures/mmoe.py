@@ -6,17 +6,20 @@ representation) = the experts' outputs, [B, E, D]: each expert is a position, it
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from components.config.schema import ModelSpec
+from components.config.plugins import MmoeSettings
 from components.data.features import FeatureSpec
 from components.training.architectures.base import SharedRepresentation
 from components.training.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 
 
 class MMoEModel(SharedRepresentation):
-    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+    settings: ClassVar[type[MmoeSettings]] = MmoeSettings
+    def __init__(self, spec: FeatureSpec, cfg: MmoeSettings) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
         self.inputs = FeatureEmbedding(spec, cfg)

@@ -9,18 +9,21 @@ representation) = E_s(x), the shared encoder's output; the private encoders are 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.config.schema import ModelSpec
+from components.config.plugins import SharedPrivateSettings
 from components.data.features import FeatureSpec
 from components.training.architectures.base import SharedRepresentation
 from components.training.architectures.layers import FeatureEmbedding, MlpTrunk, head_output, make_heads
 
 
 class SharedPrivateModel(SharedRepresentation):
-    def __init__(self, spec: FeatureSpec, cfg: ModelSpec) -> None:
+    settings: ClassVar[type[SharedPrivateSettings]] = SharedPrivateSettings
+    def __init__(self, spec: FeatureSpec, cfg: SharedPrivateSettings) -> None:
         super().__init__()
         self.task_names = [t.name for t in spec.targets]
         self.inputs = FeatureEmbedding(spec, cfg)

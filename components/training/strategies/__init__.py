@@ -1,9 +1,9 @@
-"""Loss-weighting strategies: one class per file, one registry line each, and the name in
-`components.config.plugin_names.STRATEGY_NAMES` (what config validation accepts)."""
+"""Loss-weighting strategies: one class per file, each naming its settings class (components/config/plugins.py,
+what config validation reads), one registry line each; the registry is keyed by the settings' name."""
 
 from __future__ import annotations
 
-from components.config.schema import StrategySpec
+from components.config.plugins import StrategySettings, plugin_name
 from components.training.strategies.base import Weighting
 from components.training.strategies.cagrad import CAGradWeighting
 from components.training.strategies.dwa import DynamicWeightAverage
@@ -14,19 +14,13 @@ from components.training.strategies.static import StaticWeighting
 from components.training.strategies.upgrad import UPGradWeighting
 from components.training.strategies.uw import UncertaintyWeighting
 
-STRATEGIES: dict[str, type[Weighting]] = {
-    "ew": EqualWeighting,
-    "static": StaticWeighting,
-    "uw": UncertaintyWeighting,
-    "dwa": DynamicWeightAverage,
-    "pcgrad": PCGradWeighting,
-    "upgrad": UPGradWeighting,
-    "mgda": MGDAWeighting,
-    "cagrad": CAGradWeighting,
-}
+STRATEGIES: dict[str, type[Weighting]] = {plugin_name(s.settings): s for s in (
+    EqualWeighting, StaticWeighting, UncertaintyWeighting, DynamicWeightAverage, PCGradWeighting, UPGradWeighting,
+    MGDAWeighting, CAGradWeighting,
+)}
 
 
-def make_strategy(task_names: list[str], spec: StrategySpec) -> Weighting:
+def make_strategy(task_names: list[str], spec: StrategySettings) -> Weighting:
     return STRATEGIES[spec.name](task_names, spec)
 
 

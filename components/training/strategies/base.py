@@ -13,14 +13,15 @@ from typing import ClassVar
 
 import torch
 
-from components.config.schema import StrategySpec
+from components.config.plugins import StrategySettings
 
 
 class Weighting(ABC):
     # one backward pass of one weighted sum of the losses: DistributedDataParallel can reduce its gradients
     single_backward: ClassVar[bool] = True
+    settings: ClassVar[type[StrategySettings]]  # its own options (components/config/plugins.py)
 
-    def __init__(self, task_names: list[str], spec: StrategySpec) -> None:
+    def __init__(self, task_names: list[str], spec: StrategySettings) -> None:
         self.task_names = task_names
         self.spec = spec
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
-from components.config.schema import StrategySpec
+from components.config.plugins import DwaSettings
 from components.training.strategies.base import Weighting, weighted_backward
 
 
@@ -12,7 +13,9 @@ class DynamicWeightAverage(Weighting):
     """DWA (Liu et al., 2019): w_t = K·softmax(r_t / T), r_t = L_t(e−1) / L_t(e−2) from mean epoch losses;
     equal weights for the first two epochs."""
 
-    def __init__(self, task_names: list[str], spec: StrategySpec) -> None:
+    settings: ClassVar[type[DwaSettings]] = DwaSettings
+
+    def __init__(self, task_names: list[str], spec: DwaSettings) -> None:
         super().__init__(task_names, spec)
         self.history: list[dict[str, float]] = []  # mean train loss per task, one entry per finished epoch
         self._sums: dict[str, torch.Tensor] = {}

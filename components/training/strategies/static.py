@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from components.config.schema import StrategySpec
+from components.config.plugins import StaticWeightingSettings
 from components.training.strategies.base import Weighting, weighted_backward
 
 
@@ -10,7 +12,9 @@ class StaticWeighting(Weighting):
     """Scalarization: fixed weights p on the simplex (Royer et al., 2023), times K
     so that equal weights reproduce EW's loss scale."""
 
-    def __init__(self, task_names: list[str], spec: StrategySpec) -> None:
+    settings: ClassVar[type[StaticWeightingSettings]] = StaticWeightingSettings
+
+    def __init__(self, task_names: list[str], spec: StaticWeightingSettings) -> None:
         super().__init__(task_names, spec)
         raw = {name: float((spec.weights or {}).get(name, 0.0)) for name in task_names}
         total = sum(raw.values())

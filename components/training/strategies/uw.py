@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from components.config.schema import StrategySpec
+from components.config.plugins import UncertaintyWeightingSettings
 from components.training.strategies.base import Weighting
 
 
 class UncertaintyWeighting(Weighting):
     """UW (Kendall et al., 2018): a learned log-variance s_t per task, loss Σ_t L_t·e^{−s_t}/2 + s_t/2."""
 
-    def __init__(self, task_names: list[str], spec: StrategySpec) -> None:
+    settings: ClassVar[type[UncertaintyWeightingSettings]] = UncertaintyWeightingSettings
+
+    def __init__(self, task_names: list[str], spec: UncertaintyWeightingSettings) -> None:
         super().__init__(task_names, spec)
         self.log_vars = torch.nn.Parameter(torch.zeros(len(task_names)))
 
