@@ -399,7 +399,7 @@ def wait_ready(url: str, name: str, timeout: float = 180) -> None:
 
 def promote_a_new_version(docker_run: DockerRun) -> str:
     """The run's ONNX model registered once more and made champion (in the run's model store); its tag."""
-    promote = ("import json, pathlib, sys; from components import registry; "
+    promote = ("import json, pathlib, sys; from components.artifacts import registry; "
                "from components.config.schema import load_config; "
                "cfg = load_config(sys.argv[1]); run = pathlib.Path(sys.argv[2]); "
                "old = registry.champion(cfg.registry.model_name); "
