@@ -11,6 +11,8 @@ implementation in its own file and a line in that registry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, cast
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
@@ -177,40 +179,56 @@ PluginSettings = TypeVar("PluginSettings", bound="StrategySettings | ModelSettin
 # --- the unions a config field is typed with -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PluginFamily:
+    """The loss weightings or the architectures: the field whose value chooses one (`default` where the YAML
+    leaves it out), what an error calls a chosen name, and the settings classes."""
+
+    field: str
+    called: str
+    members: tuple[type[StrategySettings], ...] | tuple[type[ModelSettings], ...]
+    default: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.model_fields[self.field].default for m in self.members)
+
+    @cached_property
+    def union(self) -> Any:
+        """The type a config field holds: one member, chosen by `field`."""
+        def tag(value: Any) -> str | None:
+            return value.get(self.field, self.default) if isinstance(value, dict) else getattr(value, self.field, None)
+
+        members = tuple(Annotated[m, Tag(name)] for m, name in zip(self.members, self.names, strict=True))
+        return Annotated[Union[members], Discriminator(tag)]  # noqa: UP007
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.union)
+
+
+STRATEGY_FAMILY = PluginFamily("name", "strategy", STRATEGY_SETTINGS, "ew")
+ARCHITECTURE_FAMILY = PluginFamily("architecture", "architecture", ARCHITECTURE_SETTINGS, "hps")
+STRATEGY_NAMES, ARCHITECTURE_NAMES = STRATEGY_FAMILY.names, ARCHITECTURE_FAMILY.names
+StrategySpec, ModelSpec = STRATEGY_FAMILY.union, ARCHITECTURE_FAMILY.union
+# the config field each union sits in
+PLUGIN_FIELDS: dict[str, PluginFamily] = {"strategy": STRATEGY_FAMILY, "model": ARCHITECTURE_FAMILY}
+
+
+def family_of(settings: type[StrategySettings] | type[ModelSettings]) -> PluginFamily:
+    return STRATEGY_FAMILY if issubclass(settings, StrategySettings) else ARCHITECTURE_FAMILY
+
+
 def plugin_name(settings: type[StrategySettings] | type[ModelSettings]) -> str:
     """The name a config chooses `settings` by (its `name` or `architecture` default)."""
-    field = "name" if issubclass(settings, StrategySettings) else "architecture"
-    return settings.model_fields[field].default
-
-
-def _chosen_by(field: str, default: str) -> Discriminator:
-    """The union's tag: the field's value, `default` where the YAML leaves it out."""
-    def tag(value: Any) -> str | None:
-        return value.get(field, default) if isinstance(value, dict) else getattr(value, field, None)
-    return Discriminator(tag)
-
-
-def _union(members: tuple[type, ...], field: str, default: str) -> Any:
-    return Annotated[Union[tuple(Annotated[m, Tag(plugin_name(m))] for m in members)],  # noqa: UP007
-                     _chosen_by(field, default)]
-
-
-STRATEGY_NAMES: tuple[str, ...] = tuple(plugin_name(s) for s in STRATEGY_SETTINGS)
-ARCHITECTURE_NAMES: tuple[str, ...] = tuple(plugin_name(s) for s in ARCHITECTURE_SETTINGS)
-StrategySpec = _union(STRATEGY_SETTINGS, "name", "ew")
-ModelSpec = _union(ARCHITECTURE_SETTINGS, "architecture", "hps")
-# the fields a union sits in, the field that chooses, and what a chosen name is called in an error
-PLUGIN_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "strategy": ("name", "strategy", STRATEGY_NAMES), "model": ("architecture", "architecture", ARCHITECTURE_NAMES)}
+    return settings.model_fields[family_of(settings).field].default
 
 
 def with_options(settings: PluginSettings, **changes: Any) -> PluginSettings:
     """`settings` with `changes`, validated again, through the union: a change of the chosen plug-in (its name or
     architecture) gives the new plug-in's settings, keeping the options the two share."""
-    field = "name" if isinstance(settings, StrategySettings) else "architecture"
-    members = STRATEGY_SETTINGS if isinstance(settings, StrategySettings) else ARCHITECTURE_SETTINGS
-    chosen = changes.get(field, getattr(settings, field))
-    target = next((m for m in members if plugin_name(m) == chosen), type(settings))
-    kept = {k: v for k, v in settings.model_dump().items() if k in target.model_fields and k != field}
-    return cast(PluginSettings, TypeAdapter(_union(members, field, plugin_name(members[0]))).validate_python(
-        kept | {field: chosen} | changes))
+    family = family_of(type(settings))
+    chosen = changes.get(family.field, getattr(settings, family.field))
+    target = next((m for m in family.members if plugin_name(m) == chosen), type(settings))
+    kept = {k: v for k, v in settings.model_dump().items() if k in target.model_fields and k != family.field}
+    return cast(PluginSettings, family.adapter.validate_python(kept | {family.field: chosen} | changes))

@@ -834,7 +834,7 @@ def format_errors(err: ValidationError, source: str, what: str = "config") -> st
     for e in err.errors():
         path, previous = "", None
         for part in e["loc"]:
-            if previous in PLUGIN_FIELDS and part in PLUGIN_FIELDS[previous][2]:
+            if previous in PLUGIN_FIELDS and part in PLUGIN_FIELDS[previous].names:
                 previous = part  # the plug-in union's tag: the chosen plug-in, not a field
                 continue
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
@@ -843,8 +843,9 @@ def format_errors(err: ValidationError, source: str, what: str = "config") -> st
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         if e["type"] == "union_tag_invalid" and previous in PLUGIN_FIELDS:
-            field, called, known = PLUGIN_FIELDS[previous]
-            path, msg = f"{path}.{field}", f"unknown {called} '{e['ctx']['tag']}' (known: {sorted(known)})"
+            family = PLUGIN_FIELDS[previous]
+            path = f"{path}.{family.field}"
+            msg = f"unknown {family.called} '{e['ctx']['tag']}' (known: {sorted(family.names)})"
         lines.append(f"  {path or '<root>'}: {msg}")
     return "\n".join(lines)
 
