@@ -51,6 +51,8 @@ def _broken(mutate) -> str:  # type: ignore[no-untyped-def]
         (lambda r: r["tasks"][0]["label"].update(op="gt", value=None), "tasks[0].label", "needs 'value'"),
         (lambda r: r["data"].pop("time_column"), "data", "split 'time' (the default) needs 'time_column'"),
         (lambda r: r["model"].update(dropout=1.5), "model.dropout", "less than 1"),
+        (lambda r: r.update(serving={"max_rows": 0}), "serving.max_rows", "greater than or equal to 1"),
+        (lambda r: r.update(serving={"canary": {"share": 2}}), "serving.canary.share", "less than or equal to 1"),
     ],
 )
 def test_bad_config_names_the_field(mutate, field: str, words: str) -> None:  # type: ignore[no-untyped-def]

@@ -106,6 +106,16 @@ prometheus:
   latency_p99_seconds: 0.5
   monitor_every_hours: 744               # monthly
 """,
+    "serving": """\
+serving:
+  max_rows: 1024
+  workers: 0                             # the usable CPUs
+  max_batch_size: 1024
+  readiness_period_seconds: 2            # the readiness probe's
+  log_retention_days: 62
+  canary:
+    share: 0.1
+""",
 }
 
 

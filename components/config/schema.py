@@ -691,6 +691,80 @@ class PrometheusSpec(Strict):
                     "between runs); no run for longer than this alerts")
 
 
+class CanarySpec(Strict):
+    """A share of requests the registry's shadow version answers itself, rolled back to champion-only by
+    the service on its own once it breaks its budget (serving/canary.py)."""
+
+    share: float = Field(0.0, ge=0, le=1, description="share of requests the shadow version answers (0: no canary)")
+    max_error_ratio: float = Field(0.01, ge=0, le=1,
+        description="share of the judged canary requests that may fail (an exception or a non-finite output; the "
+                    "champion answers those) before the canary stops")
+    max_latency_ratio: float = Field(2.0, gt=0,
+        description="the canary's median inference time may be this many times the champion's over the same "
+                    "stretch before the canary stops")
+    min_requests: int = Field(200, ge=1,
+        description="canary requests seen before the budget is judged, and the window it is judged on")
+
+
+class ServingSpec(Strict):
+    """`mtlops serve`: the prediction service's limits, batching, workers, drain, watchdog and prediction log
+    (serving/README.md). An environment variable `MTLOPS_<OPTION>` (`MTLOPS_CANARY_<OPTION>` for the canary's)
+    overrides the config's value, and a `mtlops serve` flag overrides both; the service reads the result
+    once, when it starts."""
+
+    max_rows: int = Field(1024, ge=1, description="most records in one /predict request (more: 400)")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="larger request bodies get 413 before they are "
+                                                                    "parsed")
+    max_category_chars: int = Field(256, ge=1, description="a categorical string longer than this gets 400")
+    workers: int = Field(0, ge=0, description="worker processes, each with its own ONNX session (0: the usable "
+                                              "CPUs, a container's CPU limit)")
+    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per worker (0: usable CPUs / "
+                                                  "workers)")
+    max_batch_size: int = Field(1024, ge=1, description="most rows in one ONNX call when concurrent requests are "
+                                                        "merged")
+    max_latency_ms: float = Field(0.0, ge=0,
+        description="how long a queued request waits for others to join its batch (0: dispatch when the worker is "
+                    "free; on CPU the model takes ~0.1 ms)")
+    fast_path: bool = Field(True,
+        description="answer /predict by the service's own ASGI layer; false: by BentoML's API layer, which "
+                    "validates with the same request model and answers the same errors but inspects a signature "
+                    "and builds a JSON schema per request (slower than the model); for ruling the fast path out")
+    readiness_period_seconds: float = Field(2.0, gt=0,
+        description="the load balancer's readiness probe period (set it to the probe's): after SIGTERM the service "
+                    "answers, not ready, for period x (failure threshold + 1) before it stops")
+    readiness_failure_threshold: int = Field(2, ge=1, description="the readiness probe's failure threshold")
+    stall_seconds: float = Field(5.0, gt=0, description="a worker's event loop silent this long: the server reports "
+                                                        "not ready")
+    restart_after_seconds: float = Field(10.0, gt=0,
+        description="... and silent this much longer: the watchdog kills the worker (BentoML starts another)")
+    access_log: bool = Field(False, description="a log line per request (costs ~10% of throughput; the prediction "
+                                                "log keeps every record either way)")
+    trace_predictions: bool = Field(False, description="OpenTelemetry spans for /predict (cost ~25% of throughput)")
+    log_flush_seconds: float = Field(2.0, gt=0, description="how often each worker writes its buffered records to "
+                                                            "the prediction log")
+    log_max_buffered_batches: int = Field(100_000, ge=1,
+        description="requests each worker keeps in memory while the disk refuses writes; older ones are dropped "
+                    "(counted)")
+    log_maintenance_seconds: float = Field(60.0, ge=0,
+        description="how often one worker compacts the prediction log, removes days past the retention and "
+                    "publishes its disk use (0: never)")
+    log_compact_after_seconds: float = Field(3600.0, ge=0, description="an hour's prediction-log parts are merged "
+                                                                       "into one once this old")
+    log_retention_days: int = Field(0, ge=0,
+        description="prediction-log days older than this are removed (0: keep every day); keep at least the "
+                    "monitor's window")
+    shadow_share: float = Field(1.0, ge=0, le=1,
+        description="share of answered requests the registry's shadow version also scores (0: never loads one)")
+    canary: CanarySpec = CanarySpec()
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long SIGTERM keeps answering while reporting not ready: long enough for the readiness
+        probe to fail `readiness_failure_threshold` times in a row, plus one period for the load
+        balancer to act on it (Kubernetes: the endpoint controller removes the pod)."""
+        return self.readiness_period_seconds * (self.readiness_failure_threshold + 1)
+
+
 class ProjectConfig(Strict):
     data: DataSpec
     features: FeaturesSpec
@@ -704,6 +778,7 @@ class ProjectConfig(Strict):
     monitoring: MonitoringSpec = MonitoringSpec()
     leakage: LeakageSpec = LeakageSpec()
     prometheus: PrometheusSpec = PrometheusSpec()
+    serving: ServingSpec = ServingSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:
