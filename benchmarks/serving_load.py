@@ -58,10 +58,9 @@ from components.data.features import SPEC_FILE, FeatureSpec
 from components.data.tables import load_source, sample_rows, select_window, with_labels
 from components.training.stl import single_task_config
 from components.training.train import train
-from pipelines.cli.main import usable_cpus
 from serving.client import to_records
 from serving.launch import ServerProcess, free_port
-from serving.runtime import ServedModel, record_model, request_model
+from serving.runtime import ServedModel, record_model, request_model, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"

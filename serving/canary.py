@@ -15,21 +15,14 @@ from __future__ import annotations
 import random
 import statistics
 from collections import deque
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class CanaryBudget:
-    share: float = 0.0  # of requests answered by the challenger; 0: no canary
-    max_error_ratio: float = 0.01
-    max_latency_ratio: float = 2.0
-    min_requests: int = 200  # canary requests seen before the budget is judged, and the window it is judged on
+from components.config.schema import CanarySpec
 
 
 class CanaryGuard:
     """One worker's view of its canary: which requests it answers, and whether it is within budget."""
 
-    def __init__(self, budget: CanaryBudget) -> None:
+    def __init__(self, budget: CanarySpec) -> None:
         self.budget = budget
         self._canary: deque[tuple[bool, float]] = deque(maxlen=budget.min_requests)
         self._champion: deque[float] = deque(maxlen=budget.min_requests)

@@ -8,7 +8,9 @@ restart.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,97 +19,98 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, create_model
 
 from components.artifacts.inference import ONNX_FILE
+from components.config.base import ConfigError
+from components.config.schema import ServingSpec
 from components.config.tasks import kind_of
 from components.data.features import SPEC_FILE, FeatureSpec, NumericStats
-from serving.canary import CanaryBudget
 
 
 class ModelLoadError(RuntimeError):
     """A model version that cannot be served: missing, unreadable, failed warm-up, or incompatible."""
 
 
-@dataclass(frozen=True)
-class ServingSettings:
-    model_name: str
-    max_rows: int = 1024
-    max_body_bytes: int = 8 * 1024 * 1024
-    prediction_log: Path | None = None
-    log_flush_seconds: float = 2.0
-    log_max_buffered_batches: int = 100_000  # kept while the disk refuses writes; beyond, the oldest go (counted)
-    # every this often one worker merges each hour's log parts once they are `log_compact_after_seconds` old,
-    # removes date partitions older than `log_retention_days` (0: keeps them) and publishes the disk use; 0: never
-    log_maintenance_seconds: float = 60.0
-    log_compact_after_seconds: float = 3600.0
-    log_retention_days: int = 0
-    admin_token: str | None = None
-    workers: int = 1
-    ort_threads: int = 0  # 0: ONNX Runtime's default (all cores)
-    max_batch_size: int = 1024  # rows in one ONNX call
-    max_latency_ms: float = 0.0  # how long a queued request waits for others to join its batch
-    control_dir: Path | None = None  # where the workers agree on the version to serve
-    # the readiness probe a load balancer runs (infra/k8s: the Deployment's readinessProbe): after SIGTERM the
-    # service keeps answering, not ready, until the probe has failed `failure_threshold` times, plus one period
-    readiness_period_seconds: float = 2.0
-    readiness_failure_threshold: int = 2
-    stall_seconds: float = 5.0  # a worker's event loop silent this long: the server reports not ready
-    restart_after_seconds: float = 10.0  # ... and this much longer: the watchdog kills it (BentoML starts another)
-    max_category_chars: int = 256  # a categorical value longer than this is refused (400), not logged
-    access_log: bool = False  # a line per request costs ~10% of throughput; the prediction log has every record
-    trace_predictions: bool = False  # OpenTelemetry spans for /predict cost ~25% of throughput
-    shadow_share: float = 1.0  # share of answered requests the registry's shadow version also scores; 0: none
-    # a share of requests the shadow version answers itself, rolled back on its own past its budget (serving/canary.py)
-    canary: CanaryBudget = field(default_factory=CanaryBudget)
+SETTINGS_VARIABLE = "MTLOPS_SERVING"  # the resolved `serving:` section, as JSON (`mtlops serve`, `mtlops bento`)
 
-    @property
-    def drain_seconds(self) -> float:
-        """How long SIGTERM keeps answering while reporting not ready: long enough for the readiness
-        probe to fail `readiness_failure_threshold` times in a row, plus one period for the load
-        balancer to act on it (Kubernetes: the endpoint controller removes the pod)."""
-        return self.readiness_period_seconds * (self.readiness_failure_threshold + 1)
+
+def override_variables(model: type[BaseModel] = ServingSpec, prefix: str = "MTLOPS_",
+                       path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """`MTLOPS_<OPTION>` -> the option's path in the `serving:` section, for every option (a nested
+    section's options: `MTLOPS_CANARY_SHARE` -> ("canary", "share")). Named after the fields, so an
+    option added to the spec is overridable without a line here."""
+    found = {}
+    for name, spec in model.model_fields.items():
+        if isinstance(spec.annotation, type) and issubclass(spec.annotation, BaseModel):
+            found |= override_variables(spec.annotation, f"{prefix}{name.upper()}_", (*path, name))
+        else:
+            found[f"{prefix}{name.upper()}"] = (*path, name)
+    return found
+
+
+def with_overrides(base: ServingSpec, env: Mapping[str, str],
+                   flags: Mapping[str, Any] | None = None) -> ServingSpec:
+    """`base` with each `MTLOPS_<OPTION>` set in `env` over it, and each flag (option name -> value;
+    None: not given) over both. A bad value raises ConfigError naming the option and where it came from."""
+    merged = base.model_dump()
+    origin: dict[tuple[str, ...], str] = {}
+    given = [(path, env[variable], variable) for variable, path in override_variables().items() if variable in env]
+    given += [((name,), value, f"--{name.replace('_', '-')}") for name, value in (flags or {}).items()
+              if value is not None]
+    for path, value, source in given:
+        parent = merged
+        for part in path[:-1]:
+            parent = parent[part]
+        parent[path[-1]] = value
+        origin[path] = source
+    try:
+        return ServingSpec.model_validate(merged)
+    except ValidationError as err:
+        lines = ["invalid serving settings:"]
+        for e in err.errors():
+            path = tuple(str(p) for p in e["loc"])
+            source = origin.get(path, "the config")
+            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(f"  serving.{'.'.join(path)} (from {source}): {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: the container's CPU limit (cgroup v2 `cpu.max`) where one is set,
+    else the affinity mask — `os.cpu_count()` would count the node's cores inside a pod."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
+class ServingSettings(ServingSpec):
+    """What one server start serves with: the `serving:` options, `workers` and `ort_threads` resolved to
+    counts, and the facts of the deployment the config does not hold. Read once per process, from the
+    environment, by `from_env`."""
+
+    model_name: str = Field(description="the registered model whose champion is served")
+    prediction_log: Path | None = Field(None, description="the prediction log's folder (None: no log)")
+    admin_token: str | None = Field(None, repr=False, description="bearer token of /admin/reload (None: disabled)")
+    control_dir: Path | None = Field(None, description="where the workers agree on the version to serve")
 
     @classmethod
-    def from_env(cls) -> ServingSettings:
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ServingSettings:
+        """`MTLOPS_SERVING` (the config's section as `mtlops serve` resolved it; unset: the defaults) with
+        any `MTLOPS_<OPTION>` over it, and MTLOPS_MODEL_NAME, MTLOPS_PREDICTION_LOG, MTLOPS_ADMIN_TOKEN and
+        MTLOPS_CONTROL_DIR (set by serving/server.py)."""
         if not env.get("MTLOPS_MODEL_NAME"):
             raise ModelLoadError("MTLOPS_MODEL_NAME is not set: name the registered model to serve "
                                  "(`mtlops serve --config ...` sets it from the config)")
+        base = ServingSpec.model_validate_json(env[SETTINGS_VARIABLE]) if env.get(SETTINGS_VARIABLE) else ServingSpec()
+        spec = with_overrides(base, env)
+        cpus = usable_cpus()
+        workers = spec.workers or cpus
         log, control = env.get("MTLOPS_PREDICTION_LOG"), env.get("MTLOPS_CONTROL_DIR")
-        share = float(env.get("MTLOPS_SHADOW_SHARE", cls.shadow_share))
-        canary = CanaryBudget(float(env.get("MTLOPS_CANARY_SHARE", CanaryBudget.share)),
-                              float(env.get("MTLOPS_CANARY_MAX_ERROR_RATIO", CanaryBudget.max_error_ratio)),
-                              float(env.get("MTLOPS_CANARY_MAX_LATENCY_RATIO", CanaryBudget.max_latency_ratio)),
-                              int(env.get("MTLOPS_CANARY_MIN_REQUESTS", CanaryBudget.min_requests)))
-        for name, value in (("MTLOPS_SHADOW_SHARE", share), ("MTLOPS_CANARY_SHARE", canary.share)):
-            if not 0.0 <= value <= 1.0:
-                raise ModelLoadError(f"{name} must be a share within [0, 1], not {value:g}")
-        return cls(
-            model_name=env["MTLOPS_MODEL_NAME"],
-            max_rows=int(env.get("MTLOPS_MAX_ROWS", cls.max_rows)),
-            max_body_bytes=int(env.get("MTLOPS_MAX_BODY_BYTES", cls.max_body_bytes)),
-            prediction_log=Path(log) if log else None,
-            log_flush_seconds=float(env.get("MTLOPS_LOG_FLUSH_SECONDS", cls.log_flush_seconds)),
-            log_max_buffered_batches=int(env.get("MTLOPS_LOG_MAX_BUFFERED_BATCHES", cls.log_max_buffered_batches)),
-            log_maintenance_seconds=float(env.get("MTLOPS_LOG_MAINTENANCE_SECONDS", cls.log_maintenance_seconds)),
-            log_compact_after_seconds=float(env.get("MTLOPS_LOG_COMPACT_AFTER_SECONDS",
-                                                    cls.log_compact_after_seconds)),
-            log_retention_days=int(env.get("MTLOPS_LOG_RETENTION_DAYS", cls.log_retention_days)),
-            admin_token=env.get("MTLOPS_ADMIN_TOKEN") or None,
-            workers=int(env.get("MTLOPS_WORKERS", cls.workers)),
-            ort_threads=int(env.get("MTLOPS_ORT_THREADS", cls.ort_threads)),
-            max_batch_size=int(env.get("MTLOPS_MAX_BATCH_SIZE", cls.max_batch_size)),
-            max_latency_ms=float(env.get("MTLOPS_MAX_LATENCY_MS", cls.max_latency_ms)),
-            control_dir=Path(control) if control else None,
-            readiness_period_seconds=float(env.get("MTLOPS_READINESS_PERIOD_SECONDS", cls.readiness_period_seconds)),
-            readiness_failure_threshold=int(env.get("MTLOPS_READINESS_FAILURE_THRESHOLD",
-                                                    cls.readiness_failure_threshold)),
-            stall_seconds=float(env.get("MTLOPS_STALL_SECONDS", cls.stall_seconds)),
-            restart_after_seconds=float(env.get("MTLOPS_RESTART_AFTER_SECONDS", cls.restart_after_seconds)),
-            max_category_chars=int(env.get("MTLOPS_MAX_CATEGORY_CHARS", cls.max_category_chars)),
-            access_log=env.get("MTLOPS_ACCESS_LOG", "0").lower() in ("1", "true", "yes"),
-            trace_predictions=env.get("MTLOPS_TRACE_PREDICTIONS", "0").lower() in ("1", "true", "yes"),
-            shadow_share=share,
-            canary=canary,
-        )
+        return cls(**spec.model_dump(exclude={"workers", "ort_threads"}), workers=workers,
+                   ort_threads=spec.ort_threads or max(1, cpus // workers), model_name=env["MTLOPS_MODEL_NAME"],
+                   prediction_log=Path(log) if log else None, admin_token=env.get("MTLOPS_ADMIN_TOKEN") or None,
+                   control_dir=Path(control) if control else None)
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,9 @@ def number_type(n: NumericStats) -> Any:
                                   multiple_of=1 if n.integer else None)]
 
 
-def record_model(spec: FeatureSpec, max_category_chars: int = ServingSettings.max_category_chars) -> type[BaseModel]:
+def record_model(spec: FeatureSpec,
+                 max_category_chars: int = ServingSpec.model_fields["max_category_chars"].default,
+                 ) -> type[BaseModel]:
     """One record: every feature required (null where the spec allows it), nothing else."""
     fields: dict[str, Any] = {}
     category = category_type(max_category_chars)
@@ -252,10 +257,16 @@ def retired_task_asked(error: ValidationError, model: ServedModel) -> tuple[str,
     return None
 
 
-def request_model(record: type[BaseModel], spec: FeatureSpec, max_rows: int) -> type[BaseModel]:
-    """The /predict body: 1 to `max_rows` records, and optionally the tasks to answer."""
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def request_model(record: type[BaseModel], spec: FeatureSpec, max_rows: int,
+                  base: type[BaseModel] = RequestBody) -> type[BaseModel]:
+    """The /predict body: 1 to `max_rows` records, and optionally the tasks to answer. `base` (unknown
+    keys forbidden) gives it methods; the service's is the one both of its request paths decode with."""
     return create_model(
-        "Input", __config__=ConfigDict(extra="forbid"),
+        "Input", __base__=base,
         records=(Annotated[list[record], Field(min_length=1, max_length=max_rows)], ...),  # type: ignore[valid-type]
         tasks=(Annotated[list[task_name_type(spec)] | None, Field(min_length=1, description=TASKS_FILTER)],  # type: ignore[valid-type]
                None))

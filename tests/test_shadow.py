@@ -21,10 +21,10 @@ import pytest
 from components.artifacts import registry
 from components.artifacts.inference import OnnxModel
 from components.artifacts.predictions import SHADOW_LOG_FOLDER, read_prediction_log, score_frame
-from components.config.schema import config_to_yaml
+from components.config.schema import CanarySpec, config_to_yaml
 from components.data.tables import label_column
 from monitoring.shadow import compare
-from serving.canary import CanaryBudget, CanaryGuard
+from serving.canary import CanaryGuard
 from serving.launch import PROJECT, ServerProcess
 from tests.test_serving import TOKEN, Champion, _records, _register_copy, train_champion
 
@@ -236,21 +236,21 @@ def test_a_retrained_shadow_scores_records_on_its_own_scales_and_vocabularies(
 
 
 def test_the_canary_budget_rolls_back_on_errors_or_latency_only_once_it_has_seen_enough() -> None:
-    guard = CanaryGuard(CanaryBudget(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
+    guard = CanaryGuard(CanarySpec(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
     for _ in range(10):
         guard.champion_answered(0.001)
     assert all(guard.canary_answered(False, 0.001) is None for _ in range(9))  # 9 errors: not judged yet
     assert "error ratio 100.0%" in guard.canary_answered(False, 0.001)  # type: ignore[operator]
-    guard = CanaryGuard(CanaryBudget(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
+    guard = CanaryGuard(CanarySpec(share=0.5, max_error_ratio=0.1, max_latency_ratio=2.0, min_requests=10))
     for _ in range(10):
         guard.champion_answered(0.001)
     assert [guard.canary_answered(True, 0.0019) for _ in range(10)] == [None] * 10  # 1.9x: within budget
     assert guard.canary_answered(True, 0.001) is None and guard.canary_answered(False, 0.001) is None  # 10 % errors
-    slow = CanaryGuard(CanaryBudget(share=0.5, max_latency_ratio=2.0, min_requests=10))
+    slow = CanaryGuard(CanarySpec(share=0.5, max_latency_ratio=2.0, min_requests=10))
     slow.champion_answered(0.001)
     reasons = [slow.canary_answered(True, 0.003) for _ in range(10)]
     assert reasons[:9] == [None] * 9 and "3.0x the champion's" in reasons[9]  # type: ignore[operator]
-    assert not CanaryGuard(CanaryBudget(share=0.0)).wants()
+    assert not CanaryGuard(CanarySpec(share=0.0)).wants()
 
 
 @pytest.mark.parametrize("latency_budget", [100.0, 0.001])

@@ -604,51 +604,48 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG,
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
           prediction_log: Annotated[Path, typer.Option(
               help="Prediction log folder (parquet parts by date), read by monitoring.")] = Path("predictions"),
-          log_retention_days: Annotated[int, typer.Option(
+          log_retention_days: Annotated[int | None, typer.Option(
               min=0, help="Remove prediction-log days older than this (0: keep every day). Keep at least the "
-                          "monitor's window.")] = 0,
-          max_rows: Annotated[int, typer.Option(help="Most records in one request.")] = 1024,
-          workers: Annotated[int, typer.Option(help="Worker processes, each with its own ONNX session "
-                                                    "(default: the usable CPUs, a container's limit).")] = 0,
-          max_batch_size: Annotated[int, typer.Option(help="Most rows in one ONNX call when concurrent "
-                                                           "requests are merged.")] = 1024,
-          max_latency_ms: Annotated[float, typer.Option(help="How long a queued request waits for others to join "
-                                                             "its batch (0: dispatch when the worker is free).")] = 0.0,
-          ort_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per worker "
-                                                        "(default: cores / workers).")] = 0,
-          access_log: Annotated[bool, typer.Option(help="A log line per request (costs ~10% of throughput; "
-                                                        "the prediction log keeps every record either way).")] = False
+                          "monitor's window.")] = None,
+          max_rows: Annotated[int | None, typer.Option(min=1, help="Most records in one request.")] = None,
+          workers: Annotated[int | None, typer.Option(
+              min=0, help="Worker processes, each with its own ONNX session (0: the usable CPUs, a container's "
+                          "limit).")] = None,
+          max_batch_size: Annotated[int | None, typer.Option(min=1, help="Most rows in one ONNX call when "
+                                                                    "concurrent requests are merged.")] = None,
+          max_latency_ms: Annotated[float | None, typer.Option(
+              min=0, help="How long a queued request waits for others to join its batch (0: dispatch when the "
+                          "worker is free).")] = None,
+          ort_threads: Annotated[int | None, typer.Option(min=0, help="ONNX Runtime threads per worker "
+                                                                 "(0: cores / workers).")] = None,
+          access_log: Annotated[bool | None, typer.Option(
+              help="A log line per request (costs ~10% of throughput; the prediction log keeps every record "
+                   "either way).")] = None
           ) -> None:
     """Serve the champion over HTTP (BentoML): /predict, /model, /livez, /readyz, /metrics, /admin/reload.
-    POST /admin/reload needs `Authorization: Bearer $MTLOPS_ADMIN_TOKEN`."""
+    Settings: the config's `serving:` section, each overridden by its MTLOPS_<OPTION> variable, then by
+    these flags (unset: not overridden). POST /admin/reload needs `Authorization: Bearer $MTLOPS_ADMIN_TOKEN`."""
     import os
 
+    from serving.runtime import SETTINGS_VARIABLE, override_variables, with_overrides
+
     cfg = _load(config)
-    cores = usable_cpus()
-    workers = workers or cores
-    env = {**os.environ, "MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_MAX_ROWS": str(max_rows),
-           "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve()), "MTLOPS_WORKERS": str(workers),
-           "MTLOPS_MAX_BATCH_SIZE": str(max_batch_size), "MTLOPS_MAX_LATENCY_MS": str(max_latency_ms),
-           "MTLOPS_ACCESS_LOG": "1" if access_log else "0", "MTLOPS_LOG_RETENTION_DAYS": str(log_retention_days),
-           "MTLOPS_ORT_THREADS": str(ort_threads or os.environ.get("MTLOPS_ORT_THREADS") or max(1, cores // workers))}
+    flags = {"log_retention_days": log_retention_days, "max_rows": max_rows, "workers": workers,
+             "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "ort_threads": ort_threads,
+             "access_log": access_log}
+    try:
+        settings = with_overrides(cfg.serving, os.environ, flags)
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    # the variables are folded into the settings: dropped, so a flag that overrode one stays in force
+    env = {k: v for k, v in os.environ.items() if k not in override_variables()}
+    env |= {"MTLOPS_MODEL_NAME": cfg.registry.model_name, "MTLOPS_PREDICTION_LOG": str(prediction_log.resolve()),
+            SETTINGS_VARIABLE: settings.model_dump_json()}
     project = Path(__file__).resolve().parents[2]  # the repository: pipelines/cli/main.py
     cmd = [sys.executable, "-m", "serving.server", "serving.service:MultiTaskModelService",
            "--host", host, "--port", str(port), "--working-dir", str(project)]
     os.execve(sys.executable, cmd, env)  # the server gets our signals (SIGTERM drains and flushes the log)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: the container's CPU limit (cgroup v2 `cpu.max`) where one is set,
-    else the affinity mask — `os.cpu_count()` would count the node's cores inside a pod."""
-    import math
-    import os
-
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        return cpus
-    return cpus if quota == "max" else max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 @app.command()
@@ -662,6 +659,7 @@ def bento(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     from bentoml._internal.bento.build_config import BentoEnvSchema
 
     from components.artifacts.registry import champion
+    from serving.runtime import SETTINGS_VARIABLE
 
     cfg = _load(config)
     current = champion(cfg.registry.model_name)
@@ -670,8 +668,9 @@ def bento(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         raise typer.Exit(1)
     project = Path(__file__).resolve().parents[2]  # the repository: pipelines/cli/main.py
     spec = yaml.safe_load((project / "serving" / "bentofile.yaml").read_text())
-    envs = [*spec.pop("envs", []), {"name": "MTLOPS_MODEL_NAME", "value": cfg.registry.model_name}]
-    os.environ["MTLOPS_MODEL_NAME"] = cfg.registry.model_name  # the service module reads it at import
+    envs = [*spec.pop("envs", []), {"name": "MTLOPS_MODEL_NAME", "value": cfg.registry.model_name},
+            {"name": SETTINGS_VARIABLE, "value": cfg.serving.model_dump_json()}]
+    os.environ["MTLOPS_MODEL_NAME"] = cfg.registry.model_name  # the build imports the service, which loads it
     built = bentoml.bentos.build(**spec, envs=[BentoEnvSchema(**e) for e in envs], models=[str(current.tag)],
                                  build_ctx=str(project))
     console.print(f"built {built.tag} with {current.tag}; containerize: bentoml containerize {built.tag}")
