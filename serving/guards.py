@@ -12,6 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 Scope = dict[str, Any]
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 ERROR_SCHEMA = {
@@ -98,6 +100,13 @@ def error_body(message: str, loc: Sequence[str | int] | None = None) -> dict[str
     if loc is None:
         return {"error": message}
     return {"error": message, "detail": [{"loc": list(loc), "msg": message, "type": "value_error"}]}
+
+
+def validation_error_body(exc: ValidationError) -> dict[str, Any]:
+    """The 400 body of a request the schema refuses: what BentoML's API layer answers a ValidationError
+    with (`_bentoml_impl.server.app`, `api_endpoint_wrapper`), so the fast path answers the same."""
+    return {"error": f"{exc.error_count()} validation error for {exc.title}",
+            "detail": exc.errors(include_context=False, include_input=False)}
 
 
 async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:

@@ -4,6 +4,10 @@ One BentoML service, `workers` processes. Each worker validates a request agains
 generated from the FeatureSpec, encodes it with NumPy, merges it with concurrent requests into
 one ONNX Runtime call (serving/worker.py) and formats every task's answer, all in-process.
 Reloads reach every worker through the control folder (see serving/worker.py).
+
+Importing this module loads nothing: `build_service` reads the settings, loads the champion and builds
+the service class around the request schema generated from its FeatureSpec. The name `bentoml serve`
+and the Bento are given, `serving.service:MultiTaskModelService`, is built on first access.
 """
 
 import asyncio
@@ -14,12 +18,13 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any, ClassVar, Self
 
 import bentoml
 import numpy as np
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,18 +41,18 @@ from serving.guards import (
     bound_route_labels,
     duplicate_key,
     error_body,
+    validation_error_body,
 )
 from serving.prediction_log import LogMaintenance, PredictionLogWriter, ServedBatch, maintain_log
 from serving.runtime import (
-    TASKS_FILTER,
     ModelLoadError,
+    ServedModel,
     ServingSettings,
     load_champion,
     record_model,
     request_model,
     retired_task_asked,
     shadow_tag,
-    task_name_type,
 )
 from serving.shadow import ShadowScorer
 from serving.worker import (
@@ -60,17 +65,6 @@ from serving.worker import (
     log,
     open_version,
 )
-
-SETTINGS = ServingSettings.from_env()
-CONTROL = VersionControl(SETTINGS.control_dir or default_control_dir())
-try:
-    STARTUP_MODEL = load_champion(SETTINGS.model_name)
-except ModelLoadError as exc:
-    CONTROL.give_up(str(exc))
-Record = record_model(STARTUP_MODEL.spec, SETTINGS.max_category_chars)
-TaskName = task_name_type(STARTUP_MODEL.spec)
-STARTUP_SHADOW = shadow_tag(SETTINGS.model_name) if SETTINGS.shadow_share > 0 or SETTINGS.canary.share > 0 else None
-bound_route_labels()
 
 
 class ServiceMetrics:
@@ -216,20 +210,21 @@ async def model_info(request: Request) -> JSONResponse:
                                      for c in m.spec.categorical]},
         "metrics": m.metadata.get("metrics", {}),
         "lineage": m.metadata.get("lineage", {}),
-        "shadow": ({"model_version": svc.shadow.tag, "share": SETTINGS.shadow_share} if svc.shadow else None),
-        "canary": ({"model_version": svc.shadow.tag, "share": SETTINGS.canary.share,
+        "shadow": ({"model_version": svc.shadow.tag, "share": svc.settings.shadow_share} if svc.shadow else None),
+        "canary": ({"model_version": svc.shadow.tag, "share": svc.settings.canary.share,
                     "rolled_back": svc.shadow.tag == svc.canary_stopped}
-                   if svc.shadow and SETTINGS.canary.share > 0 else None),
+                   if svc.shadow and svc.settings.canary.share > 0 else None),
     })
 
 
 async def admin_reload(request: Request) -> JSONResponse:
-    if not SETTINGS.admin_token:
+    svc = bentoml.get_current_service()
+    token = svc.settings.admin_token
+    if not token:
         return JSONResponse(error_body("admin endpoints are disabled: set MTLOPS_ADMIN_TOKEN"), status_code=403)
     given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {SETTINGS.admin_token}".encode()):
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return JSONResponse(error_body("missing or wrong bearer token"), status_code=401)
-    svc = bentoml.get_current_service()
     try:
         result = await asyncio.to_thread(svc.reload)
     except ModelLoadError as exc:
@@ -244,29 +239,67 @@ OPS_ROUTES = Starlette(routes=[Route("/model", model_info, methods=["GET"]),
                                Route("/admin/reload", admin_reload, methods=["POST"])])
 
 
-@bentoml.service(name="mtlops", workers=SETTINGS.workers, traffic={"timeout": 60},
-                 logging={"access": {"enabled": SETTINGS.access_log}},
-                 tracing={"excluded_urls": ",".join(["/livez", "/readyz", "/metrics",
-                                                     *([] if SETTINGS.trace_predictions else ["/predict"])])})
-@bentoml.asgi_app(OPS_ROUTES, path="/")
-class MultiTaskModelService:
+class PredictInput(bentoml.IODescriptor):
+    """The base of the /predict body (runtime.request_model builds it from the champion's FeatureSpec).
+    Both request paths decode a body with `decode`: BentoML's API layer through `from_http_request`,
+    the fast path (`PredictEndpoint`) directly. Every refusal is a ValidationError, which both answer
+    with `validation_error_body`: the same request gets the same 400 either way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Self:
+        return cls.decode(await request.body(), bentoml.get_current_service().model.served)
+
+    @classmethod
+    def decode(cls, raw: bytes, served: ServedModel) -> Self:
+        """The body, validated; beyond the schema, a task `served` retired and a key given twice are refused."""
+        try:
+            body = cls.model_validate_json(raw)
+        except ValidationError as exc:
+            if retired := retired_task_asked(exc, served):
+                raise cls._refused("retired_task", *retired) from None
+            raise
+        records = body.records  # type: ignore[attr-defined]
+        keys = len(records) * len(served.spec.feature_names) + len(body.model_fields_set)
+        if loc := duplicate_key(raw, keys, len(records)):
+            # JSON parsers keep the last value of a repeated key silently
+            raise cls._refused("duplicate_key", f"duplicate key {loc[-1]!r} in the request body", loc)
+        return body
+
+    @classmethod
+    def _refused(cls, kind: str, message: str, loc: list[str | int]) -> ValidationError:
+        return ValidationError.from_exception_data(cls.__name__, [InitErrorDetails(
+            type=PydanticCustomError(kind, message), loc=tuple(loc), input=loc[-1])])
+
+
+class MultiTaskModel:
+    """The service's behaviour. `build_service` subclasses it with the /predict API (its request model
+    comes from the champion) and what the start loaded: these class attributes."""
+
+    settings: ClassVar[ServingSettings]
+    start_control: ClassVar[VersionControl]
+    startup_model: ClassVar[ServedModel]
+    startup_shadow: ClassVar[str | None]
+
     def __init__(self) -> None:
-        self.control = CONTROL
+        self.control = self.start_control
         self.generation, self.model = self._first_model()
         self.healthy = True
         self.metrics = ServiceMetrics()
-        self.batcher = MeteredBatcher(self.metrics.batch_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        self.batcher = MeteredBatcher(self.metrics.batch_rows, self.settings.max_batch_size,
+                                      self.settings.max_latency_ms)
         self.metrics.serving(self.model.tag)
-        self.log = PredictionLogWriter(SETTINGS.prediction_log, SETTINGS.log_flush_seconds,
-                                       SETTINGS.log_max_buffered_batches) if SETTINGS.prediction_log else None
+        self.log = PredictionLogWriter(self.settings.prediction_log, self.settings.log_flush_seconds,
+                                       self.settings.log_max_buffered_batches) if self.settings.prediction_log else None
         self.control.report(self.generation, self.model.tag)
-        self.canary_guard = CanaryGuard(SETTINGS.canary)
+        self.canary_guard = CanaryGuard(self.settings.canary)
         self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
         self.shadow: ShadowScorer | None = None
-        self._set_shadow(self.control.published_shadow() if self.control.target() else STARTUP_SHADOW)
+        self._set_shadow(self.control.published_shadow() if self.control.target() else self.startup_shadow)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_control, name="version-control", daemon=True).start()
-        if SETTINGS.prediction_log and SETTINGS.log_maintenance_seconds > 0:
+        if self.settings.prediction_log and self.settings.log_maintenance_seconds > 0:
             threading.Thread(target=self._maintain_log, name="prediction-log-maintenance", daemon=True).start()
         self.draining = False
         self._stop_server = signal.getsignal(signal.SIGTERM)  # uvicorn's: stop accepting, finish in-flight, exit
@@ -281,18 +314,18 @@ class MultiTaskModelService:
         """The version the other workers serve (a restarted worker rejoins them); the champion when
         there is none or it no longer loads; and if the champion cannot serve either, give up (the
         server exits with the reason rather than respawn a worker that cannot answer)."""
-        generation, tag = self.control.target() or (0, STARTUP_MODEL.tag)
-        if tag != STARTUP_MODEL.tag:
+        generation, tag = self.control.target() or (0, self.startup_model.tag)
+        if tag != self.startup_model.tag:
             try:
-                return generation, open_version(tag, SETTINGS.ort_threads)
+                return generation, open_version(tag, self.settings.ort_threads)
             except ModelLoadError as exc:
                 log.error("the served version no longer loads; every worker goes to the champion %s: %s",
-                          STARTUP_MODEL.tag, exc)
+                          self.startup_model.tag, exc)
                 with self.control.lock():
                     generation = (self.control.target() or (generation, tag))[0] + 1
-                    self.control.publish(generation, STARTUP_MODEL.tag)
+                    self.control.publish(generation, self.startup_model.tag)
         try:
-            return generation, LoadedModel(STARTUP_MODEL, SETTINGS.ort_threads)
+            return generation, LoadedModel(self.startup_model, self.settings.ort_threads)
         except ModelLoadError as exc:
             self.control.give_up(str(exc))
             raise
@@ -312,17 +345,8 @@ class MultiTaskModelService:
         sending) and close each connection after its response (a keep-alive client reconnects instead
         of racing the close); then stop the way uvicorn does."""
         self.draining = True
-        self.control.exiting(f"stopped by SIGTERM after draining {SETTINGS.drain_seconds:g} s")
-        threading.Timer(SETTINGS.drain_seconds, self._stop_server, (signum, frame)).start()
-
-    @bentoml.api(route="/predict")
-    async def predict(
-        self,
-        records: Annotated[list[Record], Field(min_length=1, max_length=SETTINGS.max_rows)],  # type: ignore[valid-type]
-        tasks: Annotated[list[TaskName] | None, Field(min_length=1, description=TASKS_FILTER)] = None,  # type: ignore[valid-type]
-    ) -> dict[str, Any]:
-        """Every requested task's answer for every record, from one model version."""
-        return await self.answer(records, tasks)
+        self.control.exiting(f"stopped by SIGTERM after draining {self.settings.drain_seconds:g} s")
+        threading.Timer(self.settings.drain_seconds, self._stop_server, (signum, frame)).start()
 
     async def answer(self, records: list[Any], tasks: list[str] | None) -> dict[str, Any] | JSONResponse:
         rows = [vars(r) for r in records]
@@ -365,7 +389,7 @@ class MultiTaskModelService:
     def _canary(self) -> LoadedModel | None:
         """The version that answers the canary share: the shadow, unless this server rolled it back."""
         shadow = self.shadow
-        if SETTINGS.canary.share == 0 or shadow is None or shadow.tag == self.canary_stopped:
+        if self.settings.canary.share == 0 or shadow is None or shadow.tag == self.canary_stopped:
             return None
         return shadow.model
 
@@ -399,7 +423,7 @@ class MultiTaskModelService:
         """Serve the store's current champion in every worker, if it differs, loads and passes
         warm-up here first; otherwise raise ModelLoadError and keep serving what is served."""
         with self.control.lock():
-            new = load_champion(SETTINGS.model_name)
+            new = load_champion(self.settings.model_name)
             generation, tag = self.control.target() or (self.generation, self.model.tag)
             shadow, shadowed = self._shadow_wanted(), self.shadow.tag if self.shadow else None
             if new.tag == tag:
@@ -409,28 +433,27 @@ class MultiTaskModelService:
                 self.control.publish(generation + 1, tag, shadow)  # the same champion, another shadow
                 self._set_shadow(shadow)
                 self._adopt(generation + 1, self.model)
-                self.control.wait_for(generation + 1, SETTINGS.workers)
+                self.control.wait_for(generation + 1, self.settings.workers)
                 return {"status": "reloaded", "model_version": tag, "workers": self._workers_on(generation + 1),
                         "shadow": self.shadow.tag if self.shadow else None}
-            if new.signature != STARTUP_MODEL.signature:
-                raise ModelLoadError(f"{new.tag} has other features or tasks than {STARTUP_MODEL.tag}; "
+            if new.signature != self.startup_model.signature:
+                raise ModelLoadError(f"{new.tag} has other features or tasks than {self.startup_model.tag}; "
                                      "the request schema is fixed at start-up: restart the service to serve it")
-            self._adopt(generation + 1, LoadedModel(new, SETTINGS.ort_threads))
+            self._adopt(generation + 1, LoadedModel(new, self.settings.ort_threads))
             self._set_shadow(shadow)
             self.control.publish(generation + 1, new.tag, shadow)
-            reports = self.control.wait_for(generation + 1, SETTINGS.workers)
+            reports = self.control.wait_for(generation + 1, self.settings.workers)
             refused = [w for w in reports if (w["failed"] or -1) >= generation + 1]
             if refused:  # every worker goes back to the old version
                 self.control.publish(generation + 2, tag, shadowed)
                 self._set_shadow(shadowed)
-                self._adopt(generation + 2, open_version(tag, SETTINGS.ort_threads))
+                self._adopt(generation + 2, open_version(tag, self.settings.ort_threads))
                 raise ModelLoadError(f"{new.tag}: worker {refused[0]['pid']} refused it ({refused[0]['error']})")
             return {"status": "reloaded", "model_version": new.tag, "workers": self._workers_on(generation + 1),
                     "shadow": self.shadow.tag if self.shadow else None}
 
-    @staticmethod
-    def _shadow_wanted() -> str | None:
-        return STARTUP_SHADOW and shadow_tag(SETTINGS.model_name)
+    def _shadow_wanted(self) -> str | None:
+        return self.startup_shadow and shadow_tag(self.settings.model_name)
 
     def _set_shadow(self, tag: str | None) -> None:
         """Score `tag` beside the champion from now on (None: no shadow). A shadow that cannot be
@@ -440,14 +463,14 @@ class MultiTaskModelService:
         new = None
         if tag is not None:  # loaded before the swap: the old shadow scores meanwhile
             try:
-                model = open_version(tag, SETTINGS.ort_threads)
-                if model.served.signature != STARTUP_MODEL.signature:
+                model = open_version(tag, self.settings.ort_threads)
+                if model.served.signature != self.startup_model.signature:
                     raise ModelLoadError(f"{tag} has other features or tasks than the champion")
             except ModelLoadError as exc:
                 log.error("shadow %s is not scored: %s", tag, exc)
                 self.metrics.shadow_load_failures.inc()
             else:
-                new = ShadowScorer(model, SETTINGS.prediction_log, SETTINGS.shadow_share, self.metrics)
+                new = ShadowScorer(model, self.settings.prediction_log, self.settings.shadow_share, self.metrics)
         old, self.shadow = self.shadow, new
         if old:
             old.close()
@@ -467,7 +490,7 @@ class MultiTaskModelService:
         while not self._stop.wait(POLL_SECONDS):
             if self.log:
                 self.metrics.prediction_log(self.log)
-            if SETTINGS.canary.share > 0:
+            if self.settings.canary.share > 0:
                 self.canary_stopped = (self.control.canary_stopped() or {}).get("tag")
                 self.metrics.canary_active.set(1 if self._canary() else 0)
             target = self.control.target()
@@ -475,7 +498,7 @@ class MultiTaskModelService:
                 continue
             generation, tag = target
             try:
-                model = self.model if tag == self.model.tag else open_version(tag, SETTINGS.ort_threads)
+                model = self.model if tag == self.model.tag else open_version(tag, self.settings.ort_threads)
             except ModelLoadError as exc:
                 failed = generation
                 self.control.report(self.generation, self.model.tag, failed=generation, error=str(exc))
@@ -487,11 +510,12 @@ class MultiTaskModelService:
         """Background thread: compaction and retention (one worker at a time), and the log's disk use."""
         while True:
             try:
-                self.metrics.log_maintained(maintain_log(SETTINGS.prediction_log, SETTINGS.log_compact_after_seconds,
-                                                         SETTINGS.log_retention_days))
+                self.metrics.log_maintained(maintain_log(self.settings.prediction_log,
+                                                         self.settings.log_compact_after_seconds,
+                                                         self.settings.log_retention_days))
             except Exception:  # a full disk fails a compaction: nothing was removed, the next round retries
                 log.exception("prediction log maintenance failed")
-            if self._stop.wait(SETTINGS.log_maintenance_seconds):
+            if self._stop.wait(self.settings.log_maintenance_seconds):
                 return
 
     async def __is_ready__(self) -> bool:
@@ -506,19 +530,16 @@ class MultiTaskModelService:
             self.log.close()
 
 
-FEATURES = len(STARTUP_MODEL.spec.feature_names)
-PredictRequest = request_model(Record, STARTUP_MODEL.spec, SETTINGS.max_rows)
-
-
 class PredictEndpoint:
-    """POST /predict decoded and encoded here, then answered by `MultiTaskModelService.answer` — the
-    method the BentoML API calls too. BentoML's own HTTP layer for an API (a signature inspection and
-    a JSON schema built per request) costs more than the model; the request schema and the error
-    shape are the same, and the BentoML API stays the published contract."""
+    """POST /predict decoded and encoded here, then answered by `MultiTaskModel.answer` — the method
+    the BentoML API calls too. BentoML's own HTTP layer for an API (a signature inspection and a JSON
+    schema built per request) costs more than the model; the request model, its decoding and the error
+    body are the same (`PredictInput`), and the BentoML API stays the published contract."""
 
-    def __init__(self, app: Any, path: str) -> None:
+    def __init__(self, app: Any, path: str, request: type[PredictInput]) -> None:
         self.app = app
         self.path = path
+        self.request = request
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -529,28 +550,59 @@ class PredictEndpoint:
             response.headers["connection"] = "close"
         await response(scope, receive, send)
 
-    @staticmethod
-    async def respond(raw: bytes) -> Response:
+    async def respond(self, raw: bytes) -> Response:
+        svc = bentoml.get_current_service()
         try:
-            body = PredictRequest.model_validate_json(raw)
+            body = self.request.decode(raw, svc.model.served)
         except ValidationError as exc:
-            if retired := retired_task_asked(exc, bentoml.get_current_service().model.served):
-                return JSONResponse(error_body(*retired), status_code=400)
-            return JSONResponse({
-                "error": f"{exc.error_count()} validation error for {exc.title}",
-                "detail": exc.errors(include_context=False, include_input=False, include_url=False)},
-                status_code=400)
-        keys = len(body.records) * FEATURES + len(body.model_fields_set)  # type: ignore[attr-defined]
-        if loc := duplicate_key(raw, keys, len(body.records)):  # type: ignore[attr-defined]
-            # JSON parsers keep the last value of a repeated key silently
-            return JSONResponse(error_body(f"duplicate key {loc[-1]!r} in the request body", loc), status_code=400)
-        result = await bentoml.get_current_service().answer(body.records, body.tasks)  # type: ignore[attr-defined]
+            return JSONResponse(validation_error_body(exc), status_code=400)
+        result = await svc.answer(body.records, body.tasks)  # type: ignore[attr-defined]
         return result if isinstance(result, Response) else \
             Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-MultiTaskModelService.add_asgi_middleware(RestoreRoutePath)  # first added: outermost of ours
-MultiTaskModelService.add_asgi_middleware(OpenApiDocument, extra_paths=OpenApiDocument.ops_paths())
-MultiTaskModelService.add_asgi_middleware(JsonOnly, paths=("/predict",))
-MultiTaskModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.max_body_bytes)
-MultiTaskModelService.add_asgi_middleware(PredictEndpoint, path="/predict")
+def build_service(settings: ServingSettings | None = None) -> Any:
+    """The BentoML service for the champion of `settings.model_name` (default: the settings in the
+    environment). A champion that cannot be loaded stops the server with the reason."""
+    settings = settings or ServingSettings.from_env()
+    control = VersionControl(settings.control_dir or default_control_dir())
+    try:
+        startup = load_champion(settings.model_name)
+    except ModelLoadError as exc:
+        control.give_up(str(exc))
+    wants_shadow = settings.shadow_share > 0 or settings.canary.share > 0
+    bound_route_labels()
+    request = request_model(record_model(startup.spec, settings.max_category_chars), startup.spec,
+                            settings.max_rows, base=PredictInput)
+
+    class MultiTaskModelService(MultiTaskModel):
+        @bentoml.api(route="/predict", input_spec=request)
+        async def predict(self, records: list[Any], tasks: list[str] | None = None) -> dict[str, Any]:
+            """Every requested task's answer for every record, from one model version."""
+            return await self.answer(records, tasks)
+
+    MultiTaskModelService.settings = settings
+    MultiTaskModelService.start_control = control
+    MultiTaskModelService.startup_model = startup
+    MultiTaskModelService.startup_shadow = shadow_tag(settings.model_name) if wants_shadow else None
+    traced = [] if settings.trace_predictions else ["/predict"]
+    service = bentoml.service(name="mtlops", workers=settings.workers, traffic={"timeout": 60},
+                              logging={"access": {"enabled": settings.access_log}},
+                              tracing={"excluded_urls": ",".join(["/livez", "/readyz", "/metrics", *traced])})(
+        bentoml.asgi_app(OPS_ROUTES, path="/")(MultiTaskModelService))
+    service.add_asgi_middleware(RestoreRoutePath)  # first added: outermost of ours
+    service.add_asgi_middleware(OpenApiDocument, extra_paths=OpenApiDocument.ops_paths())
+    service.add_asgi_middleware(JsonOnly, paths=("/predict",))
+    service.add_asgi_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.fast_path:
+        service.add_asgi_middleware(PredictEndpoint, path="/predict", request=request)
+    return service
+
+
+def __getattr__(name: str) -> Any:
+    """`MultiTaskModelService`, built once on first access. BentoML finds a service's import path among
+    its module's attributes, so the built service is kept as one."""
+    if name != "MultiTaskModelService":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    service = globals()[name] = build_service()
+    return service

@@ -194,6 +194,34 @@ def test_bad_input_gets_4xx_naming_record_and_field(server: Server, champion: Ch
         assert "error" in r.json(), (name, r.text)  # the published ErrorResponse shape
 
 
+def test_bentomls_api_layer_and_the_fast_path_answer_every_bad_request_alike(server: Server, champion: Champion,
+                                                                             tmp_path: Path) -> None:
+    """The same request model and decoding behind both request paths: `serving.fast_path: false` (here
+    its variable) sends /predict through BentoML's own API layer, which must refuse each bad request
+    with the fast path's status and body, and answer a good one alike."""
+    process = ServerProcess(server.process.output.parent / "config.yaml", tmp_path / "server.out",
+                            max_rows=MAX_ROWS, workers=1,
+                            env={"MTLOPS_FAST_PATH": "0", "MTLOPS_MAX_BODY_BYTES": str(MAX_BODY),
+                                 "MTLOPS_ORT_THREADS": "1"})
+    try:
+        process.wait_ready()
+        through_bentoml = Server(process, tmp_path / "unused")
+        good = {"records": _records(champion.test.head(2), champion.cfg), "tasks": ["sales"]}
+        fast, slow = server.post(good), through_bentoml.post(good)
+        assert slow.headers["server"].startswith("BentoML Service") and "BentoML" not in fast.headers.get("server", "")
+        assert slow.json()["predictions"] == fast.json()["predictions"]
+        for name, body, status, _ in _bad_cases(champion):
+            fast, slow = server.post(body), through_bentoml.post(body)
+            assert (slow.status_code, slow.json()) == (fast.status_code, fast.json()) == (status, fast.json()), name
+        record = json.dumps(good["records"][0])
+        duplicate = f'{{"records": [{record[:-1]}, "city": "Austin"}}]}}'  # the schema sees the last city only
+        fast, slow = server.post(duplicate), through_bentoml.post(duplicate)
+        assert (slow.status_code, slow.json()) == (fast.status_code, fast.json())
+        assert fast.status_code == 400 and "duplicate key 'city'" in fast.text
+    finally:
+        process.stop()
+
+
 def test_wrong_content_type_gets_415(server: Server, champion: Champion) -> None:
     body = json.dumps({"records": _records(champion.test.head(1), champion.cfg)})
     for headers in ({"content-type": "text/plain"}, {}):

@@ -262,8 +262,9 @@ def test_a_task_is_retired_only_on_purpose_and_then_the_service_names_it(
         r = httpx.post(server.url + "/predict", json={"records": records, "tasks": ["dep_delay", "air_time"]},
                        timeout=60)
         assert r.status_code == 400
-        assert r.json()["error"].startswith(f"task 'air_time' was retired by model version {out.tag}")
-        assert r.json()["detail"][0]["loc"] == ["tasks", 1]
+        (detail,) = r.json()["detail"]
+        assert detail["msg"].startswith(f"task 'air_time' was retired by model version {out.tag}")
+        assert (detail["loc"], detail["type"]) == (["tasks", 1], "retired_task")
         unknown = httpx.post(server.url + "/predict", json={"records": records, "tasks": ["nope"]}, timeout=60)
         assert unknown.status_code == 400 and unknown.json()["detail"][0]["loc"] == ["tasks", 0]
         info = httpx.get(server.url + "/model", timeout=10).json()
