@@ -31,10 +31,11 @@ PIPELINE_NAME = "mtlops-retraining"
 
 def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, git_revision: str,
                train: Output[Dataset], validation: Output[Dataset], new_test: Output[Dataset],
-               old_test: Output[Dataset]) -> NamedTuple("RunConfigs", [("validate", str), ("train", str),
-                                                                       ("export", str), ("register", str)]):
+               old_test: Output[Dataset]) -> NamedTuple("RunConfigs", [("validate_config", str), ("train_config", str),
+                                                                       ("export_config", str),
+                                                                       ("register_config", str)]):
     """Returns the config each later step runs with: the part of the run's config it reads (warm start
-    from the current champion)."""
+    from the current champion); `<step>_config`, as `train` names the training rows."""
     from collections import namedtuple
 
     from components.steps import CONTINUAL_LINEAGE, prepare_continual
@@ -44,7 +45,8 @@ def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, g
     train.metadata.update({k: out[k] for k in CONTINUAL_LINEAGE if out[k] is not None})
     for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
         art.metadata["rows"] = out["rows"][name]
-    return namedtuple("RunConfigs", list(out["step_configs"]))(**out["step_configs"])
+    given = {f"{step}_config": text for step, text in out["step_configs"].items()}
+    return namedtuple("RunConfigs", list(given))(**given)
 
 
 def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[Artifact],
@@ -73,16 +75,16 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # ty
         prepare_t = prepare_c(config_yaml=config_yaml, data_root=data_root, new_start=new_start, new_end=new_end,
                               git_revision=git_revision)
         given = prepare_t.outputs  # warm start from the champion the run found
-        validate_t = validate_c(config_yaml=given["validate"], dataset=prepare_t.outputs["train"])
-        train_t = train_c(config_yaml=given["train"], train=prepare_t.outputs["train"],
+        validate_t = validate_c(config_yaml=given["validate_config"], dataset=prepare_t.outputs["train"])
+        train_t = train_c(config_yaml=given["train_config"], train=prepare_t.outputs["train"],
                           validation=prepare_t.outputs["validation"]).after(validate_t)
         train_t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_t.set_cpu_limit("8").set_memory_limit("32G")
         evaluate_t = evaluate_c(model=train_t.outputs["model"], train=prepare_t.outputs["train"],
                                 test=prepare_t.outputs["new_test"])
-        export_t = export_c(config_yaml=given["export"], model=train_t.outputs["model"],
+        export_t = export_c(config_yaml=given["export_config"], model=train_t.outputs["model"],
                             train=prepare_t.outputs["train"], test=prepare_t.outputs["new_test"])
-        register_t = register_c(config_yaml=given["register"], onnx_model=export_t.outputs["onnx_model"],
+        register_t = register_c(config_yaml=given["register_config"], onnx_model=export_t.outputs["onnx_model"],
                                 metrics_json=evaluate_t.outputs["metrics_json"], train=prepare_t.outputs["train"],
                                 new_test=prepare_t.outputs["new_test"], old_test=prepare_t.outputs["old_test"])
         tasks = (prepare_t, validate_t, train_t, evaluate_t, export_t, register_t)
