@@ -9,11 +9,12 @@ the steps that use them (importing all of them costs ~5 s per step).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from components.config.schema import ProjectConfig, config_from_yaml, config_to_yaml, parse_config
+from components.config.schema import ProjectConfig, config_from_yaml, config_to_yaml, only_reads, parse_config
 from components.data.columns import check_columns
 from components.data.tables import (
     build_partitions,
@@ -30,6 +31,26 @@ from components.data.versioning import data_version, dvc_md5, ensure_dvc_repo, p
 
 def _cfg(config_yaml: str) -> ProjectConfig:
     return config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
+
+
+# What each step reads of the config: a whole section ("training") or one field of one ("training.seed").
+# The pipelines hand each step only these (`step_configs`), so an edit of anything else (an alert
+# threshold, the monitoring settings) leaves the step's input, and so its kfp cache key, as it was.
+# tests/test_pipeline_e2e.py records what every step reads while it runs and fails when this is not it.
+STEP_READS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data", "features", "tasks", "training.seed"),
+    "validate": ("data", "features", "tasks", "leakage", "training.seed"),
+    "split": ("data",),
+    "train": ("features", "tasks", "model", "training"),
+    "export": ("data.time_column", "tasks", "registry.parity_rows", "registry.parity_atol", "training.seed"),
+    "register": ("tasks", "registry"),
+}
+
+
+def step_configs(config_yaml: str, steps: Iterable[str] = STEP_READS) -> dict[str, str]:
+    """The config each of `steps` is given: only what it reads (`STEP_READS`), the rest at its defaults."""
+    cfg = _cfg(config_yaml)
+    return {step: config_to_yaml(only_reads(cfg, STEP_READS[step])) for step in steps}
 
 
 def ingest(config_yaml: str, data_root: str, out_path: str, git_revision: str = "unknown") -> dict:
@@ -60,6 +81,7 @@ def _read_versioned(cfg: ProjectConfig, root: Path, start: pd.Timestamp | None,
     return df, {"data_version": data_version(md5s), "partitions": md5s}
 
 
+CONTINUAL_STEPS = ("validate", "train", "export", "register")  # the steps after `prepare_continual`
 # what a continual run registers as its model's lineage, from `prepare_continual`'s output
 CONTINUAL_LINEAGE = ("data_version", "partitions", "git_revision", "train_on", "replay_rows", "warm_start")
 
@@ -73,7 +95,8 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
     trained on) on which the gate checks for forgetting. The new test rows come after every row
     the challenger trains on, and the champion predates the new window: the gate scores both
     models on rows neither has seen.
-    Returns (under `config_yaml`) the config the run trains with (warm start for `warm_replay`)."""
+    Returns (under `config_yaml`) the config the run trains with (warm start for `warm_replay`), and under
+    `step_configs` the parts of it each later step reads (`step_configs`)."""
     from components.artifacts.registry import champion, check_retirements
 
     cfg = _cfg(config_yaml)
@@ -111,7 +134,8 @@ def prepare_continual(config_yaml: str, data_root: str, new_start: str, new_end:
             "replay_rows": len(history) if r.train_on == "warm_replay" else None,
             "rows": {k: len(v) for k, v in parts.items()},
             "warm_start": str(current.tag) if current and r.warm_start else None,
-            "config_yaml": config_to_yaml(continual_config(cfg, current.path if current else None))}
+            "config_yaml": (run_config := config_to_yaml(continual_config(cfg, current.path if current else None))),
+            "step_configs": step_configs(run_config, CONTINUAL_STEPS)}
 
 
 def continual_config(cfg: ProjectConfig, champion_dir: str | None) -> ProjectConfig:

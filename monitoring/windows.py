@@ -150,6 +150,36 @@ def apply_policy(cfg: ProjectConfig, summary: MonitorSummary, window: str, alert
     return alert
 
 
+def monitor_step(cfg: ProjectConfig, snapshot_dir: Path, *, window: str = "", scheduled_time: str = "",
+                 data_root: str = "", prediction_log: str = "", labels: bool = False,
+                 workspace: str = "") -> MonitorSummary:
+    """The monitoring pipeline's monitor step, its arguments as the pipeline passes them ("": not given):
+    the window named, else the calendar month before the run's scheduled time; the prediction log when
+    there is one (the window as served; data_root is then the retraining's data only), else the data."""
+    if not (window or scheduled_time):
+        raise ValueError("name the window: this run has no schedule time to derive it from")
+    if not (prediction_log or data_root):
+        raise ValueError("give the window's source: prediction_log or data_root")
+    source = {"log_dir": Path(prediction_log)} if prediction_log else {"data_root": Path(data_root)}
+    return monitor_window(cfg, window or previous_month(scheduled_time), snapshot_dir, **source, labels=labels,
+                          workspace=Path(workspace) if workspace else None)
+
+
+def policy_step(cfg: ProjectConfig, summary: MonitorSummary, *, data_root: str = "", alert_log: str = "",
+                workspace: str = "") -> str:
+    """The monitoring pipeline's policy step (`apply_policy`, the alert log by default in the workspace):
+    "retrain" only for an acting alert with `alerts.action: retrain` and data to retrain on; else
+    "alert", "suppressed" (cool-down) or "none"."""
+    folder = Path(workspace or cfg.monitoring.workspace)
+    alert = apply_policy(cfg, summary, summary.window, Path(alert_log) if alert_log else folder / "alerts.jsonl",
+                         folder)
+    if alert is None:
+        return "none"
+    if alert.suppressed:
+        return "suppressed"
+    return "retrain" if alert.retrains and data_root else "alert"
+
+
 def previous_month(timestamp: str) -> str:
     """The calendar month before an ISO timestamp: a recurring run on 2013-08-01 checks "2013-07"."""
     return str(pd.Timestamp(timestamp).to_period("M") - 1)

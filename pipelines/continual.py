@@ -16,6 +16,7 @@ more than the training, so the policy replay runs its retrains this way.
 
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -30,8 +31,13 @@ PIPELINE_NAME = "mtlops-retraining"
 
 def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, git_revision: str,
                train: Output[Dataset], validation: Output[Dataset], new_test: Output[Dataset],
-               old_test: Output[Dataset]) -> str:
-    """Returns the config the later steps run with (warm start from the current champion)."""
+               old_test: Output[Dataset]) -> NamedTuple("RunConfigs", [("validate_config", str), ("train_config", str),
+                                                                       ("export_config", str),
+                                                                       ("register_config", str)]):
+    """Returns the config each later step runs with: the part of the run's config it reads (warm start
+    from the current champion); `<step>_config`, as `train` names the training rows."""
+    from collections import namedtuple
+
     from components.steps import CONTINUAL_LINEAGE, prepare_continual
 
     out = prepare_continual(config_yaml, data_root, new_start, new_end, train.path, validation.path,
@@ -39,7 +45,8 @@ def prepare_op(config_yaml: str, data_root: str, new_start: str, new_end: str, g
     train.metadata.update({k: out[k] for k in CONTINUAL_LINEAGE if out[k] is not None})
     for art, name in ((train, "train"), (validation, "validation"), (new_test, "new_test"), (old_test, "old_test")):
         art.metadata["rows"] = out["rows"][name]
-    return out["config_yaml"]
+    given = {f"{step}_config": text for step, text in out["step_configs"].items()}
+    return namedtuple("RunConfigs", list(given))(**given)
 
 
 def register_continual_op(config_yaml: str, onnx_model: Input[Model], metrics_json: Input[Artifact],
@@ -67,17 +74,17 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # ty
                             git_revision: str = "unknown") -> str:
         prepare_t = prepare_c(config_yaml=config_yaml, data_root=data_root, new_start=new_start, new_end=new_end,
                               git_revision=git_revision)
-        run_config = prepare_t.outputs["Output"]  # warm start from the champion the run found
-        validate_t = validate_c(config_yaml=config_yaml, dataset=prepare_t.outputs["train"])
-        train_t = train_c(config_yaml=run_config, train=prepare_t.outputs["train"],
+        given = prepare_t.outputs  # warm start from the champion the run found
+        validate_t = validate_c(config_yaml=given["validate_config"], dataset=prepare_t.outputs["train"])
+        train_t = train_c(config_yaml=given["train_config"], train=prepare_t.outputs["train"],
                           validation=prepare_t.outputs["validation"]).after(validate_t)
         train_t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_t.set_cpu_limit("8").set_memory_limit("32G")
         evaluate_t = evaluate_c(model=train_t.outputs["model"], train=prepare_t.outputs["train"],
                                 test=prepare_t.outputs["new_test"])
-        export_t = export_c(config_yaml=run_config, model=train_t.outputs["model"],
+        export_t = export_c(config_yaml=given["export_config"], model=train_t.outputs["model"],
                             train=prepare_t.outputs["train"], test=prepare_t.outputs["new_test"])
-        register_t = register_c(config_yaml=run_config, onnx_model=export_t.outputs["onnx_model"],
+        register_t = register_c(config_yaml=given["register_config"], onnx_model=export_t.outputs["onnx_model"],
                                 metrics_json=evaluate_t.outputs["metrics_json"], train=prepare_t.outputs["train"],
                                 new_test=prepare_t.outputs["new_test"], old_test=prepare_t.outputs["old_test"])
         tasks = (prepare_t, validate_t, train_t, evaluate_t, export_t, register_t)
@@ -103,15 +110,15 @@ def run_in_process(cfg: ProjectConfig, data_root: Path, pipeline_root: Path, new
     run_dir.mkdir(parents=True)
     path = {name: str(run_dir / name) for name in ("train", "validation", "new_test", "old_test", "report",
                                                      "model", "metrics_json", "onnx_model", "decision")}
-    config_yaml = config_to_yaml(cfg)
-    prepared = steps.prepare_continual(config_yaml, str(data_root.resolve()), new_start, new_end, path["train"],
-                                       path["validation"], path["new_test"], path["old_test"], git_revision)
-    run_config = prepared["config_yaml"]
-    steps.validate(config_yaml, path["train"], path["report"])
-    summary = steps.train_model(run_config, path["train"], path["validation"], path["model"])
+    prepared = steps.prepare_continual(config_to_yaml(cfg), str(data_root.resolve()), new_start, new_end,
+                                       path["train"], path["validation"], path["new_test"], path["old_test"],
+                                       git_revision)
+    given = prepared["step_configs"]
+    steps.validate(given["validate"], path["train"], path["report"])
+    summary = steps.train_model(given["train"], path["train"], path["validation"], path["model"])
     metrics = steps.evaluate_model(path["model"], path["train"], path["new_test"], path["metrics_json"])
-    steps.export_model(run_config, path["model"], path["train"], path["new_test"], path["onnx_model"])
-    decision = steps.register_model(run_config, path["onnx_model"], path["metrics_json"], path["new_test"],
+    steps.export_model(given["export"], path["model"], path["train"], path["new_test"], path["onnx_model"])
+    decision = steps.register_model(given["register"], path["onnx_model"], path["metrics_json"], path["new_test"],
                                     {k: prepared[k] for k in steps.CONTINUAL_LINEAGE}, path["decision"],
                                     old_test_path=path["old_test"])
     return LocalRun(tag=decision["tag"], run_dir=run_dir, artifacts={k: Path(v) for k, v in path.items()},

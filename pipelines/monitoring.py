@@ -37,20 +37,13 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
     from pathlib import Path
 
     from components.config.schema import config_from_yaml
-    from monitoring.windows import monitor_window, previous_month
+    from monitoring.windows import monitor_step
 
-    cfg = config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
-    if not (window or scheduled_time):
-        raise ValueError("name the window: this run has no schedule time to derive it from")
-    if not (prediction_log or data_root):
-        raise ValueError("give the window's source: prediction_log or data_root")
-    month = window or previous_month(scheduled_time)
-    # with a prediction log the window is what was served; data_root is then the retraining's data only
-    source = {"log_dir": Path(prediction_log)} if prediction_log else {"data_root": Path(data_root)}
-    summary = monitor_window(cfg, month, Path(snapshot.path), **source, labels=labels,
-                             workspace=Path(workspace) if workspace else None)
+    summary = monitor_step(config_from_yaml(config_yaml, "<pipeline parameter config_yaml>"), Path(snapshot.path),
+                           window=window, scheduled_time=scheduled_time, data_root=data_root,
+                           prediction_log=prediction_log, labels=labels, workspace=workspace)
     shutil.copyfile(summary.snapshot_html, report.path)
-    snapshot.metadata.update({"window": month, "model_version": summary.model_version})
+    snapshot.metadata.update({"window": summary.window, "model_version": summary.model_version})
     metrics.log_metric("drift_share", summary.drift_share)
     metrics.log_metric("drifted_features", float(len(summary.drifted_features)))
     metrics.log_metric("drifted_predictions", float(len(summary.drifted_predictions)))
@@ -60,26 +53,15 @@ def monitor_op(config_yaml: str, window: str, scheduled_time: str, data_root: st
 
 
 def policy_op(config_yaml: str, summary_json: str, data_root: str, alert_log: str, workspace: str) -> str:
-    """The alert policy on the monitored window (alert log, cool-down, webhook, dashboard marker).
-    Returns "retrain" only for an acting alert with `alerts.action: retrain` and data to retrain on;
-    else "alert", "suppressed" (cool-down) or "none". A plain string: kfp.local resolves a `dsl.If`
-    condition on a step's single output, not on a NamedTuple field."""
-    from pathlib import Path
-
+    """`monitoring.windows.policy_step`. A plain string: kfp.local resolves a `dsl.If` condition on a
+    step's single output, not on a NamedTuple field."""
     from components.config.schema import config_from_yaml
     from monitoring.summary import MonitorSummary
-    from monitoring.windows import apply_policy
+    from monitoring.windows import policy_step
 
-    cfg = config_from_yaml(config_yaml, "<pipeline parameter config_yaml>")
-    summary = MonitorSummary.from_json(summary_json)
-    folder = Path(workspace or cfg.monitoring.workspace)
-    alert = apply_policy(cfg, summary, summary.window, Path(alert_log) if alert_log else folder / "alerts.jsonl",
-                         folder)
-    if alert is None:
-        return "none"
-    if alert.suppressed:
-        return "suppressed"
-    return "retrain" if alert.retrains and data_root else "alert"
+    return policy_step(config_from_yaml(config_yaml, "<pipeline parameter config_yaml>"),
+                       MonitorSummary.from_json(summary_json), data_root=data_root, alert_log=alert_log,
+                       workspace=workspace)
 
 
 def window_dates_op(summary_json: str) -> NamedTuple("WindowDates", [("new_start", str), ("new_end", str)]):

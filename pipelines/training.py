@@ -1,8 +1,12 @@
-"""The training pipeline: ingest -> validate -> split -> train -> evaluate -> export -> register.
+"""The training pipeline: configure -> ingest -> validate -> split -> train -> evaluate -> export -> register.
 
 Each kfp component is a thin wrapper: it maps typed artifacts to paths and calls
 the plain function in `components.steps`. The same pipeline object runs through
 `kfp.local` and compiles to IR YAML for a Kubeflow cluster.
+
+`configure` hands each later step only the parts of the config it reads (`components.steps.STEP_READS`):
+a step's cache key follows its inputs, so an edit of an alert threshold, the monitoring settings or the
+promotion gate re-runs only the steps that read it (the gate: `register`), never the training.
 
 Images come from the environment so a user points them at their registry:
 MTLOPS_IMAGE (every step) and MTLOPS_GPU_IMAGE (the training step).
@@ -11,6 +15,7 @@ MTLOPS_IMAGE (every step) and MTLOPS_GPU_IMAGE (the training step).
 # no `from __future__ import annotations`: kfp reads the annotations as types
 
 import os
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -20,6 +25,17 @@ from pipelines.cluster import ClusterSettings, apply_cluster_settings
 DEFAULT_IMAGE = "ghcr.io/mtlops/mtlops:0.1.0"
 DEFAULT_GPU_IMAGE = "ghcr.io/mtlops/mtlops-cuda:0.1.0"
 PIPELINE_NAME = "mtlops-training"
+
+
+def configure_op(config_yaml: str) -> NamedTuple("StepConfigs", [("ingest", str), ("validate", str), ("split", str),
+                                                                  ("train", str), ("export", str), ("register", str)]):
+    # the NamedTuple is written here, not named at module level: kfp runs this function's source alone
+    from collections import namedtuple
+
+    from components.steps import step_configs
+
+    given = step_configs(config_yaml, ("ingest", "validate", "split", "train", "export", "register"))
+    return namedtuple("StepConfigs", list(given))(**given)
 
 
 def ingest_op(config_yaml: str, data_root: str, git_revision: str, dataset: Output[Dataset]) -> None:
@@ -102,35 +118,39 @@ def build_pipeline(image: str | None = None, gpu_image: str | None = None,  # ty
     """The pipeline object, with components built for the given images; with `cluster`, every
     step also carries the Kubernetes settings a real cluster needs (pipelines/cluster.py)."""
     image, gpu_image = images(image, gpu_image)
+    configure_c = component(configure_op, image)
     ingest_c, validate_c, split_c = (component(f, image) for f in (ingest_op, validate_op, split_op))
     train_c, evaluate_c = component(train_op, gpu_image), component(evaluate_op, image)
     export_c, register_c = component(export_op, image), component(register_op, image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, export and register one multi-task model.")
     def training_pipeline(config_yaml: str, data_root: str, git_revision: str = "unknown") -> str:
-        ingest_t = ingest_c(config_yaml=config_yaml, data_root=data_root, git_revision=git_revision)
-        validate_t = validate_c(config_yaml=config_yaml, dataset=ingest_t.outputs["dataset"])
-        split_t = split_c(config_yaml=config_yaml, dataset=ingest_t.outputs["dataset"],
+        configure_t = configure_c(config_yaml=config_yaml)
+        given = configure_t.outputs
+        ingest_t = ingest_c(config_yaml=given["ingest"], data_root=data_root, git_revision=git_revision)
+        validate_t = validate_c(config_yaml=given["validate"], dataset=ingest_t.outputs["dataset"])
+        split_t = split_c(config_yaml=given["split"], dataset=ingest_t.outputs["dataset"],
                           report=validate_t.outputs["report"])
-        train_t = train_c(config_yaml=config_yaml, train=split_t.outputs["train"],
+        train_t = train_c(config_yaml=given["train"], train=split_t.outputs["train"],
                           validation=split_t.outputs["validation"])
         train_t.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         train_t.set_cpu_limit("8").set_memory_limit("32G")
         evaluate_t = evaluate_c(model=train_t.outputs["model"], train=split_t.outputs["train"],
                                 test=split_t.outputs["test"])
-        export_t = export_c(config_yaml=config_yaml, model=train_t.outputs["model"], train=split_t.outputs["train"],
+        export_t = export_c(config_yaml=given["export"], model=train_t.outputs["model"], train=split_t.outputs["train"],
                             test=split_t.outputs["test"])
-        register_t = register_c(config_yaml=config_yaml, onnx_model=export_t.outputs["onnx_model"],
+        register_t = register_c(config_yaml=given["register"], onnx_model=export_t.outputs["onnx_model"],
                                 metrics_json=evaluate_t.outputs["metrics_json"],
                                 dataset=ingest_t.outputs["dataset"], test=split_t.outputs["test"])
-        for task in (ingest_t, validate_t, split_t, train_t, evaluate_t, export_t, register_t):
+        tasks = (configure_t, ingest_t, validate_t, split_t, train_t, evaluate_t, export_t, register_t)
+        for task in tasks:
             task.set_caching_options(True)
         # retry what can fail transiently (remote storage, a preempted GPU node); a failed
         # validation or parity check is deterministic and fails at once
         for task in (ingest_t, train_t, register_t):
             task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
         if cluster:
-            apply_cluster_settings(cluster, (ingest_t, validate_t, split_t, train_t, evaluate_t, export_t, register_t))
+            apply_cluster_settings(cluster, tasks)
         return register_t.outputs["Output"]
 
     return training_pipeline

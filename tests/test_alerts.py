@@ -291,3 +291,22 @@ def test_a_new_rule_is_one_class_and_its_registry_line(monkeypatch: pytest.Monke
     assert alert.retrains and read_alerts(tmp_path / "alerts.jsonl")[0].reasons == ["night flights: too few"]
     with pytest.raises(AssertionError, match="no row for `night_flights`"):
         test_the_docs_list_every_rule_with_its_kind_and_settings(NightFlights.name)
+
+
+def test_the_monitoring_pipelines_steps_run_as_plain_functions(tmp_path: Path) -> None:
+    """What the monitoring pipeline's steps do besides calling the library, tested without kfp: the
+    argument checks (before any work) and the policy's one-word answer that the `dsl.If` reads."""
+    from monitoring.windows import monitor_step, policy_step
+    from tests.test_prometheus import summary
+
+    cfg = config_with(FLIGHTS)
+    with pytest.raises(ValueError, match="name the window"):
+        monitor_step(cfg, tmp_path, data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="the window's source"):
+        monitor_step(cfg, tmp_path, window="2013-07")
+    where = {"alert_log": str(tmp_path / "alerts.jsonl"), "workspace": str(tmp_path / "workspace")}
+    assert policy_step(cfg, summary("2013-06", broken=True), data_root="/data", **where) == "alert"  # data: no retrain
+    assert policy_step(cfg, summary("2013-07", broken=False), data_root="/data", **where) == "retrain"
+    assert policy_step(cfg, summary("2013-08", broken=False), data_root="/data", **where) == "suppressed"
+    assert policy_step(cfg, summary("2013-12", broken=False), **where) == "alert"  # no data to retrain on
+    assert len(read_alerts(tmp_path / "alerts.jsonl")) == 4

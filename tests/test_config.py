@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 
@@ -87,6 +88,100 @@ def test_config_knows_exactly_the_registered_strategies_and_architectures() -> N
     assert len(STRATEGIES) == len(STRATEGY_SETTINGS) and len(ARCHITECTURES) == len(ARCHITECTURE_SETTINGS)
     assert {name: issubclass(cls, SharedRepresentation) for name, cls in ARCHITECTURES.items()} == {
         name: cls.settings.shares_representation for name, cls in ARCHITECTURES.items()}
+
+
+# The docs' walk-through (docs/training.md, "Adding a plug-in"), done in a copy of `components/`: the settings class
+# and its line in STRATEGY_SETTINGS / ARCHITECTURE_SETTINGS, and the implementation in its own new file.
+NEW_PLUG_INS = {
+    "strategy": ("STRATEGY_SETTINGS: tuple[type[StrategySettings], ...] = (\n", "HalfSettings",
+                 '''class HalfSettings(StrategySettings):
+    """half: every task's loss with weight 1/2."""
+
+    name: Literal["half"] = Field("half", description="chooses this loss weighting")
+''', "training/strategies/half.py", '''from typing import ClassVar
+
+import torch
+
+from components.config.plugins import HalfSettings
+from components.training.strategies.base import Weighting, weighted_backward
+
+
+class HalfWeighting(Weighting):
+    settings: ClassVar[type[HalfSettings]] = HalfSettings
+
+    def backward(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        half = next(iter(losses.values())).new_full((), 0.5)
+        return weighted_backward(losses, {name: half for name in losses})
+''', {"training": {"strategy": {"name": "half"}}}, '''
+from components.training.strategies import make_strategy
+strategy = make_strategy([t.name for t in cfg.tasks], cfg.training.strategy)
+w = torch.ones((), requires_grad=True)
+weights = strategy.backward({t.name: 2 * w for t in cfg.tasks})
+out = {"weights": sorted({float(v) for v in weights.values()}), "grad": float(w.grad)}
+'''),
+    "architecture": ("ARCHITECTURE_SETTINGS: tuple[type[ModelSettings], ...] = (\n", "NarrowSettings",
+                     '''class NarrowSettings(HardSharingSettings):
+    """narrow: hps, under another name."""
+
+    architecture: Literal["narrow"] = Field("narrow", description="chooses this architecture")
+''', "training/architectures/narrow.py", '''from typing import ClassVar
+
+from components.config.plugins import NarrowSettings
+from components.training.architectures.hps import HardSharingModel
+
+
+class NarrowModel(HardSharingModel):
+    settings: ClassVar[type[NarrowSettings]] = NarrowSettings
+''', {"model": {"architecture": "narrow", "hidden": [16]}}, '''
+from components.training.architectures import ARCHITECTURES
+out = {"chosen": ARCHITECTURES[cfg.model.architecture].__name__, "hidden": list(cfg.model.hidden)}
+'''),
+}
+
+
+@pytest.mark.parametrize("family", NEW_PLUG_INS)
+def test_a_new_plug_in_is_one_new_file_and_its_settings_line(family: str, tmp_path: Path) -> None:
+    """In a copy of `components/`, a new weighting (`half`) or architecture (`narrow`) touches two files: its
+    settings class with its registry line in plugins.py, and its implementation in one new file; a config
+    chooses it by name and the registry hands out its class."""
+    import filecmp
+    import shutil
+    import subprocess
+    import sys
+
+    registry_line, settings_name, settings_class, new_file, implementation, choice, check = NEW_PLUG_INS[family]
+    source = Path(__file__).resolve().parents[1] / "components"
+    copy = tmp_path / "components"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    plugins = copy / "config" / "plugins.py"
+    text = plugins.read_text()
+    assert registry_line in text
+    plugins.write_text(text.replace(registry_line, f"{settings_class}\n\n{registry_line}    {settings_name},\n"))
+    (copy / new_file).write_text(implementation)
+
+    def changed(cmp: filecmp.dircmp, prefix: str = "") -> list[str]:
+        files = [prefix + f for f in cmp.diff_files + cmp.left_only + cmp.right_only]
+        return files + [f for name, sub in cmp.subdirs.items() for f in changed(sub, f"{prefix}{name}/")]
+
+    cmp = filecmp.dircmp(source, copy, ignore=["__pycache__"])
+    assert sorted(changed(cmp)) == sorted(["config/plugins.py", new_file])
+    assert cmp.subdirs["training"].subdirs[Path(new_file).parent.name].right_only == [Path(new_file).name]
+
+    raw = raw_config(FLIGHTS)
+    for section, values in choice.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    script = ("import json, sys, torch, components\n"
+              "from components.config.schema import parse_config\n"
+              f"cfg = parse_config(json.loads(sys.argv[1]))\n{check}"
+              "print(json.dumps({**out, 'from': components.__file__}))\n")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(raw, default=str)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out.pop("from").startswith(str(copy))
+    n_tasks = len(raw["tasks"])
+    assert out == ({"weights": [0.5], "grad": float(n_tasks)} if family == "strategy"
+                   else {"chosen": "NarrowModel", "hidden": [16]})
 
 
 @pytest.mark.parametrize(("section", "chosen", "foreign"), [

@@ -152,7 +152,8 @@ def docker_run(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 def test_training_pipeline_in_containers_registers_a_model_with_lineage_and_onnx_parity(docker_run: DockerRun) -> None:
     run_dir = docker_run.run_dir
     steps = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
-    assert steps == ["evaluate-op", "export-op", "ingest-op", "register-op", "split-op", "train-op", "validate-op"]
+    assert steps == ["configure-op", "evaluate-op", "export-op", "ingest-op", "register-op", "split-op", "train-op",
+                     "validate-op"]
     onnx_dir = run_dir / "export-op" / "onnx_model"
     parity = json.loads((onnx_dir / "parity.json").read_text())
     assert parity["ok"] and max(parity["max_abs_diff"].values()) <= 1e-4

@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
+from components import steps
 from components.artifacts import registry
 from components.artifacts.export import export_onnx
 from components.artifacts.predictions import REFERENCE_FILE, REFERENCE_ROWS
-from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config
+from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config, parts_given
 from components.data.features import SPEC_FILE
 from components.data.tables import select_window, with_labels
 from components.data.versioning import data_version, dvc_md5
@@ -29,6 +30,7 @@ from components.training.train import WEIGHTS, load_trained, train
 from pipelines.cli.retrain import retrain
 from pipelines.local import run_local
 from pipelines.steplog import ANSI, LOG_FILE
+from tests.config_reads import ConfigReads
 from tests.conftest import FLIGHTS, TXHOUSING, allow_smoke_model, config_with, raw_config
 
 MTLOPS = [sys.executable, "-m", "pipelines.cli"]
@@ -76,7 +78,8 @@ def test_pipeline_trains_exports_and_registers_with_lineage(flights_repo: tuple[
     out = mtlops("run", "--config", str(cfg_path), "--root", str(root), "--pipeline-root", str(root / "runs"),
                  cwd=root).stdout
     assert "promoted to champion" in out and "arr_delayed (primary)" in out
-    steps = ["ingest-op", "validate-op", "split-op", "train-op", "export-op", "evaluate-op", "register-op"]
+    steps = ["configure-op", "ingest-op", "validate-op", "split-op", "train-op", "export-op", "evaluate-op",
+             "register-op"]
     step_lines = [line.split() for line in out.splitlines() if line.startswith("SUCCESS ")]
     assert sorted(line[1] for line in step_lines) == sorted(steps)  # one line per step, with its time
     assert all(line[-1] == "s" and float(line[-2]) > 0 for line in step_lines)
@@ -408,3 +411,52 @@ def test_the_monitoring_pipeline_retrains_in_its_dsl_if_branch_only_when_the_ale
     alerts = read_alerts(tmp_path / "alerts.jsonl")
     assert len(alerts) == 2 and alerts[1].suppressed and not alerts[1].acts
     assert len(bentoml.models.list(cfg.registry.model_name)) == len(versions) + 1  # the branch was skipped
+
+
+def test_each_step_reads_only_what_the_pipelines_hand_it(flights_repo: tuple[Path, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training steps, then the retraining steps (a champion to gate against, a warm start), run on
+    the parts of the config the pipelines hand them, read what `STEP_READS` says, nothing else: a step
+    that starts reading another part (which it would get at its defaults) fails here instead of silently
+    ignoring the user's setting; a part no run reads any longer fails too."""
+    root, cfg_path = flights_repo
+    cfg = _with(load_config(cfg_path), registry={"model_name": "e2e-step-reads"})
+    reads = ConfigReads(monkeypatch)
+    p = {name: str(tmp_path / name) for name in ("dataset", "report", "train", "validation", "test", "model",
+                                                 "metrics", "onnx", "decision", "new_test", "old_test")}
+
+    def model_steps(given: dict[str, str], test: str, lineage: dict, old_test: str = "") -> dict:
+        with reads.step("validate"):
+            steps.validate(given["validate"], p["train"], p["report"])
+        with reads.step("train"):
+            steps.train_model(given["train"], p["train"], p["validation"], p["model"])
+        steps.evaluate_model(p["model"], p["train"], test, p["metrics"])
+        with reads.step("export"):
+            steps.export_model(given["export"], p["model"], p["train"], test, p["onnx"])
+        with reads.step("register"):
+            return steps.register_model(given["register"], p["onnx"], p["metrics"], test, lineage, p["decision"],
+                                        old_test)
+
+    given = steps.step_configs(config_to_yaml(cfg))
+    with reads.step("ingest"):
+        lineage = steps.ingest(given["ingest"], str(root), p["dataset"])
+    with reads.step("split"):
+        steps.split(given["split"], p["dataset"], p["train"], p["validation"], p["test"])
+    first = model_steps(given, p["test"], lineage)
+    prepared = prepare_continual(config_to_yaml(cfg), str(root), "2013-07-01", "2013-08-01", p["train"],
+                                 p["validation"], p["new_test"], p["old_test"])
+    retrained = model_steps(prepared["step_configs"], p["new_test"], {k: prepared[k] for k in steps.CONTINUAL_LINEAGE},
+                            p["old_test"])
+    assert first["promoted"]  # the retraining's gate then compares with it, on the old window too
+    assert retrained["champion"].keys() >= {"old." + t.name for t in cfg.tasks}
+
+    for step, declared in steps.STEP_READS.items():
+        read = reads.sections(step)
+        given_parts = parts_given(cfg, declared)
+        outside = sorted(f"{s}.{f}" if f else s for s, fs in read.items() for f in (fs or {""})
+                         if given_parts.get(s) != {"*"} and (not f or f not in given_parts.get(s, set())))
+        assert not outside, f"{step} reads {outside}, which STEP_READS does not give it"
+        unread = sorted(d for d in declared if d.partition(".")[0] not in read
+                        or ("." in d and d.partition(".")[2] not in read[d.partition(".")[0]]))
+        assert not unread, f"{step} is given {unread} by STEP_READS and never read it"
+

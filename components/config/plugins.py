@@ -3,14 +3,15 @@
 `training.strategy` is one of the strategy settings below, picked by `name`; `model` one of the architecture
 settings, picked by `architecture`: an option of another plug-in (`temperature` under `ew`, `experts` under `hps`)
 is a config error naming the field. The classes are torch-free, so reading a config imports no implementation;
-each implementation (`components.training.strategies`, `components.training.architectures`) names its settings
-class, its registry is keyed by the name read from it, and tests/test_config.py keeps both registries equal.
-Adding a plug-in: its settings class here and a line in `STRATEGY_SETTINGS` / `ARCHITECTURE_SETTINGS`, its
-implementation in its own file and a line in that registry.
+each implementation (`components/training/strategies/<name>.py`, `components/training/architectures/<name>.py`)
+names its settings class, and its registry is read from the settings lists here (`implementations`).
+Adding a plug-in: its settings class here and its line in `STRATEGY_SETTINGS` / `ARCHITECTURE_SETTINGS`, and its
+implementation in one new file (docs/training.md, "Adding a plug-in").
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, cast
@@ -232,3 +233,19 @@ def with_options(settings: PluginSettings, **changes: Any) -> PluginSettings:
     target = next((m for m in family.members if plugin_name(m) == chosen), type(settings))
     kept = {k: v for k, v in settings.model_dump().items() if k in target.model_fields and k != family.field}
     return cast(PluginSettings, family.adapter.validate_python(kept | {family.field: chosen} | changes))
+
+
+def implementations(family: PluginFamily, package: str) -> dict[str, type]:
+    """The registry of a family's implementations, read from its settings: plug-in `<name>` is the class in module
+    `<package>.<name>` that names its settings class (`settings = ...`). Only the implementation's caller imports
+    torch; this module imports nothing until asked."""
+    registry = {}
+    for settings in family.members:
+        name = plugin_name(settings)
+        module = importlib.import_module(f"{package}.{name}")
+        found = [c for c in vars(module).values() if isinstance(c, type) and vars(c).get("settings") is settings]
+        if len(found) != 1:
+            raise ImportError(f"{package}.{name} must define one class whose `settings` is {settings.__name__} "
+                              f"(found {len(found)})")
+        registry[name] = found[0]
+    return registry

@@ -7,7 +7,7 @@ before any work, with the path of the offending field.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -951,3 +951,42 @@ def load_config(path: str | Path) -> ProjectConfig:
 
 def config_to_yaml(cfg: ProjectConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def parts_given(cfg: ProjectConfig, reads: Collection[str]) -> dict[str, set[str]]:
+    """{section: its fields given ({"*"}: all of it)} to a step that reads `reads` of `cfg` (sections,
+    "training", or fields of them, "training.seed"): what it reads, plus what a config cannot leave out:
+    a required section's required fields where they alone make a valid section (`registry`), else all
+    of it (`data`, `features`: their checks need more than their required fields)."""
+    given: dict[str, set[str]] = {}
+    for read in reads:
+        section, _, field = read.partition(".")
+        if section not in ProjectConfig.model_fields:
+            raise ValueError(f"{read!r}: the config has no section {section!r}")
+        given.setdefault(section, set()).add(field or "*")
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    for section, info in ProjectConfig.model_fields.items():
+        if not info.is_required() or "*" in given.get(section, set()):
+            continue
+        fields = getattr(info.annotation, "model_fields", {})
+        required = {name for name, f in fields.items() if f.is_required()}
+        try:
+            info.annotation.model_validate({k: v for k, v in raw[section].items() if k in required})
+            given.setdefault(section, set()).update(required)
+        except (ValidationError, AttributeError):  # AttributeError: a list (`tasks`) has no fields to keep
+            given[section] = {"*"}
+    return {section: {"*"} if "*" in fields else fields for section, fields in given.items()}
+
+
+def only_reads(cfg: ProjectConfig, reads: Collection[str]) -> ProjectConfig:
+    """`cfg` as a step that reads only `reads` is given it (`parts_given`), every other part at its
+    defaults: the step runs as it would with the whole config, and an edit of anything it does not
+    read leaves its input, so its kfp cache key, unchanged."""
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    kept = {section: raw[section] if fields == {"*"} else {k: v for k, v in raw[section].items() if k in fields}
+            for section, fields in parts_given(cfg, reads).items()}
+    try:
+        return parse_config(kept, f"<the config's {', '.join(sorted(reads))}>")
+    except ConfigError as err:
+        raise ConfigError(f"{err}\n(a cross-check needs a part of the config these reads leave out: add it to "
+                          "the reads)") from None

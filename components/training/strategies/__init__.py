@@ -1,23 +1,13 @@
-"""Loss-weighting strategies: one class per file, each naming its settings class (components/config/plugins.py,
-what config validation reads), one registry line each; the registry is keyed by the settings' name."""
+"""Loss-weighting strategies: one class per file, `<name>.py`, each naming its settings class
+(components/config/plugins.py, what config validation reads); the registry is read from the settings'
+list there (`STRATEGY_SETTINGS`), so a new strategy is its file plus its settings and their line."""
 
 from __future__ import annotations
 
-from components.config.plugins import StrategySettings, plugin_name
+from components.config.plugins import STRATEGY_FAMILY, StrategySettings, implementations
 from components.training.strategies.base import Weighting
-from components.training.strategies.cagrad import CAGradWeighting
-from components.training.strategies.dwa import DynamicWeightAverage
-from components.training.strategies.ew import EqualWeighting
-from components.training.strategies.mgda import MGDAWeighting
-from components.training.strategies.pcgrad import PCGradWeighting
-from components.training.strategies.static import StaticWeighting
-from components.training.strategies.upgrad import UPGradWeighting
-from components.training.strategies.uw import UncertaintyWeighting
 
-STRATEGIES: dict[str, type[Weighting]] = {plugin_name(s.settings): s for s in (
-    EqualWeighting, StaticWeighting, UncertaintyWeighting, DynamicWeightAverage, PCGradWeighting, UPGradWeighting,
-    MGDAWeighting, CAGradWeighting,
-)}
+STRATEGIES: dict[str, type[Weighting]] = implementations(STRATEGY_FAMILY, __name__)
 
 
 def make_strategy(task_names: list[str], spec: StrategySettings) -> Weighting:
