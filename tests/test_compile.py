@@ -100,7 +100,8 @@ def training_cache_keys(compiled: dict, cfg: ProjectConfig) -> dict[str, str]:
 
 @pytest.mark.parametrize(("edit", "rerun"), [
     ({"alerts": {"min_rows": 50, "drift_share": 0.3}, "monitoring": {"sample_size": 5000},
-      "retraining": {"replay_rows": 123}, "prometheus": {"latency_p99_seconds": 0.3}}, set()),
+      "retraining": {"replay_rows": 123}, "prometheus": {"latency_p99_seconds": 0.3},
+      "serving": {"max_rows": 7, "max_batch_size": 64}}, set()),
     ({"registry": {"default_tolerance": 0.05, "passing_challenger": "shadow"}}, {"register-op"}),
     ({"training": {"lr": 0.001}}, {"train-op", "evaluate-op", "export-op", "register-op"}),
     ({"leakage": {"max_skill": 0.95}}, {"validate-op", "split-op", "train-op", "evaluate-op", "export-op",
