@@ -418,7 +418,7 @@ def test_monitor_pipeline_compiles_for_a_recurring_run(tmp_path: Path) -> None:
     compiler.Compiler().compile(build_monitoring_pipeline(image="registry.example/mtlops:1"), str(path))
     text = path.read_text()
     assert "{{$.pipeline_job_schedule_time_utc}}" in text and "registry.example/mtlops:1" in text
-    assert "monitor_window" in text  # the step calls the same function as `mtlops monitor`
+    assert "monitor_step" in text  # the library function, which monitors the window as `mtlops monitor` does
 
 
 # --- the dashboard, in a real headless Chromium ------------------------------------------
