@@ -28,6 +28,7 @@ from components.data.versioning import data_version, dvc_md5
 from components.steps import prepare_continual
 from components.training.train import WEIGHTS, load_trained, train
 from pipelines.cli.retrain import retrain
+from pipelines.cli.simulate import simulate, timeline_markdown
 from pipelines.local import run_local
 from pipelines.steplog import ANSI, LOG_FILE
 from tests.config_reads import ConfigReads
@@ -452,3 +453,34 @@ def test_each_step_reads_only_what_the_pipelines_hand_it(flights_repo: tuple[Pat
 
     assert [m for step, declared in steps.STEP_READS.items() if step != "pbt"
             for m in reads.mismatches(step, declared, cfg)] == []
+
+
+def test_simulate_with_a_shadow_policy_promotes_the_shadow_on_the_next_months_labels(
+        flights_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    """`registry.passing_challenger: shadow` in the replay: July's retrain passes the gate and becomes the shadow
+    (July's champion keeps serving), August's labelled records judge it beside the champion, and promoted it
+    serves September. Every tolerance is wide here so that the path, not the model, is under test."""
+    root, cfg_path = flights_repo
+    raw = load_config(cfg_path).model_dump(mode="json", exclude_none=True)
+    raw["registry"].update(model_name="e2e-shadow-replay", passing_challenger="shadow", default_tolerance=1.0)
+    raw["retraining"].update(trigger="scheduled", train_on="warm_replay", replay_rows=3000)
+    raw["monitoring"].update(sample_size=3000, calibration_draws=20, workspace=str(tmp_path / "evidently"))
+    for task in raw["tasks"]:
+        task["tolerance"] = 1.0
+    cfg = parse_config(raw, "<shadow replay>")
+    path = tmp_path / "shadow.yaml"
+    path.write_text(config_to_yaml(cfg))
+    initial = _champion_of(path, root)
+    rows = simulate(cfg, root, ["2013-07", "2013-08", "2013-09"], tmp_path / "replay", progress=False,
+                    steps="in-process")
+    july, august, september = rows
+    assert (july.retrain, july.shadow) == ("shadowed", "")
+    assert july.champion == str(initial.tag).split(":")[-1]  # the shadow answers no one
+    assert august.shadow == "promoted", august
+    shadow_tag = august.champion
+    assert shadow_tag != july.champion and september.served != august.served
+    promoted = bentoml.models.get(f"{cfg.registry.model_name}:{shadow_tag}")
+    decision = promoted.info.metadata["shadow_decision"]
+    assert decision["window"] == "2013-08" and {t["task"] for t in decision["tasks"]} == {t.name for t in cfg.tasks}
+    assert all(t["labelled"] >= 1000 and t["verdict"] == "not worse" for t in decision["tasks"])
+    assert "| shadow |" in timeline_markdown(rows, cfg)
