@@ -105,7 +105,8 @@ def decisions_table(records_by_scenario: dict[str, list[dict]], months: list[str
             cells = []
             for row in r["rows"]:
                 if row["month"] in shown:
-                    parts = [f"retrain {row['retrain']}" if row["retrain"] else "",
+                    why = f" ({row['retrain_error'][:100]})" if row.get("retrain_error") else ""
+                    parts = [f"retrain {row['retrain']}{why}" if row["retrain"] else "",
                              f"shadow {row['shadow']}" if row.get("shadow") else "",
                              row["alert"] if row["alert"] else ""]
                     cells.append("; ".join(p for p in parts if p) or "—")

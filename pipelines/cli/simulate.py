@@ -57,6 +57,7 @@ class MonthRow:
     retrain_s: float = 0.0
     gate: dict = field(default_factory=dict)  # the retrain's gate scores (new rows and old window)
     shadow: str = ""  # "" | promoted | rejected | undecided: the shadow judged on this month's labels
+    retrain_error: str = ""  # why a failed retrain failed (its first line)
 
 
 def should_retrain(cfg: ProjectConfig, alert: Alert | None) -> bool:
@@ -158,7 +159,7 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
                        served=registry.score(cfg, Path(champion.path), df),
                        train_flops=outcome.train_flops if outcome else 0.0,
                        retrain_s=outcome.seconds if outcome else 0.0, gate=outcome.gate if outcome else {},
-                       shadow=judged)
+                       shadow=judged, retrain_error=(outcome.error or "").split("\n")[0] if outcome else "")
         rows.append(row)
         if progress:
             print(f"{month}: {asdict(row)}", flush=True)
