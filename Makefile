@@ -35,8 +35,17 @@ $(SCHEMATHESIS_VENV)/bin/st:
 	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --upgrade pip
 	$(SCHEMATHESIS_VENV)/bin/pip install --quiet schemathesis==4.32.5
 
+# the KServe SDK (tests/kserve_schema.py checks the InferenceService against its API models) pins starlette and
+# protobuf past BentoML's: its own venv
+KSERVE_VENV ?= .venv-kserve
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/pip install --quiet kserve==0.21.0
+	touch $@
+
 ## test: lint, then the whole test suite (what CI runs)
-test: $(BIN)/.installed $(LINT_VENV)/bin/checkov $(SCHEMATHESIS_VENV)/bin/st
+test: $(BIN)/.installed $(LINT_VENV)/bin/checkov $(SCHEMATHESIS_VENV)/bin/st $(KSERVE_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

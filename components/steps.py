@@ -44,6 +44,7 @@ STEP_READS: dict[str, tuple[str, ...]] = {
     "train": ("features", "tasks", "model", "training"),
     "export": ("data.time_column", "tasks", "registry.parity_rows", "registry.parity_atol", "training.seed"),
     "register": ("tasks", "registry"),
+    "pbt": ("data.split", "data.time_column", "features", "tasks", "model", "training"),  # pipelines/pbt.py
 }
 
 

@@ -166,12 +166,21 @@ def decide(cfg: ProjectConfig, log_dir: Path, labels_file: Path, min_labelled: i
         return ShadowDecision("undecided", None, f"no record in {log_dir} was scored by both the champion and a "
                               "shadow yet", ShadowComparison("", "", []))
     result = compare(cfg, champion, shadow, confidence)
+    outcome, why = verdict(result, min_labelled)
+    if outcome == "undecided":
+        return ShadowDecision(outcome, None, why, result)
+    return ShadowDecision(outcome, decide_shadow(name, outcome == "promoted", result.to_dict() | {
+        "min_labelled": min_labelled}), why, result)
+
+
+def verdict(result: ShadowComparison, min_labelled: int = 1000) -> tuple[str, str]:
+    """("rejected", why) as soon as a task is shown worse; ("promoted", why) once every task has
+    `min_labelled` labelled records and is shown not worse; else ("undecided", why): keep shadowing."""
     short = [t.task for t in result.tasks if t.labelled < min_labelled]
     worse = [t.task for t in result.tasks if t.verdict == "worse"]
-    if worse or (not short and result.shadow_not_worse):
-        tag = decide_shadow(name, not worse, result.to_dict() | {"min_labelled": min_labelled})
-        return ShadowDecision("rejected", tag, f"worse on {', '.join(worse)}", result) if worse else \
-            ShadowDecision("promoted", tag, "no task worse beyond its tolerance", result)
-    why = f"too few labelled records for {', '.join(short)}" if short else \
-        "some task is shown neither worse nor not worse"
-    return ShadowDecision("undecided", None, why, result)
+    if worse:
+        return "rejected", f"worse on {', '.join(worse)}"
+    if not short and result.shadow_not_worse:
+        return "promoted", "no task worse beyond its tolerance"
+    return "undecided", (f"too few labelled records for {', '.join(short)}" if short else
+                         "some task is shown neither worse nor not worse")

@@ -18,6 +18,14 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from pipelines.training import component, images
 
 
+def pbt_configure_op(config_yaml: str) -> str:
+    """The part of the config the PBT steps read (`STEP_READS["pbt"]`): an edit of anything else leaves
+    their inputs, so their cache keys, unchanged."""
+    from components.steps import step_configs
+
+    return step_configs(config_yaml, ("pbt",))["pbt"]
+
+
 def pbt_init_op(config_yaml: str, population: int, seed: int, population_dir: Output[Artifact]) -> List[dict]:
     import os
     import random
@@ -65,6 +73,7 @@ def pbt_pipeline(rounds: int, image: str | None = None, gpu_image: str | None = 
     """A pipeline of `rounds` rounds; its inputs are the config YAML and the URIs of the train and validation
     parquet files (imported as Datasets). Members train in `gpu_image`, the other steps in `image`."""
     image, gpu_image = images(image, gpu_image)
+    configure_c = component(pbt_configure_op, image)
     init_c, member_c = component(pbt_init_op, image), component(pbt_member_op, gpu_image)
     exploit_c, select_c = component(pbt_exploit_op, image), component(pbt_select_op, image)
 
@@ -73,17 +82,18 @@ def pbt_pipeline(rounds: int, image: str | None = None, gpu_image: str | None = 
                  replace: int = 2, seed: int = 0) -> dict:
         train = dsl.importer(artifact_uri=train_uri, artifact_class=Dataset, reimport=False)
         validation = dsl.importer(artifact_uri=validation_uri, artifact_class=Dataset, reimport=False)
-        init = init_c(config_yaml=config_yaml, population=population, seed=seed)
+        given = configure_c(config_yaml=config_yaml).output
+        init = init_c(config_yaml=given, population=population, seed=seed)
         members, population_dir = init.outputs["Output"], init.outputs["population_dir"]
         for r in range(rounds):
             with dsl.ParallelFor(members) as member:
-                step = member_c(config_yaml=config_yaml, train=train.output, validation=validation.output,
+                step = member_c(config_yaml=given, train=train.output, validation=validation.output,
                                      member=member, population_dir=population_dir, interval=interval,
                                      round_index=r)
             states = dsl.Collected(step.outputs["state"])
             if r == rounds - 1:
-                return select_c(config_yaml=config_yaml, states=states).outputs["Output"]
-            exploit = exploit_c(config_yaml=config_yaml, states=states, replace=replace, seed=seed, round_index=r)
+                return select_c(config_yaml=given, states=states).outputs["Output"]
+            exploit = exploit_c(config_yaml=given, states=states, replace=replace, seed=seed, round_index=r)
             members, population_dir = exploit.outputs["Output"], exploit.outputs["population_dir"]
         raise ValueError("rounds must be at least 1")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from components.config.schema import ProjectConfig, load_config
+from components.config.schema import ProjectConfig, load_config, parts_given
 
 
 def _model_classes(annotation: object) -> set[type[BaseModel]]:
@@ -76,6 +76,21 @@ class ConfigReads:
             yield
         finally:
             self._step = None
+
+    def mismatches(self, step: str, declared: tuple[str, ...], cfg: ProjectConfig) -> list[str]:
+        """How what `step` read differs from `declared`, the reads it is given the parts of `cfg` for
+        (`parts_given`): a part it read and was not given, or a declared part it never read."""
+        read, given = self.sections(step), parts_given(cfg, declared)
+        named = {d.partition(".")[0] for d in declared}
+        # a part given only because a config cannot leave it out (`features` whole, `registry.model_name`)
+        # may be read undeclared only where that part is a few required fields, not a whole section
+        outside = sorted(f"{s}.{f}" if f else s for s, fs in read.items() for f in (fs or {""})
+                         if (given.get(s) == {"*"} and s not in named)
+                         or (given.get(s) != {"*"} and (not f or f not in given.get(s, set()))))
+        unread = sorted(d for d in declared if d.partition(".")[0] not in read
+                        or ("." in d and d.partition(".")[2] not in read[d.partition(".")[0]]))
+        return [f"{step} reads {outside}, which it is not given"] * bool(outside) + \
+            [f"{step} is given {unread} and never reads it"] * bool(unread)
 
     def sections(self, step: str) -> dict[str, set[str]]:
         """{section: the fields of it the step read} for every section the step touched."""

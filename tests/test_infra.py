@@ -23,6 +23,7 @@ from serving.runtime import ServingSettings
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHECKOV = REPO / ".venv-lint" / "bin" / "checkov"  # its own venv: it pins packages the project uses
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"  # the KServe SDK's venv (`make test`): its pins clash too
 DOCKERFILE = REPO / "infra" / "docker" / "Dockerfile"
 OVERLAYS = ("local", "gpu")
 SECRET_TEMPLATES = sorted((REPO / "infra" / "k8s" / "secrets").glob("*.example.yaml"))
@@ -141,6 +142,48 @@ def test_every_rendered_object_validates_against_its_schema(rendered: dict, over
             validate_trainjob(obj)
         else:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def kserve_problems(obj: dict) -> list[str]:
+    """What tests/kserve_schema.py, in the KServe SDK's venv, finds wrong with `obj` (an InferenceService)."""
+    proc = subprocess.run([tool(KSERVE_PYTHON), str(REPO / "tests" / "kserve_schema.py")], input=json.dumps(obj),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_the_kserve_inference_service_validates_and_runs_the_deployments_container(rendered: dict) -> None:
+    """The InferenceService of infra/README.md's KServe mapping, rendered by kustomize, against the KServe SDK's
+    API models (a wrong type or an unknown field fails, as shown), and wired like the serving Deployment: the
+    same image, volumes, probes' paths, limits and security settings; the canary revision answers with the shadow."""
+    proc = run([tool(BIN / "kubectl"), "kustomize", str(REPO / "infra" / "k8s" / "kserve")])
+    assert proc.returncode == 0, proc.stderr
+    [isvc] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert (isvc["kind"], isvc["metadata"]["namespace"]) == ("InferenceService", "kubeflow")
+    assert kserve_problems(isvc) == []
+    broken = json.loads(json.dumps(isvc))
+    broken["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
+    broken["spec"]["predictor"]["containers"][0]["envv"] = []
+    assert kserve_problems(broken) == [
+        "InferenceService.spec.predictor.canaryTrafficPercent: 'ten' is not int",
+        "InferenceService.spec.predictor.containers[0].envv: not a field of V1Container"]
+
+    predictor = isvc["spec"]["predictor"]
+    assert 0 < predictor["canaryTrafficPercent"] < 100
+    [ours] = predictor["containers"]
+    deployment = pod_spec(find(rendered["gpu"], "Deployment", "mtlops-serving"))
+    [theirs] = deployment["containers"]
+    assert ours["image"].split(":")[0] == theirs["image"].split(":")[0]
+    assert ours["args"][:5] == theirs["args"][:5] and ours["args"][6:] == theirs["args"][6:]  # but the port
+    for key in ("resources", "securityContext", "volumeMounts"):
+        assert ours[key] == theirs[key], key
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert ours[probe]["httpGet"]["path"] == theirs[probe]["httpGet"]["path"], probe
+    for key in ("volumes", "securityContext", "automountServiceAccountToken", "terminationGracePeriodSeconds"):
+        assert predictor[key] == deployment[key], key
+    env = {e["name"]: e.get("value") for e in ours["env"]}
+    assert env["MTLOPS_CANARY_SHARE"] == "1" and env["MTLOPS_SHADOW_SHARE"] == "0"
+    assert {e["name"] for e in ours["env"]} == {e["name"] for e in theirs["env"]}
 
 
 def test_secret_templates_validate_and_hold_no_values() -> None:

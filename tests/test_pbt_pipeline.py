@@ -3,6 +3,7 @@ ParallelFor, the bottom member becomes a copy of the top one, the best member's 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -43,3 +44,30 @@ def test_pbt_pipeline_runs_locally_with_a_tiny_population(flights_frame: pd.Data
     assert copies[0]["schedule"] == top["schedule"]
     for name, tensor in top["model"].items():
         assert torch.equal(tensor, copies[0]["model"][name])
+
+
+def test_the_pbt_steps_read_only_what_their_configure_step_hands_them(flights_frame: pd.DataFrame, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every PBT step does (`components.training.weight_search`), run in this process on the config
+    `pbt_configure_op` hands them, reads `STEP_READS["pbt"]` and nothing else of the config."""
+    from components import steps
+    from components.config.schema import config_from_yaml
+    from components.training.weight_search import exploit_files, initial_weights, run_member_round, select_best
+    from pipelines.pbt import pbt_configure_op
+    from tests.config_reads import ConfigReads
+
+    cfg = config_with(FLIGHTS, model={"hidden": [8]}, training={"epochs": 1, "threads": 1, "batch_size": 1024})
+    train, val = (window(flights_frame, cfg, name).iloc[::12] for name in ("train", "validation"))
+    reads = ConfigReads(monkeypatch)
+    population = tmp_path / "population"
+    population.mkdir()
+    with reads.step("pbt"):
+        given = config_from_yaml(pbt_configure_op(config_to_yaml(cfg)))
+        members = [{"member": i, "weights": w} for i, w in enumerate(initial_weights(
+            [t.name for t in given.tasks], 2, random.Random(0)))]
+        states = [str(tmp_path / f"state-{m['member']}.pt") for m in members]
+        for member, state in zip(members, states, strict=True):
+            run_member_round(given, train, val, member, str(population), 1, 0, state)
+        exploit_files(given, states, 1, 0, str(tmp_path / "next"))
+        select_best(given, states, str(tmp_path / "best.pt"))
+    assert reads.mismatches("pbt", steps.STEP_READS["pbt"], cfg) == []

@@ -21,13 +21,14 @@ from components import steps
 from components.artifacts import registry
 from components.artifacts.export import export_onnx
 from components.artifacts.predictions import REFERENCE_FILE, REFERENCE_ROWS
-from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config, parts_given
+from components.config.schema import ProjectConfig, config_to_yaml, load_config, parse_config
 from components.data.features import SPEC_FILE
 from components.data.tables import select_window, with_labels
 from components.data.versioning import data_version, dvc_md5
 from components.steps import prepare_continual
 from components.training.train import WEIGHTS, load_trained, train
 from pipelines.cli.retrain import retrain
+from pipelines.cli.simulate import simulate, timeline_markdown
 from pipelines.local import run_local
 from pipelines.steplog import ANSI, LOG_FILE
 from tests.config_reads import ConfigReads
@@ -450,13 +451,36 @@ def test_each_step_reads_only_what_the_pipelines_hand_it(flights_repo: tuple[Pat
     assert first["promoted"]  # the retraining's gate then compares with it, on the old window too
     assert retrained["champion"].keys() >= {"old." + t.name for t in cfg.tasks}
 
-    for step, declared in steps.STEP_READS.items():
-        read = reads.sections(step)
-        given_parts = parts_given(cfg, declared)
-        outside = sorted(f"{s}.{f}" if f else s for s, fs in read.items() for f in (fs or {""})
-                         if given_parts.get(s) != {"*"} and (not f or f not in given_parts.get(s, set())))
-        assert not outside, f"{step} reads {outside}, which STEP_READS does not give it"
-        unread = sorted(d for d in declared if d.partition(".")[0] not in read
-                        or ("." in d and d.partition(".")[2] not in read[d.partition(".")[0]]))
-        assert not unread, f"{step} is given {unread} by STEP_READS and never read it"
+    assert [m for step, declared in steps.STEP_READS.items() if step != "pbt"
+            for m in reads.mismatches(step, declared, cfg)] == []
 
+
+def test_simulate_with_a_shadow_policy_promotes_the_shadow_on_the_next_months_labels(
+        flights_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    """`registry.passing_challenger: shadow` in the replay: July's retrain passes the gate and becomes the shadow
+    (July's champion keeps serving), August's labelled records judge it beside the champion, and promoted it
+    serves September. Every tolerance is wide here so that the path, not the model, is under test."""
+    root, cfg_path = flights_repo
+    raw = load_config(cfg_path).model_dump(mode="json", exclude_none=True)
+    raw["registry"].update(model_name="e2e-shadow-replay", passing_challenger="shadow", default_tolerance=1.0)
+    raw["retraining"].update(trigger="scheduled", train_on="warm_replay", replay_rows=3000)
+    raw["monitoring"].update(sample_size=3000, calibration_draws=20, workspace=str(tmp_path / "evidently"))
+    for task in raw["tasks"]:
+        task["tolerance"] = 1.0
+    cfg = parse_config(raw, "<shadow replay>")
+    path = tmp_path / "shadow.yaml"
+    path.write_text(config_to_yaml(cfg))
+    initial = _champion_of(path, root)
+    rows = simulate(cfg, root, ["2013-07", "2013-08", "2013-09"], tmp_path / "replay", progress=False,
+                    steps="in-process")
+    july, august, september = rows
+    assert (july.retrain, july.shadow) == ("shadowed", "")
+    assert july.champion == str(initial.tag).split(":")[-1]  # the shadow answers no one
+    assert august.shadow == "promoted", august
+    shadow_tag = august.champion
+    assert shadow_tag != july.champion and september.served != august.served
+    promoted = bentoml.models.get(f"{cfg.registry.model_name}:{shadow_tag}")
+    decision = promoted.info.metadata["shadow_decision"]
+    assert decision["window"] == "2013-08" and {t["task"] for t in decision["tasks"]} == {t.name for t in cfg.tasks}
+    assert all(t["labelled"] >= 1000 and t["verdict"] == "not worse" for t in decision["tasks"])
+    assert "| shadow |" in timeline_markdown(rows, cfg)

@@ -503,8 +503,9 @@ def simulate(config: ConfigOpt = DEFAULT_CONFIG, root: RootOpt = Path("."),
              out: Annotated[Path, typer.Option(help="Reports, workspace, alerts, timeline.")] = Path("runs/simulate"),
              serve: Annotated[bool, typer.Option(help="Score through a live `mtlops serve` (else offline).")] = False,
              policy: Annotated[str | None, typer.Option(
-                 help="Compare retraining policies, comma-separated: never, <trigger>/<train_on> (trigger: "
-                      "scheduled|alert; train_on: warm_replay|sliding|expanding), or `all`.")] = None,
+                 help="Compare retraining policies, comma-separated: never, <trigger>/<train_on>[/shadow] (trigger: "
+                      "scheduled|alert; train_on: warm_replay|sliding|expanding; /shadow: a passing challenger is "
+                      "shadow until the next month's labels promote or reject it), or `all`.")] = None,
              seeds: Annotated[str, typer.Option(help="With --policy: seeds, comma-separated.")] = "0,1,2",
              quick: Annotated[bool, typer.Option(
                  help="With --policy: Jul-Sep, 4 policies, a quarter of the rows, 3 epochs, 5,000-row "

@@ -44,18 +44,24 @@ QUICK_POLICIES = ("never", "scheduled/warm_replay", "scheduled/expanding", "aler
 class RetrainPolicy:
     trigger: str
     train_on: str = "warm_replay"
+    passing_challenger: str = "champion"  # or "shadow": promoted only on the next month's live evidence
 
     @property
     def name(self) -> str:
-        return "never" if self.trigger == "never" else f"{self.trigger}/{self.train_on}"
+        if self.trigger == "never":
+            return "never"
+        return f"{self.trigger}/{self.train_on}" + ("/shadow" if self.passing_challenger == "shadow" else "")
 
     @classmethod
     def parse(cls, text: str) -> RetrainPolicy:
-        trigger, _, train_on = text.strip().partition("/")
-        if trigger not in TRIGGERS or (trigger == "never") != (not train_on) or (train_on and train_on not in TRAIN_ON):
-            raise ValueError(f"policy {text!r}: write `never` or `<trigger>/<train_on>` with trigger in "
-                             f"{', '.join(t for t in TRIGGERS if t != 'never')} and train_on in {', '.join(TRAIN_ON)}")
-        return cls(trigger, train_on or "warm_replay")
+        trigger, *rest = text.strip().split("/")
+        train_on, shadow = (rest[0], rest[1:]) if rest else ("", [])
+        known = trigger in TRIGGERS and (not train_on or train_on in TRAIN_ON) and shadow in ([], ["shadow"])
+        if not known or (trigger == "never") != (not train_on):
+            raise ValueError(f"policy {text!r}: write `never` or `<trigger>/<train_on>[/shadow]` with trigger in "
+                             f"{', '.join(t for t in TRIGGERS if t != 'never')} and train_on in {', '.join(TRAIN_ON)}; "
+                             "`/shadow`: a passing challenger is shadow until the next month's labels decide")
+        return cls(trigger, train_on or "warm_replay", "shadow" if shadow else "champion")
 
     def config(self, cfg: ProjectConfig, seed: int, workspace: Path,
                overrides: dict[str, dict[str, Any]] | None = None) -> ProjectConfig:
@@ -63,6 +69,7 @@ class RetrainPolicy:
         fields), validated again as a whole."""
         raw = cfg.model_dump(mode="json", exclude_none=True)
         raw["retraining"].update(trigger=self.trigger, train_on=self.train_on)
+        raw["registry"]["passing_challenger"] = self.passing_challenger
         raw["training"]["seed"] = seed
         raw["monitoring"]["workspace"] = str(workspace)
         for section, fields in (overrides or {}).items():
@@ -176,6 +183,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def _promotions(row: dict) -> int:
+    """Promotions in a month: the retrain's (offline gate) and the shadow's (live evidence)."""
+    return int(row["retrain"] == "promoted") + int(row.get("shadow") == "promoted")
+
+
 def summarize(records: list[dict], cfg: ProjectConfig) -> tuple[list[dict], list[dict]]:
     """(per month and policy, per policy) aggregates over seeds."""
     primary = cfg.primary_task.name
@@ -194,7 +206,7 @@ def summarize(records: list[dict], cfg: ProjectConfig) -> tuple[list[dict], list
                             "served": {t.name: _mean_std([row["served"][t.name] for row in rows]) for t in cfg.tasks},
                             "vs_never": diff,
                             "retrains": sum(bool(row["retrain"]) for row in rows) / len(rows),
-                            "promoted": sum(row["retrain"] == "promoted" for row in rows) / len(rows),
+                            "promoted": sum(_promotions(row) for row in rows) / len(rows),
                             "alerts": sum(row["alert"] == "alert" for row in rows) / len(rows),
                             "train_flops": float(np.mean([row["train_flops"] for row in rows])),
                             "retrain_s": float(np.mean([row["retrain_s"] for row in rows]))})
@@ -204,7 +216,9 @@ def summarize(records: list[dict], cfg: ProjectConfig) -> tuple[list[dict], list
         overall.append({"policy": policy, "primary_mean": _mean_std(per_seed_mean),
                         "vs_never": _mean_std(per_seed_gain), "months_worse": worse,
                         "retrains": float(np.mean([sum(bool(x["retrain"]) for x in r["rows"]) for r in runs])),
-                        "promoted": float(np.mean([sum(x["retrain"] == "promoted" for x in r["rows"]) for r in runs])),
+                        "promoted": float(np.mean([sum(_promotions(x) for x in r["rows"]) for r in runs])),
+                        "shadow_rejected": float(np.mean([sum(x.get("shadow") == "rejected" for x in r["rows"])
+                                                          for r in runs])),
                         "alerts": float(np.mean([sum(x["alert"] == "alert" for x in r["rows"]) for r in runs])),
                         "train_flops": float(np.mean([sum(x["train_flops"] for x in r["rows"]) for r in runs])),
                         "wall_s": float(np.mean([r["wall_s"] for r in runs]))})
@@ -244,10 +258,12 @@ def policy_markdown(records: list[dict], cfg: ProjectConfig) -> str:
              f"{primary.name} {primary.metric} over the never-retrained model (the same seed's initial champion; "
              "positive is better).", "",
              f"| policy | mean {primary.name} {primary.metric} | vs never | months worse than never (beyond noise) "
-             "| retrains | promoted | alerts | training TFLOPs | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| retrains | promoted | shadows rejected | alerts | training TFLOPs | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for o in overall:
         lines.append(f"| {o['policy']} | {_pm(o['primary_mean'])} | {o['vs_never'][0]:+.4f} ± {o['vs_never'][1]:.4f} "
-                     f"| {o['months_worse']} | {o['retrains']:.1f} | {o['promoted']:.1f} | {o['alerts']:.1f} "
+                     f"| {o['months_worse']} | {o['retrains']:.1f} | {o['promoted']:.1f} | {o['shadow_rejected']:.1f} "
+                     f"| {o['alerts']:.1f} "
                      f"| {o['train_flops'] / 1e12:.2f} | {o['wall_s']:.0f} |")
     task_cols = " | ".join(f"{t.name} {t.metric}" for t in cfg.tasks)
     lines += ["", f"| policy | month | {task_cols} | vs never | retrains | alerts | TFLOPs | retrain s |",

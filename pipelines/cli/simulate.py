@@ -5,8 +5,11 @@ For each month: the champion scores it (through the live service and its predict
 compares it with the champion's reference (the month's labels are taken as arrived by its end,
 so quality is checked too), the alert policy decides, a retrain runs through kfp.local (or its
 steps in this process: `steps`) when `retraining.trigger` says so (every month, on an acting alert,
-or never), and the gate promotes or rejects. Alongside, the never-retrained initial model scores
-every month: the headline is each task's metric of both, month by month.
+or never), and the gate promotes or rejects. With `registry.passing_challenger: shadow` a passing
+challenger is shadow instead: the next month it scores the same records as the champion and, on that
+month's labels, is promoted or rejected as `mtlops shadow decide` would (`judge_shadow`). Alongside,
+the never-retrained initial model scores every month: the headline is each task's metric of both,
+month by month.
 `pipelines/cli/policy_replay.py` runs this per policy and seed.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -25,6 +29,9 @@ from components.data.tables import label_column, partition_dir, read_window, wit
 from monitoring.alerts import Alert, decide
 from pipelines.cli.retrain import StepRunner, retrain
 from serving.client import reload, score_through_service
+
+if TYPE_CHECKING:
+    import bentoml
 
 
 @dataclass(frozen=True)
@@ -42,13 +49,15 @@ class MonthRow:
     drifted_features: int
     drifted_predictions: str
     alert: str  # "" | "alert" | "data alert" (broken input: no retraining) | "suppressed (cool-down)"
-    retrain: str  # "" | promoted | rejected | failed
+    retrain: str  # "" | promoted | shadowed | rejected | failed
     champion: str  # version serving after this month
     never_retrained: dict[str, float]  # task -> metric of the initial model on this month
     served: dict[str, float]  # task -> metric of the champion that served this month
     train_flops: float = 0.0  # spent by this month's retrain
     retrain_s: float = 0.0
     gate: dict = field(default_factory=dict)  # the retrain's gate scores (new rows and old window)
+    shadow: str = ""  # "" | promoted | rejected | undecided: the shadow judged on this month's labels
+    retrain_error: str = ""  # why a failed retrain failed (its first line)
 
 
 def should_retrain(cfg: ProjectConfig, alert: Alert | None) -> bool:
@@ -77,6 +86,21 @@ def through_service(service: LiveService, df: pd.DataFrame, cfg: ProjectConfig, 
         raise RuntimeError(f"the service answered with {versions}, the champion is {expected}")
     extra = [cfg.data.time_column, *(label_column(t.name) for t in cfg.tasks)]
     return pd.concat([logged, df[extra].reset_index(drop=True)], axis=1)
+
+
+def judge_shadow(cfg: ProjectConfig, shadowed: bentoml.Model, served: pd.DataFrame, df: pd.DataFrame,
+                 month: str) -> str:
+    """The shadow scored on the records the champion served this month (`served`, with the month's
+    labels), compared with it task by task (`monitoring.shadow.compare`), and promoted or rejected in
+    the registry on that evidence as `mtlops shadow decide` would; "undecided" keeps it shadowing."""
+    from monitoring.shadow import compare, verdict
+
+    scored = scored_with_labels(OnnxModel(Path(shadowed.path)), df, cfg, str(shadowed.tag))
+    result = compare(cfg, served, scored)
+    outcome, _ = verdict(result)
+    if outcome != "undecided":
+        registry.decide_shadow(cfg.registry.model_name, outcome == "promoted", result.to_dict() | {"window": month})
+    return outcome
 
 
 def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Path,
@@ -116,14 +140,16 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
         alert = decide(watched, summary, end, alert_log)
         if alert is not None:
             add_alert_marker(workspace, watched, month, "; ".join(alert.all_reasons), alert.kind)
+        shadowed = registry.shadow(name)
+        judged = judge_shadow(cfg, shadowed, current, df, month) if shadowed is not None else ""
+        if service and judged == "promoted":
+            _reload(service, str(registry.champion(name).tag))
         outcome = None
         # the last month's retrain would serve a month outside the replay
         if month != months[-1] and should_retrain(cfg, alert):
             outcome = retrain(cfg, data_root, f"{month}-01", f"{end:%Y-%m-%d}", out_dir / "kfp", steps=steps)
             if service and outcome.status == "promoted":
-                answer = reload(service.url, service.admin_token)
-                if answer.status_code != 200 or answer.json()["model_version"] != outcome.tag:
-                    raise RuntimeError(f"the service did not take {outcome.tag}: {answer.status_code} {answer.text}")
+                _reload(service, outcome.tag)
         row = MonthRow(month, len(df), summary.drift_share, len(summary.drifted_features),
                        ", ".join(summary.drifted_predictions), "" if alert is None else
                        ("suppressed (cool-down)" if alert.suppressed else "data alert" if alert.kind == "data"
@@ -132,21 +158,29 @@ def simulate(cfg: ProjectConfig, data_root: Path, months: list[str], out_dir: Pa
                        never_retrained=registry.score(cfg, Path(initial.path), df),
                        served=registry.score(cfg, Path(champion.path), df),
                        train_flops=outcome.train_flops if outcome else 0.0,
-                       retrain_s=outcome.seconds if outcome else 0.0, gate=outcome.gate if outcome else {})
+                       retrain_s=outcome.seconds if outcome else 0.0, gate=outcome.gate if outcome else {},
+                       shadow=judged, retrain_error=(outcome.error or "").split("\n")[0] if outcome else "")
         rows.append(row)
         if progress:
             print(f"{month}: {asdict(row)}", flush=True)
     return rows
 
 
+def _reload(service: LiveService, tag: str) -> None:
+    answer = reload(service.url, service.admin_token)
+    if answer.status_code != 200 or answer.json()["model_version"] != tag:
+        raise RuntimeError(f"the service did not take {tag}: {answer.status_code} {answer.text}")
+
+
 def timeline_markdown(rows: list[MonthRow], cfg: ProjectConfig) -> str:
     metric, primary = cfg.primary_task.metric, cfg.primary_task.name
-    lines = ["| month | rows | drift share | drifted features | drifted predictions | alert | retrain "
+    lines = ["| month | rows | drift share | drifted features | drifted predictions | alert | retrain | shadow "
              f"| champion after | {cfg.primary_task.name} {metric}: never retrained | served (continual) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.month} | {r.rows:,} | {r.drift_share:.0%} | {r.drifted_features} | "
-                     f"{r.drifted_predictions or '—'} | {r.alert or '—'} | {r.retrain or '—'} | {r.champion} | "
+                     f"{r.drifted_predictions or '—'} | {r.alert or '—'} | {r.retrain or '—'} | {r.shadow or '—'} "
+                     f"| {r.champion} | "
                      f"{r.never_retrained[primary]:.4f} | {r.served[primary]:.4f} |")
     return "\n".join(lines) + "\n"
 
