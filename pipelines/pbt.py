@@ -77,24 +77,31 @@ def pbt_pipeline(rounds: int, image: str | None = None, gpu_image: str | None = 
     init_c, member_c = component(pbt_init_op, image), component(pbt_member_op, gpu_image)
     exploit_c, select_c = component(pbt_exploit_op, image), component(pbt_select_op, image)
 
-    @dsl.pipeline(name="mtlops-pbt", description="Population-based training of task weights")
-    def pipeline(config_yaml: str, train_uri: str, validation_uri: str, population: int = 8, interval: int = 1,
-                 replace: int = 2, seed: int = 0) -> dict:
+    # the rounds are a pipeline of their own, given the configure step's output as an input: kfp.local (2.17)
+    # replaces every task output a ParallelFor body reads with the loop item, but not a pipeline input
+    @dsl.pipeline(name="mtlops-pbt-rounds", description="The rounds of population-based training")
+    def rounds_pipeline(config_yaml: str, train_uri: str, validation_uri: str, population: int, interval: int,
+                        replace: int, seed: int) -> dict:
         train = dsl.importer(artifact_uri=train_uri, artifact_class=Dataset, reimport=False)
         validation = dsl.importer(artifact_uri=validation_uri, artifact_class=Dataset, reimport=False)
-        given = configure_c(config_yaml=config_yaml).output
-        init = init_c(config_yaml=given, population=population, seed=seed)
+        init = init_c(config_yaml=config_yaml, population=population, seed=seed)
         members, population_dir = init.outputs["Output"], init.outputs["population_dir"]
         for r in range(rounds):
             with dsl.ParallelFor(members) as member:
-                step = member_c(config_yaml=given, train=train.output, validation=validation.output,
-                                     member=member, population_dir=population_dir, interval=interval,
-                                     round_index=r)
+                step = member_c(config_yaml=config_yaml, train=train.output, validation=validation.output,
+                                member=member, population_dir=population_dir, interval=interval, round_index=r)
             states = dsl.Collected(step.outputs["state"])
             if r == rounds - 1:
-                return select_c(config_yaml=given, states=states).outputs["Output"]
-            exploit = exploit_c(config_yaml=given, states=states, replace=replace, seed=seed, round_index=r)
+                return select_c(config_yaml=config_yaml, states=states).outputs["Output"]
+            exploit = exploit_c(config_yaml=config_yaml, states=states, replace=replace, seed=seed, round_index=r)
             members, population_dir = exploit.outputs["Output"], exploit.outputs["population_dir"]
         raise ValueError("rounds must be at least 1")
+
+    @dsl.pipeline(name="mtlops-pbt", description="Population-based training of task weights")
+    def pipeline(config_yaml: str, train_uri: str, validation_uri: str, population: int = 8, interval: int = 1,
+                 replace: int = 2, seed: int = 0) -> dict:
+        given = configure_c(config_yaml=config_yaml).output
+        return rounds_pipeline(config_yaml=given, train_uri=train_uri, validation_uri=validation_uri,
+                               population=population, interval=interval, replace=replace, seed=seed).output
 
     return pipeline

@@ -20,7 +20,8 @@ from tests.conftest import FLIGHTS, config_with, window
 def test_pbt_pipeline_compiles_with_a_parallel_for_per_round(tmp_path: Path) -> None:
     compiler.Compiler().compile(pbt_pipeline(rounds=2), str(tmp_path / "pbt.yaml"))
     spec = yaml.safe_load((tmp_path / "pbt.yaml").read_text())
-    loops = [name for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task]
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    loops = [name for dag in dags for name, task in dag["tasks"].items() if "parameterIterator" in task]
     assert len(loops) == 2, loops  # one fan-out per round
 
 
